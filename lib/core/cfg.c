@@ -9,6 +9,7 @@
 #include "core.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -296,4 +297,59 @@ int cfg_parse_ipv4_prefix(const char *s, uint32_t *addr, uint8_t *len)
 	if (rc == 0)
 		*len = (uint8_t)l;
 	return rc;
+}
+
+void cfg_error(struct cfg_report *r, const struct cfg_file *cf, int line, const char *fmt, ...)
+{
+	va_list ap;
+	size_t room = sizeof(r->text) - r->len;
+	int n;
+
+	r->count++;
+	if (room < 2)
+		return;
+	if (line > 0)
+		n = snprintf(r->text + r->len, room, "%s:%d: ", cf->path, line);
+	else
+		n = snprintf(r->text + r->len, room, "%s: ", cf->path);
+	if (n < 0 || (size_t)n >= room)
+		goto full;
+	r->len += (size_t)n;
+	room -= (size_t)n;
+	va_start(ap, fmt);
+	n = vsnprintf(r->text + r->len, room, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n + 1 >= room)
+		goto full;
+	r->len += (size_t)n;
+	r->text[r->len++] = '\n';
+	r->text[r->len] = '\0';
+	return;
+full:
+	r->len = sizeof(r->text) - 1;
+	r->text[r->len] = '\0';
+}
+
+static bool section_known(const char *name, const char *const *known)
+{
+	for (; *known != NULL; known++) {
+		size_t n = strlen(*known);
+		if ((*known)[n - 1] == '.' ? strncmp(name, *known, n) == 0 && name[n] != '\0'
+					   : strcmp(name, *known) == 0)
+			return true;
+	}
+	return false;
+}
+
+void cfg_check_unknown(struct cfg_file *cf, const char *const *known, struct cfg_report *r)
+{
+	for (size_t i = 0; i < cf->section_count; i++)
+		if (!section_known(cf->sections[i].name, known))
+			cfg_error(r, cf, cf->sections[i].line, "unknown section [%s]",
+				  cf->sections[i].name);
+	for (size_t i = 0; i < cf->entry_count; i++) {
+		struct cfg_entry *e = &cf->entries[i];
+		if (!e->used && section_known(e->section, known))
+			cfg_error(r, cf, e->line, "unknown key '%s' in [%s]", e->key, e->section);
+	}
 }

@@ -59,6 +59,26 @@ void cfg_free(struct cfg_file *cf);
 struct cfg_entry *cfg_get(struct cfg_file *cf, const char *section, const char *label,
 			  const char *key);
 
+/**
+ * Collected configuration errors: every module validates its own sections
+ * and adds "file:line: message" lines here, so --check-config reports all
+ * problems at once.
+ */
+struct cfg_report {
+	char text[8192];
+	size_t len;
+	unsigned count;
+};
+
+/** Add "file:line: message" for entry e (or just "file: message" when e is NULL). */
+void cfg_error(struct cfg_report *r, const struct cfg_file *cf, int line, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/**
+ * Report every entry that no module read (unknown key) and every section
+ * whose name is not in known (NULL-terminated; "port." matches "port.0").
+ */
+void cfg_check_unknown(struct cfg_file *cf, const char *const *known, struct cfg_report *r);
+
 /* Value parsers: 0 on success, -EINVAL on syntax, -ERANGE out of range. */
 int cfg_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 /** Sizes: 512, 64K, 10M, 2G (binary multiples). */
@@ -70,6 +90,14 @@ int cfg_parse_bool(const char *s, bool *out);
 int cfg_parse_ipv4(const char *s, uint32_t *addr);
 /** "A.B.C.D/len" into host-order address and prefix length. */
 int cfg_parse_ipv4_prefix(const char *s, uint32_t *addr, uint8_t *len);
+
+/* ---- host interfaces (control plane only) ----------------------------- */
+
+/**
+ * Give kernel interface ifindex the address addr/prefix_len (host order)
+ * and bring it up: the host side of a net_tap port.  0 or -errno.
+ */
+int mx_hostif_set_addr(unsigned ifindex, uint32_t addr, uint8_t prefix_len);
 
 /* ---- logging ---------------------------------------------------------- */
 

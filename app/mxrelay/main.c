@@ -1,0 +1,119 @@
+/*
+ * main.c - the mxrelay daemon.
+ *
+ *	mxrelay --config FILE        run
+ *	mxrelay --check-config FILE  validate, print every error as file:line, exit 0/1
+ *
+ * The main lcore reads the configuration, brings up EAL and the ports
+ * (net_dataplane_start: EAL options come from [eal] args), launches one
+ * worker per remaining lcore and then only does control work: signals and
+ * periodic counters.  Workers run to completion (worker.c).
+ */
+#include "relay.h"
+#include "worker.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <rte_eal.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+
+static volatile sig_atomic_t got_signal;
+
+static void on_signal(int sig)
+{
+	got_signal = sig;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: mxrelay --config FILE\n"
+		   "       mxrelay --check-config FILE\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"check-config", required_argument, NULL, 'k'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *path = NULL;
+	bool check_only = false;
+	int opt;
+
+	while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'k':
+			path = optarg;
+			check_only = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (path == NULL || optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	mx_alloc_init();
+
+	static struct relay_config conf;
+	struct cfg_report rep = {0};
+	if (relay_config_load(path, &conf, &rep) != 0) {
+		fputs(rep.text, stderr);
+		fprintf(stderr, "%s: %u error(s)\n", path, rep.count);
+		return 1;
+	}
+	if (check_only) {
+		printf("%s: ok\n", path);
+		return 0;
+	}
+	if (conf.log_file[0] && mx_log_open(conf.log_file) != 0) {
+		fprintf(stderr, "cannot open log file %s\n", conf.log_file);
+		return 1;
+	}
+	mx_log_set_level(conf.log_level);
+
+	static struct net_dataplane dp;
+	char err[512];
+	if (net_dataplane_start(&dp, &conf.net, argv[0], err, sizeof(err)) != 0) {
+		MX_ERR("startup failed: %s", err);
+		return 1;
+	}
+	for (unsigned i = 0; i < conf.net.n_ports; i++)
+		MX_INFO("port %u: %u.%u.%u.%u/%u, %u worker(s), steering: %s", i,
+			conf.net.ports[i].addr >> 24, (conf.net.ports[i].addr >> 16) & 255,
+			(conf.net.ports[i].addr >> 8) & 255, conf.net.ports[i].addr & 255,
+			conf.net.ports[i].prefix_len, dp.n_workers, net_port_steering(dp.ports[i]));
+
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	signal(SIGPIPE, SIG_IGN);
+	if (workers_start(&conf, &dp) != 0) {
+		MX_ERR("startup failed: workers");
+		net_dataplane_stop(&dp);
+		return 1;
+	}
+	MX_INFO("mxrelay running (%s)", path);
+	while (!got_signal)
+		usleep(100000);
+	MX_INFO("signal %d: stopping", (int)got_signal);
+	workers_stop();
+	net_dataplane_stop(&dp);
+	MX_INFO("stopped");
+	return 0;
+}

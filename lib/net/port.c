@@ -1,0 +1,439 @@
+/*
+ * port.c - DPDK ports: setup, flow steering, burst RX/TX, fault injection.
+ *
+ * Steering.  A multi-queue port with RSS gets one RX/TX queue pair per
+ * worker and a symmetric Toeplitz key, so both directions of a flow hash to
+ * the same worker; the redirection table is programmed and mirrored here so
+ * that net_port_flow_owner() predicts the NIC exactly (same hash bits).  A
+ * single-queue port (net_tap, net_af_packet) is read by worker 0 alone,
+ * which computes the same hash in software and hands each packet to its
+ * owner over an SP/SC rte_ring.  ARP frames go to every worker, since each
+ * keeps its own ARP cache.  Every worker has its own TX queue.
+ *
+ * Fault injection (off by default) drops, duplicates, reorders and corrupts
+ * packets per mille, per direction, from a seeded generator, so loss tests
+ * are repeatable.  This kernel has no netem; this is how loss is made.
+ */
+#include "stack_priv.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <rte_byteorder.h>
+#include <rte_ethdev.h>
+#include <rte_ip.h>
+#include <rte_malloc.h>
+#include <rte_tcp.h>
+#include <rte_thash.h>
+#include <rte_udp.h>
+
+#define NET_RX_DESC 1024
+#define NET_TX_DESC 1024
+
+/* 0x6d5a repeated: Toeplitz with this key is symmetric in (src, dst). */
+static const uint8_t symmetric_rss_key[40] = {
+	0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+	0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+	0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+};
+
+uint32_t net_port_flow_hash(const struct net_port *p, uint32_t saddr, uint32_t daddr,
+			    uint16_t sport, uint16_t dport)
+{
+	uint32_t tuple[3] = {saddr, daddr, ((uint32_t)sport << 16) | dport};
+	return rte_softrss(tuple, 3, p->rss_key);
+}
+
+unsigned net_port_flow_owner(const struct net_port *p, uint32_t saddr, uint32_t daddr,
+			     uint16_t sport, uint16_t dport)
+{
+	if (p->n_workers <= 1)
+		return 0;
+	uint32_t h = net_port_flow_hash(p, saddr, daddr, sport, dport);
+	return p->reta[h & p->reta_mask];
+}
+
+static int setup_reta(struct net_port *p, const struct rte_eth_dev_info *info, char *err,
+		      size_t errlen)
+{
+	uint16_t size = p->software_rss ? NET_RETA_SIZE : info->reta_size;
+	if (size == 0 || size > NET_RETA_SIZE || (size & (size - 1)) != 0) {
+		snprintf(err, errlen, "port %u: unsupported RETA size %u", p->port_id, size);
+		return -ENOTSUP;
+	}
+	p->reta_mask = size - 1;
+	for (uint16_t i = 0; i < size; i++)
+		p->reta[i] = i % p->n_workers;
+	if (p->software_rss)
+		return 0;
+	struct rte_eth_rss_reta_entry64 conf[NET_RETA_SIZE / RTE_ETH_RETA_GROUP_SIZE];
+	memset(conf, 0, sizeof(conf));
+	for (uint16_t i = 0; i < size; i++) {
+		conf[i / RTE_ETH_RETA_GROUP_SIZE].mask |= 1ull << (i % RTE_ETH_RETA_GROUP_SIZE);
+		conf[i / RTE_ETH_RETA_GROUP_SIZE].reta[i % RTE_ETH_RETA_GROUP_SIZE] = p->reta[i];
+	}
+	int rc = rte_eth_dev_rss_reta_update(p->port_id, conf, size);
+	if (rc != 0) {
+		snprintf(err, errlen, "port %u: RETA update failed: %s", p->port_id,
+			 rte_strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+int net_port_setup(struct net_port **out, const struct net_port_conf *conf, unsigned n_workers,
+		   struct rte_mempool *pool, char *err, size_t errlen)
+{
+	struct rte_eth_dev_info info;
+	uint16_t pid = conf->port_id;
+	int rc;
+
+	if (n_workers == 0 || n_workers > NET_MAX_WORKERS) {
+		snprintf(err, errlen, "port %u: bad worker count %u", pid, n_workers);
+		return -EINVAL;
+	}
+	if (!rte_eth_dev_is_valid_port(pid)) {
+		snprintf(err, errlen, "port %u: no such DPDK port (check [eal] args --vdev)", pid);
+		return -ENODEV;
+	}
+	rc = rte_eth_dev_info_get(pid, &info);
+	if (rc != 0) {
+		snprintf(err, errlen, "port %u: info: %s", pid, rte_strerror(-rc));
+		return rc;
+	}
+	struct net_port *p = rte_zmalloc("net_port", sizeof(*p), RTE_CACHE_LINE_SIZE);
+	if (p == NULL) {
+		snprintf(err, errlen, "port %u: out of memory", pid);
+		return -ENOMEM;
+	}
+	p->port_id = pid;
+	p->addr = conf->addr;
+	p->netmask = conf->prefix_len ? ~0u << (32 - conf->prefix_len) : 0;
+	p->gateway = conf->gateway;
+	p->n_workers = n_workers;
+	p->fault = conf->fault;
+	p->host_ifindex = info.if_index;
+	memcpy(p->rss_key, symmetric_rss_key, sizeof(p->rss_key));
+
+	uint64_t rss_hf = info.flow_type_rss_offloads &
+			  (RTE_ETH_RSS_IPV4 | RTE_ETH_RSS_NONFRAG_IPV4_TCP | RTE_ETH_RSS_NONFRAG_IPV4_UDP);
+	/* The kernel picks a TAP queue by its own flow hash, not Toeplitz. */
+	bool is_tap = info.driver_name != NULL && strcmp(info.driver_name, "net_tap") == 0;
+	p->software_rss = n_workers == 1 || is_tap || info.max_rx_queues < n_workers ||
+			  rss_hf == 0 || info.reta_size == 0;
+	uint16_t nb_rx = p->software_rss ? 1 : (uint16_t)n_workers;
+	uint16_t nb_tx = (uint16_t)n_workers;
+	if (info.max_tx_queues < nb_tx) {
+		snprintf(err, errlen, "port %u: %u TX queues needed, device has %u", pid, nb_tx,
+			 info.max_tx_queues);
+		rc = -ENOTSUP;
+		goto fail;
+	}
+
+	struct rte_eth_conf ec;
+	memset(&ec, 0, sizeof(ec));
+	if (!p->software_rss) {
+		ec.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+		ec.rx_adv_conf.rss_conf.rss_key = p->rss_key;
+		ec.rx_adv_conf.rss_conf.rss_key_len = sizeof(p->rss_key);
+		ec.rx_adv_conf.rss_conf.rss_hf = rss_hf;
+	}
+	uint64_t want_tx = RTE_ETH_TX_OFFLOAD_IPV4_CKSUM | RTE_ETH_TX_OFFLOAD_TCP_CKSUM |
+			   RTE_ETH_TX_OFFLOAD_UDP_CKSUM;
+	/* net_tap's "offload" is a software checksum in the PMD: no gain. */
+	if (!is_tap && (info.tx_offload_capa & want_tx) == want_tx)
+		ec.txmode.offloads = p->tx_offloads = want_tx;
+	ec.intr_conf.rxq = 1;
+	rc = rte_eth_dev_configure(pid, nb_rx, nb_tx, &ec);
+	if (rc != 0) {
+		ec.intr_conf.rxq = 0;
+		rc = rte_eth_dev_configure(pid, nb_rx, nb_tx, &ec);
+	}
+	if (rc != 0) {
+		snprintf(err, errlen, "port %u: configure: %s", pid, rte_strerror(-rc));
+		goto fail;
+	}
+	p->rx_intr = ec.intr_conf.rxq != 0;
+	uint16_t nrxd = NET_RX_DESC, ntxd = NET_TX_DESC;
+	rte_eth_dev_adjust_nb_rx_tx_desc(pid, &nrxd, &ntxd);
+	int socket = rte_eth_dev_socket_id(pid);
+	if (socket < 0)
+		socket = 0;
+	for (uint16_t q = 0; q < nb_rx; q++) {
+		rc = rte_eth_rx_queue_setup(pid, q, nrxd, socket, NULL, pool);
+		if (rc != 0) {
+			snprintf(err, errlen, "port %u: RX queue %u: %s", pid, q, rte_strerror(-rc));
+			goto fail;
+		}
+	}
+	for (uint16_t q = 0; q < nb_tx; q++) {
+		struct rte_eth_txconf txc = info.default_txconf;
+		txc.offloads = ec.txmode.offloads;
+		rc = rte_eth_tx_queue_setup(pid, q, ntxd, socket, &txc);
+		if (rc != 0) {
+			snprintf(err, errlen, "port %u: TX queue %u: %s", pid, q, rte_strerror(-rc));
+			goto fail;
+		}
+	}
+	rc = rte_eth_dev_start(pid);
+	if (rc != 0) {
+		snprintf(err, errlen, "port %u: start: %s", pid, rte_strerror(-rc));
+		goto fail;
+	}
+	rte_eth_macaddr_get(pid, &p->mac);
+	if ((rc = setup_reta(p, &info, err, errlen)) != 0)
+		goto fail_stop;
+	if (p->software_rss) {
+		for (unsigned w = 1; w < n_workers; w++) {
+			char name[RTE_RING_NAMESIZE];
+			snprintf(name, sizeof(name), "net_p%u_w%u", pid, w);
+			p->to_worker[w] = rte_ring_create(name, NET_DISPATCH_RING, socket,
+							  RING_F_SP_ENQ | RING_F_SC_DEQ);
+			if (p->to_worker[w] == NULL) {
+				snprintf(err, errlen, "port %u: dispatch ring: %s", pid,
+					 rte_strerror(rte_errno));
+				rc = -ENOMEM;
+				goto fail_stop;
+			}
+		}
+	}
+	*out = p;
+	return 0;
+fail_stop:
+	rte_eth_dev_stop(pid);
+fail:
+	for (unsigned w = 1; w < NET_MAX_WORKERS; w++)
+		rte_ring_free(p->to_worker[w]);
+	rte_free(p);
+	return rc < 0 ? rc : -EIO;
+}
+
+const char *net_port_steering(const struct net_port *p)
+{
+	if (p->n_workers == 1)
+		return "single worker";
+	return p->software_rss ? "software" : "rss";
+}
+
+unsigned net_port_host_ifindex(const struct net_port *p)
+{
+	return p->host_ifindex;
+}
+
+void net_port_close(struct net_port *p)
+{
+	if (p == NULL)
+		return;
+	rte_eth_dev_stop(p->port_id);
+	rte_eth_dev_close(p->port_id);
+	for (unsigned w = 1; w < NET_MAX_WORKERS; w++)
+		rte_ring_free(p->to_worker[w]);
+	rte_free(p);
+}
+
+/* ---- fault injection ---------------------------------------------------- */
+
+static inline uint64_t fault_rand(struct net_fault *f)
+{
+	/* xorshift64*: fast, seeded, good enough to pick packets. */
+	uint64_t x = f->rng;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	f->rng = x;
+	return x * 0x2545F4914F6CDD1Dull;
+}
+
+/*
+ * Apply the port's faults to n packets; returns how many are in out
+ * (capacity 2n + 1: duplicates and a released held packet).
+ */
+static unsigned fault_apply(struct net_stack_priv *sp, const struct net_fault_conf *fc,
+			    struct net_fault *f, struct rte_mbuf **pkts, unsigned n,
+			    struct rte_mbuf **out)
+{
+	unsigned k = 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct rte_mbuf *m = pkts[i];
+		if (fault_rand(f) % 1000 < fc->drop) {
+			rte_pktmbuf_free(m);
+			sp->stats.fault_drops++;
+			continue;
+		}
+		if (fc->corrupt && fault_rand(f) % 1000 < fc->corrupt &&
+		    rte_pktmbuf_data_len(m) > RTE_ETHER_HDR_LEN) {
+			uint16_t span = rte_pktmbuf_data_len(m) - RTE_ETHER_HDR_LEN;
+			uint8_t *b = rte_pktmbuf_mtod(m, uint8_t *) + RTE_ETHER_HDR_LEN;
+			b[fault_rand(f) % span] ^= (uint8_t)(1u << (fault_rand(f) % 8));
+			sp->stats.fault_corrupts++;
+		}
+		if (fc->reorder && f->held == NULL && fault_rand(f) % 1000 < fc->reorder) {
+			f->held = m;
+			sp->stats.fault_reorders++;
+			continue;
+		}
+		out[k++] = m;
+		if (fc->dup && fault_rand(f) % 1000 < fc->dup) {
+			struct rte_mbuf *c = rte_pktmbuf_copy(m, sp->pool, 0, UINT32_MAX);
+			if (c != NULL) {
+				out[k++] = c;
+				sp->stats.fault_dups++;
+			}
+		}
+		if (f->held != NULL) {
+			out[k++] = f->held;
+			f->held = NULL;
+		}
+	}
+	return k;
+}
+
+static inline bool fault_on(const struct net_fault_conf *fc)
+{
+	return fc->drop | fc->dup | fc->reorder | fc->corrupt;
+}
+
+/* ---- receive ------------------------------------------------------------ */
+
+/*
+ * Which worker owns this frame?  IPv4 TCP/UDP by the flow hash; ARP is
+ * everybody's (returns NET_MAX_WORKERS); everything else goes to worker 0.
+ */
+static unsigned classify(const struct net_port *p, struct rte_mbuf *m)
+{
+	if (rte_pktmbuf_data_len(m) < RTE_ETHER_HDR_LEN)
+		return 0;
+	const struct rte_ether_hdr *eh = rte_pktmbuf_mtod(m, const struct rte_ether_hdr *);
+	if (eh->ether_type == rte_cpu_to_be_16(RTE_ETHER_TYPE_ARP))
+		return NET_MAX_WORKERS;
+	if (eh->ether_type != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) ||
+	    rte_pktmbuf_data_len(m) < RTE_ETHER_HDR_LEN + sizeof(struct rte_ipv4_hdr) + 4)
+		return 0;
+	const struct rte_ipv4_hdr *ip = (const struct rte_ipv4_hdr *)(eh + 1);
+	unsigned ihl = (ip->version_ihl & 0xf) * 4u;
+	if (ihl < sizeof(*ip) || rte_pktmbuf_data_len(m) < RTE_ETHER_HDR_LEN + ihl + 4 ||
+	    (ip->next_proto_id != IPPROTO_TCP && ip->next_proto_id != IPPROTO_UDP) ||
+	    (rte_be_to_cpu_16(ip->fragment_offset) & (RTE_IPV4_HDR_MF_FLAG | RTE_IPV4_HDR_OFFSET_MASK)))
+		return 0;
+	const uint16_t *ports = (const uint16_t *)((const uint8_t *)ip + ihl);
+	return net_port_flow_owner(p, rte_be_to_cpu_32(ip->src_addr),
+				   rte_be_to_cpu_32(ip->dst_addr), rte_be_to_cpu_16(ports[0]),
+				   rte_be_to_cpu_16(ports[1]));
+}
+
+static void wake_worker(struct net_port *p, unsigned w)
+{
+	if (__atomic_load_n(&p->sleeping[w], __ATOMIC_SEQ_CST) && p->wake_fd[w] > 0) {
+		uint64_t one = 1;
+		ssize_t r = write(p->wake_fd[w], &one, sizeof(one));
+		(void)r;
+	}
+}
+
+static void dispatch(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rte_mbuf *m)
+{
+	struct net_port *p = pc->port;
+	unsigned owner = classify(p, m);
+	if (owner == sp->worker) {
+		net_eth_input(sp, pc, m);
+		return;
+	}
+	if (owner == NET_MAX_WORKERS) {
+		/* ARP: every worker learns; this one processes the original. */
+		for (unsigned w = 1; w < p->n_workers; w++) {
+			rte_pktmbuf_refcnt_update(m, 1);
+			if (rte_ring_enqueue(p->to_worker[w], m) != 0) {
+				rte_pktmbuf_free(m);
+				sp->stats.dispatch_full++;
+			} else {
+				sp->stats.dispatched++;
+				wake_worker(p, w);
+			}
+		}
+		net_eth_input(sp, pc, m);
+		return;
+	}
+	if (rte_ring_enqueue(p->to_worker[owner], m) != 0) {
+		rte_pktmbuf_free(m);
+		sp->stats.dispatch_full++;
+		return;
+	}
+	sp->stats.dispatched++;
+	wake_worker(p, owner);
+}
+
+void net_port_rx(struct net_stack_priv *sp, struct net_port_ctx *pc)
+{
+	struct net_port *p = pc->port;
+	struct rte_mbuf *pkts[NET_BURST], *faulted[2 * NET_BURST + 1];
+	struct rte_mbuf **in = pkts;
+	unsigned n;
+
+	if (pc->reads_rx) {
+		n = rte_eth_rx_burst(p->port_id, pc->queue, pkts, NET_BURST);
+		if (n == 0)
+			goto ring; /* a held (reordered) packet waits for the next one */
+		if (p->fault.rx && fault_on(&p->fault)) {
+			n = fault_apply(sp, &p->fault, &pc->fault_rx, pkts, n, faulted);
+			in = faulted;
+		}
+		for (unsigned i = 0; i < n; i++) {
+			sp->stats.rx_pkts++;
+			sp->stats.rx_bytes += rte_pktmbuf_pkt_len(in[i]);
+			if (p->software_rss && p->n_workers > 1)
+				dispatch(sp, pc, in[i]);
+			else
+				net_eth_input(sp, pc, in[i]);
+		}
+	}
+ring:
+	if (p->software_rss && sp->worker > 0) {
+		n = rte_ring_dequeue_burst(p->to_worker[sp->worker], (void **)pkts, NET_BURST, NULL);
+		for (unsigned i = 0; i < n; i++) {
+			sp->stats.rx_pkts++;
+			sp->stats.rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
+			net_eth_input(sp, pc, pkts[i]);
+		}
+	}
+}
+
+/* ---- transmit ----------------------------------------------------------- */
+
+void net_port_flush(struct net_stack_priv *sp, struct net_port_ctx *pc)
+{
+	struct net_port *p = pc->port;
+	struct rte_mbuf *faulted[2 * NET_BURST + 1];
+	struct rte_mbuf **out = pc->tx;
+	unsigned n = pc->tx_count;
+
+	if (n == 0)
+		return;
+	pc->tx_count = 0;
+	if (p->fault.tx && fault_on(&p->fault)) {
+		n = fault_apply(sp, &p->fault, &pc->fault_tx, pc->tx, n, faulted);
+		out = faulted;
+	}
+	unsigned sent = 0;
+	while (sent < n) {
+		uint16_t k = rte_eth_tx_burst(p->port_id, pc->queue, out + sent,
+					      (uint16_t)RTE_MIN(n - sent, 64u));
+		if (k == 0)
+			break;
+		sent += k;
+	}
+	sp->stats.tx_pkts += sent;
+	if (sent < n) {
+		sp->stats.tx_drops += n - sent;
+		rte_pktmbuf_free_bulk(out + sent, n - sent);
+	}
+}
+
+void net_port_tx(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rte_mbuf *m)
+{
+	sp->stats.tx_bytes += rte_pktmbuf_pkt_len(m);
+	pc->tx[pc->tx_count++] = m;
+	if (pc->tx_count == NET_BURST)
+		net_port_flush(sp, pc);
+}

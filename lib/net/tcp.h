@@ -1,0 +1,112 @@
+/*
+ * tcp.h - internal interface between TCP and the rest of lib/net.
+ *
+ * TCP knows nothing about DPDK ports, Ethernet or ARP.  It receives
+ * segments (TCP header + payload, checksum already verified by the IPv4
+ * layer) through tcp_input() and emits segments through ops->output(),
+ * leaving the TCP checksum field zero: the IPv4 layer fills it in (or asks
+ * the NIC to).  Time is given by the caller (monotonic µs) on every entry
+ * point, so unit tests drive the clock.
+ *
+ * The public API (tcp_listen, tcp_connect, tcp_send, ...) is declared in
+ * net.h and reaches this state through struct net_stack's tcp member.
+ */
+#ifndef MX_NET_TCP_H
+#define MX_NET_TCP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct tcp_state;
+
+/** Limits and timers; tcp_conf_defaults() fills the documented defaults. */
+struct tcp_conf {
+	uint32_t max_conns;	     /* connections incl. SYN_RCVD, per core (65536) */
+	uint32_t sndbuf;	     /* bytes per connection (256 KiB) */
+	uint32_t rcvbuf;	     /* bytes per connection (256 KiB) */
+	uint16_t mss;		     /* our MSS for a 1500 MTU (1460) */
+	uint32_t syn_backlog;	     /* half-open connections per listener before cookies (1024) */
+	uint32_t time_wait_max;	     /* TIME_WAIT entries per core (65536) */
+	uint64_t time_wait_us;	     /* 2*MSL (60 s; tests shorten it) */
+	uint32_t reass_conn_bytes;   /* out-of-order bytes held per connection (256 KiB) */
+	uint64_t reass_global_bytes; /* out-of-order bytes held per core (64 MiB) */
+	uint32_t challenge_acks_per_s; /* RFC 5961 section 7 rate limit (1000) */
+	uint64_t delack_us;	       /* delayed ACK timeout (40 ms) */
+	uint64_t rto_init_us;	       /* RFC 6298 (1 s) */
+	uint64_t rto_min_us;	       /* (200 ms) */
+	uint64_t rto_max_us;	       /* (60 s) */
+	uint32_t syn_retries;	       /* (5) */
+	uint32_t data_retries;	       /* retransmissions before giving up (12) */
+	uint8_t wscale;		       /* our window scale shift (7) */
+	bool timestamps;	       /* RFC 7323 timestamps (true) */
+	bool syn_cookies;	       /* allowed when a backlog is full (true) */
+};
+
+void tcp_conf_defaults(struct tcp_conf *conf);
+
+struct tcp_stack_ops {
+	/**
+	 * Send one segment from src to dst (host order).  seg holds the TCP
+	 * header, options and payload with the checksum field zero; it is only
+	 * valid during the call.  Returns 0 or -errno; a failed send is a lost
+	 * segment as far as TCP is concerned (retransmission repairs it).
+	 */
+	int (*output)(void *ctx, uint32_t src, uint32_t dst, const uint8_t *seg, size_t len);
+	/** Source address to use toward dst (0 = no route). */
+	uint32_t (*route_src)(void *ctx, uint32_t dst);
+	/**
+	 * Would the return traffic of this 4-tuple (as seen arriving: from
+	 * raddr:rport to laddr:lport) be delivered to this core?  Used to pick
+	 * ephemeral ports for active opens.  NULL means always.
+	 */
+	bool (*steers_here)(void *ctx, uint32_t laddr, uint16_t lport, uint32_t raddr,
+			    uint16_t rport);
+};
+
+/** Counters of one core's TCP; every drop and error path has one. */
+struct tcp_stats {
+	uint64_t segs_in, segs_out, bytes_in, bytes_out;
+	uint64_t active_opens, passive_opens, conns_established, conns_closed;
+	uint64_t resets_in, resets_out;
+	uint64_t retransmits, fast_retransmits, rto_timeouts, timeouts_dropped;
+	uint64_t dupacks_in, ooo_segs, reass_conn_cap_hits, reass_global_cap_hits;
+	uint64_t no_listener, backlog_full, conn_limit_hits;
+	uint64_t cookies_sent, cookies_valid, cookies_invalid;
+	uint64_t challenge_acks, challenge_acks_limited, rst_bad_seq, syn_in_window;
+	uint64_t bad_header, bad_options, seg_outside_window, paws_drops;
+	uint64_t zero_window_probes, time_wait_conns, time_wait_full, time_wait_reused;
+	uint64_t ephemeral_exhausted;
+};
+
+/** Create one core's TCP.  seed feeds ISNs, ports and cookie secrets. NULL on ENOMEM. */
+struct tcp_state *tcp_create(const struct tcp_conf *conf, const struct tcp_stack_ops *ops,
+			     void *ctx, uint64_t seed);
+/** Free everything (no segments are sent). */
+void tcp_destroy(struct tcp_state *ts);
+
+/** One received segment (IPv4 addresses host order, checksum verified). */
+void tcp_input(struct tcp_state *ts, uint32_t src, uint32_t dst, const uint8_t *seg, size_t len,
+	       uint64_t now_us);
+/**
+ * Run expired timers and send what is due (delayed ACKs, retransmissions,
+ * probes).  Returns the absolute time of the next deadline (UINT64_MAX for
+ * none), so the poll loop knows how long it may sleep.
+ */
+uint64_t tcp_poll(struct tcp_state *ts, uint64_t now_us);
+
+/**
+ * The earliest time tcp_poll() has work to do: 0 when ACKs are queued
+ * (tcp_input and the API queue coalesced ACKs and arm timers), else the
+ * next timer or TIME_WAIT expiry, UINT64_MAX for none.  Cheap (no timer
+ * runs); a poll loop that caches tcp_poll()'s return value must re-read
+ * this after tcp_input() or any tcp_* API call, or simply call tcp_poll()
+ * after every RX burst.
+ */
+uint64_t tcp_next_deadline(const struct tcp_state *ts);
+
+const struct tcp_stats *tcp_get_stats(const struct tcp_state *ts);
+/** Connections in each state, for status output. */
+uint32_t tcp_conn_count(const struct tcp_state *ts);
+
+#endif

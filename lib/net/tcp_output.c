@@ -1,0 +1,348 @@
+/*
+ * tcp_output.c - building and sending TCP segments.
+ *
+ * Segments are built in the per-core scratch buffer and handed to
+ * ops->output() with the checksum left zero (the IPv4 layer fills it).
+ * tcp_output() sends what the window allows as soon as the app gives it
+ * (no Nagle: SMTP is request/response), cut at the MSS.  Every segment we
+ * send carries an ACK (after the SYN), so it also settles a pending
+ * delayed or coalesced ACK.  Pure ACKs owed after in-order data are queued
+ * on ts->ack_list and sent once per connection by tcp_poll(), so a burst of
+ * segments costs one ACK.
+ */
+#include "tcp_int.h"
+
+static inline void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static inline void put32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+uint32_t tcp_ts_now(const struct tcp_state *ts, uint32_t offset)
+{
+	/* 1 ms timestamp clock (RFC 7323 section 5.4 allows 1 ms .. 1 s). */
+	return (uint32_t)(ts->now_us / 1000) + offset;
+}
+
+uint32_t tcp_rcv_window(const struct tcp_conn *c)
+{
+	return c->rbuf_size - c->rbuf_len;
+}
+
+static unsigned put_ts_opt(uint8_t *o, uint32_t tsval, uint32_t tsecr)
+{
+	o[0] = 1;
+	o[1] = 1;
+	o[2] = 8;
+	o[3] = 10;
+	put32(o + 4, tsval);
+	put32(o + 8, tsecr);
+	return 12;
+}
+
+/* Header + options into the scratch buffer; returns the header length. */
+static unsigned build_header(uint8_t *p, uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack,
+			     uint8_t flags, uint16_t wnd, const uint8_t *opts, unsigned optlen)
+{
+	unsigned hlen = TCP_HDR_LEN + optlen;
+	put16(p, sport);
+	put16(p + 2, dport);
+	put32(p + 4, seq);
+	put32(p + 8, ack);
+	p[12] = (uint8_t)((hlen / 4) << 4);
+	p[13] = flags;
+	put16(p + 14, wnd);
+	put16(p + 16, 0); /* checksum: the IPv4 layer */
+	put16(p + 18, 0);
+	if (optlen)
+		memcpy(p + TCP_HDR_LEN, opts, optlen);
+	return hlen;
+}
+
+static void emit(struct tcp_state *ts, uint32_t src, uint32_t dst, size_t len)
+{
+	ts->stats.segs_out++;
+	ts->ops.output(ts->ctx, src, dst, ts->scratch, len);
+}
+
+void tcp_send_raw(struct tcp_state *ts, uint32_t src, uint32_t dst, uint16_t sport, uint16_t dport,
+		  uint32_t seq, uint32_t ack, uint8_t flags, uint16_t wnd, const uint8_t *opts,
+		  unsigned optlen)
+{
+	unsigned hlen = build_header(ts->scratch, sport, dport, seq, ack, flags, wnd, opts, optlen);
+	if (flags & TH_RST)
+		ts->stats.resets_out++;
+	emit(ts, src, dst, hlen);
+}
+
+void tcp_ack_list_remove(struct tcp_conn *c)
+{
+	if (!c->ack_pprev)
+		return;
+	*c->ack_pprev = c->ack_next;
+	if (c->ack_next)
+		c->ack_next->ack_pprev = c->ack_pprev;
+	c->ack_next = NULL;
+	c->ack_pprev = NULL;
+}
+
+void tcp_ack_later(struct tcp_conn *c)
+{
+	struct tcp_state *ts = c->ts;
+	if (c->ack_pprev || c->dead)
+		return;
+	c->ack_next = ts->ack_list;
+	if (c->ack_next)
+		c->ack_next->ack_pprev = &c->ack_next;
+	ts->ack_list = c;
+	c->ack_pprev = &ts->ack_list;
+}
+
+void tcp_flush_acks(struct tcp_state *ts)
+{
+	while (ts->ack_list) {
+		struct tcp_conn *c = ts->ack_list;
+		tcp_ack_list_remove(c);
+		tcp_send_ack_now(c);
+	}
+}
+
+/* Our window field for a non-SYN segment (RFC 7323 section 2.3). */
+static uint16_t window_field(struct tcp_conn *c, uint32_t *wnd_out)
+{
+	uint32_t wnd = tcp_rcv_window(c);
+	/*
+	 * Receiver SWS avoidance (RFC 9293 section 3.8.6.2.2): move the right
+	 * edge only by at least min(buffer/2, MSS), so a slowly reading app
+	 * does not invite a stream of tiny segments.  Never shrinks it.
+	 */
+	uint32_t adv = SEQ_GT(c->rcv_adv, c->rcv_nxt) ? c->rcv_adv - c->rcv_nxt : 0;
+	uint32_t step = c->rbuf_size / 2 < c->mss ? c->rbuf_size / 2 : c->mss;
+	if (wnd > adv && wnd - adv < step && c->state >= TCPS_ESTABLISHED)
+		wnd = adv;
+	uint32_t field = wnd >> c->rcv_wscale;
+	if (field > 0xffff)
+		field = 0xffff;
+	*wnd_out = field << c->rcv_wscale;
+	return (uint16_t)field;
+}
+
+/*
+ * Send one segment of the connection: data [seq, seq+len) from the send
+ * buffer, flags as given (ACK is added once synchronized).
+ */
+void tcp_send_segment(struct tcp_conn *c, uint32_t seq, uint32_t len, uint8_t flags)
+{
+	struct tcp_state *ts = c->ts;
+	uint8_t opts[TCP_MAX_OPT];
+	unsigned optlen = 0;
+	if (c->ts_ok)
+		optlen = put_ts_opt(opts, tcp_ts_now(ts, c->ts_offset), c->ts_recent);
+	uint32_t wnd;
+	uint16_t field = window_field(c, &wnd);
+	if (c->state != TCPS_SYN_SENT)
+		flags |= TH_ACK;
+	unsigned hlen = build_header(ts->scratch, c->lport, c->rport, seq,
+				     (flags & TH_ACK) ? c->rcv_nxt : 0, flags, field, opts, optlen);
+	if (len) {
+		uint32_t off = seq - c->snd_buf_seq;
+		uint32_t pos = (c->sbuf_head + off) % c->sbuf_size;
+		uint32_t first = c->sbuf_size - pos;
+		if (first > len)
+			first = len;
+		memcpy(ts->scratch + hlen, c->sbuf + pos, first);
+		memcpy(ts->scratch + hlen + first, c->sbuf, len - first);
+		ts->stats.bytes_out += len;
+	}
+	if (flags & TH_RST)
+		ts->stats.resets_out++;
+	if (flags & TH_ACK) {
+		c->last_ack_sent = c->rcv_nxt;
+		c->rcv_adv = c->rcv_nxt + wnd;
+		c->segs_unacked = 0;
+		net_timer_cancel(&ts->wheel, &c->delack_timer);
+		tcp_ack_list_remove(c);
+	}
+	emit(ts, c->laddr, c->raddr, hlen + len);
+}
+
+/*
+ * Pure ACKs and RSTs carry snd_max, not snd_nxt: during go-back-N after an
+ * RTO snd_nxt is rewound below what the peer already received, and a
+ * zero-length segment below RCV.NXT is unacceptable to the peer, whose ACK
+ * processing would then never see our acknowledgments (BSD does the same).
+ */
+void tcp_send_ack_now(struct tcp_conn *c)
+{
+	if (c->dead)
+		return;
+	tcp_send_segment(c, c->snd_max, 0, TH_ACK);
+}
+
+void tcp_send_rst(struct tcp_conn *c)
+{
+	tcp_send_segment(c, c->snd_max, 0, TH_RST | TH_ACK);
+}
+
+void tcp_send_syn(struct tcp_conn *c)
+{
+	struct tcp_state *ts = c->ts;
+	uint8_t opts[TCP_MAX_OPT];
+	unsigned n = 0;
+	bool synack = c->state == TCPS_SYN_RCVD;
+	opts[n++] = 2;
+	opts[n++] = 4;
+	put16(opts + n, ts->conf.mss);
+	n += 2;
+	/* Offer scaling and timestamps on a SYN; on a SYN-ACK only if offered
+	 * (RFC 7323 sections 2.2 and 3.2). */
+	if (!synack || c->ws_ok) {
+		opts[n++] = 1;
+		opts[n++] = 3;
+		opts[n++] = 3;
+		opts[n++] = synack ? c->rcv_wscale : ts->conf.wscale;
+	}
+	if ((!synack && ts->conf.timestamps) || (synack && c->ts_ok))
+		n += put_ts_opt(opts + n, tcp_ts_now(ts, c->ts_offset), synack ? c->ts_recent : 0);
+	uint32_t wnd = tcp_rcv_window(c);
+	/* The window of a SYN is never scaled (RFC 7323 section 2.2). */
+	uint16_t field = wnd > 0xffff ? 0xffff : (uint16_t)wnd;
+	/* Never data on a SYN or SYN-ACK, retransmitted or not. */
+	unsigned hlen =
+		build_header(ts->scratch, c->lport, c->rport, c->iss, synack ? c->rcv_nxt : 0,
+			     synack ? (TH_SYN | TH_ACK) : TH_SYN, field, opts, n);
+	if (synack) {
+		c->last_ack_sent = c->rcv_nxt;
+		c->rcv_adv = c->rcv_nxt + field;
+	}
+	c->snd_nxt = c->iss + 1;
+	if (SEQ_LT(c->snd_max, c->snd_nxt))
+		c->snd_max = c->snd_nxt;
+	emit(ts, c->laddr, c->raddr, hlen);
+}
+
+void tcp_reply_rst(struct tcp_state *ts, const struct tcp_seg *s)
+{
+	if (s->flags & TH_RST)
+		return;
+	/* RFC 9293 section 3.10.7.1 */
+	if (s->flags & TH_ACK)
+		tcp_send_raw(ts, s->dst, s->src, s->dport, s->sport, s->ack, 0, TH_RST, 0, NULL, 0);
+	else
+		tcp_send_raw(ts, s->dst, s->src, s->dport, s->sport, 0,
+			     s->seq + s->len + !!(s->flags & TH_SYN) + !!(s->flags & TH_FIN),
+			     TH_RST | TH_ACK, 0, NULL, 0);
+}
+
+void tcp_tw_send_ack(struct tcp_state *ts, struct tcp_tw *tw)
+{
+	uint8_t opts[12];
+	unsigned optlen = 0;
+	if (tw->ts_ok)
+		optlen = put_ts_opt(opts, tcp_ts_now(ts, tw->ts_offset), tw->ts_recent);
+	uint32_t field = ts->conf.rcvbuf >> tw->rcv_wscale;
+	tcp_send_raw(ts, tw->laddr, tw->raddr, tw->lport, tw->rport, tw->snd_nxt, tw->rcv_nxt,
+		     TH_ACK, field > 0xffff ? 0xffff : (uint16_t)field, opts, optlen);
+}
+
+/* RFC 5961 section 7: at most challenge_acks_per_s per core. */
+bool tcp_challenge_ack(struct tcp_conn *c)
+{
+	struct tcp_state *ts = c->ts;
+	if (ts->now_us - ts->chal_window_us >= 1000000 || ts->now_us < ts->chal_window_us) {
+		ts->chal_window_us = ts->now_us;
+		ts->chal_count = 0;
+	}
+	if (ts->chal_count >= ts->conf.challenge_acks_per_s) {
+		ts->stats.challenge_acks_limited++;
+		return false;
+	}
+	ts->chal_count++;
+	ts->stats.challenge_acks++;
+	tcp_send_ack_now(c);
+	return true;
+}
+
+/*
+ * Send new data (and the FIN) as far as min(peer window, cwnd) allows.
+ * After an RTO snd_nxt is pulled back to snd_una, so this also performs the
+ * go-back-N retransmission, taking bytes from the unacknowledged part of
+ * the send buffer; the FIN is resent the same way.
+ */
+void tcp_output(struct tcp_conn *c)
+{
+	struct tcp_state *ts = c->ts;
+	if (c->dead)
+		return;
+	switch (c->state) {
+	case TCPS_ESTABLISHED:
+	case TCPS_CLOSE_WAIT:
+	case TCPS_FIN_WAIT_1:
+	case TCPS_CLOSING:
+	case TCPS_LAST_ACK:
+		break;
+	default:
+		return;
+	}
+	/* Limited transmit (RFC 3042): each of the first two duplicate ACKs
+	 * lets one new segment out, so small windows still reach 3 dupacks. */
+	uint32_t cwnd = c->cwnd;
+	if (!c->in_recovery && c->dupacks && c->dupacks < 3)
+		cwnd += (uint32_t)c->dupacks * c->mss;
+	uint32_t wnd = c->snd_wnd < cwnd ? c->snd_wnd : cwnd;
+	uint32_t data_end = c->snd_buf_seq + c->sbuf_len;
+	bool sent = false;
+	for (;;) {
+		uint32_t avail = SEQ_LT(c->snd_nxt, data_end) ? data_end - c->snd_nxt : 0;
+		uint32_t flight = c->snd_nxt - c->snd_una;
+		uint32_t usable = wnd > flight ? wnd - flight : 0;
+		uint32_t len = avail < usable ? avail : usable;
+		if (len > c->mss)
+			len = c->mss;
+		bool fin = c->fin_queued && c->snd_nxt + len == data_end &&
+			   SEQ_LEQ(c->snd_nxt, c->fin_seq);
+		if (len == 0 && !fin)
+			break;
+		/* The FIN needs no window, but it waits until the data fits. */
+		uint8_t flags = TH_ACK;
+		if (len && len == avail)
+			flags |= TH_PSH;
+		if (fin)
+			flags |= TH_FIN;
+		uint32_t seq = c->snd_nxt;
+		bool rexmit = SEQ_LT(seq, c->snd_max);
+		if (rexmit)
+			ts->stats.retransmits++;
+		tcp_send_segment(c, seq, len, flags);
+		c->snd_nxt = seq + len + (fin ? 1 : 0);
+		if (SEQ_GT(c->snd_nxt, c->snd_max)) {
+			if (!c->rtt_timing && !c->ts_ok && !rexmit) {
+				c->rtt_timing = true;
+				c->rtt_seq = seq;
+				c->rtt_start = ts->now_us;
+			}
+			c->snd_max = c->snd_nxt;
+		}
+		sent = true;
+		if (fin)
+			break;
+	}
+	if (sent && (!net_timer_armed(&c->rtx_timer) || c->persist)) {
+		c->persist = false;
+		tcp_rtx_arm(c);
+	}
+	/* Zero window with data waiting and nothing in flight: probe. */
+	if (c->snd_wnd == 0 && c->snd_nxt == c->snd_una && SEQ_LT(c->snd_nxt, data_end) &&
+	    !net_timer_armed(&c->rtx_timer)) {
+		c->persist = true;
+		tcp_rtx_arm(c);
+	}
+}

@@ -1,0 +1,251 @@
+/*
+ * recover.c - sequential segment scanner used by recovery, spool_scan() and
+ * mxspool.  A segment is read front to back in large reads; every record's
+ * header checksum and payload checksum are verified as the bytes stream by,
+ * so message bodies are touched once by the CRC and never copied or parsed.
+ * The caller decides what a record means (spool.c); this file decides only
+ * where the valid part of a segment ends and why (see FORMAT.md, Recovery).
+ */
+#include "spool_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define SCAN_BUF (4u << 20)
+
+struct scan_buf {
+	int fd;
+	uint8_t *buf;
+	uint64_t base; /* file offset of buf[0] */
+	size_t len;    /* valid bytes in buf */
+	size_t cap;
+	uint64_t file_size;
+};
+
+/* Make [off, off+need) resident; need <= b->cap.  0, or -errno; short at EOF is 0 too. */
+static int scan_fill(struct scan_buf *b, uint64_t off, size_t need)
+{
+	if (off >= b->base && off + need <= b->base + b->len)
+		return 0;
+	if (off >= b->base && off <= b->base + b->len) {
+		size_t keep = (size_t)(b->base + b->len - off);
+		memmove(b->buf, b->buf + (off - b->base), keep);
+		b->len = keep;
+	} else {
+		b->len = 0;
+	}
+	b->base = off;
+	while (b->len < need && b->base + b->len < b->file_size) {
+		ssize_t n =
+			pread(b->fd, b->buf + b->len, b->cap - b->len, (off_t)(b->base + b->len));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			break;
+		b->len += (size_t)n;
+	}
+	return 0;
+}
+
+static bool has_valid_seal(struct scan_buf *b, uint64_t seq)
+{
+	uint8_t tail[SPOOL_REC_HDR];
+	struct spool_rec_hdr h;
+	if (b->file_size < 2 * SPOOL_REC_HDR)
+		return false;
+	if (pread(b->fd, tail, sizeof(tail), (off_t)(b->file_size - SPOOL_REC_HDR)) !=
+	    (ssize_t)sizeof(tail))
+		return false;
+	return spool_rec_hdr_get(tail, &h) == 0 && h.type == SPOOL_REC_SEAL && h.id == seq &&
+	       h.length == 0;
+}
+
+int spool_scan_segment(int fd, uint64_t seq, uint64_t max_batch_bytes, spool_scan_rec_fn fn,
+		       void *arg, struct spool_scan_seg *res)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	memset(res, 0, sizeof(*res));
+	res->seq = seq;
+	res->file_size = (uint64_t)st.st_size;
+	struct scan_buf b = {.fd = fd, .file_size = (uint64_t)st.st_size};
+	/* small segments (tools, tests, the fuzzer) do not need the whole 4 MiB */
+	b.cap = b.file_size < SCAN_BUF ? (size_t)b.file_size + SPOOL_REC_HDR : SCAN_BUF;
+	b.buf = malloc(b.cap);
+	if (b.buf == NULL)
+		return -ENOMEM;
+	res->sealed = has_valid_seal(&b, seq);
+	uint64_t off = 0;
+	int rc = 0;
+	const char *why = NULL;
+	bool seen_seal = false, newer = false;
+	while (off < b.file_size) {
+		struct spool_rec_hdr h;
+		if ((rc = scan_fill(&b, off, SPOOL_REC_HDR)) < 0)
+			goto out;
+		if (b.file_size - off < SPOOL_REC_HDR) {
+			why = "partial record header";
+			break;
+		}
+		int hr = spool_rec_hdr_get(b.buf + (off - b.base), &h);
+		if (hr == -EPROTONOSUPPORT) {
+			why = "record version newer than this program";
+			newer = true;
+			break;
+		}
+		if (hr < 0) {
+			why = "bad record header (magic or checksum)";
+			break;
+		}
+		if (seen_seal) {
+			why = "record after the seal";
+			break;
+		}
+		if (off == 0 && (h.type != SPOOL_REC_SEGHDR || h.id != seq)) {
+			why = "segment does not start with its header";
+			break;
+		}
+		if (off != 0 && h.type == SPOOL_REC_SEGHDR) {
+			why = "second segment header";
+			break;
+		}
+		if ((uint64_t)h.length > b.file_size - off - SPOOL_REC_HDR) {
+			why = "record runs past the end of the file";
+			break;
+		}
+		if (h.type == SPOOL_REC_MSG && h.aux > h.length) {
+			why = "envelope longer than its record";
+			break;
+		}
+		uint64_t total = SPOOL_REC_HDR + (uint64_t)h.length;
+		const uint8_t *payload = NULL;
+		uint32_t crc;
+		if (total <= b.cap) {
+			if ((rc = scan_fill(&b, off, (size_t)total)) < 0)
+				goto out;
+			payload = b.buf + (off - b.base) + SPOOL_REC_HDR;
+			crc = spool_crc32c(0, payload, h.length);
+		} else {
+			/* bigger than the buffer: checksum it as it streams by */
+			uint64_t pos = off + SPOOL_REC_HDR, end = off + total;
+			crc = 0;
+			while (pos < end) {
+				size_t want = (size_t)((end - pos) < b.cap ? end - pos : b.cap);
+				if ((rc = scan_fill(&b, pos, want)) < 0)
+					goto out;
+				size_t have = (size_t)(b.base + b.len - pos);
+				if (have == 0) {
+					rc = -EIO;
+					goto out;
+				}
+				if (have > end - pos)
+					have = (size_t)(end - pos);
+				crc = spool_crc32c(crc, b.buf + (pos - b.base), have);
+				pos += have;
+			}
+		}
+		if (crc != h.data_crc) {
+			why = "payload checksum mismatch";
+			break;
+		}
+		if (h.type == SPOOL_REC_SEAL)
+			seen_seal = true;
+		if (h.type != SPOOL_REC_SEGHDR && h.type != SPOOL_REC_SEAL && fn != NULL) {
+			struct spool_scan_rec r = {.h = h,
+						   .seg = seq,
+						   .off = off,
+						   .payload = h.type == SPOOL_REC_MSG ? NULL
+										      : payload};
+			if ((rc = fn(arg, &r)) < 0)
+				goto out;
+		}
+		off += total;
+	}
+	res->size = off;
+	if (off == b.file_size) {
+		res->state = off == 0 ? 3 : 0;
+	} else {
+		res->bad_off = off;
+		res->why = why;
+		/*
+		 * Only the last batch written before a crash can be incomplete,
+		 * and a rolled segment ends with a seal: damage anywhere else is
+		 * corruption, not a torn write.
+		 */
+		if (newer)
+			res->state = 4; /* never cut or move what a newer program wrote */
+		else if (!res->sealed && b.file_size - off <= max_batch_bytes)
+			res->state = off == 0 ? 3 : 1;
+		else
+			res->state = 2;
+	}
+out:
+	free(b.buf);
+	return rc;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int spool_list_segments(const char *dir, unsigned core, uint64_t **seqs, size_t *count)
+{
+	char path[4096];
+	int rc = spool_core_path(path, sizeof(path), dir, core);
+	*seqs = NULL;
+	*count = 0;
+	if (rc < 0)
+		return rc;
+	DIR *d = opendir(path);
+	if (d == NULL)
+		return errno == ENOENT ? 0 : -errno;
+	size_t n = 0, cap = 0;
+	uint64_t *v = NULL;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		const char *s = de->d_name;
+		if (strlen(s) != 20 || strcmp(s + 16, ".seg") != 0)
+			continue;
+		uint64_t seq = 0;
+		bool ok = true;
+		for (int i = 0; i < 16; i++) {
+			char c = s[i];
+			int x = (c >= '0' && c <= '9')	 ? c - '0'
+				: (c >= 'a' && c <= 'f') ? c - 'a' + 10
+							 : -1;
+			if (x < 0) {
+				ok = false;
+				break;
+			}
+			seq = (seq << 4) | (uint64_t)x;
+		}
+		if (!ok)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			uint64_t *nv = realloc(v, cap * sizeof(*v));
+			if (nv == NULL) {
+				free(v);
+				closedir(d);
+				return -ENOMEM;
+			}
+			v = nv;
+		}
+		v[n++] = seq;
+	}
+	closedir(d);
+	if (n)
+		qsort(v, n, sizeof(*v), cmp_u64);
+	*seqs = v;
+	*count = n;
+	return 0;
+}

@@ -1,0 +1,120 @@
+/*
+ * spool_internal.h - on-disk record layout and helpers shared by the spool's
+ * sources (record.c, recover.c, spool.c).  The layout is documented for
+ * humans in FORMAT.md; keep both in step.
+ */
+#ifndef MX_SPOOL_INTERNAL_H
+#define MX_SPOOL_INTERNAL_H
+
+#include "spool.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#define SPOOL_REC_MAGIC 0x5258534du /* "MSXR" as little-endian bytes */
+#define SPOOL_REC_VERSION 1
+#define SPOOL_REC_HDR 32
+#define SPOOL_ENV_VERSION 1
+#define SPOOL_TEXT_MAX 1024 /* reply texts in state records are cut to this */
+
+enum spool_rec_type {
+	SPOOL_REC_SEGHDR = 1, /* first record of a segment; id = segment sequence */
+	SPOOL_REC_MSG = 2,    /* envelope + body; aux = envelope length; flags = rcpt count */
+	SPOOL_REC_DELIVERED = 3,
+	SPOOL_REC_DEFERRED = 4, /* payload: i64 next retry (s) + reply text */
+	SPOOL_REC_BOUNCED = 5,	/* payload: reason text */
+	SPOOL_REC_FINISHED = 6,
+	SPOOL_REC_SEAL = 7, /* last record of a rolled segment */
+};
+
+struct spool_rec_hdr {
+	uint8_t type;
+	uint8_t version;
+	uint16_t flags;
+	uint32_t length; /* payload bytes after the 32-byte header */
+	uint32_t data_crc;
+	uint64_t id;
+	uint32_t aux;
+};
+
+static inline void spool_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+static inline void spool_put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline void spool_put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+static inline uint16_t spool_get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (p[1] << 8));
+}
+static inline uint32_t spool_get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+	       ((uint32_t)p[3] << 24);
+}
+static inline uint64_t spool_get64(const uint8_t *p)
+{
+	return (uint64_t)spool_get32(p) | ((uint64_t)spool_get32(p + 4) << 32);
+}
+
+/** Write a 32-byte header (computes hdr_crc; data_crc must be set). */
+void spool_rec_hdr_put(uint8_t out[SPOOL_REC_HDR], const struct spool_rec_hdr *h);
+/**
+ * Check and decode a header: 0, -EBADMSG (magic or header checksum),
+ * -EPROTONOSUPPORT (a newer version).
+ */
+int spool_rec_hdr_get(const uint8_t in[SPOOL_REC_HDR], struct spool_rec_hdr *h);
+/** Build a whole record (header + payload) into out; returns its size. */
+size_t spool_rec_build(uint8_t *out, uint8_t type, uint16_t flags, uint64_t id, uint32_t aux,
+		       const void *payload, uint32_t len);
+
+/** Check a complete record in memory: 0 or -EBADMSG / -EPROTONOSUPPORT / -EMSGSIZE. */
+int spool_rec_check(const uint8_t *buf, size_t len, struct spool_rec_hdr *h);
+
+/* Segment file names: <dir>/c<core>/<16 hex digits>.seg */
+int spool_seg_path(char *out, size_t cap, const char *dir, unsigned core, uint64_t seq);
+int spool_core_path(char *out, size_t cap, const char *dir, unsigned core);
+
+/* ---- recovery scan (recover.c) ---------------------------------------- */
+
+/* A record seen by the scanner; for SPOOL_REC_MSG payload holds the envelope. */
+struct spool_scan_rec {
+	struct spool_rec_hdr h;
+	uint64_t seg;
+	uint64_t off;
+	const uint8_t *payload; /* state records: whole payload; MSG: NULL */
+};
+
+struct spool_scan_seg {
+	uint64_t seq;
+	uint64_t size;	    /* bytes kept (after a torn tail cut) */
+	uint64_t file_size; /* as found */
+	int state;	    /* 0 ok, 1 torn tail at size, 2 corrupt, 3 no record, 4 newer version */
+	uint64_t bad_off;
+	const char *why;
+	bool sealed;
+};
+
+typedef int (*spool_scan_rec_fn)(void *arg, const struct spool_scan_rec *r);
+
+/**
+ * Read one segment sequentially, verify every checksum and call fn for each
+ * valid record in order.  Fills *res.  Returns 0 or a negative errno for an
+ * I/O error (a corrupt or torn segment is not an error: see res->state).
+ */
+int spool_scan_segment(int fd, uint64_t seq, uint64_t max_batch_bytes, spool_scan_rec_fn fn,
+		       void *arg, struct spool_scan_seg *res);
+
+/** Sorted list of segment sequence numbers under <dir>/c<core>; malloc'd. */
+int spool_list_segments(const char *dir, unsigned core, uint64_t **seqs, size_t *count);
+
+#endif

@@ -1,0 +1,999 @@
+/*
+ * test_dkim.c - lib/dkim: canonicalisation (RFC 6376 3.4), streaming, signing
+ * (rsa-sha256, ed25519-sha256 with the RFC 8463 key), keys, domain choice.
+ *
+ * Signatures are checked by a small verifier written here (mini_verify) on
+ * top of the naive reference canonicaliser of canon_ref.h and OpenSSL's
+ * verify, so that a bug in lib/dkim's canonicalisation cannot hide itself.
+ * The integration test dkim_dkimpy.sh checks against a real verifier.
+ */
+#include "dkim.h"
+#include "core.h"
+#include "dkim_canon.h"
+#include "canon_ref.h"
+#include "mx_test.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/encoder.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+/* RFC 6376 3.4.6 / RFC 8463 Appendix A message. */
+static const char rfc_msg[] = "From: Joe SixPack <joe@football.example.com>\r\n"
+			      "To: Suzie Q <suzie@shopping.example.net>\r\n"
+			      "Subject: Is dinner ready?\r\n"
+			      "Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)\r\n"
+			      "Message-ID: <20030712040037.46341.5F8J@football.example.com>\r\n"
+			      "\r\n"
+			      "Hi.\r\n"
+			      "\r\n"
+			      "We lost the game.  Are you hungry yet?\r\n"
+			      "\r\n"
+			      "Joe.\r\n";
+
+/* RFC 8032 7.1 TEST 1 secret key, the key of RFC 8463 Appendix A. */
+static const uint8_t rfc8463_secret[32] = {
+	0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a,
+	0xf4, 0x92, 0xec, 0x2c, 0xc4, 0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32,
+	0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c, 0xae, 0x7f, 0x60,
+};
+
+static char tmpdir[256];
+
+/* ---- helpers ------------------------------------------------------------- */
+
+struct collect {
+	uint8_t *buf;
+	size_t len, cap;
+};
+
+static void collect_sink(void *arg, const uint8_t *p, size_t n)
+{
+	struct collect *c = arg;
+	if (c->len + n > c->cap) {
+		c->cap = (c->len + n) * 2 + 64;
+		c->buf = realloc(c->buf, c->cap);
+	}
+	memcpy(c->buf + c->len, p, n);
+	c->len += n;
+}
+
+/* Canonicalise in pieces of `step` bytes (0: one piece). */
+static struct collect canon_stream(bool relaxed, const char *in, size_t len, size_t step)
+{
+	struct collect out = {0};
+	struct dkim_body_canon *c = malloc(sizeof(*c));
+	dkim_body_canon_init(c, relaxed, collect_sink, &out);
+	if (step == 0)
+		step = len ? len : 1;
+	for (size_t off = 0; off < len; off += step)
+		dkim_body_canon_update(c, (const uint8_t *)in + off,
+				       len - off < step ? len - off : step);
+	dkim_body_canon_final(c);
+	CU_ASSERT_EQUAL(c->length, out.len);
+	free(c);
+	return out;
+}
+
+static bool collect_is(const struct collect *c, const char *want)
+{
+	return c->len == strlen(want) && (c->len == 0 || memcmp(c->buf, want, c->len) == 0);
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *fp = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+	fputs(text, fp);
+	fclose(fp);
+}
+
+static void path_in_tmp(char *out, size_t outlen, const char *name)
+{
+	snprintf(out, outlen, "%s/%s", tmpdir, name);
+}
+
+/* Write a key as PEM (PKCS#8 "PrivateKeyInfo" or traditional "type-specific"). */
+static bool write_pkey(EVP_PKEY *pkey, const char *path, const char *structure)
+{
+	unlink(path);
+	OSSL_ENCODER_CTX *ec =
+		OSSL_ENCODER_CTX_new_for_pkey(pkey, EVP_PKEY_KEYPAIR, "PEM", structure, NULL);
+	unsigned char *data = NULL;
+	size_t len = 0;
+	bool ok = ec && OSSL_ENCODER_to_data(ec, &data, &len) == 1;
+	OSSL_ENCODER_CTX_free(ec);
+	FILE *fp = ok ? fopen(path, "w") : NULL;
+	ok = fp && fwrite(data, 1, len, fp) == len;
+	if (fp)
+		ok &= fclose(fp) == 0;
+	OPENSSL_free(data);
+	return ok;
+}
+
+static EVP_PKEY *rfc8463_pkey(void)
+{
+	return EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, rfc8463_secret, 32);
+}
+
+/* Keys made once for the whole suite. */
+static struct dkim_key *rsa_key, *ed_key;
+static char rsa_path[300], ed_path[300];
+
+static int suite_init(void)
+{
+	char err[256];
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/mx-dkim-test-XXXXXX");
+	if (!mkdtemp(tmpdir))
+		return 1;
+	path_in_tmp(rsa_path, sizeof(rsa_path), "rsa.pem");
+	path_in_tmp(ed_path, sizeof(ed_path), "ed.pem");
+	EVP_PKEY *ed = rfc8463_pkey();
+	EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+	if (!ed || !rsa)
+		return 1;
+	/* traditional "RSA PRIVATE KEY" for RSA, PKCS#8 for Ed25519 */
+	bool ok = write_pkey(ed, ed_path, "PrivateKeyInfo") &&
+		  write_pkey(rsa, rsa_path, "type-specific");
+	EVP_PKEY_free(ed);
+	EVP_PKEY_free(rsa);
+	if (!ok)
+		return 1;
+	if (dkim_key_load(rsa_path, DKIM_ALG_RSA_SHA256, &rsa_key, err, sizeof(err)) ||
+	    dkim_key_load(ed_path, DKIM_ALG_ED25519_SHA256, &ed_key, err, sizeof(err))) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	return 0;
+}
+
+static int suite_clean(void)
+{
+	dkim_key_free(rsa_key);
+	dkim_key_free(ed_key);
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+	return system(cmd) == 0 ? 0 : 1;
+}
+
+static struct dkim_signer *make_signer(struct dkim_key *rsa, struct dkim_key *ed,
+				       enum dkim_canon hc, enum dkim_canon bc)
+{
+	struct dkim_signer_config c;
+	struct dkim_signer *s = NULL;
+	char err[256];
+	dkim_signer_config_init(&c);
+	c.domain = "football.example.com";
+	c.selector = "brisbane";
+	c.rsa_key = rsa;
+	c.ed25519_key = ed;
+	c.header_canon = hc;
+	c.body_canon = bc;
+	int rc = dkim_signer_create(&c, &s, err, sizeof(err));
+	CU_ASSERT_EQUAL(rc, 0);
+	if (rc)
+		fprintf(stderr, "signer: %s\n", err);
+	return s;
+}
+
+/* Sign msg in pieces of step bytes (0: at once); copies the header(s) out. */
+static int sign_msg(struct dkim_signer *s, const char *msg, size_t len, size_t step, char *out,
+		    size_t outlen)
+{
+	const char *hdr;
+	size_t hdr_len;
+	int rc = dkim_sign_begin(s, 1528637909);
+	if (step == 0)
+		step = len ? len : 1;
+	for (size_t off = 0; rc == 0 && off < len; off += step)
+		rc = dkim_sign_update(s, msg + off, len - off < step ? len - off : step);
+	if (rc == 0)
+		rc = dkim_sign_final(s, &hdr, &hdr_len);
+	if (rc)
+		return rc;
+	if (hdr_len + 1 > outlen)
+		return -ENOSPC;
+	memcpy(out, hdr, hdr_len);
+	out[hdr_len] = '\0';
+	return (int)hdr_len;
+}
+
+/* Value of tag `name` in a DKIM-Signature field, all whitespace removed. */
+static bool sig_tag(const char *field, const char *name, char *out, size_t outlen)
+{
+	const char *p = strchr(field, ':');
+	size_t nl = strlen(name);
+	while (p) {
+		p++;
+		while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+			p++;
+		const char *end = strchr(p, ';');
+		if (!end)
+			end = p + strlen(p);
+		if (strncmp(p, name, nl) == 0 && (p[nl] == '=' || p[nl] == ' ')) {
+			const char *v = strchr(p, '=') + 1;
+			size_t o = 0;
+			for (; v < end && o + 1 < outlen; v++)
+				if (*v != ' ' && *v != '\t' && *v != '\r' && *v != '\n')
+					out[o++] = *v;
+			out[o] = '\0';
+			return true;
+		}
+		p = *end ? end : NULL;
+	}
+	return false;
+}
+
+/*
+ * A verifier of our own (RFC 6376 6.1.3) over the reference canonicaliser:
+ * sig is one DKIM-Signature field with its CRLF, msg the unsigned message.
+ */
+static int mini_verify_field(const char *sig, size_t sig_len, const char *msg, EVP_PKEY *pub);
+
+static int mini_verify(const char *sig, size_t sig_len, const char *msg, EVP_PKEY *pub)
+{
+	char *one = strndup(sig, sig_len);
+	int rc = mini_verify_field(one, sig_len, msg, pub);
+	free(one);
+	return rc;
+}
+
+static int mini_verify_field(const char *sig, size_t sig_len, const char *msg, EVP_PKEY *pub)
+{
+	char a[64], c[64], h[1024], bh[128], b[1024];
+	if (!sig_tag(sig, "a", a, sizeof(a)) || !sig_tag(sig, "c", c, sizeof(c)) ||
+	    !sig_tag(sig, "h", h, sizeof(h)) || !sig_tag(sig, "bh", bh, sizeof(bh)) ||
+	    !sig_tag(sig, "b", b, sizeof(b)))
+		return -1;
+	bool hrel = strncmp(c, "relaxed", 7) == 0;
+	bool brel = strstr(c, "/relaxed") != NULL;
+	const char *body = strstr(msg, "\r\n\r\n");
+	size_t hdr_len = body ? (size_t)(body - msg) + 2 : strlen(msg);
+	body = body ? body + 4 : msg + strlen(msg);
+	size_t blen = strlen(body);
+	uint8_t *cb = malloc(2 * blen + 4), dig[32];
+	size_t cn = ref_body_canon(brel, (const uint8_t *)body, blen, cb);
+	SHA256(cb, cn, dig);
+	free(cb);
+	char bh_calc[64];
+	EVP_EncodeBlock((unsigned char *)bh_calc, dig, 32);
+	if (strcmp(bh_calc, bh) != 0)
+		return -2;
+
+	/* header fields: start offsets */
+	size_t starts[256], lens[256], nf = 0;
+	bool used[256] = {false};
+	for (size_t i = 0; i < hdr_len && nf < 256;) {
+		size_t st = i;
+		do {
+			const char *lf = memchr(msg + i, '\n', hdr_len - i);
+			i = lf ? (size_t)(lf - msg) + 1 : hdr_len;
+		} while (i < hdr_len && (msg[i] == ' ' || msg[i] == '\t'));
+		starts[nf] = st;
+		lens[nf++] = i - st;
+	}
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	uint8_t buf[4096];
+	char *save, *hcopy = strdup(h);
+	for (char *name = strtok_r(hcopy, ":", &save); name; name = strtok_r(NULL, ":", &save)) {
+		for (size_t j = nf; j-- > 0;) {
+			const char *f = msg + starts[j];
+			size_t nlen = strlen(name);
+			if (used[j] || strncasecmp(f, name, nlen) != 0 ||
+			    (f[nlen] != ':' && f[nlen] != ' ' && f[nlen] != '\t'))
+				continue;
+			used[j] = true;
+			if (hrel) {
+				size_t n = ref_header_relaxed((const uint8_t *)f, lens[j], buf);
+				EVP_DigestUpdate(md, buf, n);
+			} else {
+				EVP_DigestUpdate(md, f, lens[j]);
+			}
+			break;
+		}
+	}
+	free(hcopy);
+	/* the signature field with b= emptied, no final CRLF (3.7) */
+	char *field = strndup(sig, sig_len);
+	char *bt = strstr(field, " b=");
+	if (!bt)
+		bt = strstr(field, "\tb=");
+	if (!bt) {
+		free(field);
+		EVP_MD_CTX_free(md);
+		return -3;
+	}
+	bt[3] = '\0';
+	if (hrel) {
+		size_t n = ref_header_relaxed((const uint8_t *)field, strlen(field), buf);
+		EVP_DigestUpdate(md, buf, n - 2);
+	} else {
+		EVP_DigestUpdate(md, field, strlen(field));
+	}
+	free(field);
+	unsigned dl;
+	EVP_DigestFinal_ex(md, dig, &dl);
+	EVP_MD_CTX_free(md);
+
+	uint8_t raw[1024];
+	int rl = EVP_DecodeBlock(raw, (const unsigned char *)b, (int)strlen(b));
+	if (rl < 0)
+		return -4;
+	size_t pad = strlen(b) >= 2 ? (b[strlen(b) - 1] == '=') + (b[strlen(b) - 2] == '=') : 0;
+	rl -= (int)pad;
+	int ok;
+	if (strcmp(a, "ed25519-sha256") == 0) {
+		EVP_MD_CTX *v = EVP_MD_CTX_new();
+		ok = EVP_DigestVerifyInit(v, NULL, NULL, NULL, pub) == 1 &&
+		     EVP_DigestVerify(v, raw, (size_t)rl, dig, 32) == 1;
+		EVP_MD_CTX_free(v);
+	} else {
+		EVP_PKEY_CTX *v = EVP_PKEY_CTX_new(pub, NULL);
+		ok = EVP_PKEY_verify_init(v) == 1 &&
+		     EVP_PKEY_CTX_set_rsa_padding(v, RSA_PKCS1_PADDING) == 1 &&
+		     EVP_PKEY_CTX_set_signature_md(v, EVP_sha256()) == 1 &&
+		     EVP_PKEY_verify(v, raw, (size_t)rl, dig, 32) == 1;
+		EVP_PKEY_CTX_free(v);
+	}
+	ERR_clear_error();
+	return ok ? 0 : -5;
+}
+
+/* The public half of a key file, for verifying. */
+static EVP_PKEY *load_pub(const char *path)
+{
+	FILE *fp = fopen(path, "r");
+	EVP_PKEY *k = fp ? PEM_read_PrivateKey(fp, NULL, NULL, NULL) : NULL;
+	if (fp)
+		fclose(fp);
+	return k;
+}
+
+/* Verify every DKIM-Signature field in hdrs (as produced by dkim_sign_final). */
+static int verify_all(const char *hdrs, const char *msg, int expect_count)
+{
+	EVP_PKEY *rsa = load_pub(rsa_path), *ed = load_pub(ed_path);
+	int count = 0, rc = 0;
+	const char *p = hdrs;
+	while (p && *p) {
+		const char *next = strstr(p + 1, "\r\nDKIM-Signature:");
+		size_t len = next ? (size_t)(next - p) + 2 : strlen(p);
+		bool is_ed = strstr(p, "a=ed25519-sha256") != NULL &&
+			     (!next || strstr(p, "a=ed25519-sha256") < next);
+		int r = mini_verify(p, len, msg, is_ed ? ed : rsa);
+		if (r) {
+			if (getenv("DKIM_TEST_VERBOSE"))
+				fprintf(stderr, "mini_verify %d on:\n%.*s\n", r, (int)len, p);
+			rc = r;
+		}
+		count++;
+		p = next ? next + 2 : NULL;
+	}
+	EVP_PKEY_free(rsa);
+	EVP_PKEY_free(ed);
+	if (rc == 0 && count != expect_count)
+		rc = -10;
+	return rc;
+}
+
+/* ---- canonicalisation ---------------------------------------------------- */
+
+static void test_rfc6376_example(void)
+{
+	/* RFC 6376 3.4.6 */
+	const char *body = " C \r\nD \t E\r\n\r\n\r\n";
+	struct collect r = canon_stream(true, body, strlen(body), 0);
+	CU_ASSERT(collect_is(&r, " C\r\nD E\r\n"));
+	free(r.buf);
+	struct collect s = canon_stream(false, body, strlen(body), 0);
+	CU_ASSERT(collect_is(&s, " C \r\nD \t E\r\n"));
+	free(s.buf);
+	uint8_t out[64];
+	size_t n = dkim_header_canon(true, (const uint8_t *)"A: X\r\n", 6, true, out);
+	CU_ASSERT(n == 5 && memcmp(out, "a:X\r\n", 5) == 0);
+	const char *b = "B : Y\t\r\n\tZ  \r\n";
+	n = dkim_header_canon(true, (const uint8_t *)b, strlen(b), true, out);
+	CU_ASSERT(n == 7 && memcmp(out, "b:Y Z\r\n", 7) == 0);
+	n = dkim_header_canon(false, (const uint8_t *)b, strlen(b), true, out);
+	CU_ASSERT(n == strlen(b) && memcmp(out, b, n) == 0);
+}
+
+static const struct {
+	const char *in, *simple, *relaxed;
+} body_cases[] = {
+	{"", "\r\n", ""},
+	{"\r\n", "\r\n", ""},
+	{"\r\n\r\n\r\n", "\r\n", ""},
+	{"abc", "abc\r\n", "abc\r\n"},
+	{"abc\r\n\r\n", "abc\r\n", "abc\r\n"},
+	{"a  b \t\r\n", "a  b \t\r\n", "a b\r\n"},
+	{" \t \r\n\r\nx", " \t \r\n\r\nx\r\n", "\r\n\r\nx\r\n"},
+	{"line\r\n  \r\n\t\r\n", "line\r\n  \r\n\t\r\n", "line\r\n"},
+	{"a\rb\nc\r\n", "a\rb\nc\r\n", "a\rb\nc\r\n"},
+	{"end  ", "end  \r\n", "end \r\n"},
+	{"x\r", "x\r\r\n", "x\r\r\n"},
+	{"a \r \r\n", "a \r \r\n", "a \r\r\n"},
+	{"\t\tindent\r\n", "\t\tindent\r\n", " indent\r\n"},
+	{"8bit \xc3\xa9t\xc3\xa9\r\n\r\n", "8bit \xc3\xa9t\xc3\xa9\r\n",
+	 "8bit \xc3\xa9t\xc3\xa9\r\n"},
+};
+
+static void test_body_cases(void)
+{
+	for (size_t i = 0; i < sizeof(body_cases) / sizeof(body_cases[0]); i++) {
+		const char *in = body_cases[i].in;
+		size_t len = strlen(in);
+		for (int relaxed = 0; relaxed < 2; relaxed++) {
+			const char *want = relaxed ? body_cases[i].relaxed : body_cases[i].simple;
+			uint8_t ref[64];
+			size_t rn = ref_body_canon(relaxed, (const uint8_t *)in, len, ref);
+			bool ref_ok = rn == strlen(want) && memcmp(ref, want, rn) == 0;
+			CU_ASSERT(ref_ok);
+			for (size_t step = 0; step <= 3; step++) {
+				struct collect c = canon_stream(relaxed, in, len, step);
+				bool ok = collect_is(&c, want);
+				CU_ASSERT(ok);
+				if (!ok)
+					fprintf(stderr, "case %zu relaxed=%d step=%zu\n", i,
+						relaxed, step);
+				free(c.buf);
+			}
+		}
+	}
+}
+
+static void test_header_relaxed(void)
+{
+	static const struct {
+		const char *in, *want;
+	} cases[] = {
+		{"SUBJect :  Hello \r\n\t World  \r\n", "subject:Hello World\r\n"},
+		{"X-Empty:\r\n", "x-empty:\r\n"},
+		{"X-Sp:   \r\n", "x-sp:\r\n"},
+		{"To: a@b,\r\n  c@d,\r\n\te@f\r\n", "to:a@b, c@d, e@f\r\n"},
+		{"MESSAGE-ID:<x@y>\r\n", "message-id:<x@y>\r\n"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		uint8_t out[128], ref[128];
+		size_t len = strlen(cases[i].in);
+		size_t n = dkim_header_canon(true, (const uint8_t *)cases[i].in, len, true, out);
+		size_t rn = ref_header_relaxed((const uint8_t *)cases[i].in, len, ref);
+		CU_ASSERT(n == strlen(cases[i].want) && memcmp(out, cases[i].want, n) == 0);
+		CU_ASSERT(rn == n && memcmp(out, ref, n) == 0);
+	}
+}
+
+/* Random bodies over an alphabet of the interesting bytes, random splits. */
+static void test_stream_random(void)
+{
+	static const char alphabet[] = " \t\r\n\r\nab";
+	uint32_t seed = 12345;
+	char in[300];
+	uint8_t ref[700];
+	for (int iter = 0; iter < 3000; iter++) {
+		seed = seed * 1103515245 + 12345;
+		size_t len = (seed >> 8) % sizeof(in);
+		for (size_t i = 0; i < len; i++) {
+			seed = seed * 1103515245 + 12345;
+			in[i] = alphabet[(seed >> 16) % (sizeof(alphabet) - 1)];
+		}
+		for (int relaxed = 0; relaxed < 2; relaxed++) {
+			size_t rn = ref_body_canon(relaxed, (const uint8_t *)in, len, ref);
+			struct collect whole = canon_stream(relaxed, in, len, 0);
+			/* random split points */
+			struct collect parts = {0};
+			struct dkim_body_canon c;
+			dkim_body_canon_init(&c, relaxed, collect_sink, &parts);
+			for (size_t off = 0; off < len;) {
+				seed = seed * 1103515245 + 12345;
+				size_t step = 1 + (seed >> 16) % 7;
+				if (step > len - off)
+					step = len - off;
+				dkim_body_canon_update(&c, (const uint8_t *)in + off, step);
+				off += step;
+			}
+			dkim_body_canon_final(&c);
+			bool ok = whole.len == rn && parts.len == rn &&
+				  (rn == 0 || (memcmp(whole.buf, ref, rn) == 0 &&
+					       memcmp(parts.buf, ref, rn) == 0));
+			CU_ASSERT(ok);
+			if (!ok) {
+				fprintf(stderr, "iter %d relaxed %d len %zu\n", iter, relaxed, len);
+				free(whole.buf);
+				free(parts.buf);
+				return;
+			}
+			free(whole.buf);
+			free(parts.buf);
+		}
+	}
+}
+
+/* ---- signing ------------------------------------------------------------- */
+
+static void test_body_hash_values(void)
+{
+	static const struct {
+		enum dkim_canon bc;
+		const char *msg, *bh;
+	} cases[] = {
+		/* RFC 8463 Appendix A (relaxed) and dkimpy's rfc6376.signed.msg (simple) */
+		{DKIM_CANON_RELAXED, rfc_msg, "2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8="},
+		{DKIM_CANON_SIMPLE, rfc_msg, "4bLNXImK9drULnmePzZNEBleUanJCX5PIsDIFoH4KTQ="},
+		/* empty body: SHA-256("") and SHA-256("\r\n") (RFC 6376 3.4.3, 3.4.4) */
+		{DKIM_CANON_RELAXED, "From: a@b.c\r\n\r\n",
+		 "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="},
+		{DKIM_CANON_SIMPLE, "From: a@b.c\r\n\r\n",
+		 "frcCV1k9oG9oKj3dpUqdJg1PxRT2RSN/XKdLCPjaYaY="},
+		{DKIM_CANON_SIMPLE, "From: a@b.c\r\n",
+		 "frcCV1k9oG9oKj3dpUqdJg1PxRT2RSN/XKdLCPjaYaY="},
+		{DKIM_CANON_RELAXED, "From: a@b.c\r\n\r\n\r\n \r\n",
+		 "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct dkim_signer *s = make_signer(NULL, ed_key, DKIM_CANON_RELAXED, cases[i].bc);
+		char out[4096], bh[128];
+		CU_ASSERT_FATAL(s != NULL);
+		int n = sign_msg(s, cases[i].msg, strlen(cases[i].msg), 0, out, sizeof(out));
+		CU_ASSERT(n > 0);
+		CU_ASSERT(sig_tag(out, "bh", bh, sizeof(bh)));
+		CU_ASSERT_STRING_EQUAL(bh, cases[i].bh);
+		CU_ASSERT_EQUAL(verify_all(out, cases[i].msg, 1), 0);
+		dkim_signer_free(s);
+	}
+}
+
+static void test_rfc8463_key(void)
+{
+	char rec[256];
+	int n = dkim_key_txt_record(ed_key, rec, sizeof(rec));
+	/* RFC 8463 Appendix A.2 DNS record */
+	CU_ASSERT_STRING_EQUAL(
+		rec, "v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=");
+	CU_ASSERT_EQUAL(n, (int)strlen(rec));
+	CU_ASSERT_EQUAL(dkim_key_alg(ed_key), DKIM_ALG_ED25519_SHA256);
+	CU_ASSERT_EQUAL(dkim_key_bits(rsa_key), 2048);
+	CU_ASSERT_EQUAL(dkim_key_txt_record(ed_key, rec, 20), -ENOSPC);
+	n = dkim_key_txt_record(rsa_key, rec, sizeof(rec));
+	CU_ASSERT_EQUAL(n, -ENOSPC); /* 2048-bit p= does not fit in 256 */
+}
+
+/*
+ * A third-party ed25519-sha256 signature by the RFC 8463 key (dkimpy's test
+ * data, simple/simple): hashing the fields with our header canonicaliser must
+ * give the data that signature verifies.
+ */
+static void test_rfc8463_foreign_signature(void)
+{
+	static const char field[] = "DKIM-Signature: v=1; a=ed25519-sha256; c=simple/simple; \r\n"
+				    " d=football.example.com; i=@football.example.com; \r\n"
+				    " q=dns/txt; s=brisbane; t=1518460054; h=from : to : \r\n"
+				    " subject : date : message-id : from : subject : date; \r\n"
+				    " bh=4bLNXImK9drULnmePzZNEBleUanJCX5PIsDIFoH4KTQ=; \r\n"
+				    " b=";
+	static const char b64[] = "9/dsDChY0YMTtD5Eyw3wx7x22BlSJP7M5ECbJ7GWrR45nXlTCGb8l0YB"
+				  "o0wBLR++X5LqmsxXaOYLLJe46l10AQ==";
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+	const char *hdrs = rfc_msg;
+	const char *end = strstr(rfc_msg, "\r\n\r\n") + 2;
+	uint8_t buf[512];
+	while (hdrs < end) {
+		const char *eol = strstr(hdrs, "\r\n") + 2;
+		size_t n = dkim_header_canon(false, (const uint8_t *)hdrs, (size_t)(eol - hdrs),
+					     true, buf);
+		EVP_DigestUpdate(md, buf, n);
+		hdrs = eol;
+	}
+	size_t n = dkim_header_canon(false, (const uint8_t *)field, strlen(field), false, buf);
+	EVP_DigestUpdate(md, buf, n);
+	uint8_t dig[32], sig[80];
+	unsigned dl;
+	EVP_DigestFinal_ex(md, dig, &dl);
+	EVP_MD_CTX_free(md);
+	CU_ASSERT_EQUAL(EVP_DecodeBlock(sig, (const unsigned char *)b64, (int)strlen(b64)), 66);
+	EVP_PKEY *pk = rfc8463_pkey();
+	EVP_MD_CTX *v = EVP_MD_CTX_new();
+	CU_ASSERT(EVP_DigestVerifyInit(v, NULL, NULL, NULL, pk) == 1);
+	CU_ASSERT(EVP_DigestVerify(v, sig, 64, dig, 32) == 1);
+	/* and one flipped bit of the hashed data fails */
+	dig[0] ^= 1;
+	CU_ASSERT(EVP_DigestVerifyInit(v, NULL, NULL, NULL, pk) == 1);
+	CU_ASSERT(EVP_DigestVerify(v, sig, 64, dig, 32) != 1);
+	ERR_clear_error();
+	EVP_MD_CTX_free(v);
+	EVP_PKEY_free(pk);
+}
+
+static void test_sign_verify_all_modes(void)
+{
+	static const char folded[] = "Received: from x by y\r\n"
+				     "From:   Device 17 <dev17@Football.Example.com>  \r\n"
+				     "To: ops@example.net,\r\n\tnoc@example.net\r\n"
+				     "subject: Temperature \t alarm\r\n"
+				     "  continued\r\n"
+				     "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+				     "\r\n"
+				     "Sensor 4:  81.5 C   \r\n"
+				     "\tTrailing tab line\t\r\n"
+				     "\r\n\r\n";
+	const char *msgs[] = {rfc_msg, folded};
+	for (int m = 0; m < 2; m++) {
+		for (int hc = 0; hc < 2; hc++) {
+			for (int bc = 0; bc < 2; bc++) {
+				struct dkim_signer *s = make_signer(rsa_key, ed_key, hc, bc);
+				char out[8192];
+				CU_ASSERT_FATAL(s != NULL);
+				int n = sign_msg(s, msgs[m], strlen(msgs[m]), 0, out, sizeof(out));
+				CU_ASSERT(n > 0);
+				CU_ASSERT_EQUAL(verify_all(out, msgs[m], 2), 0);
+				/* no line of the field is longer than 78 */
+				for (const char *p = out; *p;) {
+					const char *e = strstr(p, "\r\n");
+					CU_ASSERT(e && e - p <= 78);
+					p = e ? e + 2 : p + strlen(p);
+				}
+				dkim_signer_free(s);
+			}
+		}
+	}
+}
+
+static void test_stream_equals_oneshot(void)
+{
+	static const char msg[] = "From: a@football.example.com\r\n"
+				  "Subject: split\r\n"
+				  " folded\r\n"
+				  "\r\n"
+				  "body  line \r\n\r\n\tx\r\n\r\n";
+	size_t len = strlen(msg);
+	struct dkim_signer *s =
+		make_signer(rsa_key, ed_key, DKIM_CANON_RELAXED, DKIM_CANON_RELAXED);
+	char whole[8192], part[8192];
+	CU_ASSERT_FATAL(s != NULL);
+	CU_ASSERT(sign_msg(s, msg, len, 0, whole, sizeof(whole)) > 0);
+	CU_ASSERT(sign_msg(s, msg, len, 1, part, sizeof(part)) > 0);
+	CU_ASSERT_STRING_EQUAL(whole, part);
+	dkim_signer_free(s);
+	/* every two-piece split, simple/simple, Ed25519 only */
+	s = make_signer(NULL, ed_key, DKIM_CANON_SIMPLE, DKIM_CANON_SIMPLE);
+	CU_ASSERT(sign_msg(s, msg, len, 0, whole, sizeof(whole)) > 0);
+	for (size_t k = 1; k < len; k++) {
+		const char *hdr;
+		size_t hl;
+		CU_ASSERT_EQUAL(dkim_sign_begin(s, 1528637909), 0);
+		CU_ASSERT_EQUAL(dkim_sign_update(s, msg, k), 0);
+		CU_ASSERT_EQUAL(dkim_sign_update(s, msg + k, len - k), 0);
+		CU_ASSERT_EQUAL(dkim_sign_final(s, &hdr, &hl), 0);
+		CU_ASSERT(hl == strlen(whole) && memcmp(hdr, whole, hl) == 0);
+	}
+	CU_ASSERT_EQUAL(dkim_signer_stats(s)->messages_signed, len);
+	dkim_signer_free(s);
+}
+
+static void test_duplicate_headers_bottom_up(void)
+{
+	static const char msg[] = "From: a@football.example.com\r\n"
+				  "Subject: first\r\n"
+				  "To: x@y.z\r\n"
+				  "Subject: second\r\n"
+				  "\r\nbody\r\n";
+	/* the same message with the two Subject fields swapped */
+	static const char swapped[] = "From: a@football.example.com\r\n"
+				      "Subject: second\r\n"
+				      "To: x@y.z\r\n"
+				      "Subject: first\r\n"
+				      "\r\nbody\r\n";
+	for (int hc = 0; hc < 2; hc++) {
+		struct dkim_signer *s = make_signer(NULL, ed_key, hc, DKIM_CANON_RELAXED);
+		char out[4096], h[512];
+		CU_ASSERT_FATAL(s != NULL);
+		CU_ASSERT(sign_msg(s, msg, strlen(msg), 0, out, sizeof(out)) > 0);
+		CU_ASSERT(sig_tag(out, "h", h, sizeof(h)));
+		CU_ASSERT_STRING_EQUAL(h, "From:From:To:Subject:Subject");
+		CU_ASSERT_EQUAL(verify_all(out, msg, 1), 0);
+		CU_ASSERT_NOT_EQUAL(verify_all(out, swapped, 1), 0);
+		dkim_signer_free(s);
+	}
+}
+
+static void test_tags_and_options(void)
+{
+	struct dkim_signer_config c;
+	struct dkim_signer *s;
+	char err[256], out[4096], v[256];
+	static const char *const names[] = {"from", "subject", "X-Device-ID"};
+	dkim_signer_config_init(&c);
+	c.domain = "example.com";
+	c.selector = "s1";
+	c.ed25519_key = ed_key;
+	c.expire_after_s = 86400;
+	c.body_length_tag = true;
+	c.oversign_from = false;
+	c.headers = names;
+	c.header_count = 3;
+	CU_ASSERT_EQUAL_FATAL(dkim_signer_create(&c, &s, err, sizeof(err)), 0);
+	const char *msg = "From: a@example.com\r\nX-Device-Id: 42\r\n\r\nhello  world\r\n\r\n";
+	CU_ASSERT(sign_msg(s, msg, strlen(msg), 0, out, sizeof(out)) > 0);
+	CU_ASSERT(sig_tag(out, "x", v, sizeof(v)) && strcmp(v, "1528724309") == 0);
+	CU_ASSERT(sig_tag(out, "t", v, sizeof(v)) && strcmp(v, "1528637909") == 0);
+	CU_ASSERT(sig_tag(out, "l", v, sizeof(v)) && strcmp(v, "13") == 0); /* "hello world\r\n" */
+	CU_ASSERT(sig_tag(out, "h", v, sizeof(v)) && strcmp(v, "from:X-Device-ID") == 0);
+	CU_ASSERT(sig_tag(out, "d", v, sizeof(v)) && strcmp(v, "example.com") == 0);
+	CU_ASSERT_EQUAL(verify_all(out, msg, 1), 0);
+	dkim_signer_free(s);
+
+	/* configuration errors */
+	static const char *const no_from[] = {"To"};
+	c.headers = no_from;
+	c.header_count = 1;
+	CU_ASSERT_EQUAL(dkim_signer_create(&c, &s, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "From"));
+	c.headers = NULL;
+	c.domain = "exa mple.com; x=1";
+	CU_ASSERT_EQUAL(dkim_signer_create(&c, &s, err, sizeof(err)), -EINVAL);
+	c.domain = "example.com";
+	c.ed25519_key = NULL;
+	CU_ASSERT_EQUAL(dkim_signer_create(&c, &s, err, sizeof(err)), -EINVAL);
+	c.rsa_key = ed_key; /* wrong slot */
+	CU_ASSERT_EQUAL(dkim_signer_create(&c, &s, err, sizeof(err)), -EINVAL);
+}
+
+static void test_unsignable(void)
+{
+	struct dkim_signer_config c;
+	struct dkim_signer *s;
+	char err[256];
+	const char *hdr;
+	size_t hl;
+	dkim_signer_config_init(&c);
+	c.domain = "example.com";
+	c.selector = "s1";
+	c.ed25519_key = ed_key;
+	c.max_header_bytes = 100;
+	CU_ASSERT_EQUAL_FATAL(dkim_signer_create(&c, &s, err, sizeof(err)), 0);
+	/* no From: */
+	const char *msg = "To: a@b.c\r\nFROMX: y\r\n\r\nbody\r\n";
+	CU_ASSERT_EQUAL(dkim_sign_begin(s, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(s, msg, strlen(msg)), 0);
+	CU_ASSERT_EQUAL(dkim_sign_final(s, &hdr, &hl), -EBADMSG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(dkim_signer_error(s), "From"));
+	CU_ASSERT_EQUAL(dkim_signer_stats(s)->no_from, 1);
+	/* header block over the bound, fed in pieces */
+	CU_ASSERT_EQUAL(dkim_sign_begin(s, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(s, "From: a@example.com\r\n", 21), 0);
+	int rc = 0;
+	for (int i = 0; i < 10 && rc == 0; i++)
+		rc = dkim_sign_update(s, "X-Pad: 0123456789\r\n", 19);
+	CU_ASSERT_EQUAL(rc, -EMSGSIZE);
+	CU_ASSERT_EQUAL(dkim_sign_update(s, "\r\n", 2), -EMSGSIZE);
+	CU_ASSERT_EQUAL(dkim_sign_final(s, &hdr, &hl), -EMSGSIZE);
+	CU_ASSERT_EQUAL(dkim_signer_stats(s)->header_overflow, 1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(dkim_signer_error(s), "100"));
+	/* the same signer recovers: a header block of exactly 100 bytes signs */
+	char exact[200];
+	memset(exact, 'a', sizeof(exact));
+	memcpy(exact, "From: x@example.com\r\nX: ", 24);
+	memcpy(exact + 98, "\r\n\r\nbody", 8);
+	CU_ASSERT_EQUAL(dkim_sign_begin(s, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(s, exact, 106), 0);
+	CU_ASSERT_EQUAL(dkim_sign_final(s, &hdr, &hl), 0);
+	/* calls out of order */
+	CU_ASSERT_EQUAL(dkim_sign_update(s, "x", 1), -EINVAL);
+	CU_ASSERT_EQUAL(dkim_sign_final(s, &hdr, &hl), -EINVAL);
+	dkim_signer_free(s);
+}
+
+/* ---- keys ---------------------------------------------------------------- */
+
+static void test_key_errors(void)
+{
+	struct dkim_key *k = NULL;
+	char err[512], path[300];
+	path_in_tmp(path, sizeof(path), "missing.pem");
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -ENOENT);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "not found"));
+	CU_ASSERT_PTR_NULL(k);
+	CU_ASSERT_EQUAL(dkim_key_load(tmpdir, DKIM_ALG_ANY, &k, err, sizeof(err)), -EISDIR);
+	path_in_tmp(path, sizeof(path), "garbage.pem");
+	write_file(path,
+		   "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n");
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "not a PEM private key"));
+	path_in_tmp(path, sizeof(path), "empty.pem");
+	write_file(path, "");
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -EINVAL);
+	/* wrong type for the configured algorithm */
+	CU_ASSERT_EQUAL(dkim_key_load(ed_path, DKIM_ALG_RSA_SHA256, &k, err, sizeof(err)),
+			-EKEYREJECTED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "Ed25519 key, but the algorithm is rsa-sha256"));
+	CU_ASSERT_EQUAL(dkim_key_load(rsa_path, DKIM_ALG_ED25519_SHA256, &k, err, sizeof(err)),
+			-EKEYREJECTED);
+	/* neither RSA nor Ed25519 */
+	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	path_in_tmp(path, sizeof(path), "ec.pem");
+	CU_ASSERT(write_pkey(ec, path, "PrivateKeyInfo"));
+	EVP_PKEY_free(ec);
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -EKEYREJECTED);
+	/* RSA size bounds */
+	EVP_PKEY *small = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)768);
+	path_in_tmp(path, sizeof(path), "small.pem");
+	CU_ASSERT(write_pkey(small, path, "PrivateKeyInfo"));
+	EVP_PKEY_free(small);
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_RSA_SHA256, &k, err, sizeof(err)), -ERANGE);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "768 bits"));
+	EVP_PKEY *big = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)4104);
+	path_in_tmp(path, sizeof(path), "big.pem");
+	CU_ASSERT(write_pkey(big, path, "PrivateKeyInfo"));
+	EVP_PKEY_free(big);
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -ERANGE);
+	CU_ASSERT_EQUAL(dkim_key_generate(DKIM_ALG_RSA_SHA256, 512, &k, err, sizeof(err)), -ERANGE);
+	/* generate, write (0600, no overwrite), load back */
+	CU_ASSERT_EQUAL_FATAL(dkim_key_generate(DKIM_ALG_ED25519_SHA256, 0, &k, err, sizeof(err)),
+			      0);
+	path_in_tmp(path, sizeof(path), "gen.pem");
+	CU_ASSERT_EQUAL(dkim_key_write_pem(k, path, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(dkim_key_write_pem(k, path, err, sizeof(err)), -EEXIST);
+	struct stat st;
+	CU_ASSERT(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600);
+	struct dkim_key *k2;
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ED25519_SHA256, &k2, err, sizeof(err)), 0);
+	char r1[128], r2[128];
+	CU_ASSERT(dkim_key_txt_record(k, r1, sizeof(r1)) > 0);
+	CU_ASSERT(dkim_key_txt_record(k2, r2, sizeof(r2)) > 0);
+	CU_ASSERT_STRING_EQUAL(r1, r2);
+	dkim_key_free(k);
+	dkim_key_free(k2);
+}
+
+/* ---- signing domain ------------------------------------------------------ */
+
+static void test_choose_domain(void)
+{
+	const char *const domains[] = {"example.com", "fleet.example.net", "default.example"};
+	CU_ASSERT_EQUAL(dkim_choose_domain(domains, 3, 2, "Fleet.Example.NET", "example.com"), 1);
+	CU_ASSERT_EQUAL(dkim_choose_domain(domains, 3, 2, "other.org", "example.com"), 0);
+	CU_ASSERT_EQUAL(dkim_choose_domain(domains, 3, 2, "other.org", "nope.org"), 2);
+	CU_ASSERT_EQUAL(dkim_choose_domain(domains, 3, -1, "other.org", NULL), -ENOENT);
+	CU_ASSERT_EQUAL(dkim_choose_domain(domains, 3, -1, NULL, "EXAMPLE.com"), 0);
+	CU_ASSERT_EQUAL(dkim_choose_domain(domains, 3, 7, "", ""), -ENOENT);
+	/* subdomains are not their parents */
+	CU_ASSERT_EQUAL(dkim_choose_domain(domains, 3, -1, "sub.example.com", NULL), -ENOENT);
+
+	char d[64];
+	const char *v = "Device 17 <dev17@Fleet.Example.NET>";
+	CU_ASSERT_EQUAL(dkim_address_domain(v, strlen(v), d, sizeof(d)), 17);
+	CU_ASSERT_STRING_EQUAL(d, "fleet.example.net");
+	v = "\"a@evil.com\" <x@good.org> (via y@z.com)";
+	CU_ASSERT_EQUAL(dkim_address_domain(v, strlen(v), d, sizeof(d)), 8);
+	CU_ASSERT_STRING_EQUAL(d, "good.org");
+	v = "<bounce@mail.example.com>";
+	CU_ASSERT(dkim_address_domain(v, strlen(v), d, sizeof(d)) > 0);
+	CU_ASSERT_STRING_EQUAL(d, "mail.example.com");
+	v = "no address here";
+	CU_ASSERT_EQUAL(dkim_address_domain(v, strlen(v), d, sizeof(d)), -ENOENT);
+	v = "x@";
+	CU_ASSERT_EQUAL(dkim_address_domain(v, strlen(v), d, sizeof(d)), -ENOENT);
+	v = "a@very-long-domain.example.com";
+	CU_ASSERT_EQUAL(dkim_address_domain(v, strlen(v), d, 8), -ENOSPC);
+}
+
+/* ---- configuration table -------------------------------------------------- */
+
+static void test_table(void)
+{
+	char text[2048], err[256];
+	struct cfg_file *cf;
+	struct cfg_report r = {0};
+	struct dkim_table *t;
+	snprintf(text, sizeof(text),
+		 "[dkim]\ndefault_domain = fleet.example\n"
+		 "[dkim \"fleet.example\"]\nselector = s1\nkey = %s\n"
+		 "[dkim \"Example.COM\"]\nselector = rsa1\nkey = %s\n"
+		 "algorithm = rsa-sha256+ed25519-sha256\ned25519_key = %s\n"
+		 "ed25519_selector = ed1\ncanonicalization = simple/relaxed\n"
+		 "headers = From:Subject\noversign_from = no\nbody_length = yes\n"
+		 "expire = 7d\nmax_header_size = 32K\n",
+		 rsa_path, rsa_path, ed_path);
+	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(dkim_table_load(cf, &t, &r), 0);
+	CU_ASSERT_EQUAL(r.count, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(t);
+	CU_ASSERT_EQUAL(t->count, 2);
+	CU_ASSERT_EQUAL(t->default_index, 0);
+	const struct dkim_domain *d = dkim_table_choose(t, "example.com", NULL);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+	CU_ASSERT_STRING_EQUAL(d->domain, "Example.COM");
+	CU_ASSERT_PTR_NOT_NULL(d->config.rsa_key);
+	CU_ASSERT_PTR_NOT_NULL(d->config.ed25519_key);
+	CU_ASSERT_STRING_EQUAL(d->config.ed25519_selector, "ed1");
+	CU_ASSERT_EQUAL(d->config.header_canon, DKIM_CANON_SIMPLE);
+	CU_ASSERT_EQUAL(d->config.body_canon, DKIM_CANON_RELAXED);
+	CU_ASSERT_EQUAL(d->config.header_count, 2);
+	CU_ASSERT_FALSE(d->config.oversign_from);
+	CU_ASSERT_TRUE(d->config.body_length_tag);
+	CU_ASSERT_EQUAL(d->config.expire_after_s, 7 * 86400);
+	CU_ASSERT_EQUAL(d->config.max_header_bytes, 32768);
+	d = dkim_table_choose(t, "other.org", "nope.net");
+	CU_ASSERT(d && strcmp(d->domain, "fleet.example") == 0);
+	/* a signer from the table signs and verifies (dual) */
+	struct dkim_signer *s;
+	char out[8192];
+	d = dkim_table_choose(t, NULL, "example.com");
+	CU_ASSERT_EQUAL_FATAL(dkim_signer_create(&d->config, &s, err, sizeof(err)), 0);
+	const char *msg = "From: a@example.com\r\nSubject: x\r\n\r\nhi\r\n";
+	CU_ASSERT(sign_msg(s, msg, strlen(msg), 0, out, sizeof(out)) > 0);
+	CU_ASSERT_EQUAL(verify_all(out, msg, 2), 0);
+	dkim_signer_free(s);
+	dkim_table_free(t);
+	cfg_free(cf);
+
+	/* every problem reported with its line */
+	snprintf(text, sizeof(text),
+		 "[dkim]\ndefault_domain = missing.example\n"
+		 "[dkim \"a.example\"]\nkey = %s\nalgorithm = ed25519-sha256\n"
+		 "[dkim \"b.example\"]\nselector = s\nkey = /nonexistent/k.pem\n"
+		 "canonicalization = loose\nexpire = soon\n"
+		 "[dkim \"c.example\"]\nselector = s\nkey = %s\nalgorithm = "
+		 "rsa-sha256+ed25519-sha256\n"
+		 "[dkim \"d.example\"]\nselector = s\nkey = %s\nheaders = To:Subject\n",
+		 ed_path, ed_path, rsa_path);
+	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "bad.conf", &cf, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(dkim_table_load(cf, &t, &r), -EINVAL);
+	CU_ASSERT_PTR_NULL(t);
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "bad.conf:3: [dkim \"a.example\"] needs selector"));
+	CU_ASSERT_PTR_NOT_NULL(
+		strstr(r.text, "bad.conf:8: /nonexistent/k.pem: key file not found"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "bad.conf:9: canonicalization"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "bad.conf:10: expire"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "Ed25519 key, but the algorithm is rsa-sha256"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "dual signing needs"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "must include From"));
+	CU_ASSERT(r.count >= 7);
+	if (r.count < 7)
+		fprintf(stderr, "%s", r.text);
+	cfg_free(cf);
+}
+
+static CU_TestInfo canon_tests[] = {
+	{"rfc6376_3_4_6_example", test_rfc6376_example},
+	{"body_cases", test_body_cases},
+	{"header_relaxed", test_header_relaxed},
+	{"stream_random_splits", test_stream_random},
+	CU_TEST_INFO_NULL,
+};
+
+static CU_TestInfo sign_tests[] = {
+	{"body_hash_values", test_body_hash_values},
+	{"rfc8463_key", test_rfc8463_key},
+	{"rfc8463_foreign_signature", test_rfc8463_foreign_signature},
+	{"sign_verify_all_modes", test_sign_verify_all_modes},
+	{"stream_equals_oneshot", test_stream_equals_oneshot},
+	{"duplicate_headers_bottom_up", test_duplicate_headers_bottom_up},
+	{"tags_and_options", test_tags_and_options},
+	{"unsignable", test_unsignable},
+	{"key_errors", test_key_errors},
+	{"choose_domain", test_choose_domain},
+	{"config_table", test_table},
+	CU_TEST_INFO_NULL,
+};
+
+static CU_SuiteInfo suites[] = {
+	{"dkim_canon", NULL, NULL, NULL, NULL, canon_tests},
+	{"dkim_sign", suite_init, suite_clean, NULL, NULL, sign_tests},
+	CU_SUITE_INFO_NULL,
+};
+
+int main(void)
+{
+	return mx_test_run(suites);
+}

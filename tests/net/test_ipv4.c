@@ -1,0 +1,411 @@
+/*
+ * test_ipv4.c - Ethernet, ARP, IPv4, ICMP and UDP of lib/net, driven with
+ * crafted frames through a net_ring port: frames are enqueued on the port's
+ * RX ring, net_stack_poll() runs, and whatever the stack sent is dequeued
+ * from the TX ring and checked.
+ */
+#include "stack_priv.h"
+#include "mx_test.h"
+
+#include <string.h>
+
+#include <rte_arp.h>
+#include <rte_eal.h>
+#include <rte_eth_ring.h>
+#include <rte_ethdev.h>
+#include <rte_icmp.h>
+#include <rte_ip.h>
+#include <rte_tcp.h>
+#include <rte_udp.h>
+
+#define US 0x0a4d0002u   /* 10.77.0.2: the stack */
+#define PEER 0x0a4d0001u /* 10.77.0.1 */
+#define FAR 0x08080808u  /* off-link: routed via the gateway (PEER) */
+
+static struct rte_mempool *pool;
+static struct rte_ring *rx_ring, *tx_ring;
+static struct net_port *port;
+static struct net_stack *st;
+static struct net_stack_priv *sp;
+static uint64_t now = 1000000;
+static const struct rte_ether_addr peer_mac = {{0x02, 0, 0, 0, 0, 0x01}};
+
+static struct rte_mbuf *frame(const struct rte_ether_addr *dst, uint16_t type, const void *payload,
+			      size_t len)
+{
+	struct rte_mbuf *m = rte_pktmbuf_alloc(pool);
+	struct rte_ether_hdr *eh =
+		(struct rte_ether_hdr *)rte_pktmbuf_append(m, (uint16_t)(sizeof(*eh) + len));
+	eh->dst_addr = *dst;
+	eh->src_addr = peer_mac;
+	eh->ether_type = rte_cpu_to_be_16(type);
+	memcpy(eh + 1, payload, len);
+	return m;
+}
+
+static void inject(struct rte_mbuf *m)
+{
+	CU_ASSERT_EQUAL_FATAL(rte_ring_enqueue(rx_ring, m), 0);
+}
+
+static unsigned poll_out(struct rte_mbuf **out, unsigned max)
+{
+	net_stack_poll(st, now);
+	return rte_ring_dequeue_burst(tx_ring, (void **)out, max, NULL);
+}
+
+static void drain(void)
+{
+	struct rte_mbuf *out[64];
+	unsigned n;
+	while ((n = poll_out(out, 64)) > 0)
+		rte_pktmbuf_free_bulk(out, n);
+}
+
+static size_t ipv4(uint8_t *buf, uint32_t src, uint32_t dst, uint8_t proto, const void *l4,
+		   size_t len)
+{
+	struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)buf;
+	memset(ip, 0, sizeof(*ip));
+	ip->version_ihl = RTE_IPV4_VHL_DEF;
+	ip->total_length = rte_cpu_to_be_16((uint16_t)(sizeof(*ip) + len));
+	ip->time_to_live = 64;
+	ip->next_proto_id = proto;
+	ip->src_addr = rte_cpu_to_be_32(src);
+	ip->dst_addr = rte_cpu_to_be_32(dst);
+	memcpy(ip + 1, l4, len);
+	ip->hdr_checksum = rte_ipv4_cksum(ip);
+	return sizeof(*ip) + len;
+}
+
+static struct rte_mbuf *arp_frame(uint16_t op, uint32_t sip, uint32_t tip)
+{
+	struct rte_arp_hdr ah;
+	memset(&ah, 0, sizeof(ah));
+	ah.arp_hardware = rte_cpu_to_be_16(RTE_ARP_HRD_ETHER);
+	ah.arp_protocol = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+	ah.arp_hlen = 6;
+	ah.arp_plen = 4;
+	ah.arp_opcode = rte_cpu_to_be_16(op);
+	ah.arp_data.arp_sha = peer_mac;
+	ah.arp_data.arp_sip = rte_cpu_to_be_32(sip);
+	ah.arp_data.arp_tip = rte_cpu_to_be_32(tip);
+	static const struct rte_ether_addr bcast = {{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}};
+	return frame(op == RTE_ARP_OP_REQUEST ? &bcast : &port->mac, RTE_ETHER_TYPE_ARP, &ah,
+		     sizeof(ah));
+}
+
+static const struct rte_arp_hdr *as_arp(struct rte_mbuf *m)
+{
+	return rte_pktmbuf_mtod_offset(m, const struct rte_arp_hdr *, RTE_ETHER_HDR_LEN);
+}
+
+static const struct rte_ipv4_hdr *as_ip(struct rte_mbuf *m)
+{
+	return rte_pktmbuf_mtod_offset(m, const struct rte_ipv4_hdr *, RTE_ETHER_HDR_LEN);
+}
+
+/* Teach the stack the peer's MAC so IP output goes out at once. */
+static void learn_peer(void)
+{
+	inject(arp_frame(RTE_ARP_OP_REQUEST, PEER, US));
+	drain();
+}
+
+static void test_arp_reply_to_request(void)
+{
+	struct rte_mbuf *out[4];
+	inject(arp_frame(RTE_ARP_OP_REQUEST, PEER, US));
+	unsigned n = poll_out(out, 4);
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	const struct rte_ether_hdr *eh = rte_pktmbuf_mtod(out[0], const struct rte_ether_hdr *);
+	CU_ASSERT_TRUE(rte_is_same_ether_addr(&eh->dst_addr, &peer_mac));
+	const struct rte_arp_hdr *ah = as_arp(out[0]);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_16(ah->arp_opcode), RTE_ARP_OP_REPLY);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_32(ah->arp_data.arp_sip), US);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_32(ah->arp_data.arp_tip), PEER);
+	CU_ASSERT_TRUE(rte_is_same_ether_addr(&ah->arp_data.arp_sha, &port->mac));
+	rte_pktmbuf_free_bulk(out, n);
+}
+
+static void test_arp_other_target_ignored(void)
+{
+	struct rte_mbuf *out[4];
+	inject(arp_frame(RTE_ARP_OP_REQUEST, PEER, 0x0a4d0063));
+	CU_ASSERT_EQUAL(poll_out(out, 4), 0);
+}
+
+static void test_arp_malformed_counted(void)
+{
+	struct net_stats before, after;
+	net_stack_get_stats(st, &before);
+	struct rte_mbuf *m = arp_frame(RTE_ARP_OP_REQUEST, PEER, US);
+	struct rte_arp_hdr *ah = rte_pktmbuf_mtod_offset(m, struct rte_arp_hdr *, RTE_ETHER_HDR_LEN);
+	ah->arp_hlen = 8;
+	inject(m);
+	inject(frame(&port->mac, RTE_ETHER_TYPE_ARP, "ab", 2)); /* truncated */
+	m = arp_frame(7, PEER, US);                               /* unknown opcode */
+	inject(m);
+	drain();
+	net_stack_get_stats(st, &after);
+	CU_ASSERT_EQUAL(after.arp_bad - before.arp_bad, 3);
+}
+
+static void test_icmp_echo(void)
+{
+	learn_peer();
+	uint8_t icmp[64], pkt[128];
+	struct rte_icmp_hdr *ih = (struct rte_icmp_hdr *)icmp;
+	memset(icmp, 0x5a, sizeof(icmp));
+	ih->icmp_type = RTE_IP_ICMP_ECHO_REQUEST;
+	ih->icmp_code = 0;
+	ih->icmp_ident = rte_cpu_to_be_16(77);
+	ih->icmp_seq_nb = rte_cpu_to_be_16(3);
+	ih->icmp_cksum = 0;
+	ih->icmp_cksum = (uint16_t)~rte_raw_cksum(icmp, sizeof(icmp));
+	size_t len = ipv4(pkt, PEER, US, IPPROTO_ICMP, icmp, sizeof(icmp));
+	inject(frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, len));
+	struct rte_mbuf *out[4];
+	unsigned n = poll_out(out, 4);
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	const struct rte_ipv4_hdr *ip = as_ip(out[0]);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_32(ip->dst_addr), PEER);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_32(ip->src_addr), US);
+	CU_ASSERT_EQUAL(rte_raw_cksum(ip, sizeof(*ip)), 0xffff);
+	const uint8_t *reply = (const uint8_t *)(ip + 1);
+	CU_ASSERT_EQUAL(reply[0], RTE_IP_ICMP_ECHO_REPLY);
+	CU_ASSERT_EQUAL(rte_raw_cksum(reply, sizeof(icmp)), 0xffff);
+	CU_ASSERT_EQUAL(memcmp(reply + 4, icmp + 4, sizeof(icmp) - 4), 0);
+	rte_pktmbuf_free_bulk(out, n);
+}
+
+static void test_ipv4_bad_input_counted(void)
+{
+	uint8_t l4[8] = {0}, pkt[64];
+	struct net_stats b, a;
+	net_stack_get_stats(st, &b);
+
+	size_t len = ipv4(pkt, PEER, US, IPPROTO_UDP, l4, sizeof(l4));
+	pkt[10] ^= 1; /* header checksum */
+	inject(frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, len));
+
+	len = ipv4(pkt, PEER, US, IPPROTO_UDP, l4, sizeof(l4));
+	((struct rte_ipv4_hdr *)pkt)->total_length = rte_cpu_to_be_16(200); /* > frame */
+	((struct rte_ipv4_hdr *)pkt)->hdr_checksum = 0;
+	((struct rte_ipv4_hdr *)pkt)->hdr_checksum = rte_ipv4_cksum((struct rte_ipv4_hdr *)pkt);
+	inject(frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, len));
+
+	len = ipv4(pkt, PEER, US, IPPROTO_UDP, l4, sizeof(l4));
+	((struct rte_ipv4_hdr *)pkt)->fragment_offset = rte_cpu_to_be_16(RTE_IPV4_HDR_MF_FLAG);
+	((struct rte_ipv4_hdr *)pkt)->hdr_checksum = 0;
+	((struct rte_ipv4_hdr *)pkt)->hdr_checksum = rte_ipv4_cksum((struct rte_ipv4_hdr *)pkt);
+	inject(frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, len));
+
+	len = ipv4(pkt, PEER, 0x0a4d0009, IPPROTO_UDP, l4, sizeof(l4)); /* not us */
+	inject(frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, len));
+
+	pkt[0] = 0x65; /* version 6 */
+	inject(frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, len));
+	inject(frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, 10)); /* runt */
+
+	static const struct rte_ether_addr other = {{0x02, 9, 9, 9, 9, 9}};
+	len = ipv4(pkt, PEER, US, IPPROTO_UDP, l4, sizeof(l4));
+	inject(frame(&other, RTE_ETHER_TYPE_IPV4, pkt, len)); /* not our MAC */
+	inject(frame(&port->mac, 0x86dd, pkt, len));          /* IPv6: unknown type */
+	drain();
+	net_stack_get_stats(st, &a);
+	CU_ASSERT_EQUAL(a.ip_bad_cksum - b.ip_bad_cksum, 1);
+	CU_ASSERT_EQUAL(a.ip_bad_len - b.ip_bad_len, 1);
+	CU_ASSERT_EQUAL(a.ip_frags - b.ip_frags, 1);
+	CU_ASSERT_EQUAL(a.ip_not_us - b.ip_not_us, 1);
+	CU_ASSERT_EQUAL(a.ip_bad_header - b.ip_bad_header, 2);
+	CU_ASSERT_EQUAL(a.eth_not_us - b.eth_not_us, 1);
+	CU_ASSERT_EQUAL(a.eth_unknown_type - b.eth_unknown_type, 1);
+}
+
+static unsigned udp_got;
+static uint8_t udp_data[64];
+static void udp_cb(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
+		   const uint8_t *data, size_t len)
+{
+	(void)ctx;
+	CU_ASSERT_EQUAL(src, PEER);
+	CU_ASSERT_EQUAL(sport, 5353);
+	CU_ASSERT_EQUAL(dst, US);
+	CU_ASSERT_EQUAL(dport, 53);
+	if (len <= sizeof(udp_data))
+		memcpy(udp_data, data, len);
+	udp_got++;
+}
+
+static struct rte_mbuf *udp_frame(uint16_t dport, const char *text, bool bad_cksum)
+{
+	uint8_t l4[128], pkt[160];
+	size_t n = strlen(text);
+	struct rte_udp_hdr *uh = (struct rte_udp_hdr *)l4;
+	uh->src_port = rte_cpu_to_be_16(5353);
+	uh->dst_port = rte_cpu_to_be_16(dport);
+	uh->dgram_len = rte_cpu_to_be_16((uint16_t)(sizeof(*uh) + n));
+	uh->dgram_cksum = 0;
+	memcpy(uh + 1, text, n);
+	size_t len = ipv4(pkt, PEER, US, IPPROTO_UDP, l4, sizeof(*uh) + n);
+	struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)pkt;
+	struct rte_udp_hdr *puh = (struct rte_udp_hdr *)(ip + 1);
+	puh->dgram_cksum = rte_ipv4_udptcp_cksum(ip, puh);
+	if (bad_cksum)
+		puh->dgram_cksum ^= 0x0101;
+	return frame(&port->mac, RTE_ETHER_TYPE_IPV4, pkt, len);
+}
+
+static void test_udp(void)
+{
+	struct net_stats b, a;
+	CU_ASSERT_EQUAL(udp_bind(st, 53, udp_cb, NULL), 0);
+	CU_ASSERT_EQUAL(udp_bind(st, 53, udp_cb, NULL), -EADDRINUSE);
+	net_stack_get_stats(st, &b);
+	inject(udp_frame(53, "hello", false));
+	inject(udp_frame(54, "nobody", false));
+	inject(udp_frame(53, "corrupt", true));
+	drain();
+	net_stack_get_stats(st, &a);
+	CU_ASSERT_EQUAL(udp_got, 1);
+	CU_ASSERT_EQUAL(memcmp(udp_data, "hello", 5), 0);
+	CU_ASSERT_EQUAL(a.udp_no_port - b.udp_no_port, 1);
+	CU_ASSERT_EQUAL(a.l4_bad_cksum - b.l4_bad_cksum, 1);
+
+	/* Sending: a checksummed datagram to the (known) peer. */
+	learn_peer();
+	CU_ASSERT_EQUAL(udp_send(st, 0, 53, PEER, 5353, "reply", 5), 0);
+	struct rte_mbuf *out[4];
+	unsigned n = poll_out(out, 4);
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	const struct rte_ipv4_hdr *ip = as_ip(out[0]);
+	CU_ASSERT_EQUAL(ip->next_proto_id, IPPROTO_UDP);
+	CU_ASSERT_EQUAL(rte_ipv4_udptcp_cksum_verify(ip, ip + 1), 0);
+	rte_pktmbuf_free_bulk(out, n);
+	CU_ASSERT_EQUAL(udp_unbind(st, 53), 0);
+}
+
+static void test_arp_resolution_and_pending(void)
+{
+	struct net_stats b, a;
+	struct rte_mbuf *out[64];
+	net_stack_get_stats(st, &b);
+	/* Off-link destination: next hop is the gateway, which we must resolve. */
+	uint32_t gw_only = 0x0a4d00fe;
+	port->gateway = gw_only;
+	for (int i = 0; i < NET_ARP_PENDING + 4; i++)
+		CU_ASSERT_EQUAL(udp_send(st, 0, 1000, FAR, 53, "q", 1), 0);
+	unsigned n = poll_out(out, 64);
+	CU_ASSERT_EQUAL_FATAL(n, 1); /* one ARP request, the datagrams wait */
+	const struct rte_arp_hdr *ah = as_arp(out[0]);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_16(ah->arp_opcode), RTE_ARP_OP_REQUEST);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_32(ah->arp_data.arp_tip), gw_only);
+	rte_pktmbuf_free_bulk(out, n);
+	net_stack_get_stats(st, &a);
+	CU_ASSERT_EQUAL(a.arp_pending_drops - b.arp_pending_drops, 4);
+	/* Unanswered: two more requests a second apart, then the packets go. */
+	for (int k = 0; k < 2; k++) {
+		now += 1100000;
+		n = poll_out(out, 64);
+		CU_ASSERT_EQUAL(n, 1);
+		rte_pktmbuf_free_bulk(out, n);
+	}
+	now += 1100000;
+	n = poll_out(out, 64);
+	CU_ASSERT_EQUAL(n, 0);
+	net_stack_get_stats(st, &a);
+	CU_ASSERT_EQUAL(a.arp_resolve_failed - b.arp_resolve_failed, 1);
+	CU_ASSERT_EQUAL(a.arp_pending_drops - b.arp_pending_drops, 4 + NET_ARP_PENDING);
+
+	/* Now answered: the held datagram leaves with the learned MAC. */
+	CU_ASSERT_EQUAL(udp_send(st, 0, 1000, FAR, 53, "q", 1), 0);
+	n = poll_out(out, 64);
+	CU_ASSERT_EQUAL(n, 1);
+	rte_pktmbuf_free_bulk(out, n);
+	inject(arp_frame(RTE_ARP_OP_REPLY, gw_only, US));
+	n = poll_out(out, 64);
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	const struct rte_ether_hdr *eh = rte_pktmbuf_mtod(out[0], const struct rte_ether_hdr *);
+	CU_ASSERT_TRUE(rte_is_same_ether_addr(&eh->dst_addr, &peer_mac));
+	CU_ASSERT_EQUAL(rte_be_to_cpu_32(as_ip(out[0])->dst_addr), FAR);
+	rte_pktmbuf_free_bulk(out, n);
+	port->gateway = PEER;
+}
+
+static void test_flow_owner_symmetric(void)
+{
+	/* The software hash must not depend on direction: both halves of a flow meet. */
+	struct net_port fake = *port;
+	fake.n_workers = 4;
+	fake.reta_mask = NET_RETA_SIZE - 1;
+	for (unsigned i = 0; i < NET_RETA_SIZE; i++)
+		fake.reta[i] = i % 4;
+	unsigned seen[4] = {0};
+	for (uint16_t p = 10000; p < 12000; p++) {
+		unsigned a = net_port_flow_owner(&fake, PEER, US, p, 25);
+		unsigned b = net_port_flow_owner(&fake, US, PEER, 25, p);
+		CU_ASSERT_EQUAL(a, b);
+		seen[a]++;
+	}
+	for (unsigned w = 0; w < 4; w++)
+		CU_ASSERT_TRUE(seen[w] > 300); /* spread over every worker */
+}
+
+static int suite_init(void)
+{
+	char *argv[] = {"test_ipv4", "-l", "0", "--no-huge", "-m", "128", "--no-pci",
+			"--no-shconf", "--no-telemetry", "--log-level=error", NULL};
+	if (rte_eal_init(10, argv) < 0)
+		return -1;
+	pool = rte_pktmbuf_pool_create("test_pool", 2047, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, 0);
+	rx_ring = rte_ring_create("rx", 1024, 0, RING_F_SP_ENQ | RING_F_SC_DEQ);
+	tx_ring = rte_ring_create("tx", 1024, 0, RING_F_SP_ENQ | RING_F_SC_DEQ);
+	if (pool == NULL || rx_ring == NULL || tx_ring == NULL)
+		return -1;
+	int pid = rte_eth_from_rings("net_ring_test", &rx_ring, 1, &tx_ring, 1, 0);
+	if (pid < 0)
+		return -1;
+	struct net_port_conf pc = {.port_id = (uint16_t)pid, .addr = US, .prefix_len = 24,
+				   .gateway = PEER};
+	char err[256];
+	if (net_port_setup(&port, &pc, 1, pool, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	struct net_stack_conf sc = {.worker = 0, .n_workers = 1, .ports = &port, .n_ports = 1,
+				    .pool = pool, .seed = 42};
+	st = net_stack_create(&sc);
+	if (st == NULL)
+		return -1;
+	sp = net_priv(st);
+	return 0;
+}
+
+static int suite_clean(void)
+{
+	net_stack_destroy(st);
+	return 0;
+}
+
+static CU_TestInfo tests[] = {
+	{"ARP request for us is answered", test_arp_reply_to_request},
+	{"ARP request for another address is ignored", test_arp_other_target_ignored},
+	{"malformed ARP is counted", test_arp_malformed_counted},
+	{"ICMP echo reply", test_icmp_echo},
+	{"bad IPv4 input is dropped and counted", test_ipv4_bad_input_counted},
+	{"UDP bind, deliver, checksum, send", test_udp},
+	{"ARP resolution: held packets, retries, failure", test_arp_resolution_and_pending},
+	{"software RSS is symmetric and spreads flows", test_flow_owner_symmetric},
+	CU_TEST_INFO_NULL,
+};
+
+static CU_SuiteInfo suites[] = {
+	{"ipv4", suite_init, suite_clean, NULL, NULL, tests},
+	CU_SUITE_INFO_NULL,
+};
+
+int main(void)
+{
+	return mx_test_run(suites);
+}

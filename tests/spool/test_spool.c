@@ -1,0 +1,1076 @@
+/*
+ * test_spool.c - lib/spool: record codec, checksums, IDs, group commit,
+ * durability modes, state records, recovery (torn tails at every length,
+ * quarantine), reclaim, compaction, spool full and disk full.
+ *
+ * Spool directories go under /dev/shm (fast fsync) unless SPOOL_TEST_DIR is
+ * set; the disk-full test mounts its own 1 MiB tmpfs and skips without root.
+ */
+#include "spool.h"
+#include "spool_internal.h"
+#include "core.h"
+#include "mx_test.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char base[256];
+static int dir_counter;
+
+static void rm_rf(const char *path)
+{
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+	if (system(cmd) != 0)
+		fprintf(stderr, "rm -rf %s failed\n", path);
+}
+
+static const char *new_dir(char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/t%d", base, dir_counter++);
+	rm_rf(buf);
+	return buf;
+}
+
+static int suite_init(void)
+{
+	const char *root = getenv("SPOOL_TEST_DIR");
+	struct stat st;
+	if (root == NULL)
+		root = stat("/dev/shm", &st) == 0 ? "/dev/shm" : "/tmp";
+	snprintf(base, sizeof(base), "%s/mxspool-test-%d", root, (int)getpid());
+	mkdir(base, 0700);
+	mx_log_set_level(MX_LOG_ERR);
+	return 0;
+}
+
+static int suite_clean(void)
+{
+	rm_rf(base);
+	return 0;
+}
+
+static struct spool_rcpt test_rcpts[3] = {
+	{"alice@example.com", "rfc822;alice@example.com",
+	 SPOOL_NOTIFY_FAILURE | SPOOL_NOTIFY_DELAY},
+	{"bob@example.net", NULL, 0},
+	{"carol@example.org", NULL, SPOOL_NOTIFY_NEVER},
+};
+
+static struct spool_envelope test_env(uint32_t rcpts)
+{
+	struct spool_envelope e = {.sender = "sensor-17@fleet.example",
+				   .envid = "ENV123",
+				   .ret = SPOOL_RET_HDRS,
+				   .client_ip = "10.77.0.1",
+				   .helo = "cam17",
+				   .arrival_us = 1700000000123456LL,
+				   .tls_version = "TLSv1.3",
+				   .tls_cipher = "TLS_AES_128_GCM_SHA256",
+				   .auth_user = NULL,
+				   .message_id = "<abc@cam17>",
+				   .rcpts = test_rcpts,
+				   .rcpt_count = rcpts};
+	return e;
+}
+
+static void base_cfg(struct spool_config *c, const char *dir)
+{
+	spool_config_defaults(c);
+	c->dir = dir;
+	c->segment_bytes = 1 << 20;
+	c->max_message_bytes = 256 << 10;
+}
+
+/* Poll until want completions arrived (5 s bound); statuses into st[] by cookie. */
+static int wait_completions(struct spool *sp, int want, int *status, int nstatus)
+{
+	struct spool_completion c[64];
+	int got = 0;
+	uint64_t t0 = mx_now_us();
+	while (got < want && mx_now_us() - t0 < 5000000) {
+		int n = spool_poll(sp, mx_now_us() + 100000000, c, 64);
+		for (int i = 0; i < n; i++) {
+			if (status && (int)c[i].cookie < nstatus)
+				status[c[i].cookie] = c[i].status;
+			got++;
+		}
+	}
+	return got;
+}
+
+static int put_msg(struct spool *sp, uint64_t cookie, size_t body_len, uint32_t rcpts, uint64_t *id)
+{
+	struct spool_msg *m;
+	int rc = spool_msg_begin(sp, &m);
+	if (rc < 0)
+		return rc;
+	char chunk[97];
+	for (size_t off = 0; off < body_len; off += sizeof(chunk)) {
+		size_t n = body_len - off < sizeof(chunk) ? body_len - off : sizeof(chunk);
+		for (size_t i = 0; i < n; i++)
+			chunk[i] = (char)('a' + (off + i + cookie) % 26);
+		if ((rc = spool_msg_append(m, chunk, n)) < 0) {
+			spool_msg_abort(m);
+			return rc;
+		}
+	}
+	if (id)
+		*id = spool_msg_id(m);
+	struct spool_envelope env = test_env(rcpts);
+	return spool_msg_commit(m, &env, cookie);
+}
+
+static bool body_ok(struct spool *sp, uint64_t id, uint64_t cookie, size_t body_len)
+{
+	char *buf = malloc(body_len + 16);
+	long n = spool_read_body(sp, id, 0, buf, body_len + 16);
+	bool ok = n == (long)body_len;
+	for (size_t i = 0; ok && i < body_len; i++)
+		ok = buf[i] == (char)('a' + (i + cookie) % 26);
+	free(buf);
+	return ok;
+}
+
+/* ---- pure functions ---------------------------------------------------- */
+
+static void test_crc32c(void)
+{
+	CU_ASSERT_EQUAL(spool_crc32c(0, "123456789", 9), 0xE3069283u);
+	/* chaining equals one pass */
+	const char *s = "The quick brown fox jumps over the lazy dog, twice over.";
+	size_t l = strlen(s);
+	CU_ASSERT_EQUAL(spool_crc32c(spool_crc32c(0, s, 13), s + 13, l - 13),
+			spool_crc32c(0, s, l));
+	uint8_t zeros[32] = {0};
+	CU_ASSERT_EQUAL(spool_crc32c(0, zeros, 32), 0x8A9136AAu); /* RFC 3720 B.4 */
+}
+
+static void test_ids(void)
+{
+	char s[SPOOL_ID_LEN + 1];
+	uint64_t id = spool_id_make(0xabcdef, 7, 0x1234567), back;
+	spool_id_format(id, s);
+	CU_ASSERT_EQUAL(strlen(s), 12);
+	CU_ASSERT_EQUAL(spool_id_parse(s, &back), 0);
+	CU_ASSERT_EQUAL(back, id);
+	CU_ASSERT_EQUAL(spool_id_core(id), 7);
+	CU_ASSERT_EQUAL(spool_id_parse("0123456789AW", &back), -EINVAL);
+	CU_ASSERT_EQUAL(spool_id_parse("0123456789A", &back), -EINVAL);
+	CU_ASSERT_EQUAL(spool_id_parse("0123456789ABC", &back), -EINVAL);
+	/* base32hex keeps numeric order */
+	char a[13], b[13];
+	spool_id_format(spool_id_make(1, 0, 9), a);
+	spool_id_format(spool_id_make(1, 0, 10), b);
+	CU_ASSERT_TRUE(strcmp(a, b) < 0);
+}
+
+static void test_envelope_round_trip(void)
+{
+	struct spool_envelope e = test_env(3);
+	uint8_t buf[1024];
+	long n = spool_env_encode(&e, buf, sizeof(buf));
+	CU_ASSERT_TRUE_FATAL(n > 0);
+	CU_ASSERT_EQUAL(n, spool_env_size(&e));
+	CU_ASSERT_EQUAL(spool_env_encode(&e, buf, (size_t)n - 1), -ENOBUFS);
+	struct spool_envelope *d;
+	CU_ASSERT_EQUAL_FATAL(spool_env_decode(buf, (size_t)n, &d), 0);
+	CU_ASSERT_STRING_EQUAL(d->sender, e.sender);
+	CU_ASSERT_STRING_EQUAL(d->envid, "ENV123");
+	CU_ASSERT_EQUAL(d->ret, SPOOL_RET_HDRS);
+	CU_ASSERT_STRING_EQUAL(d->client_ip, "10.77.0.1");
+	CU_ASSERT_STRING_EQUAL(d->helo, "cam17");
+	CU_ASSERT_EQUAL(d->arrival_us, 1700000000123456LL);
+	CU_ASSERT_STRING_EQUAL(d->tls_version, "TLSv1.3");
+	CU_ASSERT_STRING_EQUAL(d->tls_cipher, "TLS_AES_128_GCM_SHA256");
+	CU_ASSERT_STRING_EQUAL(d->auth_user, "");
+	CU_ASSERT_STRING_EQUAL(d->message_id, "<abc@cam17>");
+	CU_ASSERT_EQUAL_FATAL(d->rcpt_count, 3);
+	CU_ASSERT_STRING_EQUAL(d->rcpts[0].addr, "alice@example.com");
+	CU_ASSERT_STRING_EQUAL(d->rcpts[0].orcpt, "rfc822;alice@example.com");
+	CU_ASSERT_EQUAL(d->rcpts[0].notify, SPOOL_NOTIFY_FAILURE | SPOOL_NOTIFY_DELAY);
+	CU_ASSERT_PTR_NULL(d->rcpts[1].orcpt);
+	CU_ASSERT_EQUAL(d->rcpts[2].notify, SPOOL_NOTIFY_NEVER);
+	free(d);
+	/* every truncation and a trailing byte are refused */
+	for (long l = 0; l < n; l++) {
+		CU_ASSERT_EQUAL(spool_env_decode(buf, (size_t)l, &d), -EINVAL);
+		CU_ASSERT_PTR_NULL(d);
+	}
+	buf[n] = 0;
+	CU_ASSERT_EQUAL(spool_env_decode(buf, (size_t)n + 1, &d), -EINVAL);
+	/* zero recipients is not an envelope */
+	e.rcpt_count = 0;
+	CU_ASSERT_EQUAL(spool_env_size(&e), -EINVAL);
+}
+
+static size_t build_msg_record(uint8_t *out, size_t cap)
+{
+	struct spool_envelope e = test_env(2);
+	long el = spool_env_size(&e);
+	uint8_t pay[2048];
+	spool_env_encode(&e, pay, sizeof(pay));
+	const char *body = "Subject: t\r\n\r\nhello from a thermostat\r\n";
+	memcpy(pay + el, body, strlen(body));
+	uint32_t pl = (uint32_t)(el + (long)strlen(body));
+	CU_ASSERT_FATAL(SPOOL_REC_HDR + pl <= cap);
+	return spool_rec_build(out, SPOOL_REC_MSG, 2, spool_id_make(5, 1, 42), (uint32_t)el, pay,
+			       pl);
+}
+
+static void test_record_round_trip(void)
+{
+	uint8_t rec[4096];
+	size_t n = build_msg_record(rec, sizeof(rec));
+	struct spool_rec_hdr h;
+	CU_ASSERT_EQUAL_FATAL(spool_rec_check(rec, n, &h), 0);
+	CU_ASSERT_EQUAL(h.type, SPOOL_REC_MSG);
+	CU_ASSERT_EQUAL(h.version, SPOOL_REC_VERSION);
+	CU_ASSERT_EQUAL(h.flags, 2);
+	CU_ASSERT_EQUAL(h.id, spool_id_make(5, 1, 42));
+	CU_ASSERT_EQUAL(h.length, n - SPOOL_REC_HDR);
+	struct spool_envelope *d;
+	CU_ASSERT_EQUAL_FATAL(spool_env_decode(rec + SPOOL_REC_HDR, h.aux, &d), 0);
+	CU_ASSERT_EQUAL(d->rcpt_count, 2);
+	free(d);
+	CU_ASSERT_EQUAL(memcmp(rec + SPOOL_REC_HDR + h.aux, "Subject: t", 10), 0);
+	CU_ASSERT_EQUAL(spool_rec_check(rec, n - 1, &h), -EMSGSIZE);
+	/* a newer version is recognised as such, not as corruption */
+	struct spool_rec_hdr nh = h;
+	uint8_t hdr[SPOOL_REC_HDR];
+	spool_rec_hdr_put(hdr, &nh);
+	hdr[4] = 9;
+	spool_put32(hdr + 28, spool_crc32c(0, hdr, 28));
+	CU_ASSERT_EQUAL(spool_rec_hdr_get(hdr, &nh), -EPROTONOSUPPORT);
+}
+
+static void test_every_bit_flip_detected(void)
+{
+	uint8_t rec[4096];
+	size_t n = build_msg_record(rec, sizeof(rec));
+	struct spool_rec_hdr h;
+	size_t missed = 0;
+	for (size_t bit = 0; bit < n * 8; bit++) {
+		rec[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+		if (spool_rec_check(rec, n, &h) == 0)
+			missed++;
+		rec[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+	}
+	CU_ASSERT_EQUAL(missed, 0);
+	CU_ASSERT_EQUAL(spool_rec_check(rec, n, &h), 0);
+}
+
+/* ---- group commit ------------------------------------------------------ */
+
+static void test_group_commit_one_fdatasync(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.commit_window_us = 10000000; /* only the explicit time jump below flushes */
+	c.commit_bytes = 64 << 20;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	uint64_t ids[100];
+	for (int i = 0; i < 100; i++)
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 1000, 1, &ids[i]), 0);
+	struct spool_completion out[128];
+	/* inside the window: nothing is written, nothing reported */
+	CU_ASSERT_EQUAL(spool_poll(sp, mx_now_us(), out, 128), 0);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.commits, 0);
+	CU_ASSERT_EQUAL(spool_locate(sp, ids[0], &(struct spool_location){0}), -EAGAIN);
+	int status[100];
+	memset(status, 0x7f, sizeof(status));
+	CU_ASSERT_EQUAL(wait_completions(sp, 100, status, 100), 100);
+	for (int i = 0; i < 100; i++)
+		CU_ASSERT_EQUAL(status[i], 0);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.commits, 1);
+	CU_ASSERT_EQUAL(st.fdatasyncs, 1);
+	CU_ASSERT_EQUAL(st.batch_msgs_max, 100);
+	CU_ASSERT_EQUAL(st.messages, 100);
+	CU_ASSERT_TRUE(st.bytes_written > 100 * 1000);
+	uint64_t lat = 0;
+	for (int i = 0; i < SPOOL_LAT_BUCKETS; i++)
+		lat += st.commit_lat_us[i];
+	CU_ASSERT_EQUAL(lat, 100);
+	for (int i = 0; i < 100; i++)
+		CU_ASSERT_TRUE(body_ok(sp, ids[i], (uint64_t)i, 1000));
+	/* reading past the end is short, not an error */
+	char tail[10];
+	CU_ASSERT_EQUAL(spool_read_body(sp, ids[3], 995, tail, sizeof(tail)), 5);
+	spool_close(sp);
+}
+
+static void test_window_flushes_by_size(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.commit_window_us = 10000000;
+	c.commit_bytes = 8192;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	for (int i = 0; i < 10; i++)
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 1000, 1, NULL), 0);
+	struct spool_completion out[16];
+	int got = 0;
+	uint64_t t0 = mx_now_us();
+	/* "now" stays inside the window: only the size bound can flush */
+	while (got < 10 && mx_now_us() - t0 < 2000000)
+		got += spool_poll(sp, t0, out, 16);
+	CU_ASSERT_EQUAL(got, 10);
+	spool_close(sp);
+}
+
+static void test_durability_none(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.durability = SPOOL_DURABILITY_NONE;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	for (int i = 0; i < 20; i++)
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 500, 1, NULL), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 20, NULL, 0), 20);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.fdatasyncs, 0);
+	CU_ASSERT_TRUE(st.commits >= 1);
+	CU_ASSERT_EQUAL(st.messages, 20);
+	spool_close(sp);
+}
+
+static void test_limits(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.max_open_msgs = 2;
+	c.max_message_bytes = 8192;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	struct spool_msg *a, *b, *x;
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &a), 0);
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &b), 0);
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &x), -ENOBUFS);
+	CU_ASSERT_NOT_EQUAL(spool_msg_id(a), spool_msg_id(b));
+	char big[9000] = {0};
+	CU_ASSERT_EQUAL(spool_msg_append(a, big, sizeof(big)), -EFBIG);
+	struct spool_envelope env = test_env(1);
+	env.rcpt_count = 0;
+	CU_ASSERT_EQUAL(spool_msg_commit(b, &env, 1), -EINVAL);
+	spool_msg_abort(a);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.open_limit_hits, 1);
+	CU_ASSERT_EQUAL(st.too_big, 1);
+	CU_ASSERT_EQUAL(spool_msg_finish(sp, 12345), -ENOENT);
+	spool_close(sp);
+}
+
+/* ---- recovery ---------------------------------------------------------- */
+
+struct seen {
+	int n;
+	uint64_t ids[2048];
+	uint8_t state0[2048];
+	char text0[2048][32];
+	uint32_t rcpts[2048];
+	bool env_ok;
+};
+
+static void on_recovered(void *arg, const struct spool_recovered *m)
+{
+	struct seen *s = arg;
+	if (s->n >= 2048)
+		return;
+	s->ids[s->n] = m->id;
+	s->state0[s->n] = m->rcpt[0].state;
+	snprintf(s->text0[s->n], 32, "%s", m->rcpt[0].text ? m->rcpt[0].text : "");
+	s->rcpts[s->n] = m->env->rcpt_count;
+	s->env_ok = strcmp(m->env->sender, "sensor-17@fleet.example") == 0 &&
+		    strcmp(m->env->helo, "cam17") == 0 && m->loc.body_len > 0;
+	s->n++;
+}
+
+static int seen_index(const struct seen *s, uint64_t id)
+{
+	for (int i = 0; i < s->n; i++)
+		if (s->ids[i] == id)
+			return i;
+	return -1;
+}
+
+static void test_recovery_with_state(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 3, NULL, NULL, NULL, &sp), 0);
+	uint64_t id[6];
+	for (int i = 0; i < 6; i++)
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 300 + (size_t)i, 3, &id[i]), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 6, NULL, 0), 6);
+	CU_ASSERT_EQUAL(spool_id_core(id[0]), 3);
+	CU_ASSERT_EQUAL(spool_mark_delivered(sp, id[0], 0), 0);
+	CU_ASSERT_EQUAL(spool_mark_deferred(sp, id[1], 0, 1234, "421 try later"), 0);
+	CU_ASSERT_EQUAL(spool_mark_bounced(sp, id[2], 0, "550 no such user"), 0);
+	CU_ASSERT_EQUAL(spool_msg_finish(sp, id[3]), 0);
+	CU_ASSERT_EQUAL(spool_mark_delivered(sp, id[4], 7), -EINVAL);
+	CU_ASSERT_EQUAL(spool_mark_deferred(sp, id[5], 0, 99, "451 x"), 0);
+	CU_ASSERT_EQUAL(spool_requeue(sp, id[5]), 0);
+	spool_close(sp);
+
+	struct seen *s = calloc(1, sizeof(*s));
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 3, on_recovered, s, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.messages, 5);
+	CU_ASSERT_EQUAL(s->n, 5);
+	CU_ASSERT_EQUAL(rs.rcpts_pending, 5 * 3 - 2);
+	CU_ASSERT_TRUE(s->env_ok);
+	CU_ASSERT_EQUAL(seen_index(s, id[3]), -1);
+	int i0 = seen_index(s, id[0]), i1 = seen_index(s, id[1]), i2 = seen_index(s, id[2]),
+	    i5 = seen_index(s, id[5]);
+	CU_ASSERT_FATAL(i0 >= 0 && i1 >= 0 && i2 >= 0 && i5 >= 0);
+	CU_ASSERT_EQUAL(s->state0[i0], SPOOL_RCPT_DELIVERED);
+	CU_ASSERT_EQUAL(s->state0[i1], SPOOL_RCPT_DEFERRED);
+	CU_ASSERT_STRING_EQUAL(s->text0[i1], "421 try later");
+	CU_ASSERT_EQUAL(s->state0[i2], SPOOL_RCPT_BOUNCED);
+	CU_ASSERT_STRING_EQUAL(s->text0[i2], "550 no such user");
+	CU_ASSERT_EQUAL(s->rcpts[i0], 3);
+	const struct spool_rcpt_status *st;
+	uint32_t cnt;
+	CU_ASSERT_EQUAL(spool_rcpt_states(sp, id[5], &st, &cnt), 0);
+	CU_ASSERT_EQUAL(cnt, 3);
+	CU_ASSERT_EQUAL(st[0].state, SPOOL_RCPT_DEFERRED);
+	CU_ASSERT_EQUAL(st[0].next_retry_s, 0);
+	CU_ASSERT_TRUE(body_ok(sp, id[4], 4, 304));
+	/* new IDs after the restart differ from every old one */
+	uint64_t nid;
+	CU_ASSERT_EQUAL(put_msg(sp, 9, 10, 1, &nid), 0);
+	for (int i = 0; i < 6; i++)
+		CU_ASSERT_NOT_EQUAL(nid, id[i]);
+	spool_close(sp);
+	free(s);
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (f == NULL)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	long n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	uint8_t *b = malloc((size_t)n + 1);
+	*len = fread(b, 1, (size_t)n, f);
+	fclose(f);
+	return b;
+}
+
+static void write_file(const char *path, const uint8_t *b, size_t len)
+{
+	FILE *f = fopen(path, "wb");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	if (len)
+		CU_ASSERT_EQUAL(fwrite(b, 1, len, f), len);
+	fclose(f);
+}
+
+static void test_torn_tail_every_length(void)
+{
+	char dir[300], dir2[300], seg[400], seg2[400], cdir[400];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	/* several batches so that the segment holds several records */
+	for (int i = 0; i < 5; i++) {
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 40 + 13 * (size_t)i, 1, NULL), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	}
+	spool_close(sp);
+	uint64_t *seqs;
+	size_t nseg;
+	CU_ASSERT_EQUAL_FATAL(spool_list_segments(dir, 0, &seqs, &nseg), 0);
+	CU_ASSERT_EQUAL_FATAL(nseg, 1);
+	spool_seg_path(seg, sizeof(seg), dir, 0, seqs[0]);
+	size_t len;
+	uint8_t *img = read_file(seg, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
+	/* record ends: where each complete message ends */
+	size_t ends[8], nends = 0, off = 0;
+	while (off < len) {
+		struct spool_rec_hdr h;
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check(img + off, len - off, &h), 0);
+		off += SPOOL_REC_HDR + h.length;
+		if (h.type == SPOOL_REC_MSG)
+			ends[nends++] = off;
+	}
+	CU_ASSERT_EQUAL_FATAL(nends, 5);
+	new_dir(dir2, sizeof(dir2));
+	mkdir(dir2, 0700);
+	spool_core_path(cdir, sizeof(cdir), dir2, 0);
+	mkdir(cdir, 0700);
+	spool_seg_path(seg2, sizeof(seg2), dir2, 0, seqs[0]);
+	struct spool_config c2 = c;
+	c2.dir = dir2;
+	int bad_scan = 0, bad_open = 0, bad_size = 0;
+	for (size_t l = 0; l <= len; l++) {
+		/* the segment header (48 bytes) is kept alone; shorter than that is no segment */
+		size_t expect = 0, keep = l >= 48 ? 48 : 0;
+		for (size_t k = 0; k < nends; k++)
+			if (ends[k] <= l) {
+				expect = k + 1;
+				keep = ends[k];
+			}
+		write_file(seg2, img, l);
+		struct spool_recovery_stats rs;
+		if (spool_scan(dir2, 0, 0, NULL, NULL, &rs) != 0 || rs.messages != expect ||
+		    rs.quarantined != 0)
+			bad_scan++;
+		if (spool_open(&c2, 0, NULL, NULL, &rs, &sp) != 0) {
+			bad_open++;
+			continue;
+		}
+		if (rs.messages != expect || rs.torn_tails != (l != keep && keep > 0 ? 1u : 0u)) {
+			if (bad_open++ < 5)
+				fprintf(stderr, "  len %zu: %llu messages (want %zu), %llu torn\n",
+					l, (unsigned long long)rs.messages, expect,
+					(unsigned long long)rs.torn_tails);
+		}
+		spool_close(sp);
+		/* the torn part is cut away (an image without a whole record is removed) */
+		struct stat st;
+		if (keep > 0 && (stat(seg2, &st) != 0 || (size_t)st.st_size != keep)) {
+			if (bad_size++ < 5)
+				fprintf(stderr, "  len %zu: size %lld, want %zu\n", l,
+					(long long)st.st_size, keep);
+		}
+		if (keep == 0 && stat(seg2, &st) == 0)
+			bad_size++;
+		rm_rf(cdir);
+		mkdir(cdir, 0700);
+	}
+	CU_ASSERT_EQUAL(bad_scan, 0);
+	CU_ASSERT_EQUAL(bad_open, 0);
+	CU_ASSERT_EQUAL(bad_size, 0);
+	free(img);
+	free(seqs);
+}
+
+static void test_quarantine_corrupt_segment(void)
+{
+	char dir[300], seg[400], q[600];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.segment_bytes = 64 << 10;
+	c.max_message_bytes = 16 << 10;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	for (int i = 0; i < 40; i++) {
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 4000, 1, NULL), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	}
+	spool_close(sp);
+	uint64_t *seqs;
+	size_t nseg;
+	CU_ASSERT_EQUAL_FATAL(spool_list_segments(dir, 0, &seqs, &nseg), 0);
+	CU_ASSERT_FATAL(nseg >= 3);
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL(spool_scan(dir, 0, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(rs.messages, 40);
+	uint64_t in_first = 0;
+	{
+		/* count the messages of the first segment */
+		size_t len;
+		spool_seg_path(seg, sizeof(seg), dir, 0, seqs[0]);
+		uint8_t *img = read_file(seg, &len);
+		for (size_t off = 0; off < len;) {
+			struct spool_rec_hdr h;
+			if (spool_rec_check(img + off, len - off, &h) != 0)
+				break;
+			in_first += h.type == SPOOL_REC_MSG;
+			off += SPOOL_REC_HDR + h.length;
+		}
+		/* one flipped byte in the middle of a sealed segment */
+		img[len / 2] ^= 0x40;
+		write_file(seg, img, len);
+		free(img);
+	}
+	CU_ASSERT_TRUE(in_first > 0);
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.quarantined, 1);
+	CU_ASSERT_EQUAL(rs.messages, 40 - in_first);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.quarantined, 1);
+	spool_close(sp);
+	struct stat sb;
+	CU_ASSERT_NOT_EQUAL(stat(seg, &sb), 0);
+	snprintf(q, sizeof(q), "%s/quarantine/c0-%016llx.seg", dir, (unsigned long long)seqs[0]);
+	CU_ASSERT_EQUAL(stat(q, &sb), 0);
+	free(seqs);
+}
+
+/* ---- reclaim, compaction, full ------------------------------------------ */
+
+static void test_reclaim(void)
+{
+	char dir[300], seg[400];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.segment_bytes = 64 << 10;
+	c.max_message_bytes = 16 << 10;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	uint64_t ids[60];
+	for (int i = 0; i < 60; i++) {
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 3000, 1, &ids[i]), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	}
+	uint64_t *seqs;
+	size_t nseg;
+	CU_ASSERT_EQUAL_FATAL(spool_list_segments(dir, 0, &seqs, &nseg), 0);
+	CU_ASSERT_FATAL(nseg >= 2);
+	struct spool_location loc;
+	CU_ASSERT_EQUAL(spool_locate(sp, ids[0], &loc), 0);
+	CU_ASSERT_EQUAL(loc.segment, seqs[0]);
+	/* finish every message of the first segment but one: nothing is freed */
+	int first_n = 0;
+	for (int i = 0; i < 60; i++) {
+		spool_locate(sp, ids[i], &loc);
+		if (loc.segment == seqs[0])
+			first_n++;
+	}
+	for (int i = 1; i < first_n; i++)
+		CU_ASSERT_EQUAL(spool_msg_finish(sp, ids[i]), 0);
+	wait_completions(sp, 0, NULL, 0);
+	spool_poll(sp, mx_now_us(), NULL, 0);
+	struct stat sb;
+	spool_seg_path(seg, sizeof(seg), dir, 0, seqs[0]);
+	CU_ASSERT_EQUAL(stat(seg, &sb), 0);
+	CU_ASSERT_EQUAL(spool_msg_finish(sp, ids[0]), 0);
+	spool_poll(sp, mx_now_us(), NULL, 0);
+	CU_ASSERT_NOT_EQUAL(stat(seg, &sb), 0);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.segments_reclaimed, 1);
+	spool_close(sp);
+	/* and after a restart the finished messages stay finished */
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL(spool_scan(dir, 0, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(rs.messages, (uint64_t)(60 - first_n));
+	free(seqs);
+}
+
+static void test_compaction_keeps_state(void)
+{
+	char dir[300], seg[400];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.segment_bytes = 64 << 10;
+	c.max_message_bytes = 16 << 10;
+	c.compact_min_age_us = 0;
+	c.compact_live_pct = 50;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	uint64_t ids[60];
+	for (int i = 0; i < 60; i++) {
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 3000, 2, &ids[i]), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	}
+	uint64_t *seqs;
+	size_t nseg;
+	CU_ASSERT_EQUAL_FATAL(spool_list_segments(dir, 0, &seqs, &nseg), 0);
+	CU_ASSERT_FATAL(nseg >= 3);
+	/* keep messages 0 and 1 of segment 1 alive, with state; finish the rest */
+	struct spool_location loc;
+	CU_ASSERT_EQUAL(spool_mark_deferred(sp, ids[0], 1, 777, "452 mailbox full"), 0);
+	CU_ASSERT_EQUAL(spool_mark_delivered(sp, ids[1], 0), 0);
+	for (int i = 2; i < 60; i++) {
+		spool_locate(sp, ids[i], &loc);
+		if (loc.segment == seqs[0] || loc.segment == seqs[1])
+			CU_ASSERT_EQUAL(spool_msg_finish(sp, ids[i]), 0);
+	}
+	for (int k = 0; k < 100; k++) {
+		spool_poll(sp, mx_now_us(), NULL, 0);
+		spool_sync(sp);
+	}
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.compaction_msgs, 2);
+	CU_ASSERT_TRUE(st.segments_reclaimed >= 2);
+	struct stat sb;
+	spool_seg_path(seg, sizeof(seg), dir, 0, seqs[0]);
+	CU_ASSERT_NOT_EQUAL(stat(seg, &sb), 0);
+	spool_seg_path(seg, sizeof(seg), dir, 0, seqs[1]);
+	CU_ASSERT_NOT_EQUAL(stat(seg, &sb), 0);
+	CU_ASSERT_EQUAL(spool_locate(sp, ids[0], &loc), 0);
+	CU_ASSERT_TRUE(loc.segment > seqs[1]);
+	CU_ASSERT_TRUE(body_ok(sp, ids[0], 0, 3000));
+	CU_ASSERT_TRUE(body_ok(sp, ids[1], 1, 3000));
+	spool_close(sp);
+	/* after a restart the copies carry their state */
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, &rs, &sp), 0);
+	const struct spool_rcpt_status *rst;
+	uint32_t cnt;
+	CU_ASSERT_EQUAL_FATAL(spool_rcpt_states(sp, ids[0], &rst, &cnt), 0);
+	CU_ASSERT_EQUAL(rst[1].state, SPOOL_RCPT_DEFERRED);
+	CU_ASSERT_EQUAL(rst[1].next_retry_s, 777);
+	CU_ASSERT_STRING_EQUAL(rst[1].text, "452 mailbox full");
+	CU_ASSERT_EQUAL(rst[0].state, SPOOL_RCPT_QUEUED);
+	CU_ASSERT_EQUAL_FATAL(spool_rcpt_states(sp, ids[1], &rst, &cnt), 0);
+	CU_ASSERT_EQUAL(rst[0].state, SPOOL_RCPT_DELIVERED);
+	CU_ASSERT_TRUE(body_ok(sp, ids[0], 0, 3000));
+	CU_ASSERT_EQUAL(rs.quarantined, 0);
+	spool_close(sp);
+	free(seqs);
+}
+
+static void test_spool_full_by_size(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.segment_bytes = 64 << 10;
+	c.max_message_bytes = 16 << 10;
+	c.max_bytes = 200 << 10;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	uint64_t ids[200];
+	int n = 0, rc = 0;
+	while (n < 200) {
+		rc = put_msg(sp, (uint64_t)n, 4000, 1, &ids[n]);
+		if (rc < 0)
+			break;
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+		n++;
+	}
+	CU_ASSERT_EQUAL(rc, -ENOSPC);
+	CU_ASSERT_TRUE(n >= 40 && n <= 50);
+	CU_ASSERT_FALSE(spool_has_room(sp));
+	struct spool_msg *m;
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &m), -ENOSPC);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_TRUE(st.enospc_refusals >= 2);
+	for (int i = 0; i < n; i++)
+		CU_ASSERT_EQUAL(spool_msg_finish(sp, ids[i]), 0);
+	for (int k = 0; k < 10 && !spool_has_room(sp); k++) {
+		spool_sync(sp);
+		spool_poll(sp, mx_now_us(), NULL, 0);
+	}
+	CU_ASSERT_TRUE(spool_has_room(sp));
+	CU_ASSERT_EQUAL(put_msg(sp, 1, 4000, 1, NULL), 0);
+	int status[2] = {-1, -1};
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, status, 2), 1);
+	CU_ASSERT_EQUAL(status[1], 0);
+	spool_close(sp);
+}
+
+static void test_disk_full_tmpfs(void)
+{
+	char dir[300];
+	new_dir(dir, sizeof(dir));
+	mkdir(dir, 0700);
+	if (mount("mxspool-test", dir, "tmpfs", 0, "size=1m") != 0) {
+		fprintf(stderr, "  (skipped: cannot mount a 1 MiB tmpfs: %s)\n", strerror(errno));
+		return;
+	}
+	struct spool_config c;
+	base_cfg(&c, dir);
+	c.segment_bytes = 128 << 10;
+	c.max_message_bytes = 16 << 10;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	static int status[1000];
+	uint64_t ids[1000];
+	int n = 0, refused = 0, failed = 0, ok = 0;
+	for (; n < 1000; n++) {
+		status[n] = 1;
+		int rc = put_msg(sp, (uint64_t)n, 8000, 1, &ids[n]);
+		if (rc == -ENOSPC) {
+			refused++;
+			break;
+		}
+		CU_ASSERT_EQUAL_FATAL(rc, 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, status, 1000), 1);
+		if (status[n] == 0)
+			ok++;
+		else if (status[n] == -ENOSPC || status[n] == -EIO)
+			failed++;
+	}
+	/* never a silent drop: every commit was reported, and the spool said full */
+	CU_ASSERT_EQUAL(refused + failed > 0, true);
+	CU_ASSERT_EQUAL(ok + failed, n);
+	CU_ASSERT_TRUE(ok > 50);
+	CU_ASSERT_FALSE(spool_has_room(sp));
+	for (int i = 0; i < n; i++)
+		if (status[i] == 0)
+			CU_ASSERT_EQUAL(spool_msg_finish(sp, ids[i]), 0);
+	uint64_t t0 = mx_now_us();
+	while (!spool_has_room(sp) && mx_now_us() - t0 < 3000000) {
+		spool_sync(sp);
+		spool_poll(sp, mx_now_us(), NULL, 0);
+		usleep(10000);
+	}
+	CU_ASSERT_TRUE(spool_has_room(sp));
+	int st2[2] = {-1, -1};
+	CU_ASSERT_EQUAL(put_msg(sp, 1, 8000, 1, NULL), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, st2, 2), 1);
+	CU_ASSERT_EQUAL(st2[1], 0);
+	spool_close(sp);
+	umount(dir);
+}
+
+/* ---- IDs and lock -------------------------------------------------------- */
+
+static int cmp64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void test_id_uniqueness_million(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.max_open_msgs = 1;
+	size_t n = 0, want = 1000000;
+	uint64_t *ids = malloc(want * sizeof(*ids));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(ids);
+	/* 4 starts ("restarts") of 2 cores each, 125k IDs per core per start */
+	for (int start = 0; start < 4; start++) {
+		for (unsigned core = 0; core < 2; core++) {
+			struct spool *sp;
+			CU_ASSERT_EQUAL_FATAL(spool_open(&c, core, NULL, NULL, NULL, &sp), 0);
+			for (int i = 0; i < 125000; i++) {
+				struct spool_msg *m;
+				CU_ASSERT_EQUAL_FATAL(spool_msg_begin(sp, &m), 0);
+				ids[n++] = spool_msg_id(m);
+				spool_msg_abort(m);
+			}
+			spool_close(sp);
+		}
+	}
+	CU_ASSERT_EQUAL_FATAL(n, want);
+	qsort(ids, n, sizeof(*ids), cmp64);
+	size_t dups = 0;
+	for (size_t i = 1; i < n; i++)
+		dups += ids[i] == ids[i - 1];
+	CU_ASSERT_EQUAL(dups, 0);
+	/* a lost generation file still yields fresh IDs (floor from the records) */
+	free(ids);
+}
+
+static void test_dir_lock(void)
+{
+	char dir[300];
+	new_dir(dir, sizeof(dir));
+	mkdir(dir, 0700);
+	int fd = spool_dir_lock(dir);
+	CU_ASSERT_TRUE_FATAL(fd >= 0);
+	CU_ASSERT_EQUAL(spool_dir_lock(dir), -EWOULDBLOCK);
+	spool_dir_unlock(fd);
+	fd = spool_dir_lock(dir);
+	CU_ASSERT_TRUE(fd >= 0);
+	spool_dir_unlock(fd);
+}
+
+static void test_recovery_100k(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.segment_bytes = 8 << 20;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	int n = 100000, done = 0;
+	struct spool_completion out[256];
+	for (int i = 0; i < n; i++) {
+		CU_ASSERT_EQUAL_FATAL(put_msg(sp, (uint64_t)i, 200, 1, NULL), 0);
+		done += spool_poll(sp, mx_now_us(), out, 256);
+	}
+	spool_sync(sp);
+	done += spool_poll(sp, mx_now_us(), out, 256);
+	while (done < n) {
+		int k = spool_poll(sp, mx_now_us(), out, 256);
+		if (k == 0)
+			break;
+		done += k;
+	}
+	CU_ASSERT_EQUAL(done, n);
+	spool_close(sp);
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.messages, (uint64_t)n);
+	CU_ASSERT_EQUAL(rs.torn_tails, 0);
+	CU_ASSERT_EQUAL(rs.quarantined, 0);
+	fprintf(stderr, "  (recovered %llu messages from %llu segments in %llu ms)\n",
+		(unsigned long long)rs.messages, (unsigned long long)rs.segments,
+		(unsigned long long)rs.elapsed_us / 1000);
+	CU_ASSERT_TRUE(rs.elapsed_us < 10000000);
+	spool_close(sp);
+}
+
+/* A write cut short by RLIMIT_FSIZE: the rest is retried, then fails; the batch is undone. */
+static void test_short_write_fails_batch(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	uint64_t good;
+	CU_ASSERT_EQUAL(put_msg(sp, 0, 1000, 1, &good), 0);
+	int status[4] = {1, 1, 1, 1};
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, status, 4), 1);
+	CU_ASSERT_EQUAL(status[0], 0);
+	struct spool_location loc;
+	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, good, &loc), 0);
+	struct rlimit old, lim;
+	getrlimit(RLIMIT_FSIZE, &old);
+	lim = old;
+	lim.rlim_cur = loc.offset + loc.length + 3000;
+	signal(SIGXFSZ, SIG_IGN);
+	CU_ASSERT_EQUAL_FATAL(setrlimit(RLIMIT_FSIZE, &lim), 0);
+	uint64_t bad;
+	CU_ASSERT_EQUAL(put_msg(sp, 1, 8000, 1, &bad), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, status, 4), 1);
+	setrlimit(RLIMIT_FSIZE, &old);
+	CU_ASSERT_EQUAL(status[1], -EIO);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.short_writes, 1);
+	CU_ASSERT_EQUAL(st.io_errors, 1);
+	CU_ASSERT_EQUAL(spool_locate(sp, bad, &loc), -ENOENT);
+	/* the spool goes on where the good data ends */
+	uint64_t after;
+	CU_ASSERT_EQUAL(put_msg(sp, 2, 500, 1, &after), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, status, 4), 1);
+	CU_ASSERT_EQUAL(status[2], 0);
+	spool_close(sp);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, on_recovered, s, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.messages, 2);
+	CU_ASSERT_EQUAL(rs.torn_tails, 0);
+	CU_ASSERT_TRUE(seen_index(s, good) >= 0 && seen_index(s, after) >= 0);
+	CU_ASSERT_TRUE(body_ok(sp, after, 2, 500));
+	spool_close(sp);
+	free(s);
+}
+
+/* A record from a newer program stops recovery without changing anything. */
+static void test_newer_version_refused(void)
+{
+	char dir[300], seg[400];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	CU_ASSERT_EQUAL(put_msg(sp, 0, 100, 1, NULL), 0);
+	CU_ASSERT_EQUAL(put_msg(sp, 1, 100, 1, NULL), 0);
+	spool_close(sp);
+	spool_seg_path(seg, sizeof(seg), dir, 0, 0);
+	size_t len;
+	uint8_t *img = read_file(seg, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
+	/* the second message record: after the segment header and the first message */
+	struct spool_rec_hdr h;
+	CU_ASSERT_EQUAL_FATAL(spool_rec_check(img + 48, len - 48, &h), 0);
+	size_t second = 48 + SPOOL_REC_HDR + h.length;
+	img[second + 4] = SPOOL_REC_VERSION + 1;
+	spool_put32(img + second + 28, spool_crc32c(0, img + second, 28));
+	write_file(seg, img, len);
+	CU_ASSERT_EQUAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), -EPROTONOSUPPORT);
+	size_t len2;
+	uint8_t *img2 = read_file(seg, &len2);
+	CU_ASSERT_EQUAL(len2, len);
+	CU_ASSERT_EQUAL(memcmp(img, img2, len), 0);
+	free(img);
+	free(img2);
+}
+
+static void test_config_from_ini(void)
+{
+	struct cfg_file *cf;
+	char err[256];
+	const char *text =
+		"[spool]\ndir = /var/spool/mx\ndurability = none\ncommit_window = 500us\n"
+		"max_size = 1G\nsegment_size = 16M\n";
+	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
+	struct spool_config c;
+	spool_config_defaults(&c);
+	CU_ASSERT_EQUAL(spool_config_from_cfg(cf, 4, &c, err, sizeof(err)), 0);
+	CU_ASSERT_STRING_EQUAL(c.dir, "/var/spool/mx");
+	CU_ASSERT_EQUAL(c.durability, SPOOL_DURABILITY_NONE);
+	CU_ASSERT_EQUAL(c.commit_window_us, 500);
+	CU_ASSERT_EQUAL(c.max_bytes, (1ull << 30) / 4);
+	CU_ASSERT_EQUAL(c.segment_bytes, 16 << 20);
+	cfg_free(cf);
+	CU_ASSERT_EQUAL_FATAL(
+		cfg_parse_string("[spool]\ndurability = maybe\n", "t.conf", &cf, err, sizeof(err)),
+		0);
+	spool_config_defaults(&c);
+	CU_ASSERT_EQUAL(spool_config_from_cfg(cf, 1, &c, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_STRING_EQUAL(err, "t.conf:2: [spool] durability: expected fsync or none");
+	cfg_free(cf);
+}
+
+static CU_TestInfo codec_tests[] = {
+	{"crc32c", test_crc32c},
+	{"ids", test_ids},
+	{"envelope_round_trip", test_envelope_round_trip},
+	{"record_round_trip", test_record_round_trip},
+	{"every_bit_flip_detected", test_every_bit_flip_detected},
+	{"config_from_ini", test_config_from_ini},
+	CU_TEST_INFO_NULL,
+};
+
+static CU_TestInfo spool_tests[] = {
+	{"group_commit_one_fdatasync", test_group_commit_one_fdatasync},
+	{"window_flushes_by_size", test_window_flushes_by_size},
+	{"durability_none", test_durability_none},
+	{"limits", test_limits},
+	{"recovery_with_state", test_recovery_with_state},
+	{"torn_tail_every_length", test_torn_tail_every_length},
+	{"quarantine_corrupt_segment", test_quarantine_corrupt_segment},
+	{"reclaim", test_reclaim},
+	{"compaction_keeps_state", test_compaction_keeps_state},
+	{"spool_full_by_size", test_spool_full_by_size},
+	{"disk_full_tmpfs", test_disk_full_tmpfs},
+	{"id_uniqueness_million", test_id_uniqueness_million},
+	{"dir_lock", test_dir_lock},
+	{"recovery_100k", test_recovery_100k},
+	{"short_write_fails_batch", test_short_write_fails_batch},
+	{"newer_version_refused", test_newer_version_refused},
+	CU_TEST_INFO_NULL,
+};
+
+static CU_SuiteInfo suites[] = {
+	{"spool_codec", NULL, NULL, NULL, NULL, codec_tests},
+	{"spool", suite_init, suite_clean, NULL, NULL, spool_tests},
+	CU_SUITE_INFO_NULL,
+};
+
+int main(void)
+{
+	return mx_test_run(suites);
+}
