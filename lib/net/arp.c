@@ -149,10 +149,10 @@ void net_arp_input(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rt
 	if (sip != 0 && sip != p->addr)
 		arp_learn(sp, pc, sip, &sha, tip == p->addr);
 	/*
-	 * Only the worker that reads the port answers requests: the others get
-	 * copies of the frame to learn from, and must not reply again.
+	 * Only the worker that received the frame from the port answers: the
+	 * others get copies to learn from, and must not reply again.
 	 */
-	if (op == RTE_ARP_OP_REQUEST && tip == p->addr && pc->reads_rx)
+	if (op == RTE_ARP_OP_REQUEST && tip == p->addr && !sp->from_ring)
 		arp_send(sp, pc, RTE_ARP_OP_REPLY, &sha, sip);
 done:
 	rte_pktmbuf_free(m);

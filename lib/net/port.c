@@ -5,9 +5,10 @@
  * worker and a symmetric Toeplitz key, so both directions of a flow hash to
  * the same worker; the redirection table is programmed and mirrored here so
  * that net_port_flow_owner() predicts the NIC exactly (same hash bits).  A
- * single-queue port (net_tap, net_af_packet) is read by worker 0 alone,
- * which computes the same hash in software and hands each packet to its
- * owner over an SP/SC rte_ring.  ARP frames go to every worker, since each
+ * single-queue port (net_af_packet) is read by worker 0 alone, which
+ * computes the same hash in software and hands each packet to its owner
+ * over an rte_ring; net_tap wants as many RX as TX queues, so there each
+ * worker reads the queue the kernel filled and re-dispatches the same way.  ARP frames go to every worker, since each
  * keeps its own ARP cache.  Every worker has its own TX queue.
  *
  * Fault injection (off by default) drops, duplicates, reorders and corrupts
@@ -123,7 +124,13 @@ int net_port_setup(struct net_port **out, const struct net_port_conf *conf, unsi
 	bool is_tap = info.driver_name != NULL && strcmp(info.driver_name, "net_tap") == 0;
 	p->software_rss = n_workers == 1 || is_tap || info.max_rx_queues < n_workers ||
 			  rss_hf == 0 || info.reta_size == 0;
-	uint16_t nb_rx = p->software_rss ? 1 : (uint16_t)n_workers;
+	/*
+	 * Software steering reads one RX queue, except where the driver wants
+	 * as many RX as TX queues (net_tap): then every worker reads its own
+	 * queue, filled by the kernel's flow hash, and re-dispatches by ours.
+	 */
+	uint16_t nb_rx = (!p->software_rss || is_tap) ? (uint16_t)n_workers : 1;
+	p->nb_rx = nb_rx;
 	uint16_t nb_tx = (uint16_t)n_workers;
 	if (info.max_tx_queues < nb_tx) {
 		snprintf(err, errlen, "port %u: %u TX queues needed, device has %u", pid, nb_tx,
@@ -185,12 +192,13 @@ int net_port_setup(struct net_port **out, const struct net_port_conf *conf, unsi
 	rte_eth_macaddr_get(pid, &p->mac);
 	if ((rc = setup_reta(p, &info, err, errlen)) != 0)
 		goto fail_stop;
-	if (p->software_rss) {
-		for (unsigned w = 1; w < n_workers; w++) {
+	if (p->software_rss && n_workers > 1) {
+		for (unsigned w = nb_rx > 1 ? 0 : 1; w < n_workers; w++) {
 			char name[RTE_RING_NAMESIZE];
 			snprintf(name, sizeof(name), "net_p%u_w%u", pid, w);
-			p->to_worker[w] = rte_ring_create(name, NET_DISPATCH_RING, socket,
-							  RING_F_SP_ENQ | RING_F_SC_DEQ);
+			/* Several readers may hand packets to one worker. */
+			unsigned flags = RING_F_SC_DEQ | (nb_rx > 1 ? 0 : RING_F_SP_ENQ);
+			p->to_worker[w] = rte_ring_create(name, NET_DISPATCH_RING, socket, flags);
 			if (p->to_worker[w] == NULL) {
 				snprintf(err, errlen, "port %u: dispatch ring: %s", pid,
 					 rte_strerror(rte_errno));
@@ -204,7 +212,7 @@ int net_port_setup(struct net_port **out, const struct net_port_conf *conf, unsi
 fail_stop:
 	rte_eth_dev_stop(pid);
 fail:
-	for (unsigned w = 1; w < NET_MAX_WORKERS; w++)
+	for (unsigned w = 0; w < NET_MAX_WORKERS; w++)
 		rte_ring_free(p->to_worker[w]);
 	rte_free(p);
 	return rc < 0 ? rc : -EIO;
@@ -228,7 +236,7 @@ void net_port_close(struct net_port *p)
 		return;
 	rte_eth_dev_stop(p->port_id);
 	rte_eth_dev_close(p->port_id);
-	for (unsigned w = 1; w < NET_MAX_WORKERS; w++)
+	for (unsigned w = 0; w < NET_MAX_WORKERS; w++)
 		rte_ring_free(p->to_worker[w]);
 	rte_free(p);
 }
@@ -342,7 +350,9 @@ static void dispatch(struct net_stack_priv *sp, struct net_port_ctx *pc, struct 
 	}
 	if (owner == NET_MAX_WORKERS) {
 		/* ARP: every worker learns; this one processes the original. */
-		for (unsigned w = 1; w < p->n_workers; w++) {
+		for (unsigned w = 0; w < p->n_workers; w++) {
+			if (w == sp->worker)
+				continue;
 			rte_pktmbuf_refcnt_update(m, 1);
 			if (rte_ring_enqueue(p->to_worker[w], m) != 0) {
 				rte_pktmbuf_free(m);
@@ -389,13 +399,15 @@ void net_port_rx(struct net_stack_priv *sp, struct net_port_ctx *pc)
 		}
 	}
 ring:
-	if (p->software_rss && sp->worker > 0) {
+	if (p->to_worker[sp->worker] != NULL) {
 		n = rte_ring_dequeue_burst(p->to_worker[sp->worker], (void **)pkts, NET_BURST, NULL);
+		sp->from_ring = true; /* ARP copies: learn, do not answer again */
 		for (unsigned i = 0; i < n; i++) {
 			sp->stats.rx_pkts++;
 			sp->stats.rx_bytes += rte_pktmbuf_pkt_len(pkts[i]);
 			net_eth_input(sp, pc, pkts[i]);
 		}
+		sp->from_ring = false;
 	}
 }
 

@@ -80,7 +80,7 @@ struct net_stack *net_stack_create(const struct net_stack_conf *conf)
 		struct net_port_ctx *pc = &sp->ports[i];
 		pc->port = conf->ports[i];
 		pc->queue = (uint16_t)conf->worker;
-		pc->reads_rx = !pc->port->software_rss || conf->worker == 0;
+		pc->reads_rx = conf->worker < pc->port->nb_rx;
 		pc->fault_rx.rng = (pc->port->fault.seed ^ 0x9e3779b97f4a7c15ull) + conf->worker * 2 + 1;
 		pc->fault_tx.rng = (pc->port->fault.seed ^ 0xc2b2ae3d27d4eb4full) + conf->worker * 2 + 2;
 	}
@@ -220,7 +220,7 @@ bool net_stack_wait(struct net_stack *st, uint64_t timeout_us)
 	bool pending = false;
 	for (unsigned i = 0; i < sp->n_ports; i++) {
 		struct net_port *p = sp->ports[i].port;
-		if (p->software_rss && sp->worker > 0 && rte_ring_count(p->to_worker[sp->worker]))
+		if (p->to_worker[sp->worker] != NULL && rte_ring_count(p->to_worker[sp->worker]))
 			pending = true;
 	}
 	if (!pending) {

@@ -29,7 +29,8 @@ struct net_port {
 	uint32_t gateway;
 	struct rte_ether_addr mac;
 	unsigned n_workers;
-	bool software_rss; /* one RX queue, worker 0 dispatches */
+	bool software_rss; /* packets re-dispatched in software by flow hash */
+	uint16_t nb_rx;    /* RX queues; worker w reads queue w if w < nb_rx */
 	uint16_t reta[NET_RETA_SIZE]; /* hash low bits -> worker */
 	uint16_t reta_mask;
 	uint8_t rss_key[40];
@@ -89,6 +90,7 @@ struct net_stack_priv {
 	unsigned n_udp;
 	uint64_t icmp_tokens, icmp_last_us;
 	uint16_t ip_id;
+	bool from_ring; /* processing frames another worker dispatched */
 	int wake_fd; /* eventfd for net_stack_wake */
 	int epfd;    /* epoll set of RX interrupt fds + wake_fd */
 	struct net_stats stats;

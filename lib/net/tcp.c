@@ -39,6 +39,9 @@ void tcp_conf_defaults(struct tcp_conf *conf)
 	conf->wscale = 7;
 	conf->timestamps = true;
 	conf->syn_cookies = true;
+	conf->keepalive_us = 0;
+	conf->keepalive_intvl_us = 75ull * 1000000;
+	conf->keepalive_probes = 9;
 }
 
 static uint32_t pow2_at_least(uint64_t n, uint32_t lo, uint32_t hi)
@@ -199,6 +202,7 @@ struct tcp_conn *tcp_conn_new(struct tcp_state *ts, uint32_t laddr, uint16_t lpo
 	c->mss = ts->conf.mss < 536 ? ts->conf.mss : 536;
 	c->rtx_timer.kind = TCP_TIMER_RTX;
 	c->delack_timer.kind = TCP_TIMER_DELACK;
+	c->ka_timer.kind = TCP_TIMER_KEEPALIVE;
 	c->rbuf_size = ts->conf.rcvbuf;
 	c->sbuf_size = ts->conf.sndbuf;
 	uint32_t b = tuple_bucket(ts->hash_key, ts->conn_mask, laddr, lport, raddr, rport);
@@ -253,6 +257,7 @@ void tcp_conn_destroy(struct tcp_conn *c, int why, bool notify)
 	conn_unhash(c);
 	net_timer_cancel(&ts->wheel, &c->rtx_timer);
 	net_timer_cancel(&ts->wheel, &c->delack_timer);
+	net_timer_cancel(&ts->wheel, &c->ka_timer);
 	tcp_ack_list_remove(c);
 	ts->reass_global -= c->reass_bytes;
 	c->reass_bytes = 0;

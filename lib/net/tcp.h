@@ -41,6 +41,9 @@ struct tcp_conf {
 	uint8_t wscale;		       /* our window scale shift (7) */
 	bool timestamps;	       /* RFC 7323 timestamps (true) */
 	bool syn_cookies;	       /* allowed when a backlog is full (true) */
+	uint64_t keepalive_us;	       /* idle time before keepalive probes; 0 = off (0) */
+	uint64_t keepalive_intvl_us;   /* between unanswered probes (75 s) */
+	uint32_t keepalive_probes;     /* unanswered probes before giving up (9) */
 };
 
 void tcp_conf_defaults(struct tcp_conf *conf);

@@ -121,6 +121,7 @@ static void start_established(struct tcp_conn *c)
 	c->retries = 0;
 	tcp_rtx_cancel(c);
 	ts->stats.conns_established++;
+	tcp_keepalive_arm(c);
 }
 
 /* ---- receive side -------------------------------------------------------- */
@@ -425,6 +426,10 @@ static bool ack_input(struct tcp_conn *c, const struct tcp_seg *s)
 		return false;
 	}
 	uint32_t seg_wnd = s->wnd << c->snd_wscale;
+	/* A peer answering window probes is alive however long its window
+	 * stays closed (RFC 9293 section 3.8.6.1): probes never give up. */
+	if (c->persist)
+		c->retries = 0;
 	if (SEQ_GT(ack, c->snd_una)) {
 		uint32_t acked = ack - c->snd_una;
 		/*
@@ -689,6 +694,8 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 	}
 	if (!(s->flags & TH_ACK))
 		return;
+	c->last_rx_us = ts->now_us; /* keepalive: the peer is alive */
+	c->ka_probes = 0;
 	/* RFC 7323 section 4.3: remember the peer's timestamp. */
 	if (c->ts_ok && s->has_ts && SEQ_GEQ(s->tsval, c->ts_recent) &&
 	    SEQ_LEQ(s->seq, c->last_ack_sent)) {

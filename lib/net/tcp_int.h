@@ -54,7 +54,7 @@ enum tcp_st {
 	TCPS_TIME_WAIT, /* only transiently: the connection becomes a struct tcp_tw */
 };
 
-enum { TCP_TIMER_RTX = 1, TCP_TIMER_DELACK };
+enum { TCP_TIMER_RTX = 1, TCP_TIMER_DELACK, TCP_TIMER_KEEPALIVE };
 
 /* Parsed header and options of one received segment. */
 struct tcp_seg {
@@ -144,7 +144,9 @@ struct tcp_conn {
 		uint32_t start, end;
 	} reass[TCP_REASS_RANGES];
 
-	struct net_timer rtx_timer, delack_timer;
+	struct net_timer rtx_timer, delack_timer, ka_timer;
+	uint64_t last_rx_us;	       /* last segment received (keepalive) */
+	uint32_t ka_probes;	       /* unanswered keepalive probes */
 	struct tcp_listener *listener; /* SYN_RCVD child: whose backlog */
 	const struct tcp_conn_ops *ops;
 	void *user;
@@ -181,7 +183,7 @@ struct tcp_state {
 	uint32_t tw_mask, tw_count;
 	struct tcp_tw *tw_head, *tw_tail;
 
-	struct tcp_conn *ack_list;  /* connections owing a pure ACK */
+	struct tcp_conn *ack_list; /* connections owing a pure ACK */
 
 	uint64_t reass_global;
 	uint64_t chal_window_us;
@@ -244,6 +246,7 @@ void tcp_rtx_cancel(struct tcp_conn *c);
 void tcp_rtt_sample(struct tcp_conn *c, uint64_t rtt_us);
 void tcp_timer_fire(void *arg, struct net_timer *t);
 void tcp_delack_arm(struct tcp_conn *c);
+void tcp_keepalive_arm(struct tcp_conn *c);
 
 /* tcp_input.c */
 void tcp_deliver(struct tcp_conn *c);

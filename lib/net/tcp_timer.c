@@ -5,7 +5,10 @@
  *  - rtx: SYN/SYN-ACK retransmission, data/FIN retransmission (RFC 6298),
  *    and, when the peer's window is zero with nothing in flight, the
  *    persist timer that sends window probes (RFC 9293 section 3.8.6.1);
- *  - delack: the delayed ACK (RFC 9293 section 3.8.6.3, conf.delack_us).
+ *  - delack: the delayed ACK (RFC 9293 section 3.8.6.3, conf.delack_us);
+ *  - keepalive (off unless conf.keepalive_us): after that much silence,
+ *    probes (SEG.SEQ = SND.UNA - 1, no data, RFC 9293 section 3.8.4) every
+ *    keepalive_intvl_us; keepalive_probes unanswered ones end the connection.
  * TIME_WAIT is not here: every entry lasts 2*MSL, so a FIFO in tcp.c
  * expires them in order at no cost.
  */
@@ -150,10 +153,51 @@ static void rtx_timeout(struct tcp_conn *c)
 		tcp_rtx_arm(c);
 }
 
+void tcp_keepalive_arm(struct tcp_conn *c)
+{
+	struct tcp_state *ts = c->ts;
+	if (!ts->conf.keepalive_us || c->dead)
+		return;
+	c->last_rx_us = ts->now_us;
+	c->ka_probes = 0;
+	if (!net_timer_armed(&c->ka_timer))
+		net_timer_arm(&ts->wheel, &c->ka_timer, ts->now_us + ts->conf.keepalive_us);
+}
+
+static void keepalive_timeout(struct tcp_conn *c)
+{
+	struct tcp_state *ts = c->ts;
+	const struct tcp_conf *conf = &ts->conf;
+	if (c->state < TCPS_ESTABLISHED || c->state == TCPS_TIME_WAIT)
+		return;
+	uint64_t idle_until = c->last_rx_us + conf->keepalive_us;
+	if (c->ka_probes == 0 && ts->now_us < idle_until) {
+		net_timer_arm(&ts->wheel, &c->ka_timer, idle_until);
+		return;
+	}
+	if (c->ka_probes >= conf->keepalive_probes) {
+		ts->stats.timeouts_dropped++;
+		tcp_send_rst(c);
+		tcp_conn_destroy(c, TCP_CLOSE_TIMEOUT, true);
+		return;
+	}
+	c->ka_probes++;
+	/* An old sequence number: the peer must answer with an ACK. */
+	tcp_send_segment(c, c->snd_una - 1, 0, TH_ACK);
+	net_timer_arm(&ts->wheel, &c->ka_timer, ts->now_us + conf->keepalive_intvl_us);
+}
+
 void tcp_timer_fire(void *arg, struct net_timer *t)
 {
 	(void)arg;
 	struct tcp_conn *c;
+	if (t->kind == TCP_TIMER_KEEPALIVE) {
+		c = container_of_tcp(t, struct tcp_conn, ka_timer);
+		tcp_conn_hold(c);
+		keepalive_timeout(c);
+		tcp_conn_put(c);
+		return;
+	}
 	if (t->kind == TCP_TIMER_DELACK) {
 		c = container_of_tcp(t, struct tcp_conn, delack_timer);
 		tcp_send_ack_now(c);

@@ -35,7 +35,7 @@ write_config() {
 	local f=$1 ifc=$2 n=$3 extra=${4:-}
 	cat >"$f" <<CONF
 [eal]
-args = -l 0-1 --no-huge -m 256 --no-pci --file-prefix=mxit$n-$$ --vdev=net_tap$n,iface=$ifc
+args = ${MX_LCORES:--l 0-1} --no-huge -m 256 --no-pci --file-prefix=mxit$n-$$ --vdev=net_tap$n,iface=$ifc
 mbufs = 8191
 
 [port.0]

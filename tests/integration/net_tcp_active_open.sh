@@ -14,7 +14,7 @@ write_config "$TMP/c.conf" $IF $N "$extra"
 # The TAP and its host address exist only once the stack runs: the stack
 # waits 2 s before connecting, while the server binds the TAP's address.
 start_bg "$TMP/svc.log" "$BUILD/tests/net/netsvc" --config "$TMP/c.conf" \
-	--connect 10.77.$N.1:7000 --conns $CONNS --bytes $BYTES --duration 250 --start-delay 2000
+	--connect 10.77.$N.1:7000 --conns $CONNS --bytes $BYTES --duration 200 --start-delay 2000
 SVC=$LAST_PID
 wait_iface $IF 10.77.$N.1 || { cat "$TMP/svc.log"; fail "TAP did not come up"; }
 start_bg "$TMP/srv.log" $PY "$(dirname "$0")/tcp_echo.py" server 10.77.$N.1 7000 270

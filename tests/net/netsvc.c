@@ -440,6 +440,18 @@ int main(int argc, char **argv)
 		for (unsigned i = 0; i < dp.n_workers; i++)
 			done += workers[i].clients_done, failed += workers[i].clients_failed;
 		printf("clients %u done %u failed %u\n", n_conns, done, failed);
+		unsigned shown = 0;
+		for (unsigned i = 0; i < dp.n_workers; i++)
+			for (unsigned k = 0; k < workers[i].n_clients && shown < 10; k++) {
+				struct client *cl = &workers[i].clients[k];
+				if (cl->done && !cl->failed)
+					continue;
+				printf("client w%u/%u: sent %llu received %llu of %llu%s%s\n", i, k,
+				       (unsigned long long)cl->sent, (unsigned long long)cl->received,
+				       (unsigned long long)cl->total, cl->closed ? " closed" : "",
+				       cl->failed ? " failed" : "");
+				shown++;
+			}
 		rc = (done == n_conns && failed == 0) ? 0 : 1;
 	}
 	net_dataplane_stop(&dp);
