@@ -321,6 +321,7 @@ static void reject(struct smtp_session *s, enum smtp_reject r, const char *fmt, 
 	va_end(ap);
 	reply(s, "%s", buf);
 	s->st->rejects[r]++;
+	MX_DEBUG("smtp %" PRIx64 ": %s: %s", s->session_id, reject_names[r], buf);
 	if (counts_as_error(r) && ++s->errors >= s->conf->max_errors) {
 		reply(s, "421 4.7.0 %s Error: too many errors", s->conf->hostname);
 		s->st->rejects[SMTP_REJ_TOO_MANY_ERRORS]++;
@@ -361,9 +362,11 @@ static void msg_fail(struct smtp_session *s, enum smtp_reject r)
 {
 	if (s->msg_failed)
 		return;
+	/* What came before the fault goes out first, so the callbacks are the same
+	 * however the input was segmented. */
+	dflush(s);
 	s->msg_failed = true;
 	s->msg_fail_reason = r;
-	s->dbuf_len = 0;
 	if (s->msg_open) {
 		s->msg_open = false;
 		s->st->messages_aborted++;

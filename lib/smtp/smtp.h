@@ -122,6 +122,19 @@ void smtp_server_conf_defaults(struct smtp_server_conf *conf);
 /** 0, or -EINVAL with a message in err (limits below the RFC minimums, no hostname). */
 int smtp_server_conf_check(const struct smtp_server_conf *conf, char *err, size_t errlen);
 
+struct cfg_file;
+struct smtp_server_conf_store;
+
+/**
+ * Defaults, then the [smtp] and [relay] keys of a parsed config file (see
+ * conf.c for the key list); keys read are marked used.  Strings and lists are
+ * kept in *store, which must outlive every session using conf.  0, -EINVAL
+ * with "file:line: [section] key: message" in err, or -ENOMEM.
+ */
+int smtp_server_conf_load(struct cfg_file *cf, struct smtp_server_conf *conf,
+			  struct smtp_server_conf_store **store, char *err, size_t errlen);
+void smtp_server_conf_store_free(struct smtp_server_conf_store *store);
+
 /* ---- counters ----------------------------------------------------------------- */
 
 enum smtp_verb {
@@ -264,7 +277,11 @@ struct smtp_server_cb {
 int smtp_session_new(const struct smtp_server_conf *conf, const struct smtp_server_cb *cb,
 		     void *user, struct smtp_server_stats *stats, uint32_t client_ip,
 		     uint64_t session_id, struct smtp_session **out);
-/** Free; a message still being received or committed is aborted (message_abort). */
+/**
+ * Free.  A message still being received is aborted (message_abort); a commit
+ * already asked for by message_end stays the caller's (its message_done is
+ * then simply not called).  Not from inside a callback of this session.
+ */
 void smtp_session_free(struct smtp_session *s);
 /** Send the 220 greeting.  For implicit TLS call smtp_session_tls_started() first. */
 void smtp_session_start(struct smtp_session *s);
@@ -285,7 +302,12 @@ void smtp_session_tls_started(struct smtp_session *s, const char *version, const
  * pipelined input is processed.
  */
 void smtp_session_message_done(struct smtp_session *s, int status, const char *queue_id_or_reason);
-/** Absolute monotonic µs at which the current state times out; UINT64_MAX when none. */
+/**
+ * Absolute monotonic µs (conf->now_us clock) at which the current state times
+ * out: last input + timeout_data_us inside DATA/BDAT, + timeout_command_us
+ * otherwise; UINT64_MAX while a commit is pending (the spool bounds that) or
+ * after close.
+ */
 uint64_t smtp_session_deadline(const struct smtp_session *s);
 /** The deadline passed: 421 4.4.2 and close. */
 void smtp_session_timeout(struct smtp_session *s);

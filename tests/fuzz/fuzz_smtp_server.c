@@ -16,6 +16,7 @@
  *   called and the commit reported successful;
  * - message_data only between message_begin and message_end/abort, starting
  *   with our Received: header; no callbacks after close; close at most once;
+ * - nothing is sent between cb->starttls and the handshake (CVE-2011-0411);
  * - the session never takes more input than offered.
  */
 #include "smtp.h"
@@ -96,6 +97,8 @@ static void cb_send(void *user, const uint8_t *p, size_t n)
 	size_t start = 0;
 
 	check(!f->closed);
+	/* CVE-2011-0411: nothing is answered between STARTTLS's 220 and the handshake */
+	check(!f->tls_pending);
 	check(n >= 2 && p[n - 2] == '\r' && p[n - 1] == '\n');
 	for (size_t i = 0; i + 1 < n; i++) {
 		if (p[i] == '\r' && p[i + 1] == '\n') {

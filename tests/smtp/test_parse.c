@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "core.h"
 #include "test_smtp.h"
 
 static int path(const char *s, bool allow_null, bool utf8, struct smtp_address *a, size_t *used)
@@ -230,6 +231,68 @@ static void test_domains(void)
 	CU_ASSERT_EQUAL(smtp_domain_valid("m\xc3.de", 5, true), -EINVAL);
 }
 
+static void test_conf_load(void)
+{
+	const char *text = "[smtp]\nhostname = mx.fleet.example\nmax_message_size = 20M\n"
+			   "max_recipients = 500\ncommand_timeout = 2m\ndata_timeout = 90s\n"
+			   "bare_lf = normalise\nlong_lines = allow\n"
+			   "local_domains = example.com, [192.0.2.10] fleet.example\n"
+			   "[relay]\nallow_networks = 10.77.0.0/16, 192.168.1.0/24\n";
+	struct smtp_server_conf_store *store = NULL;
+	struct smtp_server_conf conf;
+	struct cfg_file *cf;
+	char err[256] = "";
+
+	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL_FATAL(smtp_server_conf_load(cf, &conf, &store, err, sizeof(err)), 0);
+	CU_ASSERT_STRING_EQUAL(conf.hostname, "mx.fleet.example");
+	CU_ASSERT_EQUAL(conf.max_message_size, 20u << 20);
+	CU_ASSERT_EQUAL(conf.max_recipients, 500);
+	CU_ASSERT_EQUAL(conf.timeout_command_us, 120000000ull);
+	CU_ASSERT_EQUAL(conf.timeout_data_us, 90000000ull);
+	CU_ASSERT_EQUAL(conf.bare_eol, SMTP_BARE_EOL_NORMALISE);
+	CU_ASSERT_EQUAL(conf.long_line, SMTP_LONG_LINE_ALLOW);
+	CU_ASSERT_EQUAL(conf.max_command_line, 512);
+	CU_ASSERT_EQUAL_FATAL(conf.local_domain_count, 3);
+	CU_ASSERT_STRING_EQUAL(conf.local_domains[1], "[192.0.2.10]");
+	CU_ASSERT_EQUAL(conf.relay_domain_count, 0);
+	CU_ASSERT_EQUAL_FATAL(conf.allow_network_count, 2);
+	CU_ASSERT_EQUAL(conf.allow_networks[1].addr, 0xc0a80100u);
+	CU_ASSERT_EQUAL(conf.allow_networks[1].len, 24);
+	CU_ASSERT_EQUAL(smtp_server_conf_check(&conf, err, sizeof(err)), 0);
+	smtp_server_conf_store_free(store);
+	cfg_free(cf);
+
+	static const struct {
+		const char *text, *err;
+	} bad[] = {
+		{"[smtp]\nmax_recipients = 99\n",
+		 "t.conf:2: [smtp] max_recipients: expected a number in 100..100000"},
+		{"[smtp]\nhostname = bad_host!\n",
+		 "t.conf:2: [smtp] hostname: not a valid domain name"},
+		{"[smtp]\n\nbare_lf = accept\n",
+		 "t.conf:3: [smtp] bare_lf: expected reject or normalise"},
+		{"[smtp]\nlocal_domains = a.example, -b.example\n",
+		 "t.conf:2: [smtp] local_domains: expected domains or [address literals]"},
+		{"[relay]\nallow_networks = 10.0.0.0/33\n",
+		 "t.conf:2: [relay] allow_networks: expected A.B.C.D/len, ..."},
+		{"[smtp]\ndata_timeout = 0s\n",
+		 "t.conf:2: [smtp] data_timeout: expected a duration of 1s..1h"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		store = NULL;
+		CU_ASSERT_EQUAL_FATAL(
+			cfg_parse_string(bad[i].text, "t.conf", &cf, err, sizeof(err)), 0);
+		CU_ASSERT_EQUAL(smtp_server_conf_load(cf, &conf, &store, err, sizeof(err)),
+				-EINVAL);
+		CU_ASSERT_PTR_NULL(store);
+		if (strcmp(err, bad[i].err) != 0)
+			fprintf(stderr, "\n  got '%s'\n  want '%s'\n", err, bad[i].err);
+		CU_ASSERT_STRING_EQUAL(err, bad[i].err);
+		cfg_free(cf);
+	}
+}
+
 CU_TestInfo parse_tests[] = {
 	{"simple paths", test_simple_paths},
 	{"address literals", test_literals},
@@ -238,5 +301,6 @@ CU_TestInfo parse_tests[] = {
 	{"SMTPUTF8 and UTF-8 validity", test_utf8},
 	{"xtext and base64", test_xtext_base64},
 	{"domains", test_domains},
+	{"server configuration from INI", test_conf_load},
 	CU_TEST_INFO_NULL,
 };
