@@ -75,8 +75,8 @@ static void *writer(void *arg)
 	/* The readers run on every lcore, main included: the writer ends the run. */
 	while (now_s() - t0 < SECONDS) {
 		unsigned i = v % ENTRIES;
-		struct dns_rr rr = {.name = names[i], .type = DNS_T_A, .rclass = DNS_C_IN,
-				    .ttl = 3600, .a = v};
+		struct dns_rr rr = {
+			.name = names[i], .type = DNS_T_A, .rclass = DNS_C_IN, .ttl = 3600, .a = v};
 		if (dns_cache_insert_rrs(cache, 9999, names[i], DNS_T_A, DNS_OK, NULL, false, 3600,
 					 &rr, 1, 0) == 0)
 			(*writes)++;
@@ -102,7 +102,7 @@ struct burst_ctx {
 };
 
 static struct burst_ctx *bctx[RTE_MAX_LCORE];
-static volatile unsigned burst_phase, burst_ready;
+static volatile unsigned burst_ready;
 
 static int bsend(void *ctx, uint32_t ip, uint16_t port, const uint8_t *pkt, size_t len, bool tcp)
 {
@@ -133,10 +133,10 @@ static int burst_worker(void *arg)
 	(void)arg;
 	unsigned lc = rte_lcore_id(), idx = rte_lcore_index((int)lc), cores = rte_lcore_count();
 	struct burst_ctx *b = calloc(1, sizeof(*b));
-	static struct dns_msg m;
 	const struct dns_entry *hit;
 	char name[64];
-	if (b == NULL || dns_cache_register_thread(cache, &b->tid) != 0)
+	struct dns_msg *m = malloc(sizeof(*m)); /* one per lcore: no sharing */
+	if (b == NULL || m == NULL || dns_cache_register_thread(cache, &b->tid) != 0)
 		return -1;
 	b->r = dns_resolver_create(cache, b->tid, &bops, b, (uint16_t)(20000 + idx * 1000),
 				   (uint16_t)(20999 + idx * 1000));
@@ -160,12 +160,12 @@ static int burst_worker(void *arg)
 	for (unsigned k = 0; k < b->sent; k++) {
 		uint8_t out[512];
 		struct dns_builder bl;
-		if (dns_msg_parse(&m, b->q[k].pkt, b->q[k].len, NULL) != 0)
+		if (dns_msg_parse(m, b->q[k].pkt, b->q[k].len, NULL) != 0)
 			continue;
-		struct dns_rr rr = {.name = m.qname, .type = DNS_T_A, .rclass = DNS_C_IN,
-				    .ttl = 300, .a = k};
-		dns_builder_init(&bl, out, sizeof(out), m.id, DNS_F_QR | DNS_F_RD | DNS_F_RA,
-				 m.qname, m.qtype, m.qclass);
+		struct dns_rr rr = {
+			.name = m->qname, .type = DNS_T_A, .rclass = DNS_C_IN, .ttl = 300, .a = k};
+		dns_builder_init(&bl, out, sizeof(out), m->id, DNS_F_QR | DNS_F_RD | DNS_F_RA,
+				 m->qname, m->qtype, m->qclass);
 		dns_builder_add(&bl, DNS_SEC_ANSWER, &rr);
 		int len = dns_builder_finish(&bl);
 		dns_resolver_input(b->r, 0x0a4d0001, 53, b->q[k].port, out, (size_t)len, false);
@@ -178,14 +178,24 @@ static int burst_worker(void *arg)
 	}
 	while (__atomic_load_n(&burst_ready, __ATOMIC_ACQUIRE) < 3 * cores)
 		;
+	free(m);
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	char *defaults[] = {argv[0], "-l", "0-1", "--no-huge", "-m", "512", "--no-pci",
-			    "--no-shconf", "--no-telemetry", "--log-level=warning",
-			    "--file-prefix=mxdnsbench", NULL};
+	char *defaults[] = {argv[0],
+			    "-l",
+			    "0-1",
+			    "--no-huge",
+			    "-m",
+			    "512",
+			    "--no-pci",
+			    "--no-shconf",
+			    "--no-telemetry",
+			    "--log-level=warning",
+			    "--file-prefix=mxdnsbench",
+			    NULL};
 	if (argc <= 1) {
 		argv = defaults;
 		argc = (int)(sizeof(defaults) / sizeof(defaults[0])) - 1;
@@ -205,8 +215,8 @@ int main(int argc, char **argv)
 		return 1;
 	for (unsigned i = 0; i < ENTRIES; i++) {
 		snprintf(names[i], sizeof(names[i]), "host%u.example.com", i);
-		struct dns_rr rr = {.name = names[i], .type = DNS_T_A, .rclass = DNS_C_IN,
-				    .ttl = 3600, .a = i};
+		struct dns_rr rr = {
+			.name = names[i], .type = DNS_T_A, .rclass = DNS_C_IN, .ttl = 3600, .a = i};
 		dns_cache_insert_rrs(cache, 9999, names[i], DNS_T_A, DNS_OK, NULL, false, 3600, &rr,
 				     1, 0);
 	}
@@ -255,8 +265,15 @@ int main(int argc, char **argv)
 	dns_cache_counters(cache, &ctr);
 	printf("coalescing: %u lookups to %u names on %u lcores: %u upstream queries "
 	       "(%.3f per name), %u completed, %u immediate hits, %lu coalesced waits\n",
-	       lookups, BURST_NAMES, rte_lcore_count(), sent, (double)sent / BURST_NAMES,
-	       completed, hits, (unsigned long)ctr.coalesced);
+	       lookups, BURST_NAMES, rte_lcore_count(), sent, (double)sent / BURST_NAMES, completed,
+	       hits, (unsigned long)ctr.coalesced);
+	printf("coalescing counters: inflight_full %lu pending_full %lu notify_drops %lu "
+	       "mismatched %lu (id %lu addr %lu port %lu q %lu) timeouts %lu upstream %lu\n",
+	       (unsigned long)ctr.inflight_full, (unsigned long)ctr.pending_full,
+	       (unsigned long)ctr.notify_drops, (unsigned long)ctr.mismatched,
+	       (unsigned long)ctr.mismatch_id, (unsigned long)ctr.mismatch_addr,
+	       (unsigned long)ctr.mismatch_port, (unsigned long)ctr.mismatch_question,
+	       (unsigned long)ctr.timeouts, (unsigned long)ctr.upstream_queries);
 	RTE_LCORE_FOREACH(lc)
 	{
 		if (bctx[lc] == NULL)

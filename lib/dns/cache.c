@@ -48,10 +48,10 @@ struct cache_key {
 struct entry {
 	struct dns_entry pub; /* first: &pub == entry */
 	struct cache_key key;
-	uint8_t ref;      /* CLOCK reference bit */
+	uint8_t ref;	  /* CLOCK reference bit */
 	uint8_t prefetch; /* prefetch claimed */
-	int32_t pos;      /* rte_hash key position (writer only) */
-	/* followed by struct dns_rr[rr_count] and the strings/bytes they use */
+	int32_t pos;	  /* rte_hash key position (writer only) */
+			  /* followed by struct dns_rr[rr_count] and the strings/bytes they use */
 };
 
 struct dq_elem {
@@ -77,9 +77,9 @@ struct dns_cache {
 	uint32_t slot_count;
 	uint32_t hand;
 	uint32_t entries;
-	uint32_t dq_size, dq_count; /* defer queue capacity and use (writer lock) */
-	struct entry *orphans; /* retired while the defer queue was full (never expected) */
-	uint64_t allocated, freed; /* atomics */
+	uint32_t dq_size, dq_count;  /* defer queue capacity and use (writer lock) */
+	struct entry *orphans;	     /* retired while the defer queue was full (never expected) */
+	uint64_t allocated, freed;   /* atomics */
 	struct thread_slot *threads; /* max_threads + 1 */
 	rte_spinlock_t tlock;
 	rte_spinlock_t ilock;
@@ -217,7 +217,8 @@ struct dns_cache *dns_cache_create(const struct dns_conf *conf, const char *name
 		.hash_func = rte_hash_crc,
 		.hash_func_init_val = 0,
 		.socket_id = SOCKET_ID_ANY,
-		.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF | RTE_HASH_EXTRA_FLAGS_EXT_TABLE,
+		.extra_flag =
+			RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF | RTE_HASH_EXTRA_FLAGS_EXT_TABLE,
 	};
 	c->hash = rte_hash_create(&hp);
 	if (c->hash == NULL)
@@ -352,8 +353,8 @@ struct dns_counters *dns_cache_thread_counters(struct dns_cache *c, unsigned thr
 }
 
 /* Single-writer counters: a plain load/store pair, no locked RMW on the hot path. */
-#define CTR_INC(p) __atomic_store_n(&(p), __atomic_load_n(&(p), __ATOMIC_RELAXED) + 1, \
-				    __ATOMIC_RELAXED)
+#define CTR_INC(p)                                                                                 \
+	__atomic_store_n(&(p), __atomic_load_n(&(p), __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED)
 
 static struct entry *find(struct dns_cache *c, const char *name, uint16_t type)
 {
@@ -374,8 +375,8 @@ static struct entry *find(struct dns_cache *c, const char *name, uint16_t type)
 	return e;
 }
 
-const struct dns_entry *dns_cache_lookup(struct dns_cache *c, unsigned thread_id,
-					  const char *name, uint16_t type, uint64_t now_us)
+const struct dns_entry *dns_cache_lookup(struct dns_cache *c, unsigned thread_id, const char *name,
+					 uint16_t type, uint64_t now_us)
 {
 	struct dns_counters *ctr = dns_cache_thread_counters(c, thread_id);
 	struct entry *e = find(c, name, type);
@@ -518,8 +519,8 @@ static struct entry *entry_build(const char *low, uint16_t type, enum dns_status
 	struct dns_rr *out = (struct dns_rr *)(e + 1);
 	char *p = (char *)(out + rr_count);
 	e->pub.name = put_str(&p, low);
-	e->pub.canon = (canon && canon[0] && strcmp(canon, low) != 0) ? put_str(&p, canon)
-								     : e->pub.name;
+	e->pub.canon =
+		(canon && canon[0] && strcmp(canon, low) != 0) ? put_str(&p, canon) : e->pub.name;
 	if (e->pub.canon == e->pub.name)
 		p++; /* the reserved canon byte stays unused */
 	e->pub.type = type;
@@ -557,8 +558,7 @@ static struct entry *entry_build(const char *low, uint16_t type, enum dns_status
 }
 
 /* Writer: publish @e under its key (replacing any previous entry). */
-static int publish(struct dns_cache *c, struct dns_counters *ctr, struct entry *e,
-		   uint64_t now_us)
+static int publish(struct dns_cache *c, struct dns_counters *ctr, struct entry *e, uint64_t now_us)
 {
 	int rc = 0;
 	void *old = NULL;
@@ -576,8 +576,8 @@ static int publish(struct dns_cache *c, struct dns_counters *ctr, struct entry *
 		return -EBUSY;
 	}
 	__atomic_fetch_add(&c->allocated, 1, __ATOMIC_RELAXED);
-	bool exists = rte_hash_lookup_with_hash_data(c->hash, &e->key, (hash_sig_t)e->key.h1,
-						     &old) >= 0;
+	bool exists =
+		rte_hash_lookup_with_hash_data(c->hash, &e->key, (hash_sig_t)e->key.h1, &old) >= 0;
 	if (!exists && c->entries >= c->conf.max_entries)
 		evict_one(c, ctr, now_us);
 	/* Entry contents must be visible before the pointer (rte_hash LF stores release). */
@@ -617,15 +617,16 @@ static uint32_t clamp_ttl(const struct dns_conf *conf, enum dns_status status, u
 	return ttl;
 }
 
-int dns_cache_insert_rrs(struct dns_cache *c, unsigned thread_id, const char *name,
-			 uint16_t type, enum dns_status status, const char *canon, bool ad,
-			 uint32_t ttl, const struct dns_rr *rrs, unsigned rr_count, uint64_t now_us)
+int dns_cache_insert_rrs(struct dns_cache *c, unsigned thread_id, const char *name, uint16_t type,
+			 enum dns_status status, const char *canon, bool ad, uint32_t ttl,
+			 const struct dns_rr *rrs, unsigned rr_count, uint64_t now_us)
 {
 	char low[DNS_NAME_TEXT_MAX + 8], lcanon[DNS_NAME_TEXT_MAX];
 	struct cache_key k;
 
 	uint8_t wire[DNS_NAME_MAX];
-	if (status > DNS_CNAME || rr_count > 0xffff || dns_name_to_wire(name, wire, sizeof(wire)) < 0)
+	if (status > DNS_CNAME || rr_count > 0xffff ||
+	    dns_name_to_wire(name, wire, sizeof(wire)) < 0)
 		return -EINVAL;
 	memset(&k, 0, sizeof(k));
 	if (make_key(name, type, low, &k) < 0)

@@ -141,8 +141,8 @@ static int read_name(const uint8_t *pkt, size_t len, size_t off, size_t limit, s
 }
 
 /* Read a name into the message arena. */
-static int arena_name(struct dns_msg *m, const uint8_t *pkt, size_t len, size_t off,
-		      size_t limit, size_t *next, const char **out, enum dns_malformed *why)
+static int arena_name(struct dns_msg *m, const uint8_t *pkt, size_t len, size_t off, size_t limit,
+		      size_t *next, const char **out, enum dns_malformed *why)
 {
 	char tmp[DNS_NAME_TEXT_MAX];
 	int rc = read_name(pkt, len, off, limit, next, tmp, why);
@@ -474,8 +474,8 @@ static void builder_name(struct dns_builder *b, const char *name)
 		b->buf[b->len++] = 0;
 }
 
-void dns_builder_init(struct dns_builder *b, uint8_t *buf, size_t cap, uint16_t id,
-		      uint16_t flags, const char *qname, uint16_t qtype, uint16_t qclass)
+void dns_builder_init(struct dns_builder *b, uint8_t *buf, size_t cap, uint16_t id, uint16_t flags,
+		      const char *qname, uint16_t qtype, uint16_t qclass)
 {
 	memset(b, 0, sizeof(*b));
 	b->buf = buf;

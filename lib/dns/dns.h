@@ -30,7 +30,7 @@
 
 /* ---- constants ----------------------------------------------------------- */
 
-#define DNS_NAME_MAX 255     /* wire octets, RFC 1035 2.3.4 */
+#define DNS_NAME_MAX 255      /* wire octets, RFC 1035 2.3.4 */
 #define DNS_NAME_TEXT_MAX 254 /* dotted text incl. NUL ("a.b" form, no trailing dot) */
 #define DNS_LABEL_MAX 63
 #define DNS_PTR_JUMPS_MAX 32 /* compression pointers followed per name */
@@ -85,8 +85,8 @@ enum dns_malformed {
 	DNS_MAL_LABEL_TYPE,    /* 0x40/0x80 label types (RFC 6891 6.1.1: reserved) */
 	DNS_MAL_LABEL_CHAR,    /* '.', control or non-ASCII octet in a label */
 	DNS_MAL_BAD_COUNT,     /* QDCOUNT != 1 in a response */
-	DNS_MAL_RDLEN,         /* RDLENGTH past the end of the message */
-	DNS_MAL_RDATA,         /* RDATA inconsistent with its type */
+	DNS_MAL_RDLEN,	       /* RDLENGTH past the end of the message */
+	DNS_MAL_RDATA,	       /* RDATA inconsistent with its type */
 	DNS_MAL_TOO_BIG,       /* more records/names than we keep */
 	DNS_MAL_NOT_RESPONSE,  /* QR clear, or opcode != QUERY */
 	DNS_MAL__COUNT
@@ -138,11 +138,11 @@ struct dns_msg {
 	uint16_t flags;
 	uint16_t qtype, qclass;
 	char qname[DNS_NAME_TEXT_MAX];
-	uint16_t count[3];  /* records kept per section */
-	uint16_t rr_count;  /* total kept, answer first, then authority, additional */
-	bool rr_truncated;  /* more than DNS_MSG_MAX_RR present: rest validated, dropped */
-	bool edns;          /* an OPT record was present */
-	uint16_t edns_udp;  /* its UDP payload size */
+	uint16_t count[3]; /* records kept per section */
+	uint16_t rr_count; /* total kept, answer first, then authority, additional */
+	bool rr_truncated; /* more than DNS_MSG_MAX_RR present: rest validated, dropped */
+	bool edns;	   /* an OPT record was present */
+	uint16_t edns_udp; /* its UDP payload size */
 	struct dns_rr rr[DNS_MSG_MAX_RR];
 	size_t arena_used;
 	char arena[DNS_MSG_ARENA];
@@ -170,7 +170,7 @@ int dns_encode_query(uint8_t *buf, size_t cap, uint16_t id, const char *name, ui
 struct dns_builder {
 	uint8_t *buf;
 	size_t cap, len;
-	int err;              /* first error; later calls do nothing */
+	int err;	      /* first error; later calls do nothing */
 	enum dns_section sec; /* current section; records must not go backwards */
 	uint16_t counts[3];
 	uint16_t name_off[32]; /* compression targets: offsets of names written */
@@ -178,8 +178,8 @@ struct dns_builder {
 };
 
 /** Start a message.  @flags is the full flags word (QR, RCODE, AD, TC ...). */
-void dns_builder_init(struct dns_builder *b, uint8_t *buf, size_t cap, uint16_t id,
-		      uint16_t flags, const char *qname, uint16_t qtype, uint16_t qclass);
+void dns_builder_init(struct dns_builder *b, uint8_t *buf, size_t cap, uint16_t id, uint16_t flags,
+		      const char *qname, uint16_t qtype, uint16_t qclass);
 /** Append a record (names compressed against earlier names). */
 void dns_builder_add(struct dns_builder *b, enum dns_section sec, const struct dns_rr *rr);
 /** Append an EDNS0 OPT record to the additional section. */
@@ -197,31 +197,40 @@ bool dns_name_equal(const char *a, const char *b);
 struct dns_conf {
 	uint32_t resolvers[DNS_MAX_RESOLVERS]; /* IPv4, host order */
 	unsigned resolver_count;
-	uint16_t resolver_port;  /* 53 */
-	uint64_t timeout_us;     /* per try: 1 s */
-	unsigned attempts;       /* rounds over all resolvers: 2 */
-	uint32_t min_ttl;        /* 0 s */
-	uint32_t max_ttl;        /* 86400 s */
-	uint32_t negative_ttl;   /* cap for NXDOMAIN/NODATA: 3600 s */
-	uint32_t stale_max;      /* serve-stale window after expiry: 86400 s */
-	uint32_t stale_ttl;      /* TTL of a stale answer: 30 s (RFC 8767 4) */
-	uint32_t max_entries;    /* cache bound: 100000 */
-	uint32_t max_inflight;   /* upstream queries in flight, machine-wide: 4096 */
-	uint32_t max_pending;    /* client requests per resolver: 4096 */
-	unsigned max_threads;    /* RCU reader threads: 64 */
+	uint16_t resolver_port; /* 53 */
+	uint64_t timeout_us;	/* per try: 1 s */
+	unsigned attempts;	/* rounds over all resolvers: 2 */
+	uint32_t min_ttl;	/* 0 s */
+	uint32_t max_ttl;	/* 86400 s */
+	uint32_t negative_ttl;	/* cap for NXDOMAIN/NODATA: 3600 s */
+	uint32_t stale_max;	/* serve-stale window after expiry: 86400 s */
+	uint32_t stale_ttl;	/* TTL of a stale answer: 30 s (RFC 8767 4) */
+	uint32_t max_entries;	/* cache bound: 100000 */
+	uint32_t max_inflight;	/* upstream queries in flight, machine-wide: 4096 */
+	uint32_t max_pending;	/* client requests per resolver: 4096 */
+	unsigned max_threads;	/* RCU reader threads: 64 */
 	uint32_t self_addrs[DNS_MAX_SELF_ADDRS]; /* the relay's own addresses */
 	unsigned self_addr_count;
-	uint64_t seed;           /* 0: random; else deterministic IDs/ports/shuffles (tests) */
+	uint64_t seed; /* 0: random; else deterministic IDs/ports/shuffles (tests) */
 };
 
 void dns_conf_defaults(struct dns_conf *c);
+
+struct cfg_file;
+/**
+ * Apply the [dns] section of a parsed config file (keys: resolvers, timeout,
+ * attempts, min_ttl, max_ttl, negative_ttl, stale_max, max_entries,
+ * max_inflight, max_pending) over @c.  0, or -EINVAL with "file:line: ..."
+ * in @err.  Keys absent keep their value.
+ */
+int dns_conf_load(struct dns_conf *c, struct cfg_file *cf, char *err, size_t errlen);
 
 /* ---- counters -------------------------------------------------------------- */
 
 struct dns_counters {
 	uint64_t hits, misses, coalesced, upstream_queries, timeouts, stale_served;
 	uint64_t evictions, prefetches, negative_hits, servfail, tcp_retries;
-	uint64_t mismatched;  /* responses dropped by RFC 5452 matching */
+	uint64_t mismatched; /* responses dropped by RFC 5452 matching */
 	uint64_t mismatch_id, mismatch_addr, mismatch_port, mismatch_question;
 	uint64_t inflight_full, pending_full, notify_drops, reclaim_full;
 	uint64_t malformed[DNS_MAL__COUNT];
@@ -234,10 +243,10 @@ struct dns_counters {
 struct dns_cache;
 
 enum dns_status {
-	DNS_OK = 0,       /* records in the entry (maybe stale) */
-	DNS_NODATA = 1,   /* name exists, no records of that type */
+	DNS_OK = 0,	  /* records in the entry (maybe stale) */
+	DNS_NODATA = 1,	  /* name exists, no records of that type */
 	DNS_NXDOMAIN = 2, /* name does not exist */
-	DNS_CNAME = 3,    /* entry holds only a CNAME chain to follow (internal) */
+	DNS_CNAME = 3,	  /* entry holds only a CNAME chain to follow (internal) */
 	DNS_TEMPFAIL = 4, /* SERVFAIL, REFUSED, timeouts: try later */
 };
 
@@ -246,12 +255,12 @@ struct dns_entry {
 	const char *name;  /* lowercased query name */
 	const char *canon; /* owner of the records after CNAMEs; == name if none */
 	uint16_t type;
-	uint8_t status;      /* enum dns_status */
-	bool ad;             /* upstream set AD */
-	bool stale;          /* a serve-stale copy */
-	uint32_t ttl;        /* clamped TTL it was stored with */
-	uint64_t stored_us;  /* when it was stored */
-	uint64_t expire_us;  /* stored_us + ttl */
+	uint8_t status;	    /* enum dns_status */
+	bool ad;	    /* upstream set AD */
+	bool stale;	    /* a serve-stale copy */
+	uint32_t ttl;	    /* clamped TTL it was stored with */
+	uint64_t stored_us; /* when it was stored */
+	uint64_t expire_us; /* stored_us + ttl */
 	uint64_t stale_until_us;
 	uint16_t rr_count;
 	const struct dns_rr *rr;
@@ -273,15 +282,15 @@ void dns_cache_quiescent(struct dns_cache *c, unsigned thread_id);
  * expire_us against @now_us), or NULL.  Counts a hit (fresh) or miss on
  * @thread_id's counters.  Lock-free.
  */
-const struct dns_entry *dns_cache_lookup(struct dns_cache *c, unsigned thread_id,
-					  const char *name, uint16_t type, uint64_t now_us);
+const struct dns_entry *dns_cache_lookup(struct dns_cache *c, unsigned thread_id, const char *name,
+					 uint16_t type, uint64_t now_us);
 /**
  * Store a built entry (see dns_cache_insert_msg).  Replaces any previous one
  * for the key; the old one is freed after a grace period.  0 or -errno.
  */
-int dns_cache_insert_rrs(struct dns_cache *c, unsigned thread_id, const char *name,
-			 uint16_t type, enum dns_status status, const char *canon, bool ad,
-			 uint32_t ttl, const struct dns_rr *rrs, unsigned rr_count, uint64_t now_us);
+int dns_cache_insert_rrs(struct dns_cache *c, unsigned thread_id, const char *name, uint16_t type,
+			 enum dns_status status, const char *canon, bool ad, uint32_t ttl,
+			 const struct dns_rr *rrs, unsigned rr_count, uint64_t now_us);
 /** Remove @name (all types) or everything when @name is NULL.  Returns entries removed. */
 int dns_cache_flush(struct dns_cache *c, const char *name);
 /** Call @fn on every entry (writer lock held: fn must not call the cache). */
@@ -317,12 +326,18 @@ typedef void (*dns_resolve_cb)(void *arg, int status, const struct dns_entry *e)
 struct dns_resolver *dns_resolver_create(struct dns_cache *c, unsigned thread_id,
 					 const struct dns_resolver_ops *ops, void *ctx,
 					 uint16_t port_lo, uint16_t port_hi);
+/* Destroy only when no dns_mail_lookup() is outstanding on it (their state is freed
+ * by their completion).  Client requests still waiting are dropped without callback. */
 void dns_resolver_destroy(struct dns_resolver *r);
 
 /**
- * Resolve @name/@type, following CNAMEs.  Returns 1 with *hit set when the
- * cache answers at once (no callback), 0 when @cb will be called later from
- * dns_resolver_poll()/dns_resolver_input(), or a negative errno.
+ * Resolve @name/@type, following CNAMEs (at most DNS_CNAME_MAX hops).
+ * Returns 1 with *hit set when the cache answers at once (no callback;
+ * *hit is valid until this thread's next dns_cache_quiescent()), 0 when @cb
+ * will be called from dns_resolver_poll()/dns_resolver_input() - or already
+ * was, with DNS_TEMPFAIL, if no upstream query could be sent at all - or a
+ * negative errno: -EINVAL bad name, -ENOSPC pending/in-flight table full
+ * (counted), -ELOOP a cached CNAME chain longer than DNS_CNAME_MAX.
  */
 int dns_resolve(struct dns_resolver *r, const char *name, uint16_t type, dns_resolve_cb cb,
 		void *arg, const struct dns_entry **hit);
@@ -351,13 +366,13 @@ struct dns_mail_host {
 };
 
 struct dns_mail_route {
-	int result;         /* enum dns_mail_result */
-	uint16_t reply;     /* 0 on success; else SMTP reply code, e.g. 556 */
+	int result;	    /* enum dns_mail_result */
+	uint16_t reply;	    /* 0 on success; else SMTP reply code, e.g. 556 */
 	char status[12];    /* enhanced status code, e.g. "5.1.10" */
 	const char *reason; /* human text for the reply/DSN */
 	bool implicit_mx;   /* no MX: the domain itself (RFC 5321 5.1) */
-	bool literal;       /* address literal, no DNS */
-	bool ad;            /* every answer used had AD set */
+	bool literal;	    /* address literal, no DNS */
+	bool ad;	    /* every answer used had AD set */
 	unsigned host_count;
 	struct dns_mail_host hosts[DNS_MAIL_MAX_HOSTS]; /* in delivery order */
 };

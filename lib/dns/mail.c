@@ -98,7 +98,8 @@ static void finish_hosts(struct mail_lookup *ml)
 				break;
 			}
 	if (keep == 0 && rt->host_count > 0) {
-		set_fail(rt, DNS_MAIL_PERMFAIL, 554, "5.4.6", "mail loop: the relay is the best MX");
+		set_fail(rt, DNS_MAIL_PERMFAIL, 554, "5.4.6",
+			 "mail loop: the relay is the best MX");
 		complete(ml);
 		return;
 	}
@@ -123,8 +124,7 @@ static void finish_hosts(struct mail_lookup *ml)
 	complete(ml);
 }
 
-static void host_result(struct mail_lookup *ml, unsigned idx, int status,
-			const struct dns_entry *e)
+static void host_result(struct mail_lookup *ml, unsigned idx, int status, const struct dns_entry *e)
 {
 	struct dns_mail_host *h = &ml->route.hosts[idx];
 	h->status = status;
@@ -262,9 +262,11 @@ int dns_mail_lookup(struct dns_resolver *r, const char *domain, dns_mail_cb cb, 
 		memset(&lit, 0, sizeof(lit));
 		lit.literal = true;
 		if (dns_mail_parse_literal(domain, &addr) < 0) {
-			set_fail(&lit, DNS_MAIL_PERMFAIL, 550, "5.1.2", "unsupported address literal");
+			set_fail(&lit, DNS_MAIL_PERMFAIL, 550, "5.1.2",
+				 "unsupported address literal");
 		} else if (is_self(dns_cache_conf(dns_resolver_cache(r)), addr)) {
-			set_fail(&lit, DNS_MAIL_PERMFAIL, 554, "5.4.6", "mail loop: literal is the relay");
+			set_fail(&lit, DNS_MAIL_PERMFAIL, 554, "5.4.6",
+				 "mail loop: literal is the relay");
 		} else {
 			lit.host_count = 1;
 			snprintf(lit.hosts[0].name, sizeof(lit.hosts[0].name), "%s", domain);

@@ -148,13 +148,13 @@ uint64_t dns_resolver_now(const struct dns_resolver *r)
 /* ---- lists ------------------------------------------------------------------- */
 
 #define DL_INIT(h) ((h)->prev = (h)->next = (h))
-#define DL_UNLINK(x)                                                                             \
+#define DL_UNLINK(x)                                                                               \
 	do {                                                                                       \
 		(x)->prev->next = (x)->next;                                                       \
 		(x)->next->prev = (x)->prev;                                                       \
 		(x)->prev = (x)->next = NULL;                                                      \
 	} while (0)
-#define DL_APPEND(h, x)                                                                          \
+#define DL_APPEND(h, x)                                                                            \
 	do {                                                                                       \
 		(x)->prev = (h)->prev;                                                             \
 		(x)->next = (h);                                                                   \
@@ -302,7 +302,8 @@ static int send_try(struct dns_resolver *r, struct txn *t)
 		if (len > 0 && pick_port(r, t) == 0) {
 			r->ctr->upstream_queries++;
 			t->deadline_us = r->now_us + r->conf->timeout_us;
-			if (r->ops->send(r->ctx, t->server, t->port, r->pkt, (size_t)len, t->tcp) >= 0)
+			if (r->ops->send(r->ctx, t->server, t->port, r->pkt, (size_t)len, t->tcp) >=
+			    0)
 				return 0;
 		}
 		t->try_idx++;
@@ -323,8 +324,8 @@ static void start_txn(struct dns_resolver *r, const char *low, uint16_t type)
 		char name[DNS_NAME_TEXT_MAX];
 		strcpy(name, low);
 		r->ctr->inflight_full++;
-		r->ctr->notify_drops += dns_inflight_complete(r->cache, r->tid, name, type,
-							      DNS_TEMPFAIL);
+		r->ctr->notify_drops +=
+			dns_inflight_complete(r->cache, r->tid, name, type, DNS_TEMPFAIL);
 		deliver(r, name, type, DNS_TEMPFAIL);
 		return;
 	}

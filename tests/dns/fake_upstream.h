@@ -31,7 +31,7 @@ struct fake {
 };
 
 static inline int fake_send(void *ctx, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt,
-		     size_t len, bool tcp)
+			    size_t len, bool tcp)
 {
 	struct fake *f = ctx;
 	if (f->count >= FAKE_MAX || len > sizeof(f->q[0].pkt))
@@ -50,8 +50,8 @@ static const struct dns_resolver_ops fake_ops = {.send = fake_send};
 
 /* Build the response to query @i into @buf; returns its length. */
 static inline int fake_build(struct fake *f, unsigned i, uint16_t flags, const struct dns_rr *an,
-		      unsigned nan, const struct dns_rr *ns, unsigned nns, uint8_t *buf,
-		      size_t cap)
+			     unsigned nan, const struct dns_rr *ns, unsigned nns, uint8_t *buf,
+			     size_t cap)
 {
 	static struct dns_msg qm;
 	struct dns_builder b;
@@ -67,8 +67,8 @@ static inline int fake_build(struct fake *f, unsigned i, uint16_t flags, const s
 }
 
 static inline void fake_answer(struct fake *f, struct dns_resolver *r, unsigned i, uint16_t flags,
-			const struct dns_rr *an, unsigned nan, const struct dns_rr *ns,
-			unsigned nns)
+			       const struct dns_rr *an, unsigned nan, const struct dns_rr *ns,
+			       unsigned nns)
 {
 	uint8_t buf[4096];
 	int len = fake_build(f, i, flags, an, nan, ns, nns, buf, sizeof(buf));
@@ -91,13 +91,18 @@ static const struct dns_rr zone_soa = {
 	.type = DNS_T_SOA,
 	.rclass = DNS_C_IN,
 	.ttl = 600,
-	.soa = {.mname = "ns.example", .rname = "hostmaster.example", .serial = 1,
-		.refresh = 3600, .retry = 600, .expire = 86400, .minimum = 300},
+	.soa = {.mname = "ns.example",
+		.rname = "hostmaster.example",
+		.serial = 1,
+		.refresh = 3600,
+		.retry = 600,
+		.expire = 86400,
+		.minimum = 300},
 };
 
 /* Answer every unanswered query from @zone; unknown names get NXDOMAIN. */
-static inline unsigned fake_serve(struct fake *f, struct dns_resolver *r, const struct zone_rec *zone,
-			   unsigned nzone)
+static inline unsigned fake_serve(struct fake *f, struct dns_resolver *r,
+				  const struct zone_rec *zone, unsigned nzone)
 {
 	static struct dns_msg qm;
 	unsigned served = 0;
@@ -127,11 +132,20 @@ static inline unsigned fake_serve(struct fake *f, struct dns_resolver *r, const 
 	return served;
 }
 
-#define RR_A(n, ttlv, addr) {.name = (n), .type = DNS_T_A, .rclass = DNS_C_IN, .ttl = (ttlv), .a = (addr)}
+#define RR_A(n, ttlv, addr)                                                                        \
+	{                                                                                          \
+		.name = (n), .type = DNS_T_A, .rclass = DNS_C_IN, .ttl = (ttlv), .a = (addr)       \
+	}
 #define RR_MX(n, ttlv, p, h)                                                                       \
-	{.name = (n), .type = DNS_T_MX, .rclass = DNS_C_IN, .ttl = (ttlv), .mx = {(p), (h)}}
+	{                                                                                          \
+		.name = (n), .type = DNS_T_MX, .rclass = DNS_C_IN, .ttl = (ttlv),                  \
+		.mx = {(p),                                                                        \
+		       (h) }                                                                       \
+	}
 #define RR_CNAME(n, ttlv, t)                                                                       \
-	{.name = (n), .type = DNS_T_CNAME, .rclass = DNS_C_IN, .ttl = (ttlv), .target = (t)}
+	{                                                                                          \
+		.name = (n), .type = DNS_T_CNAME, .rclass = DNS_C_IN, .ttl = (ttlv), .target = (t) \
+	}
 
 #define IP4(a, b, c, d) (((uint32_t)(a) << 24) | ((uint32_t)(b) << 16) | ((uint32_t)(c) << 8) | (d))
 

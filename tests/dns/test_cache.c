@@ -1,4 +1,5 @@
 /* test_cache.c - the shared cache: TTL clamps, eviction, flush, RCU under concurrent readers. */
+#include "core.h"
 #include "dns.h"
 #include "fake_upstream.h"
 #include "test_dns.h"
@@ -242,7 +243,50 @@ static void test_rcu_concurrent_readers(void)
 	dns_cache_destroy(c);
 }
 
+static void test_conf_load(void)
+{
+	struct dns_conf c;
+	struct cfg_file *cf;
+	char err[256];
+	dns_conf_defaults(&c);
+	CU_ASSERT_EQUAL(c.timeout_us, 1000000);
+	CU_ASSERT_EQUAL(c.attempts, 2);
+	CU_ASSERT_EQUAL(c.max_ttl, 86400);
+	CU_ASSERT_EQUAL(c.negative_ttl, 3600);
+	CU_ASSERT_EQUAL(c.stale_max, 86400);
+	CU_ASSERT_EQUAL(c.max_entries, 100000);
+	const char *text = "[dns]\nresolvers = 10.77.0.1, 192.0.2.53\ntimeout = 500ms\n"
+			   "attempts = 3\nmin_ttl = 30s\nmax_ttl = 2h\nnegative_ttl = 10m\n"
+			   "stale_max = 1d\nmax_entries = 5000\n";
+	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(dns_conf_load(&c, cf, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(c.resolver_count, 2);
+	CU_ASSERT_EQUAL(c.resolvers[0], IP4(10, 77, 0, 1));
+	CU_ASSERT_EQUAL(c.resolvers[1], IP4(192, 0, 2, 53));
+	CU_ASSERT_EQUAL(c.timeout_us, 500000);
+	CU_ASSERT_EQUAL(c.attempts, 3);
+	CU_ASSERT_EQUAL(c.min_ttl, 30);
+	CU_ASSERT_EQUAL(c.max_ttl, 7200);
+	CU_ASSERT_EQUAL(c.negative_ttl, 600);
+	CU_ASSERT_EQUAL(c.max_entries, 5000);
+	cfg_free(cf);
+	CU_ASSERT_EQUAL_FATAL(
+		cfg_parse_string("[dns]\nresolvers = 10.77.0.1\nresolvers = 10.77.0.300\n",
+				 "b.conf", &cf, err, sizeof(err)),
+		0);
+	CU_ASSERT_EQUAL(dns_conf_load(&c, cf, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_STRING_EQUAL(err, "b.conf:3: [dns] resolvers: expected IPv4 addresses");
+	cfg_free(cf);
+	CU_ASSERT_EQUAL_FATAL(cfg_parse_string("[dns]\nmin_ttl = 2d\nattempts = 0\n", "c.conf", &cf,
+					       err, sizeof(err)),
+			      0);
+	CU_ASSERT_EQUAL(dns_conf_load(&c, cf, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_STRING_EQUAL(err, "c.conf:3: [dns] attempts: expected an integer in 1..10");
+	cfg_free(cf);
+}
+
 CU_TestInfo dns_cache_tests[] = {
+	{"conf_load", test_conf_load},
 	{"ttl_clamps", test_ttl_clamps},
 	{"eviction_bound", test_eviction_bound},
 	{"flush_foreach", test_flush_foreach},

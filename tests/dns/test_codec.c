@@ -9,22 +9,30 @@
 
 static struct dns_msg msg;
 
-static const uint8_t tlsa_data[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-				      17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
-static const uint8_t txt_data[] = "\x0bv=spf1 -all\x03" "abc";
+static const uint8_t tlsa_data[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11,
+				      12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+				      23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
+static const uint8_t txt_data[] = "\x0bv=spf1 -all\x03"
+				  "abc";
 
 /* A response with one record of every supported type. */
 static int build_all(uint8_t *buf, size_t cap)
 {
 	struct dns_builder b;
 	struct dns_rr a = RR_A("Example.COM", 300, IP4(192, 0, 2, 1));
-	struct dns_rr aaaa = {.name = "example.com", .type = DNS_T_AAAA, .rclass = DNS_C_IN, .ttl = 301};
+	struct dns_rr aaaa = {
+		.name = "example.com", .type = DNS_T_AAAA, .rclass = DNS_C_IN, .ttl = 301};
 	struct dns_rr mx = RR_MX("example.com", 302, 10, "mx1.example.com");
 	struct dns_rr cname = RR_CNAME("www.example.com", 303, "example.com");
-	struct dns_rr txt = {.name = "example.com", .type = DNS_T_TXT, .rclass = DNS_C_IN, .ttl = 304,
+	struct dns_rr txt = {.name = "example.com",
+			     .type = DNS_T_TXT,
+			     .rclass = DNS_C_IN,
+			     .ttl = 304,
 			     .txt = {txt_data, sizeof(txt_data) - 1}};
-	struct dns_rr tlsa = {.name = "_25._tcp.mx1.example.com", .type = DNS_T_TLSA,
-			      .rclass = DNS_C_IN, .ttl = 305,
+	struct dns_rr tlsa = {.name = "_25._tcp.mx1.example.com",
+			      .type = DNS_T_TLSA,
+			      .rclass = DNS_C_IN,
+			      .ttl = 305,
 			      .tlsa = {3, 1, 1, tlsa_data, sizeof(tlsa_data)}};
 	struct dns_rr soa = zone_soa;
 	for (int i = 0; i < 16; i++)
@@ -165,7 +173,10 @@ static void test_pointer_attacks(void)
 	size_t o = 0;
 	memcpy(p, hdr_resp1, 12);
 	o = 12;
-	memcpy(p + o, "\x01" "a\x00\x00\x01\x00\x01", 7);
+	memcpy(p + o,
+	       "\x01"
+	       "a\x00\x00\x01\x00\x01",
+	       7);
 	o += 7;
 	size_t owner = o;
 	p[o++] = 0xc0;
@@ -264,12 +275,18 @@ static void test_oversized_names(void)
 	/* 0x40 and 0x80 label types. */
 	memcpy(p, hdr_resp1, 12);
 	p[7] = 0;
-	memcpy(p + 12, "\x41" "a\x00\x00\x01\x00\x01", 7);
+	memcpy(p + 12,
+	       "\x41"
+	       "a\x00\x00\x01\x00\x01",
+	       7);
 	CU_ASSERT_EQUAL(parse_why(p, 19), DNS_MAL_LABEL_TYPE);
 	p[12] = 0x81;
 	CU_ASSERT_EQUAL(parse_why(p, 19), DNS_MAL_LABEL_TYPE);
 	/* A '.' or control octet inside a label. */
-	memcpy(p + 12, "\x03" "a.b\x00\x00\x01\x00\x01", 9);
+	memcpy(p + 12,
+	       "\x03"
+	       "a.b\x00\x00\x01\x00\x01",
+	       9);
 	CU_ASSERT_EQUAL(parse_why(p, 21), DNS_MAL_LABEL_CHAR);
 	p[14] = 0;
 	CU_ASSERT_EQUAL(parse_why(p, 21), DNS_MAL_LABEL_CHAR);
@@ -290,7 +307,10 @@ static size_t one_record(uint8_t *p, uint16_t type, const uint8_t *rdata, uint16
 			 uint16_t claimed)
 {
 	memcpy(p, hdr_resp1, 12);
-	memcpy(p + 12, "\x01" "a\x00\x00\x01\x00\x01", 7);
+	memcpy(p + 12,
+	       "\x01"
+	       "a\x00\x00\x01\x00\x01",
+	       7);
 	size_t o = 19;
 	p[o++] = 0xc0;
 	p[o++] = 12;
@@ -319,12 +339,21 @@ static void test_rdata_checks(void)
 	n = one_record(p, DNS_T_AAAA, (const uint8_t *)"\x01\x02\x03\x04", 4, 4);
 	CU_ASSERT_EQUAL(parse_why(p, n), DNS_MAL_RDATA);
 	/* MX whose name runs past RDLENGTH (but not past the message). */
-	n = one_record(p, DNS_T_MX, (const uint8_t *)"\x00\x0a\x03" "abc\x00\x00", 8, 5);
+	n = one_record(p, DNS_T_MX,
+		       (const uint8_t *)"\x00\x0a\x03"
+					"abc\x00\x00",
+		       8, 5);
 	CU_ASSERT_NOT_EQUAL(parse_why(p, n), DNS_MAL_NONE);
 	/* MX with room left over after its name. */
-	n = one_record(p, DNS_T_MX, (const uint8_t *)"\x00\x0a\x01" "b\x00\x00", 6, 6);
+	n = one_record(p, DNS_T_MX,
+		       (const uint8_t *)"\x00\x0a\x01"
+					"b\x00\x00",
+		       6, 6);
 	CU_ASSERT_EQUAL(parse_why(p, n), DNS_MAL_RDATA);
-	n = one_record(p, DNS_T_MX, (const uint8_t *)"\x00\x0a\x01" "b\x00", 5, 5);
+	n = one_record(p, DNS_T_MX,
+		       (const uint8_t *)"\x00\x0a\x01"
+					"b\x00",
+		       5, 5);
 	CU_ASSERT_EQUAL(parse_why(p, n), DNS_MAL_NONE);
 	CU_ASSERT_STRING_EQUAL(msg.rr[0].mx.host, "b");
 	/* MX with a compressed host pointing back to the question name. */
@@ -332,7 +361,10 @@ static void test_rdata_checks(void)
 	CU_ASSERT_EQUAL(parse_why(p, n), DNS_MAL_NONE);
 	CU_ASSERT_STRING_EQUAL(msg.rr[0].mx.host, "a");
 	/* TXT whose character-string overruns the RDATA. */
-	n = one_record(p, DNS_T_TXT, (const uint8_t *)"\x05" "ab", 3, 3);
+	n = one_record(p, DNS_T_TXT,
+		       (const uint8_t *)"\x05"
+					"ab",
+		       3, 3);
 	CU_ASSERT_EQUAL(parse_why(p, n), DNS_MAL_RDATA);
 	n = one_record(p, DNS_T_TXT, (const uint8_t *)"", 0, 0);
 	CU_ASSERT_EQUAL(parse_why(p, n), DNS_MAL_RDATA);

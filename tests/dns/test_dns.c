@@ -13,9 +13,18 @@ unsigned env_seq;
 
 int main(void)
 {
-	char *eal_argv[] = {"test_dns", "-l", "0-1", "--no-huge", "-m", "256", "--no-pci",
-			    "--no-shconf", "--no-telemetry", "--log-level=warning",
-			    "--file-prefix=mxdnstest", NULL};
+	char *eal_argv[] = {"test_dns",
+			    "-l",
+			    "0-1",
+			    "--no-huge",
+			    "-m",
+			    "256",
+			    "--no-pci",
+			    "--no-shconf",
+			    "--no-telemetry",
+			    "--log-level=warning",
+			    "--file-prefix=mxdnstest",
+			    NULL};
 	int eal_argc = (int)(sizeof(eal_argv) / sizeof(eal_argv[0])) - 1;
 	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
 		eal_argv[2] = "0";

@@ -16,8 +16,8 @@ static void mail_cb(void *arg, const struct dns_mail_route *route)
 	m->route = *route;
 }
 
-static void run_mail(struct env *e, const char *domain, const struct zone_rec *zone,
-		     unsigned nzone, struct mail_res *m)
+static void run_mail(struct env *e, const char *domain, const struct zone_rec *zone, unsigned nzone,
+		     struct mail_res *m)
 {
 	memset(m, 0, sizeof(*m));
 	CU_ASSERT_EQUAL_FATAL(dns_mail_lookup(e->r, domain, mail_cb, m), 0);
@@ -29,7 +29,9 @@ static void run_mail(struct env *e, const char *domain, const struct zone_rec *z
 }
 
 static const struct zone_rec zone[] = {
-	{"multi.example", DNS_T_MX, 0,
+	{"multi.example",
+	 DNS_T_MX,
+	 0,
 	 {RR_MX("multi.example", 300, 10, "a.multi.example"),
 	  RR_MX("multi.example", 300, 20, "d.multi.example"),
 	  RR_MX("multi.example", 300, 10, "b.multi.example"),
@@ -38,7 +40,9 @@ static const struct zone_rec zone[] = {
 	 5},
 	{"a.multi.example", DNS_T_A, 0, {RR_A("a.multi.example", 300, IP4(192, 0, 2, 1))}, 1},
 	{"b.multi.example", DNS_T_A, 0, {RR_A("b.multi.example", 300, IP4(192, 0, 2, 2))}, 1},
-	{"c.multi.example", DNS_T_A, 0,
+	{"c.multi.example",
+	 DNS_T_A,
+	 0,
 	 {RR_A("c.multi.example", 300, IP4(192, 0, 2, 3)),
 	  RR_A("c.multi.example", 300, IP4(192, 0, 2, 33))},
 	 2},
@@ -49,11 +53,15 @@ static const struct zone_rec zone[] = {
 	{"null.example", DNS_T_MX, 0, {RR_MX("null.example", 300, 0, "")}, 1},
 	{"sf.example", DNS_T_MX, DNS_RCODE_SERVFAIL, {{0}}, 0},
 	/* loops: 10.77.0.2 is the relay */
-	{"loop.example", DNS_T_MX, 0,
+	{"loop.example",
+	 DNS_T_MX,
+	 0,
 	 {RR_MX("loop.example", 300, 10, "self.example"),
 	  RR_MX("loop.example", 300, 20, "other.example")},
 	 2},
-	{"backup.example", DNS_T_MX, 0,
+	{"backup.example",
+	 DNS_T_MX,
+	 0,
 	 {RR_MX("backup.example", 300, 10, "other.example"),
 	  RR_MX("backup.example", 300, 20, "self.example"),
 	  RR_MX("backup.example", 300, 30, "third.example")},
@@ -61,7 +69,9 @@ static const struct zone_rec zone[] = {
 	{"self.example", DNS_T_A, 0, {RR_A("self.example", 300, IP4(10, 77, 0, 2))}, 1},
 	{"other.example", DNS_T_A, 0, {RR_A("other.example", 300, IP4(203, 0, 113, 1))}, 1},
 	{"third.example", DNS_T_A, 0, {RR_A("third.example", 300, IP4(203, 0, 113, 3))}, 1},
-	{"cn.example", DNS_T_MX, 0,
+	{"cn.example",
+	 DNS_T_MX,
+	 0,
 	 {RR_CNAME("cn.example", 300, "multi.example"),
 	  RR_MX("multi.example", 300, 7, "e.multi.example")},
 	 2},

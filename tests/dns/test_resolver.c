@@ -191,8 +191,11 @@ static void test_tc_retry_over_tcp(void)
 	CU_ASSERT_EQUAL(dns_msg_parse(&qmsg, e->f.q[1].pkt, e->f.q[1].len, NULL), 0);
 	CU_ASSERT_STRING_EQUAL(qmsg.qname, "big.example");
 	static const uint8_t txt[] = "\x05hello";
-	struct dns_rr an = {.name = "big.example", .type = DNS_T_TXT, .rclass = DNS_C_IN,
-			    .ttl = 60, .txt = {txt, 6}};
+	struct dns_rr an = {.name = "big.example",
+			    .type = DNS_T_TXT,
+			    .rclass = DNS_C_IN,
+			    .ttl = 60,
+			    .txt = {txt, 6}};
 	fake_answer(&e->f, e->r, 1, 0, &an, 1, NULL, 0);
 	CU_ASSERT_EQUAL(res.calls, 1);
 	CU_ASSERT_EQUAL(res.status, DNS_OK);
@@ -367,8 +370,8 @@ static void test_bounds_and_local_coalescing(void)
 	memset(res, 0, sizeof(res));
 	/* Same name five times: one query. */
 	for (int i = 0; i < 5; i++)
-		CU_ASSERT_EQUAL(dns_resolve(e->r, "same.example", DNS_T_A, result_cb, &res[i], &hit),
-				0);
+		CU_ASSERT_EQUAL(
+			dns_resolve(e->r, "same.example", DNS_T_A, result_cb, &res[i], &hit), 0);
 	CU_ASSERT_EQUAL(e->f.count, 1);
 	CU_ASSERT_EQUAL(env_ctr(e).coalesced, 4);
 	CU_ASSERT_EQUAL(dns_resolve(e->r, "other.example", DNS_T_A, result_cb, &res[5], &hit), 0);
@@ -388,6 +391,45 @@ static void test_bounds_and_local_coalescing(void)
 	CU_ASSERT_EQUAL(dns_resolve(e->r, "x2.example", DNS_T_A, result_cb, &res[7], &hit),
 			-ENOSPC);
 	CU_ASSERT(env_ctr(e).inflight_full >= 1);
+	env_free(e);
+}
+
+static void test_tlsa_cached_and_no_resolvers(void)
+{
+	struct env *e = env_default();
+	struct result res = {0};
+	const struct dns_entry *hit;
+	static const uint8_t digest[32] = {0xde, 0xad, 0xbe, 0xef, [31] = 0x42};
+	struct dns_rr an = {.name = "_25._tcp.mx.example",
+			    .type = DNS_T_TLSA,
+			    .rclass = DNS_C_IN,
+			    .ttl = 300,
+			    .tlsa = {3, 1, 1, digest, sizeof(digest)}};
+	CU_ASSERT_EQUAL(dns_resolve(e->r, "_25._tcp.mx.example", DNS_T_TLSA, result_cb, &res, &hit),
+			0);
+	fake_answer(&e->f, e->r, 0, DNS_F_AD, &an, 1, NULL, 0);
+	CU_ASSERT_EQUAL(res.status, DNS_OK);
+	CU_ASSERT_EQUAL(dns_resolve(e->r, "_25._TCP.mx.example", DNS_T_TLSA, result_cb, &res, &hit),
+			1);
+	CU_ASSERT_EQUAL_FATAL(hit->rr_count, 1);
+	CU_ASSERT(hit->ad);
+	CU_ASSERT_EQUAL(hit->rr[0].tlsa.usage, 3);
+	CU_ASSERT_EQUAL(hit->rr[0].tlsa.len, 32);
+	CU_ASSERT_EQUAL(memcmp(hit->rr[0].tlsa.data, digest, 32), 0);
+	CU_ASSERT_STRING_EQUAL(hit->rr[0].name, "_25._tcp.mx.example");
+	env_free(e);
+
+	/* No upstream configured: the request fails at once, temporarily. */
+	struct dns_conf conf;
+	env_conf(&conf);
+	conf.resolver_count = 0;
+	e = env_new(&conf);
+	memset(&res, 0, sizeof(res));
+	CU_ASSERT_EQUAL(dns_resolve(e->r, "x.example", DNS_T_A, result_cb, &res, &hit), 0);
+	CU_ASSERT_EQUAL(res.calls, 1);
+	CU_ASSERT_EQUAL(res.status, DNS_TEMPFAIL);
+	CU_ASSERT_EQUAL(dns_resolver_pending(e->r), 0);
+	CU_ASSERT_EQUAL(e->f.count, 0);
 	env_free(e);
 }
 
@@ -414,9 +456,9 @@ static void *co_thread(void *p)
 		a->rc = -99;
 		return NULL;
 	}
-	struct dns_resolver *r = dns_resolver_create(a->c, tid, &fake_ops, &a->f,
-						     (uint16_t)(41000 + tid * 100),
-						     (uint16_t)(41099 + tid * 100));
+	struct dns_resolver *r =
+		dns_resolver_create(a->c, tid, &fake_ops, &a->f, (uint16_t)(41000 + tid * 100),
+				    (uint16_t)(41099 + tid * 100));
 	uint64_t now = 5000000;
 	dns_resolver_poll(r, now);
 	pthread_barrier_wait(a->barrier);
@@ -487,6 +529,7 @@ CU_TestInfo dns_resolver_tests[] = {
 	{"prefetch", test_prefetch},
 	{"cname_chain_and_loop", test_cname_chain_and_loop},
 	{"bounds_and_local_coalescing", test_bounds_and_local_coalescing},
+	{"tlsa_cached_and_no_resolvers", test_tlsa_cached_and_no_resolvers},
 	{"coalescing_threads", test_coalescing_threads},
 	CU_TEST_INFO_NULL,
 };

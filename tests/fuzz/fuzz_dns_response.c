@@ -53,8 +53,18 @@ static void noop_cb(void *arg, int status, const struct dns_entry *e)
 
 static void setup(void)
 {
-	char *argv[] = {"fuzz", "-l", "0", "--no-huge", "-m", "128", "--no-pci", "--no-shconf",
-			"--no-telemetry", "--log-level=error", "--file-prefix=mxdnsfuzz", NULL};
+	char *argv[] = {"fuzz",
+			"-l",
+			"0",
+			"--no-huge",
+			"-m",
+			"128",
+			"--no-pci",
+			"--no-shconf",
+			"--no-telemetry",
+			"--log-level=error",
+			"--file-prefix=mxdnsfuzz",
+			NULL};
 	if (rte_eal_init(11, argv) < 0)
 		abort();
 	struct dns_conf conf;
