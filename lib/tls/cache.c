@@ -27,8 +27,8 @@ struct cache_entry {
 	SSL_SESSION *sess; /* NULL: the entry is free */
 	int64_t expires_s;
 	bool verified;
-	uint32_t chain;	       /* next in bucket, or next free */
-	uint32_t prev, next;   /* LRU: head is most recent */
+	uint32_t chain;	     /* next in bucket, or next free */
+	uint32_t prev, next; /* LRU: head is most recent */
 };
 
 struct tls_session_cache {
@@ -224,8 +224,8 @@ SSL_SESSION *tls_cache_lookup(struct tls_session_cache *c, const char *key, bool
 	return sess;
 }
 
-int tls_cache_store(struct tls_session_cache *c, const char *key, SSL_SESSION *sess,
-		    bool verified, int64_t now_s)
+int tls_cache_store(struct tls_session_cache *c, const char *key, SSL_SESSION *sess, bool verified,
+		    int64_t now_s)
 {
 	uint64_t h = key_hash(key);
 	uint32_t i = find(c, key, h);

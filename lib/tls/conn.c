@@ -256,7 +256,8 @@ static void flush_queue(struct tls_conn *tc)
 		return; /* on_ciphertext called back into us */
 	tc->flushing = true;
 	while (tc->out_len > 0 && !tc->free_pending) {
-		size_t n = tc->ops->on_ciphertext(tc->user, tc->out_buf + tc->out_head, tc->out_len);
+		size_t n =
+			tc->ops->on_ciphertext(tc->user, tc->out_buf + tc->out_head, tc->out_len);
 
 		if (n > tc->out_len)
 			n = tc->out_len;
@@ -312,7 +313,7 @@ static void fail(struct tls_conn *tc, int ssl_err)
 		snprintf(tc->error, sizeof(tc->error), "no shared cipher: %s",
 			 ERR_reason_error_string(e));
 	} else if (ERR_GET_LIB(e) == ERR_LIB_SSL && (reason == SSL_R_UNSUPPORTED_PROTOCOL ||
-						      reason == SSL_R_NO_PROTOCOLS_AVAILABLE)) {
+						     reason == SSL_R_NO_PROTOCOLS_AVAILABLE)) {
 		st->fail_version++;
 		snprintf(tc->error, sizeof(tc->error), "no shared protocol version: %s",
 			 ERR_reason_error_string(e));
@@ -369,7 +370,8 @@ static void handshake_complete(struct tls_conn *tc)
 	info.verified = !tc->base->server && peer != NULL && vr == X509_V_OK;
 	info.verify_error = "";
 	if (!tc->base->server && !info.verified)
-		info.verify_error = peer ? X509_verify_cert_error_string(vr) : "no peer certificate";
+		info.verify_error =
+			peer ? X509_verify_cert_error_string(vr) : "no peer certificate";
 	info.peer_key_type = "";
 	if (peer != NULL) {
 		EVP_PKEY *pk = X509_get0_pubkey(peer);
@@ -377,10 +379,10 @@ static void handshake_complete(struct tls_conn *tc)
 		if (pk != NULL) {
 			int id = EVP_PKEY_get_base_id(pk);
 
-			info.peer_key_type = id == EVP_PKEY_RSA		? "RSA"
-					     : id == EVP_PKEY_EC	? "EC"
-					     : id == EVP_PKEY_ED25519	? "ED25519"
-					     : id == EVP_PKEY_ED448	? "ED448"
+			info.peer_key_type = id == EVP_PKEY_RSA	      ? "RSA"
+					     : id == EVP_PKEY_EC      ? "EC"
+					     : id == EVP_PKEY_ED25519 ? "ED25519"
+					     : id == EVP_PKEY_ED448   ? "ED448"
 					     : id == EVP_PKEY_RSA_PSS ? "RSA-PSS"
 								      : "other";
 			info.peer_key_bits = EVP_PKEY_get_bits(pk);
@@ -588,12 +590,11 @@ int tls_client_conn_new(struct tls_client_ctx *ctx, enum tls_policy policy, cons
 		if (tls_cache_key(tc->cache_key, sizeof(tc->cache_key), name, port) < 0)
 			goto fail;
 		tc->cache = cache;
-		SSL_SESSION *sess = tls_cache_lookup(cache, tc->cache_key,
-						     policy == TLS_POLICY_VERIFY,
-						     (int64_t)time(NULL));
+		SSL_SESSION *sess = tls_cache_lookup(
+			cache, tc->cache_key, policy == TLS_POLICY_VERIFY, (int64_t)time(NULL));
 		if (sess != NULL && !SSL_set_session(tc->ssl, sess))
 			ERR_clear_error(); /* resumption is an optimisation */
-		SSL_SESSION_free(sess); /* SSL_set_session took its own reference */
+		SSL_SESSION_free(sess);	   /* SSL_set_session took its own reference */
 	}
 	*out = tc;
 	return 0;
@@ -643,6 +644,8 @@ ssize_t tls_conn_input(struct tls_conn *tc, const uint8_t *cipher, size_t len)
 		return -EPROTO;
 	if (tc->peer_closed)
 		return -EPIPE;
+	if (tc->busy > 0)
+		return -EBUSY; /* from inside a callback: would reorder input */
 	enter(tc);
 	tc->in_ptr = cipher;
 	tc->in_len = len;
@@ -741,6 +744,8 @@ int tls_conn_resume(struct tls_conn *tc)
 		return -EINVAL;
 	if (tc->failed)
 		return -EPROTO;
+	if (tc->busy > 0)
+		return 0; /* from inside a callback: the running loop goes on reading */
 	enter(tc);
 	if (tc->handshake_done) {
 		/* No input is offered: this delivers held plaintext and stops at WANT_READ. */

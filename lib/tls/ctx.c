@@ -94,8 +94,8 @@ static void set_err(char *err, size_t errlen, const char *what, const char *arg)
 
 /* Settings common to both sides.  0 or -EINVAL with err set. */
 static int base_setup(struct tls_ctx_base *b, enum tls_version minv, enum tls_version maxv,
-		      const char *ciphers, const char *suites, const char *groups, size_t max_output,
-		      char *err, size_t errlen)
+		      const char *ciphers, const char *suites, const char *groups,
+		      size_t max_output, char *err, size_t errlen)
 {
 	SSL_CTX *ctx = b->ssl_ctx;
 	int lo = version_number(minv, TLS1_2_VERSION);
@@ -350,8 +350,8 @@ int tls_server_ctx_create(const struct tls_server_conf *conf, struct tls_server_
 	/* Stateless tickets only: no per-process session store to share or bound. */
 	SSL_CTX_set_session_cache_mode(sc->base.ssl_ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_session_id_context(sc->base.ssl_ctx, (const unsigned char *)"mxrelay", 7);
-	sc->ticket_rotation_us =
-		conf->ticket_rotation_us ? conf->ticket_rotation_us : TLS_DEFAULT_TICKET_ROTATION_US;
+	sc->ticket_rotation_us = conf->ticket_rotation_us ? conf->ticket_rotation_us
+							  : TLS_DEFAULT_TICKET_ROTATION_US;
 	if (conf->no_tickets) {
 		SSL_CTX_set_options(sc->base.ssl_ctx, SSL_OP_NO_TICKET);
 		SSL_CTX_set_num_tickets(sc->base.ssl_ctx, 0);
@@ -360,9 +360,9 @@ int tls_server_ctx_create(const struct tls_server_conf *conf, struct tls_server_
 		uint64_t life_s = sc->ticket_rotation_us / 1000000;
 
 		SSL_CTX_set_timeout(sc->base.ssl_ctx, (long)(life_s ? life_s : 1));
-		SSL_CTX_set_num_tickets(sc->base.ssl_ctx,
-					conf->num_tickets ? conf->num_tickets
-							  : TLS_DEFAULT_NUM_TICKETS);
+		SSL_CTX_set_num_tickets(sc->base.ssl_ctx, conf->num_tickets
+								  ? conf->num_tickets
+								  : TLS_DEFAULT_NUM_TICKETS);
 		rc = ticket_key_new(&sc->ticket_cur);
 		if (rc < 0) {
 			set_err(err, errlen, "ticket key", NULL);
@@ -430,6 +430,12 @@ int tls_client_ctx_create(const struct tls_client_conf *conf, struct tls_client_
 			errlen);
 	if (rc < 0)
 		goto fail;
+	/*
+	 * Security level 1 whatever the system openssl.cnf says (Debian: 2):
+	 * an MX with a 1024-bit key or DH group gets encrypted, not plain text
+	 * mail (RFC 7435).  Under TLS_POLICY_VERIFY the CA bundle decides trust.
+	 */
+	SSL_CTX_set_security_level(cc->base.ssl_ctx, 1);
 	if (conf->sigalgs != NULL && !SSL_CTX_set1_sigalgs_list(cc->base.ssl_ctx, conf->sigalgs)) {
 		set_err(err, errlen, "signature algorithms", conf->sigalgs);
 		rc = -EINVAL;

@@ -63,7 +63,7 @@ int tls_version_parse(const char *s, enum tls_version *out);
 #define TLS_MAX_CERTS 2 /* one RSA and one ECDSA pair, served by the client's sigalgs */
 
 /* Defaults, each applied when the conf field is 0 or NULL. */
-#define TLS_DEFAULT_MAX_OUTPUT (64u * 1024)		 /* queued ciphertext per connection */
+#define TLS_DEFAULT_MAX_OUTPUT (64u * 1024) /* queued ciphertext per connection */
 #define TLS_DEFAULT_TICKET_ROTATION_US (12ull * 3600 * 1000000) /* new ticket key every 12 h */
 #define TLS_DEFAULT_NUM_TICKETS 1 /* TLS 1.3 tickets per handshake: a client caches one */
 /* Mozilla "intermediate" for TLS 1.2, ECDHE only (no DH parameters to manage). */
@@ -77,7 +77,8 @@ int tls_version_parse(const char *s, enum tls_version *out);
  * default list minus the anonymous and null ones.
  */
 #define TLS_DEFAULT_CLIENT_CIPHERS "DEFAULT:!aNULL:!eNULL"
-#define TLS_DEFAULT_TLS13_SUITES "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+#define TLS_DEFAULT_TLS13_SUITES                                                                   \
+	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 #define TLS_DEFAULT_GROUPS "X25519:P-256:P-384"
 
 struct tls_server_conf {
@@ -86,9 +87,9 @@ struct tls_server_conf {
 	const char *key_file[TLS_MAX_CERTS];
 	unsigned cert_count;
 	enum tls_version min_version, max_version;
-	const char *ciphers;	  /* TLS 1.2 cipher list; NULL = TLS_DEFAULT_SERVER_CIPHERS */
-	const char *ciphersuites; /* TLS 1.3; NULL = TLS_DEFAULT_TLS13_SUITES */
-	const char *groups;	  /* NULL = TLS_DEFAULT_GROUPS */
+	const char *ciphers;	     /* TLS 1.2 cipher list; NULL = TLS_DEFAULT_SERVER_CIPHERS */
+	const char *ciphersuites;    /* TLS 1.3; NULL = TLS_DEFAULT_TLS13_SUITES */
+	const char *groups;	     /* NULL = TLS_DEFAULT_GROUPS */
 	uint64_t ticket_rotation_us; /* 0 = TLS_DEFAULT_TICKET_ROTATION_US */
 	unsigned num_tickets;	     /* 0 = TLS_DEFAULT_NUM_TICKETS */
 	bool no_tickets;	     /* disable session tickets (no resumption) */
@@ -96,7 +97,7 @@ struct tls_server_conf {
 };
 
 struct tls_client_conf {
-	const char *ca_file; /* PEM bundle for TLS_POLICY_VERIFY; NULL = none loaded */
+	const char *ca_file;		  /* PEM bundle for TLS_POLICY_VERIFY; NULL = none loaded */
 	const char *cert_file, *key_file; /* optional client certificate */
 	enum tls_version min_version, max_version;
 	const char *ciphers;	  /* NULL = TLS_DEFAULT_CLIENT_CIPHERS */
@@ -122,8 +123,8 @@ struct tls_stats {
 	uint64_t cipher_bytes_in, cipher_bytes_out; /* TLS records, as taken from/given to TCP */
 	uint64_t plain_bytes_in, plain_bytes_out;   /* application data */
 	uint64_t tickets_issued;		    /* server: session tickets encrypted */
-	uint64_t output_queue_full; /* tls_conn_write() refused: output bound hit */
-	uint64_t input_stalled;	    /* tls_conn_input() left bytes: output or plaintext full */
+	uint64_t output_queue_full;		    /* tls_conn_write() refused: output bound hit */
+	uint64_t input_stalled; /* tls_conn_input() left bytes: output or plaintext full */
 	uint64_t close_notify_sent, close_notify_received;
 };
 
@@ -197,7 +198,7 @@ struct tls_handshake_info {
 	 * logging) where it does not stop the handshake.  Server: false.
 	 */
 	bool verified;
-	const char *verify_error; /* X509 error string when !verified, "" otherwise */
+	const char *verify_error;  /* X509 error string when !verified, "" otherwise */
 	const char *peer_key_type; /* "RSA", "EC", "ED25519", ... or "" without a certificate */
 	int peer_key_bits;
 };
@@ -206,7 +207,9 @@ struct tls_handshake_info {
  * Callbacks of one connection, all called on its core from inside a tls_conn_*
  * call.  A callback may call tls_conn_write/flush/shutdown on its own
  * connection, and tls_conn_free() (the free is then deferred until the
- * outermost tls_conn_* call returns).
+ * outermost tls_conn_* call returns); tls_conn_input() from a callback
+ * returns -EBUSY and tls_conn_resume() does nothing (the running call
+ * goes on reading).
  */
 struct tls_conn_ops {
 	/**
@@ -262,7 +265,7 @@ int tls_conn_start(struct tls_conn *tc);
  * and flushes any answer.  Returns the bytes taken (fewer than len while the
  * output queue is over its bound or plaintext is held; offer the rest
  * again later), or -EPROTO after a fatal error (on_error was called),
- * -EPIPE after close_notify was received.
+ * -EPIPE after close_notify was received, -EBUSY from inside a callback.
  */
 ssize_t tls_conn_input(struct tls_conn *tc, const uint8_t *cipher, size_t len);
 /**

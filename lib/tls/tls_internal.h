@@ -53,8 +53,8 @@ int tls_cache_key(char *buf, size_t len, const char *host, uint16_t port);
 SSL_SESSION *tls_cache_lookup(struct tls_session_cache *c, const char *key, bool need_verified,
 			      int64_t now_s);
 /* Store (replacing) the destination's session; takes the reference on success.  0 or -errno. */
-int tls_cache_store(struct tls_session_cache *c, const char *key, SSL_SESSION *sess,
-		    bool verified, int64_t now_s);
+int tls_cache_store(struct tls_session_cache *c, const char *key, SSL_SESSION *sess, bool verified,
+		    int64_t now_s);
 
 /* Drop the entry for key if any. */
 void tls_cache_forget(struct tls_session_cache *c, const char *key);

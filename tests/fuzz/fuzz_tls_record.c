@@ -68,8 +68,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 2)
 		return 0;
 	if (data[0] & 1) {
-		if (tls_client_conn_new(client_ctx, (data[0] & 2) ? TLS_POLICY_VERIFY
-								 : TLS_POLICY_OPPORTUNISTIC,
+		if (tls_client_conn_new(client_ctx,
+					(data[0] & 2) ? TLS_POLICY_VERIFY
+						      : TLS_POLICY_OPPORTUNISTIC,
 					"mx.test.example", 25, NULL, &ops, NULL, &stats, &tc) != 0)
 			abort();
 		tls_conn_start(tc);

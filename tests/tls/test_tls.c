@@ -96,9 +96,9 @@ static void connect_pair(struct tls_server_ctx *sctx, struct tls_client_ctx *cct
 	pair_ep_reset(&cli);
 	pair_link(&srv, &cli);
 	CU_ASSERT_EQUAL_FATAL(tls_server_conn_new(sctx, &pair_ops, &srv, &sst, &srv.tc), 0);
-	CU_ASSERT_EQUAL_FATAL(tls_client_conn_new(cctx, policy, host, 25, cache, &pair_ops, &cli,
-						  &cst, &cli.tc),
-			      0);
+	CU_ASSERT_EQUAL_FATAL(
+		tls_client_conn_new(cctx, policy, host, 25, cache, &pair_ops, &cli, &cst, &cli.tc),
+		0);
 	CU_ASSERT_EQUAL(tls_conn_start(cli.tc), 0);
 	CU_ASSERT(cli.wire.len > 0); /* the ClientHello */
 }
@@ -381,6 +381,54 @@ static void test_ticket_rotation_scheduled(void)
 	tls_server_ctx_free(s);
 }
 
+static void test_tickets_per_context(void)
+{
+	struct tls_server_ctx *s1 = make_server(CERT_EC, NULL), *s2 = make_server(CERT_EC, NULL);
+	struct tls_client_ctx *c = make_client(NULL);
+	struct tls_session_cache *cache;
+
+	CU_ASSERT_EQUAL_FATAL(tls_session_cache_create(4, &cache), 0);
+	reset_stats();
+	connect_pair(s1, c, TLS_POLICY_VERIFY, TLS_PKI_HOST, cache);
+	pair_pump(&srv, &cli, 0);
+	CU_ASSERT_EQUAL(tls_session_cache_count(cache), 1);
+	/* Another context (another listener or process) has other keys. */
+	connect_pair(s2, c, TLS_POLICY_VERIFY, TLS_PKI_HOST, cache);
+	pair_pump(&srv, &cli, 0);
+	CU_ASSERT_EQUAL(cli.handshakes, 1);
+	CU_ASSERT_FALSE(cli.info.resumed);
+	CU_ASSERT_EQUAL(sst.server_handshakes_full, 2);
+	done_pair();
+	tls_session_cache_free(cache);
+	tls_client_ctx_free(c);
+	tls_server_ctx_free(s1);
+	tls_server_ctx_free(s2);
+}
+
+static void test_write_from_handshake_callback(void)
+{
+	struct tls_server_ctx *s = make_server(CERT_EC, NULL);
+	struct tls_client_ctx *c = make_client(NULL);
+	static const char greeting[] = "220 mx.test.example ESMTP ready\r\n";
+
+	for (int chunk = 0; chunk < 2; chunk++) {
+		reset_stats();
+		connect_pair(s, c, TLS_POLICY_VERIFY, TLS_PKI_HOST, NULL);
+		srv.greeting = greeting;
+		cli.reenter = true;
+		pair_pump(&srv, &cli, chunk ? 1 : 0);
+		CU_ASSERT_EQUAL(cli.reenter_input_rc, -EBUSY);
+		CU_ASSERT_EQUAL(cli.reenter_resume_rc, 0);
+		CU_ASSERT_EQUAL(srv.errors, 0);
+		CU_ASSERT_EQUAL(cli.rx.len, strlen(greeting));
+		CU_ASSERT(cli.rx.len == strlen(greeting) &&
+			  memcmp(cli.rx.data, greeting, cli.rx.len) == 0);
+	}
+	done_pair();
+	tls_client_ctx_free(c);
+	tls_server_ctx_free(s);
+}
+
 static void test_no_tickets(void)
 {
 	struct tls_server_conf sc = {.no_tickets = true};
@@ -479,7 +527,8 @@ static void test_verify_wrong_name(void)
 
 static void test_verify_untrusted_ca(void)
 {
-	expect_verify_failure(CERT_EVIL, TLS_PKI_HOST, "self-signed certificate in certificate chain");
+	expect_verify_failure(CERT_EVIL, TLS_PKI_HOST,
+			      "self-signed certificate in certificate chain");
 }
 
 static void test_verify_ip_literal(void)
@@ -523,8 +572,8 @@ static void test_opportunistic_ignores(void)
 
 /* ---- certificates ------------------------------------------------------------------- */
 
-static void expect_key(unsigned certs, enum tls_version v, const char *sigalgs,
-		       const char *ciphers, const char *type, int bits)
+static void expect_key(unsigned certs, enum tls_version v, const char *sigalgs, const char *ciphers,
+		       const char *type, int bits)
 {
 	struct tls_server_ctx *s = make_server(certs, NULL);
 	struct tls_client_conf cc = {.sigalgs = sigalgs, .ciphers = ciphers, .max_version = v};
@@ -551,8 +600,8 @@ static void test_ecdsa_and_rsa(void)
 	expect_key(CERT_EC | CERT_RSA, TLS_VERSION_DEFAULT, "RSA-PSS+SHA256", NULL, "RSA", 2048);
 	expect_key(CERT_EC | CERT_RSA, TLS_VERSION_1_2, NULL, "ECDHE-RSA-AES128-GCM-SHA256", "RSA",
 		   2048);
-	expect_key(CERT_EC | CERT_RSA, TLS_VERSION_1_2, NULL, "ECDHE-ECDSA-AES256-GCM-SHA384",
-		   "EC", 256);
+	expect_key(CERT_EC | CERT_RSA, TLS_VERSION_1_2, NULL, "ECDHE-ECDSA-AES256-GCM-SHA384", "EC",
+		   256);
 }
 
 /* ---- backpressure ------------------------------------------------------------------- */
@@ -621,7 +670,8 @@ static void test_plaintext_hold(void)
 	pair_pump(&srv, &cli, 0);
 	srv.paused = true;
 	CU_ASSERT_EQUAL(tls_conn_write(cli.tc, data, 100000), 100000);
-	ssize_t r = tls_conn_input(srv.tc, cli.wire.data + cli.wire.off, cli.wire.len - cli.wire.off);
+	ssize_t r =
+		tls_conn_input(srv.tc, cli.wire.data + cli.wire.off, cli.wire.len - cli.wire.off);
 	/* One record is read (and held); the others stay with the caller. */
 	CU_ASSERT(r > 0 && (size_t)r < cli.wire.len - cli.wire.off);
 	CU_ASSERT(r <= 16384 + 64);
@@ -718,7 +768,8 @@ static void test_garbage_server(void)
 			CU_ASSERT_EQUAL(r, -EPROTO);
 			CU_ASSERT_EQUAL(srv.errors, 1);
 			CU_ASSERT(srv.error[0] != '\0');
-			CU_ASSERT_EQUAL(sst.fail_protocol + sst.fail_version + sst.fail_no_shared_cipher,
+			CU_ASSERT_EQUAL(sst.fail_protocol + sst.fail_version +
+						sst.fail_no_shared_cipher,
 					1);
 		}
 		if (i < 2) {
@@ -830,7 +881,8 @@ static void test_no_shared_cipher(void)
 	tls_server_ctx_free(s);
 }
 
-/* ---- API edges --------------------------------------------------------------------------------- */
+/* ---- API edges ---------------------------------------------------------------------------------
+ */
 
 static void test_api_errors(void)
 {
@@ -867,12 +919,12 @@ static void test_api_errors(void)
 	CU_ASSERT_EQUAL(tls_client_ctx_create(&cc, &c2, err, sizeof(err)), -EINVAL);
 	CU_ASSERT_PTR_NOT_NULL(strstr(err, "CA file"));
 
-	CU_ASSERT_EQUAL(tls_client_conn_new(c, TLS_POLICY_NONE, "x.test", 25, NULL, &pair_ops,
-					    &cli, &cst, &tc),
-			-EINVAL);
-	CU_ASSERT_EQUAL(tls_client_conn_new(c, TLS_POLICY_VERIFY, "", 25, NULL, &pair_ops, &cli,
+	CU_ASSERT_EQUAL(tls_client_conn_new(c, TLS_POLICY_NONE, "x.test", 25, NULL, &pair_ops, &cli,
 					    &cst, &tc),
 			-EINVAL);
+	CU_ASSERT_EQUAL(
+		tls_client_conn_new(c, TLS_POLICY_VERIFY, "", 25, NULL, &pair_ops, &cli, &cst, &tc),
+		-EINVAL);
 	char longname[400];
 	memset(longname, 'a', sizeof(longname) - 1);
 	longname[sizeof(longname) - 1] = '\0';
@@ -931,6 +983,8 @@ static CU_TestInfo tls_tests[] = {
 	{"ticket key rotation", test_ticket_rotation},
 	{"ticket key rotation on schedule", test_ticket_rotation_scheduled},
 	{"tickets off", test_no_tickets},
+	{"ticket keys per context", test_tickets_per_context},
+	{"calls from inside callbacks", test_write_from_handshake_callback},
 	{"session cache LRU and expiry", test_cache_lru_and_expiry},
 	{"verify: wrong name", test_verify_wrong_name},
 	{"verify: untrusted CA", test_verify_untrusted_ca},

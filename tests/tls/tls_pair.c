@@ -56,6 +56,10 @@ static size_t on_plaintext(void *user, const uint8_t *data, size_t len)
 	struct pair_ep *e = user;
 	size_t n = len;
 
+	if (e->reenter) {
+		e->reenter_input_rc = (int)tls_conn_input(e->tc, (const uint8_t *)"\x17", 1);
+		e->reenter_resume_rc = tls_conn_resume(e->tc);
+	}
 	if (e->paused)
 		return 0;
 	if (e->take_max > 0) {
@@ -75,6 +79,9 @@ static void on_handshake_done(void *user, const struct tls_handshake_info *info)
 
 	e->handshakes++;
 	e->info = *info;
+	if (e->greeting != NULL &&
+	    tls_conn_write(e->tc, (const uint8_t *)e->greeting, strlen(e->greeting)) < 0)
+		e->errors += 100;
 }
 
 static void on_error(void *user, const char *reason)
@@ -192,7 +199,8 @@ void pair_pump(struct pair_ep *a, struct pair_ep *b, size_t max_chunk)
 					if (chunk > avail)
 						chunk = avail;
 				}
-				ssize_t r = tls_conn_input(p->tc, e->wire.data + e->wire.off, chunk);
+				ssize_t r =
+					tls_conn_input(p->tc, e->wire.data + e->wire.off, chunk);
 				if (r <= 0)
 					break;
 				e->wire.off += (size_t)r;

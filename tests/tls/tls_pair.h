@@ -43,6 +43,9 @@ struct pair_ep {
 	struct tls_handshake_info info;
 	char error[256];
 	bool free_on_error;
+	const char *greeting; /* written from inside on_handshake_done (implicit TLS) */
+	bool reenter;	      /* on_plaintext calls tls_conn_input/resume on its own conn */
+	int reenter_input_rc, reenter_resume_rc;
 };
 
 extern const struct tls_conn_ops pair_ops;

@@ -154,8 +154,8 @@ out:
 
 void tls_pki_destroy(struct tls_pki *p)
 {
-	const char *files[] = {p->ca,	     p->ec_crt,	 p->ec_key,   p->rsa_crt,
-			       p->rsa_key,   p->evil_ca, p->evil_crt, p->evil_key};
+	const char *files[] = {p->ca,	   p->ec_crt,  p->ec_key,   p->rsa_crt,
+			       p->rsa_key, p->evil_ca, p->evil_crt, p->evil_key};
 
 	if (p->dir[0] == '\0')
 		return;

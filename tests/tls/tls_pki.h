@@ -12,8 +12,8 @@
 
 struct tls_pki {
 	char dir[128];
-	char ca[192];			/* trusted CA certificate (PEM) */
-	char ec_crt[192], ec_key[192];	/* leaf + CA chain, ECDSA P-256 */
+	char ca[192];			 /* trusted CA certificate (PEM) */
+	char ec_crt[192], ec_key[192];	 /* leaf + CA chain, ECDSA P-256 */
 	char rsa_crt[192], rsa_key[192]; /* leaf + CA chain, RSA-2048 */
 	char evil_ca[192];
 	char evil_crt[192], evil_key[192]; /* signed by evil_ca */
