@@ -20,7 +20,6 @@
 
 #include <string.h>
 
-/* Bytes that end a plain span: CR always, SP and HTAB in relaxed mode. */
 static inline bool is_wsp(uint8_t b)
 {
 	return b == ' ' || b == '\t';
@@ -89,8 +88,8 @@ static const uint8_t relaxed_class[256] = {['\t'] = 2, ['\r'] = 2, [' '] = 1};
 /*
  * End of a span of bytes that pass unchanged, starting at i.  A CRLF inside
  * the span is fine when a content byte follows it in this buffer: it is then
- * neither a trailing empty line nor preceded by trailing WSP (a SP before CR
- * already ends the span).
+ * neither part of trailing empty lines nor preceded by trailing WSP (a SP
+ * before CR already ends the span).
  */
 static size_t scan_plain(const struct dkim_body_canon *c, const uint8_t *p, size_t i, size_t n)
 {

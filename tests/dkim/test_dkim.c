@@ -793,6 +793,46 @@ static void test_unsignable(void)
 	dkim_signer_free(s);
 }
 
+/* The bounds on header fields and on h= are hit, counted, and handled. */
+static void test_field_limits(void)
+{
+	struct dkim_signer_config c;
+	struct dkim_signer *s;
+	char err[256];
+	const char *hdr;
+	size_t hl;
+	dkim_signer_config_init(&c);
+	c.domain = "example.com";
+	c.selector = "s1";
+	c.ed25519_key = ed_key;
+	CU_ASSERT_EQUAL_FATAL(dkim_signer_create(&c, &s, err, sizeof(err)), 0);
+	/* DKIM_MAX_HEADER_FIELDS + 1 fields */
+	CU_ASSERT_EQUAL(dkim_sign_begin(s, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(s, "From: a@example.com\r\n", 21), 0);
+	for (int i = 0; i < DKIM_MAX_HEADER_FIELDS; i++)
+		CU_ASSERT_EQUAL(dkim_sign_update(s, "X: y\r\n", 6), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(s, "\r\nbody\r\n", 8), 0);
+	CU_ASSERT_EQUAL(dkim_sign_final(s, &hdr, &hl), -EMSGSIZE);
+	CU_ASSERT_EQUAL(dkim_signer_stats(s)->field_overflow, 1);
+	/* 70 To: fields: h= keeps 64 names, the bottom-most instances */
+	char *msg = malloc(4096);
+	size_t n = (size_t)sprintf(msg, "From: a@example.com\r\n");
+	for (int i = 0; i < 70; i++)
+		n += (size_t)sprintf(msg + n, "To: r%d@example.net\r\n", i);
+	sprintf(msg + n, "\r\nbody\r\n");
+	char out[8192], h[1024];
+	CU_ASSERT(sign_msg(s, msg, strlen(msg), 0, out, sizeof(out)) > 0);
+	CU_ASSERT_EQUAL(dkim_signer_stats(s)->h_list_truncated, 1);
+	CU_ASSERT(sig_tag(out, "h", h, sizeof(h)));
+	size_t names = 1;
+	for (const char *p = h; *p; p++)
+		names += *p == ':';
+	CU_ASSERT_EQUAL(names, DKIM_MAX_SIGNED_FIELDS);
+	CU_ASSERT_EQUAL(verify_all(out, msg, 1), 0);
+	free(msg);
+	dkim_signer_free(s);
+}
+
 /* ---- keys ---------------------------------------------------------------- */
 
 static void test_key_errors(void)
@@ -981,6 +1021,7 @@ static CU_TestInfo sign_tests[] = {
 	{"duplicate_headers_bottom_up", test_duplicate_headers_bottom_up},
 	{"tags_and_options", test_tags_and_options},
 	{"unsignable", test_unsignable},
+	{"field_limits", test_field_limits},
 	{"key_errors", test_key_errors},
 	{"choose_domain", test_choose_domain},
 	{"config_table", test_table},
