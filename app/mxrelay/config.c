@@ -1,8 +1,8 @@
 /*
  * config.c - the relay's configuration: every section and key of
- * config/mxrelay.conf, validated with file:line errors.  lib/net validates
- * its own sections ([eal], [port.N], [tcp]); this file does the rest and
- * finally reports whatever nobody read as an unknown key or section.
+ * config/mxrelay.conf, validated with file:line errors.  Libraries read
+ * their own sections (see relay.h); this file does the rest and finally
+ * reports whatever nobody read as an unknown key or section.
  * Defaults are set here, each one documented in config/README.md.
  */
 #include "relay.h"
@@ -25,22 +25,6 @@ static void str_key(struct cfg_file *cf, struct cfg_report *r, const char *sect,
 		cfg_error(r, cf, e->line, "%s: value too long (max %zu)", key, outlen - 1);
 	else
 		strcpy(out, e->value);
-}
-
-static void size_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
-		     uint64_t min, uint64_t max, uint64_t *out)
-{
-	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
-	uint64_t v;
-	if (e == NULL)
-		return;
-	if (cfg_parse_size(e->value, &v) != 0)
-		cfg_error(r, cf, e->line, "%s = %s: not a size (e.g. 10M)", key, e->value);
-	else if (v < min || v > max)
-		cfg_error(r, cf, e->line, "%s = %s: out of range %llu..%llu", key, e->value,
-			  (unsigned long long)min, (unsigned long long)max);
-	else
-		*out = v;
 }
 
 static void u64_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
@@ -105,32 +89,6 @@ static void add_listen(struct cfg_file *cf, struct cfg_report *r, int line, cons
 		rc->listen[rc->n_listen++] = (uint16_t)port;
 }
 
-static void add_network(struct cfg_file *cf, struct cfg_report *r, int line, const char *item,
-			void *arg)
-{
-	struct relay_config *rc = arg;
-	struct relay_prefix p;
-	if (cfg_parse_ipv4_prefix(item, &p.addr, &p.len) != 0)
-		cfg_error(r, cf, line, "allow_networks: '%s' is not A.B.C.D/len", item);
-	else if (rc->n_allow_networks == RELAY_MAX_NETS)
-		cfg_error(r, cf, line, "allow_networks: at most %d networks", RELAY_MAX_NETS);
-	else
-		rc->allow_networks[rc->n_allow_networks++] = p;
-}
-
-static void add_resolver(struct cfg_file *cf, struct cfg_report *r, int line, const char *item,
-			 void *arg)
-{
-	struct relay_config *rc = arg;
-	uint32_t a;
-	if (cfg_parse_ipv4(item, &a) != 0)
-		cfg_error(r, cf, line, "resolvers: '%s' is not an IPv4 address", item);
-	else if (rc->n_resolvers == RELAY_MAX_RESOLVERS)
-		cfg_error(r, cf, line, "resolvers: at most %d", RELAY_MAX_RESOLVERS);
-	else
-		rc->resolvers[rc->n_resolvers++] = a;
-}
-
 static void add_retry(struct cfg_file *cf, struct cfg_report *r, int line, const char *item,
 		      void *arg)
 {
@@ -170,78 +128,58 @@ static void parse_dkim(struct cfg_file *cf, struct relay_config *rc, struct cfg_
 	}
 }
 
-int relay_config_load(const char *path, struct relay_config *rc, struct cfg_report *r)
+/* A library loader's first error ("file:line: message") joins the report. */
+static void lib_error(struct cfg_report *r, struct cfg_file *cf, int rc, const char *err)
 {
-	struct cfg_file *cf;
-	char err[512];
+	if (rc == 0)
+		return;
+	cfg_error(r, cf, -1, "%s", err[0] ? err : "invalid configuration");
+}
+
+int relay_config_load(const char *path, unsigned workers, struct relay_config *rc,
+		      struct cfg_report *r)
+{
+	char err[512] = "";
+	int rc_lib;
 
 	memset(rc, 0, sizeof(*rc));
-	if (cfg_parse_file(path, &cf, err, sizeof(err)) != 0) {
+	if (cfg_parse_file(path, &rc->cf, err, sizeof(err)) != 0) {
 		r->count++;
 		snprintf(r->text, sizeof(r->text), "%s\n", err);
 		r->len = strlen(r->text);
 		return (int)r->count;
 	}
+	struct cfg_file *cf = rc->cf;
 	net_config_parse(cf, &rc->net, r);
+	rc_lib = smtp_server_conf_load(cf, &rc->smtp, &rc->smtp_store, err, sizeof(err));
+	lib_error(r, cf, rc_lib, err);
+	spool_config_defaults(&rc->spool);
+	rc->spool.dir = "/var/spool/mxrelay";
+	rc_lib = spool_config_from_cfg(cf, workers, &rc->spool, err, sizeof(err));
+	lib_error(r, cf, rc_lib, err);
+	dns_conf_defaults(&rc->dns);
+	rc_lib = dns_conf_load(&rc->dns, cf, err, sizeof(err));
+	lib_error(r, cf, rc_lib, err);
 
-	strcpy(rc->hostname, "mxrelay.localdomain");
-	rc->max_message_size = 10u << 20;
-	rc->max_recipients = 100;
-	rc->command_timeout_us = 300000000ull;
-	rc->data_timeout_us = 180000000ull;
 	rc->max_connections = 100000;
-	rc->max_connections_per_ip = 1000;
-	str_key(cf, r, "smtp", "hostname", rc->hostname, sizeof(rc->hostname));
 	list_key(cf, r, "smtp", "listen", add_listen, rc);
 	if (rc->n_listen == 0)
 		rc->listen[rc->n_listen++] = 25;
-	size_key(cf, r, "smtp", "max_message_size", 1024, 1ull << 30, &rc->max_message_size);
-	u64_key(cf, r, "smtp", "max_recipients", 100, 100000, &rc->max_recipients);
-	dur_key(cf, r, "smtp", "command_timeout", 1000000, 3600000000ull, &rc->command_timeout_us);
-	dur_key(cf, r, "smtp", "data_timeout", 1000000, 3600000000ull, &rc->data_timeout_us);
 	u64_key(cf, r, "smtp", "max_connections", 1, 10000000, &rc->max_connections);
-	u64_key(cf, r, "smtp", "max_connections_per_ip", 1, 10000000, &rc->max_connections_per_ip);
+	str_key(cf, r, "smtp", "users", rc->users_file, sizeof(rc->users_file));
 
 	str_key(cf, r, "tls", "cert", rc->tls_cert, sizeof(rc->tls_cert));
 	str_key(cf, r, "tls", "key", rc->tls_key, sizeof(rc->tls_key));
 	str_key(cf, r, "tls", "ca_file", rc->tls_ca_file, sizeof(rc->tls_ca_file));
+	if (!rc->tls_cert[0] != !rc->tls_key[0])
+		cfg_error(r, cf, 0, "[tls] cert and key go together");
+	rc->tls_outbound = TLS_POLICY_OPPORTUNISTIC;
 	struct cfg_entry *e = cfg_get(cf, "tls", NULL, "outbound");
-	if (e != NULL) {
-		if (!strcmp(e->value, "opportunistic"))
-			rc->tls_outbound = TLS_OUT_OPPORTUNISTIC;
-		else if (!strcmp(e->value, "verify"))
-			rc->tls_outbound = TLS_OUT_VERIFY;
-		else if (!strcmp(e->value, "none"))
-			rc->tls_outbound = TLS_OUT_NONE;
-		else
-			cfg_error(r, cf, e->line,
-				  "outbound = %s: expected opportunistic, verify or none", e->value);
-	}
+	if (e != NULL && tls_policy_parse(e->value, &rc->tls_outbound) != 0)
+		cfg_error(r, cf, e->line, "outbound = %s: expected opportunistic, verify or none",
+			  e->value);
 
-	list_key(cf, r, "relay", "allow_networks", add_network, rc);
 	str_key(cf, r, "relay", "smarthost", rc->smarthost, sizeof(rc->smarthost));
-
-	rc->dns_max_ttl_us = 86400000000ull;
-	rc->dns_negative_ttl_us = 3600000000ull;
-	list_key(cf, r, "dns", "resolvers", add_resolver, rc);
-	dur_key(cf, r, "dns", "min_ttl", 0, 86400000000ull, &rc->dns_min_ttl_us);
-	dur_key(cf, r, "dns", "max_ttl", 1000000, 604800000000ull, &rc->dns_max_ttl_us);
-	dur_key(cf, r, "dns", "negative_ttl", 0, 86400000000ull, &rc->dns_negative_ttl_us);
-	if (rc->dns_min_ttl_us > rc->dns_max_ttl_us)
-		cfg_error(r, cf, 0, "[dns] min_ttl is larger than max_ttl");
-
-	strcpy(rc->spool_dir, "/var/spool/mxrelay");
-	rc->spool_fsync = true;
-	str_key(cf, r, "spool", "dir", rc->spool_dir, sizeof(rc->spool_dir));
-	if ((e = cfg_get(cf, "spool", NULL, "durability")) != NULL) {
-		if (!strcmp(e->value, "fsync"))
-			rc->spool_fsync = true;
-		else if (!strcmp(e->value, "none"))
-			rc->spool_fsync = false;
-		else
-			cfg_error(r, cf, e->line, "durability = %s: expected fsync or none",
-				  e->value);
-	}
 
 	list_key(cf, r, "queue", "retry", add_retry, rc);
 	if (rc->n_retry == 0) {
@@ -262,6 +200,12 @@ int relay_config_load(const char *path, struct relay_config *rc, struct cfg_repo
 	str_key(cf, r, "log", "file", rc->log_file, sizeof(rc->log_file));
 
 	cfg_check_unknown(cf, known_sections, r);
-	cfg_free(cf);
 	return (int)r->count;
+}
+
+void relay_config_free(struct relay_config *rc)
+{
+	smtp_server_conf_store_free(rc->smtp_store);
+	cfg_free(rc->cf);
+	rc->cf = NULL;
 }

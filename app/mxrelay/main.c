@@ -73,7 +73,7 @@ int main(int argc, char **argv)
 
 	static struct relay_config conf;
 	struct cfg_report rep = {0};
-	if (relay_config_load(path, &conf, &rep) != 0) {
+	if (relay_config_load(path, 1, &conf, &rep) != 0) {
 		fputs(rep.text, stderr);
 		fprintf(stderr, "%s: %u error(s)\n", path, rep.count);
 		return 1;

@@ -1,46 +1,41 @@
 /*
- * relay.h - the mxrelay daemon's configuration and per-core context.
+ * relay.h - the mxrelay daemon's configuration.
+ *
+ * Each library reads its own sections from the parsed file (lib/net: [eal],
+ * [port.N], [tcp]; lib/smtp: [smtp], [relay] allow_networks; lib/spool:
+ * [spool]; lib/dns: [dns]); config.c reads the rest and reports every key
+ * nobody read.  The parsed file stays alive as long as the configuration,
+ * since library configurations point into it.
  */
 #ifndef MX_RELAY_H
 #define MX_RELAY_H
 
 #include "core.h"
+#include "dns.h"
 #include "net.h"
+#include "smtp.h"
+#include "spool.h"
+#include "tls.h"
 
 #define RELAY_MAX_LISTEN 8
-#define RELAY_MAX_NETS 64
-#define RELAY_MAX_RESOLVERS 4
 
-struct relay_prefix {
-	uint32_t addr;
-	uint8_t len;
-};
-
-/** Everything the config file says, validated (config.c). */
 struct relay_config {
+	struct cfg_file *cf;
 	struct net_dp_conf net;
-	/* [smtp] */
-	char hostname[256];
+	struct smtp_server_conf smtp; /* listener kind and tls_available set per listener */
+	struct smtp_server_conf_store *smtp_store;
+	struct spool_config spool;
+	struct dns_conf dns;
+	/* [smtp] keys of the relay itself */
 	uint16_t listen[RELAY_MAX_LISTEN];
 	unsigned n_listen;
-	uint64_t max_message_size;
-	uint64_t max_recipients;
-	uint64_t command_timeout_us, data_timeout_us;
-	uint64_t max_connections, max_connections_per_ip;
+	uint64_t max_connections;
+	char users_file[512]; /* AUTH credentials (tools/mxpasswd writes it) */
 	/* [tls] */
 	char tls_cert[512], tls_key[512], tls_ca_file[512];
-	enum { TLS_OUT_OPPORTUNISTIC, TLS_OUT_VERIFY, TLS_OUT_NONE } tls_outbound;
+	enum tls_policy tls_outbound;
 	/* [relay] */
-	struct relay_prefix allow_networks[RELAY_MAX_NETS];
-	unsigned n_allow_networks;
 	char smarthost[300];
-	/* [dns] */
-	uint32_t resolvers[RELAY_MAX_RESOLVERS];
-	unsigned n_resolvers;
-	uint64_t dns_min_ttl_us, dns_max_ttl_us, dns_negative_ttl_us;
-	/* [spool] */
-	char spool_dir[512];
-	bool spool_fsync;
 	/* [queue] */
 	uint64_t retry_us[16];
 	unsigned n_retry;
@@ -54,7 +49,10 @@ struct relay_config {
 /**
  * Parse and validate a configuration file.  Returns 0, or the number of
  * errors with every "file:line: message" in r (and nothing started).
+ * workers: how many worker cores share the spool size (1 for --check-config).
  */
-int relay_config_load(const char *path, struct relay_config *rc, struct cfg_report *r);
+int relay_config_load(const char *path, unsigned workers, struct relay_config *rc,
+		      struct cfg_report *r);
+void relay_config_free(struct relay_config *rc);
 
 #endif

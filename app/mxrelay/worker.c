@@ -1,29 +1,32 @@
 /*
  * worker.c - one worker per lcore, run to completion: the core's TCP/IP
- * stack and the services on it, with idle-aware polling so an idle relay
- * does not peg its cores.
+ * stack and the SMTP service on it, with idle-aware polling so an idle
+ * relay does not peg its cores.
  */
 #include "worker.h"
+#include "smtpd.h"
 
 #include <errno.h>
 #include <string.h>
 
 #include <rte_launch.h>
+#include <rte_cycles.h>
 #include <rte_lcore.h>
 
 struct worker {
 	unsigned index;
 	unsigned lcore;
 	struct net_stack *st;
+	struct smtpd *smtpd;
 	struct net_idle idle;
-	const struct relay_config *conf;
 	struct net_dataplane *dp;
-	int status;
+	volatile int ready; /* 1 running, -1 failed */
 };
 
 static struct worker workers[64];
 static unsigned n_workers;
 static volatile int stopping;
+static struct smtpd_shared shared;
 
 static int worker_main(void *arg)
 {
@@ -34,30 +37,58 @@ static int worker_main(void *arg)
 	w->st = net_stack_create(&sc);
 	if (w->st == NULL) {
 		MX_ERR("worker %u: cannot create the stack: %s", w->index, strerror(errno));
-		w->status = -ENOMEM;
+		w->ready = -1;
 		return -1;
 	}
+	w->smtpd = smtpd_create(&shared, w->st, w->index);
+	if (w->smtpd == NULL) {
+		net_stack_destroy(w->st);
+		w->ready = -1;
+		return -1;
+	}
+	w->ready = 1;
 	while (!stopping) {
 		uint64_t now = mx_now_us();
 		unsigned n = net_stack_poll(w->st, now);
+		n += smtpd_poll(w->smtpd, now);
 		net_stack_idle(w->st, &w->idle, n > 0, now, 10000);
 	}
+	smtpd_destroy(w->smtpd);
+	/* Let the last replies and FINs leave. */
+	for (uint64_t end = mx_now_us() + 100000; mx_now_us() < end;)
+		net_stack_poll(w->st, mx_now_us());
 	net_stack_destroy(w->st);
 	return 0;
 }
 
-int workers_start(const struct relay_config *conf, struct net_dataplane *dp)
+int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 {
+	char err[512];
 	n_workers = dp->n_workers;
+	/* The spool's size limit is shared by the cores that write it. */
+	if (spool_config_from_cfg(conf->cf, n_workers, &conf->spool, err, sizeof(err)) != 0) {
+		MX_ERR("%s", err);
+		return -EINVAL;
+	}
+	int rc = smtpd_shared_init(&shared, conf, n_workers);
+	if (rc != 0)
+		return rc;
 	for (unsigned i = 0; i < n_workers; i++) {
 		struct worker *w = &workers[i];
 		w->index = i;
 		w->lcore = dp->worker_lcore[i];
-		w->conf = conf;
 		w->dp = dp;
-		int rc = rte_eal_remote_launch(worker_main, w, w->lcore);
+		rc = rte_eal_remote_launch(worker_main, w, w->lcore);
 		if (rc != 0)
 			return rc;
+	}
+	for (unsigned i = 0; i < n_workers; i++) {
+		while (workers[i].ready == 0)
+			rte_delay_us_sleep(1000);
+		if (workers[i].ready < 0) {
+			workers_stop();
+			return -EIO;
+		}
 	}
 	return 0;
 }
@@ -66,4 +97,5 @@ void workers_stop(void)
 {
 	stopping = 1;
 	rte_eal_mp_wait_lcore();
+	smtpd_shared_free(&shared);
 }

@@ -310,8 +310,10 @@ void cfg_error(struct cfg_report *r, const struct cfg_file *cf, int line, const 
 		return;
 	if (line > 0)
 		n = snprintf(r->text + r->len, room, "%s:%d: ", cf->path, line);
-	else
+	else if (line == 0)
 		n = snprintf(r->text + r->len, room, "%s: ", cf->path);
+	else
+		n = 0; /* the message carries its own location */
 	if (n < 0 || (size_t)n >= room)
 		goto full;
 	r->len += (size_t)n;

@@ -70,7 +70,10 @@ struct cfg_report {
 	unsigned count;
 };
 
-/** Add "file:line: message" for entry e (or just "file: message" when e is NULL). */
+/**
+ * Add "file:line: message" (line > 0), "file: message" (line 0), or the
+ * message alone (line < 0: it already says where, e.g. a library's error).
+ */
 void cfg_error(struct cfg_report *r, const struct cfg_file *cf, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 /**

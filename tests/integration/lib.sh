@@ -75,3 +75,29 @@ stop_pid() {
 
 # stat FILE NAME: a "name value" counter from a netsvc stats dump.
 stat() { awk -v k="$2" '$1 == k { print $2 }' "$1"; }
+
+# write_relay_config FILE IFACE N [extra ini]: a relay on 10.77.N.2 with TLS
+# (a demo certificate made in $TMP/tls), AUTH users in $TMP/users, spool in
+# $TMP/spool.  Clients from 10.77.N.128/25 may relay; the host side
+# (10.77.N.1) is outside it, so it relays only to fleet.test or after AUTH.
+write_relay_config() {
+	local f=$1 ifc=$2 n=$3 extra=${4:-}
+	[ -s "$TMP/tls/relay.crt" ] || "$ROOT/lib/tls/gen-demo-cert.sh" "$TMP/tls" >/dev/null 2>&1 ||
+		fail "cannot make a demo certificate"
+	[ -s "$TMP/users" ] || echo "s3cret-pass" | "$BUILD/tools/mxpasswd/mxpasswd" "$TMP/users" device1 ||
+		fail "mxpasswd failed"
+	write_config "$f" "$ifc" "$n" "
+[smtp]
+hostname = relay.mxrelay.test
+listen = 25,465,587
+local_domains = fleet.test
+users = $TMP/users
+[tls]
+cert = $TMP/tls/relay.crt
+key = $TMP/tls/relay.key
+[relay]
+allow_networks = 10.77.$n.128/25
+[spool]
+dir = $TMP/spool
+$extra"
+}

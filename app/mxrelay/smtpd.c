@@ -1,0 +1,683 @@
+/*
+ * smtpd.c - SMTP service of one worker.
+ *
+ * For every accepted TCP connection a struct smtpd_conn ties together:
+ *
+ *   TCP on_data --> [tls_conn_input --> on_plaintext] --> smtp_session_input
+ *   smtp send   --> [tls_conn_write --> on_ciphertext] --> tcp_send
+ *   message_*   --> spool_msg_begin / append / commit; spool_poll reports
+ *                   the durable commit and only then smtp_session_message_done
+ *                   says "250 2.0.0 Ok: queued as ID".
+ *
+ * Backpressure is passed along, never absorbed: what the session does not
+ * take stays in TCP's receive buffer (the window closes) and is re-offered
+ * with tcp_recv_resume(); replies TCP or TLS cannot take yet wait in a
+ * bounded per-connection buffer.  A connection whose TCP side is gone while
+ * a commit is in flight stays allocated (as a zombie) until the spool
+ * reports that commit, so a completion never touches freed memory.  Nothing
+ * is freed from inside a callback of the object being freed: finished
+ * connections go on a reap list handled by smtpd_poll().
+ */
+#include "smtpd.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OUT_MAX (256u * 1024) /* replies waiting for TCP/TLS, per connection */
+#define TIMEOUT_SCAN_US 250000u
+#define SPOOL_BATCH 64
+
+struct smtpd_conn {
+	struct smtpd *d;
+	const struct smtp_server_conf *conf;
+	struct tcp_conn *tc;
+	struct smtp_session *s;
+	struct tls_conn *tls;
+	struct spool_msg *msg;
+	int msg_err;
+	uint32_t client_ip;
+	bool implicit_tls;
+	bool tcp_gone;       /* on_closed ran: tc is invalid */
+	bool closing;        /* close once out is flushed */
+	bool commit_pending; /* spool cookie points at us */
+	bool reaped;         /* on the reap list */
+	bool input_held;     /* the session or TLS took less than offered */
+	char tls_version[16], tls_cipher[64];
+	uint8_t *out;
+	size_t out_len;
+	struct smtpd_conn *next, *prev; /* live list */
+	struct smtpd_conn *reap_next;
+};
+
+struct smtpd {
+	const struct smtpd_shared *sh;
+	struct net_stack *st;
+	unsigned worker;
+	struct spool *spool;
+	struct smtp_server_stats smtp_stats;
+	struct tls_stats tls_stats;
+	struct smtpd_stats stats;
+	struct smtpd_conn *live;
+	struct smtpd_conn *reap;
+	uint64_t next_scan_us;
+	uint64_t session_seq;
+	uint64_t max_conns; /* this worker's share of max_connections */
+	struct smtpd_listener {
+		struct smtpd *d;
+		unsigned index; /* into conf->listen and sh->listener_conf */
+	} listeners[RELAY_MAX_LISTEN];
+};
+
+static const struct tcp_conn_ops conn_tcp_ops;
+static const struct tls_conn_ops conn_tls_ops;
+static const struct smtp_server_cb conn_smtp_cb;
+
+/* ---- output ------------------------------------------------------------------- */
+
+/* Hand bytes to TLS or TCP; returns how many were taken. */
+static size_t transport_write(struct smtpd_conn *c, const uint8_t *p, size_t n)
+{
+	if (c->tcp_gone)
+		return n; /* nobody to tell: drop */
+	if (c->tls != NULL) {
+		ssize_t k = tls_conn_write(c->tls, p, n);
+		return k < 0 ? n : (size_t)k;
+	}
+	ssize_t k = tcp_send(c->tc, p, n);
+	return k < 0 ? n : (size_t)k;
+}
+
+static void conn_close_now(struct smtpd_conn *c)
+{
+	if (c->tcp_gone)
+		return;
+	if (c->tls != NULL)
+		tls_conn_shutdown(c->tls);
+	tcp_close(c->tc);
+}
+
+static void flush_out(struct smtpd_conn *c)
+{
+	if (c->out_len > 0) {
+		size_t k = transport_write(c, c->out, c->out_len);
+		memmove(c->out, c->out + k, c->out_len - k);
+		c->out_len -= k;
+	}
+	if (c->out_len == 0 && c->closing) {
+		c->closing = false;
+		conn_close_now(c);
+	}
+}
+
+static void smtp_send(void *user, const uint8_t *p, size_t n)
+{
+	struct smtpd_conn *c = user;
+	size_t k = c->out_len == 0 ? transport_write(c, p, n) : 0;
+	if (k == n)
+		return;
+	if (c->out == NULL && (c->out = malloc(OUT_MAX)) == NULL) {
+		MX_WARN("smtpd: out of memory for replies; closing");
+		c->out_len = 0;
+		if (!c->tcp_gone)
+			tcp_abort(c->tc);
+		return;
+	}
+	if (c->out_len + (n - k) > OUT_MAX) {
+		/* A client that never reads its replies: cut it off. */
+		MX_WARN("smtpd: client [%u.%u.%u.%u] does not read replies; aborting",
+			c->client_ip >> 24, (c->client_ip >> 16) & 255, (c->client_ip >> 8) & 255,
+			c->client_ip & 255);
+		if (!c->tcp_gone)
+			tcp_abort(c->tc);
+		return;
+	}
+	memcpy(c->out + c->out_len, p + k, n - k);
+	c->out_len += n - k;
+}
+
+static void smtp_close(void *user)
+{
+	struct smtpd_conn *c = user;
+	c->closing = true;
+	flush_out(c);
+}
+
+/* ---- input -------------------------------------------------------------------- */
+
+static size_t feed_session(struct smtpd_conn *c, const uint8_t *p, size_t n)
+{
+	if (smtp_session_is_closed(c->s))
+		return n; /* after 221/421 the rest is noise */
+	size_t k = smtp_session_input(c->s, p, n);
+	if (k < n)
+		c->input_held = true;
+	return k;
+}
+
+static size_t tcp_data(struct tcp_conn *tc, void *user, const uint8_t *data, size_t len)
+{
+	struct smtpd_conn *c = user;
+	(void)tc;
+	if (c->tls == NULL)
+		return feed_session(c, data, len);
+	ssize_t k = tls_conn_input(c->tls, data, len);
+	if (k < 0)
+		return len; /* TLS is dead (on_error closed us) or closed: discard */
+	if ((size_t)k < len)
+		c->input_held = true;
+	return (size_t)k;
+}
+
+/* Whatever was holding input back may have cleared: offer it again. */
+static void resume_input(struct smtpd_conn *c)
+{
+	if (!c->input_held || c->tcp_gone || !smtp_session_want_input(c->s))
+		return;
+	c->input_held = false;
+	if (c->tls != NULL)
+		tls_conn_resume(c->tls);
+	tcp_recv_resume(c->tc);
+}
+
+static void tcp_writable(struct tcp_conn *tc, void *user)
+{
+	struct smtpd_conn *c = user;
+	(void)tc;
+	if (c->tls != NULL)
+		tls_conn_flush(c->tls);
+	flush_out(c);
+	resume_input(c);
+}
+
+static void tcp_peer_closed(struct tcp_conn *tc, void *user)
+{
+	struct smtpd_conn *c = user;
+	(void)tc;
+	smtp_session_peer_closed(c->s);
+	conn_close_now(c);
+}
+
+static void reap_later(struct smtpd_conn *c)
+{
+	if (c->reaped)
+		return;
+	c->reaped = true;
+	c->reap_next = c->d->reap;
+	c->d->reap = c;
+}
+
+static void tcp_closed(struct tcp_conn *tc, void *user, enum tcp_close_reason why)
+{
+	struct smtpd_conn *c = user;
+	(void)tc;
+	(void)why;
+	c->tcp_gone = true;
+	c->tc = NULL;
+	reap_later(c);
+}
+
+static const struct tcp_conn_ops conn_tcp_ops = {
+	.on_data = tcp_data,
+	.on_writable = tcp_writable,
+	.on_peer_closed = tcp_peer_closed,
+	.on_closed = tcp_closed,
+};
+
+/* ---- TLS ---------------------------------------------------------------------- */
+
+static size_t tls_cipher_out(void *user, const uint8_t *data, size_t len)
+{
+	struct smtpd_conn *c = user;
+	if (c->tcp_gone)
+		return len;
+	ssize_t k = tcp_send(c->tc, data, len);
+	return k < 0 ? len : (size_t)k;
+}
+
+static size_t tls_plain_in(void *user, const uint8_t *data, size_t len)
+{
+	return feed_session(user, data, len);
+}
+
+static void tls_done(void *user, const struct tls_handshake_info *info)
+{
+	struct smtpd_conn *c = user;
+	c->d->stats.tls_handshakes++;
+	snprintf(c->tls_version, sizeof(c->tls_version), "%s", info->version);
+	snprintf(c->tls_cipher, sizeof(c->tls_cipher), "%s", info->cipher);
+	smtp_session_tls_started(c->s, c->tls_version, c->tls_cipher);
+	if (c->implicit_tls)
+		smtp_session_start(c->s);
+}
+
+static void tls_failed(void *user, const char *reason)
+{
+	struct smtpd_conn *c = user;
+	c->d->stats.tls_failures++;
+	MX_INFO("smtpd: TLS failed from [%u.%u.%u.%u]: %s", c->client_ip >> 24,
+		(c->client_ip >> 16) & 255, (c->client_ip >> 8) & 255, c->client_ip & 255, reason);
+	smtp_session_peer_closed(c->s);
+	if (!c->tcp_gone)
+		tcp_close(c->tc); /* the alert, if any, is already queued in TCP */
+}
+
+static void tls_peer_closed(void *user)
+{
+	struct smtpd_conn *c = user;
+	smtp_session_peer_closed(c->s);
+	conn_close_now(c);
+}
+
+static void tls_writable(void *user)
+{
+	struct smtpd_conn *c = user;
+	flush_out(c);
+	resume_input(c);
+}
+
+static const struct tls_conn_ops conn_tls_ops = {
+	.on_ciphertext = tls_cipher_out,
+	.on_plaintext = tls_plain_in,
+	.on_handshake_done = tls_done,
+	.on_error = tls_failed,
+	.on_peer_closed = tls_peer_closed,
+	.on_writable = tls_writable,
+};
+
+static int start_tls(struct smtpd_conn *c)
+{
+	int rc = tls_server_conn_new(c->d->sh->tls, &conn_tls_ops, c, &c->d->tls_stats, &c->tls);
+	if (rc == 0)
+		rc = tls_conn_start(c->tls);
+	return rc;
+}
+
+static void smtp_starttls(void *user)
+{
+	struct smtpd_conn *c = user;
+	/* The 220 went out in plain text: everything after it is TLS. */
+	if (start_tls(c) != 0) {
+		MX_WARN("smtpd: cannot start TLS; closing");
+		if (!c->tcp_gone)
+			tcp_abort(c->tc);
+	}
+}
+
+/* ---- the mail path: spool ------------------------------------------------------ */
+
+static bool smtp_may_start(void *user)
+{
+	struct smtpd_conn *c = user;
+	return spool_has_room(c->d->spool);
+}
+
+static int smtp_auth(void *user, const char *authzid, const char *authcid, const char *pass)
+{
+	struct smtpd_conn *c = user;
+	if (c->d->sh->users == NULL)
+		return -EACCES;
+	if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authcid) != 0)
+		return -EACCES; /* no proxy authorisation */
+	return smtp_cred_verify(c->d->sh->users, authcid, pass) == 0 ? 0 : -EACCES;
+}
+
+static void smtp_msg_begin(void *user)
+{
+	struct smtpd_conn *c = user;
+	c->msg = NULL;
+	c->msg_err = spool_msg_begin(c->d->spool, &c->msg);
+}
+
+static void smtp_msg_data(void *user, const uint8_t *p, size_t n)
+{
+	struct smtpd_conn *c = user;
+	if (c->msg == NULL || c->msg_err != 0)
+		return;
+	c->msg_err = spool_msg_append(c->msg, p, n);
+}
+
+static void smtp_msg_abort(void *user)
+{
+	struct smtpd_conn *c = user;
+	if (c->msg != NULL)
+		spool_msg_abort(c->msg);
+	c->msg = NULL;
+}
+
+static void smtp_msg_end(void *user, const struct smtp_envelope *env)
+{
+	struct smtpd_conn *c = user;
+	struct spool_rcpt rcpts_small[16], *rcpts = rcpts_small;
+	char ip[INET_ADDRSTRLEN];
+	struct in_addr a = {.s_addr = htonl(env->client_ip)};
+	int rc = c->msg_err;
+
+	if (c->msg == NULL) {
+		smtp_session_message_done(c->s, rc ? rc : -EIO, NULL);
+		return;
+	}
+	if (rc != 0) {
+		spool_msg_abort(c->msg);
+		c->msg = NULL;
+		smtp_session_message_done(c->s, rc == -EFBIG ? -ENOSPC : rc, NULL);
+		return;
+	}
+	if (env->rcpt_count > sizeof(rcpts_small) / sizeof(rcpts_small[0]) &&
+	    (rcpts = calloc(env->rcpt_count, sizeof(*rcpts))) == NULL) {
+		spool_msg_abort(c->msg);
+		c->msg = NULL;
+		smtp_session_message_done(c->s, -ENOMEM, NULL);
+		return;
+	}
+	for (size_t i = 0; i < env->rcpt_count; i++)
+		rcpts[i] = (struct spool_rcpt){.addr = env->rcpts[i].addr.text,
+					       .orcpt = env->rcpts[i].orcpt[0] ? env->rcpts[i].orcpt
+									       : NULL,
+					       .notify = env->rcpts[i].notify};
+	inet_ntop(AF_INET, &a, ip, sizeof(ip));
+	struct spool_envelope se = {
+		.sender = env->mail_from.text,
+		.envid = env->envid,
+		.ret = (uint8_t)(env->ret == SMTP_RET_FULL   ? SPOOL_RET_FULL
+				 : env->ret == SMTP_RET_HDRS ? SPOOL_RET_HDRS
+							     : SPOOL_RET_NONE),
+		.client_ip = ip,
+		.helo = env->helo,
+		.arrival_us = mx_wall_s() * 1000000,
+		.tls_version = env->tls ? c->tls_version : NULL,
+		.tls_cipher = env->tls ? c->tls_cipher : NULL,
+		.auth_user = env->auth_user,
+		.rcpts = rcpts,
+		.rcpt_count = (uint32_t)env->rcpt_count,
+	};
+	rc = spool_msg_commit(c->msg, &se, (uint64_t)(uintptr_t)c);
+	c->msg = NULL;
+	if (rcpts != rcpts_small)
+		free(rcpts);
+	if (rc != 0) {
+		c->d->stats.commit_failures++;
+		smtp_session_message_done(c->s, rc == -EFBIG ? -ENOSPC : rc, NULL);
+		return;
+	}
+	c->commit_pending = true;
+}
+
+static const struct smtp_server_cb conn_smtp_cb = {
+	.send = smtp_send,
+	.close = smtp_close,
+	.starttls = smtp_starttls,
+	.may_start_transaction = smtp_may_start,
+	.auth_check = smtp_auth,
+	.message_begin = smtp_msg_begin,
+	.message_data = smtp_msg_data,
+	.message_end = smtp_msg_end,
+	.message_abort = smtp_msg_abort,
+};
+
+/* ---- connections ---------------------------------------------------------------- */
+
+static void conn_free(struct smtpd_conn *c)
+{
+	struct smtpd *d = c->d;
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else if (d->live == c)
+		d->live = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	if (c->msg != NULL)
+		spool_msg_abort(c->msg);
+	smtp_session_free(c->s);
+	tls_conn_free(c->tls);
+	free(c->out);
+	free(c);
+	d->stats.open--;
+}
+
+static int on_accept(struct tcp_conn *tc, void *ctx)
+{
+	const struct smtpd_listener *l = ctx;
+	struct smtpd *d = l->d;
+	const struct smtp_server_conf *conf = &d->sh->listener_conf[l->index];
+	uint32_t laddr, raddr;
+	uint16_t lport, rport;
+
+	tcp_conn_endpoints(tc, &laddr, &lport, &raddr, &rport);
+	d->stats.connections++;
+	if (d->stats.open >= d->max_conns) {
+		char busy[512];
+		int n = smtp_server_format_busy_greeting(busy, sizeof(busy), conf->hostname);
+		d->stats.refused_busy++;
+		if (n > 0)
+			tcp_send(tc, busy, (size_t)n);
+		tcp_conn_set_ops(tc, &conn_tcp_ops, NULL);
+		tcp_close(tc);
+		return 0;
+	}
+	struct smtpd_conn *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return -1;
+	c->d = d;
+	c->conf = conf;
+	c->tc = tc;
+	c->client_ip = raddr;
+	c->implicit_tls = conf->listener == SMTP_LISTENER_IMPLICIT_TLS;
+	if (smtp_session_new(conf, &conn_smtp_cb, c, &d->smtp_stats, raddr,
+			     ((uint64_t)d->worker << 48) | ++d->session_seq, &c->s) != 0) {
+		free(c);
+		return -1;
+	}
+	c->next = d->live;
+	if (d->live != NULL)
+		d->live->prev = c;
+	d->live = c;
+	d->stats.open++;
+	tcp_conn_set_ops(tc, &conn_tcp_ops, c);
+	if (c->implicit_tls) {
+		if (start_tls(c) != 0)
+			return -1; /* on_closed will reap c */
+	} else {
+		smtp_session_start(c->s);
+	}
+	return 0;
+}
+
+/* ---- per worker ------------------------------------------------------------------- */
+
+static void recovered(void *arg, const struct spool_recovered *m)
+{
+	(void)arg;
+	MX_DEBUG("%s: recovered, %u recipient(s) pending", m->id_str, m->env->rcpt_count);
+}
+
+struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w)
+{
+	struct smtpd *d = calloc(1, sizeof(*d));
+	struct spool_recovery_stats rs;
+	if (d == NULL)
+		return NULL;
+	d->sh = sh;
+	d->st = st;
+	d->worker = w;
+	d->max_conns = sh->conf->max_connections / sh->n_workers + 1;
+	int rc = spool_open(&sh->conf->spool, w, recovered, d, &rs, &d->spool);
+	if (rc != 0) {
+		MX_ERR("worker %u: spool %s: %s", w, sh->conf->spool.dir, strerror(-rc));
+		free(d);
+		return NULL;
+	}
+	MX_INFO("worker %u: spool recovered %llu message(s), %llu recipient(s) pending, "
+		"%llu segment(s), %llu torn tail(s), %llu quarantined, in %llu ms",
+		w, (unsigned long long)rs.messages, (unsigned long long)rs.rcpts_pending,
+		(unsigned long long)rs.segments, (unsigned long long)rs.torn_tails,
+		(unsigned long long)rs.quarantined, (unsigned long long)rs.elapsed_us / 1000);
+	for (unsigned i = 0; i < sh->conf->n_listen; i++) {
+		d->listeners[i].d = d;
+		d->listeners[i].index = i;
+		const struct smtp_server_conf *lc = &sh->listener_conf[i];
+		if (lc->listener != SMTP_LISTENER_RELAY && sh->tls == NULL)
+			continue; /* 465 and 587 need TLS; smtpd_shared_init said so */
+		rc = tcp_listen(st, 0, sh->conf->listen[i], on_accept, &d->listeners[i]);
+		if (rc != 0) {
+			MX_ERR("worker %u: listen on %u: %s", w, sh->conf->listen[i], strerror(-rc));
+			spool_close(d->spool);
+			free(d);
+			return NULL;
+		}
+	}
+	return d;
+}
+
+static void log_queued(struct smtpd_conn *c, const struct spool_completion *done)
+{
+	const struct smtp_envelope *env = smtp_session_envelope(c->s);
+	if (env == NULL)
+		return;
+	MX_INFO("%s: client=[%u.%u.%u.%u], from=<%s>, size=%llu, nrcpt=%zu%s%s (queued)",
+		done->id_str, c->client_ip >> 24, (c->client_ip >> 16) & 255,
+		(c->client_ip >> 8) & 255, c->client_ip & 255, env->mail_from.text,
+		(unsigned long long)env->message_size, env->rcpt_count,
+		env->tls ? ", tls=" : "", env->tls ? c->tls_version : "");
+}
+
+unsigned smtpd_poll(struct smtpd *d, uint64_t now_us)
+{
+	struct spool_completion done[SPOOL_BATCH];
+	unsigned work = 0;
+	int n = spool_poll(d->spool, now_us, done, SPOOL_BATCH);
+
+	for (int i = 0; i < n; i++) {
+		struct smtpd_conn *c = (struct smtpd_conn *)(uintptr_t)done[i].cookie;
+		c->commit_pending = false;
+		if (done[i].status == 0) {
+			d->stats.messages_queued++;
+			if (!c->tcp_gone)
+				log_queued(c, &done[i]);
+		} else {
+			d->stats.commit_failures++;
+			MX_WARN("%s: commit failed: %s", done[i].id_str, strerror(-done[i].status));
+		}
+		if (c->tcp_gone) {
+			if (done[i].status == 0)
+				MX_INFO("%s: client went away before the 250; the message is "
+					"queued (a duplicate may follow if it retries)",
+					done[i].id_str);
+			reap_later(c);
+			continue;
+		}
+		smtp_session_message_done(c->s, done[i].status, done[i].id_str);
+		resume_input(c);
+		work++;
+	}
+	while (d->reap != NULL) {
+		struct smtpd_conn *c = d->reap;
+		d->reap = c->reap_next;
+		c->reaped = false;
+		if (c->commit_pending)
+			continue; /* freed when its completion arrives */
+		conn_free(c);
+		work++;
+	}
+	if (now_us >= d->next_scan_us) {
+		d->next_scan_us = now_us + TIMEOUT_SCAN_US;
+		for (struct smtpd_conn *c = d->live; c != NULL; c = c->next)
+			if (!c->tcp_gone && !smtp_session_is_closed(c->s) &&
+			    smtp_session_deadline(c->s) <= now_us) {
+				if (c->tls != NULL && !tls_conn_handshake_done(c->tls))
+					tls_conn_timed_out(c->tls);
+				smtp_session_timeout(c->s);
+			}
+	}
+	return work;
+}
+
+void smtpd_destroy(struct smtpd *d)
+{
+	if (d == NULL)
+		return;
+	for (unsigned i = 0; i < d->sh->conf->n_listen; i++)
+		tcp_unlisten(d->st, 0, d->sh->conf->listen[i]);
+	spool_sync(d->spool);
+	/* Report what the last sync made durable, so no commit is left pending. */
+	smtpd_poll(d, mx_now_us());
+	while (d->live != NULL) {
+		struct smtpd_conn *c = d->live;
+		if (!c->tcp_gone)
+			tcp_abort(c->tc); /* on_closed -> reap list */
+		if (d->live == c) { /* still here: free it ourselves */
+			c->commit_pending = false;
+			conn_free(c);
+		}
+		smtpd_poll(d, mx_now_us());
+	}
+	spool_close(d->spool);
+	free(d);
+}
+
+void smtpd_get_stats(const struct smtpd *d, struct smtpd_stats *out)
+{
+	*out = d->stats;
+}
+
+/* ---- shared set-up ------------------------------------------------------------------ */
+
+int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
+		      unsigned n_workers)
+{
+	char err[512];
+	memset(sh, 0, sizeof(*sh));
+	sh->conf = conf;
+	sh->n_workers = n_workers;
+	if (conf->tls_cert[0]) {
+		struct tls_server_conf tc = {.cert_count = 1};
+		tc.cert_file[0] = conf->tls_cert;
+		tc.key_file[0] = conf->tls_key;
+		if (tls_server_ctx_create(&tc, &sh->tls, err, sizeof(err)) != 0) {
+			MX_ERR("TLS: %s", err);
+			return -EINVAL;
+		}
+	}
+	if (conf->users_file[0] && smtp_cred_load(conf->users_file, &sh->users, err, sizeof(err))) {
+		MX_ERR("users: %s", err);
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < conf->n_listen; i++) {
+		struct smtp_server_conf *lc = &sh->listener_conf[i];
+		*lc = conf->smtp;
+		lc->tls_available = sh->tls != NULL;
+		switch (conf->listen[i]) {
+		case 465:
+			lc->listener = SMTP_LISTENER_IMPLICIT_TLS;
+			break;
+		case 587:
+			lc->listener = SMTP_LISTENER_SUBMISSION;
+			break;
+		default:
+			lc->listener = SMTP_LISTENER_RELAY;
+			break;
+		}
+		if (lc->listener != SMTP_LISTENER_RELAY && sh->tls == NULL)
+			MX_WARN("port %u needs TLS ([tls] cert and key): not listening",
+				conf->listen[i]);
+		else
+			MX_INFO("SMTP on port %u: %s%s", conf->listen[i],
+				lc->listener == SMTP_LISTENER_RELAY	    ? "relay"
+				: lc->listener == SMTP_LISTENER_SUBMISSION ? "submission, AUTH required"
+									    : "implicit TLS",
+				lc->listener == SMTP_LISTENER_RELAY && sh->tls ? ", STARTTLS" : "");
+		if (smtp_server_conf_check(lc, err, sizeof(err)) != 0) {
+			MX_ERR("smtp: %s", err);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+void smtpd_shared_free(struct smtpd_shared *sh)
+{
+	tls_server_ctx_free(sh->tls);
+	smtp_cred_free(sh->users);
+}

@@ -1,0 +1,39 @@
+/*
+ * smtpd.h - the SMTP listeners of one worker: lib/net connections, lib/tls,
+ * lib/smtp server sessions and lib/spool, glued together.
+ */
+#ifndef MX_RELAY_SMTPD_H
+#define MX_RELAY_SMTPD_H
+
+#include "relay.h"
+
+/** Built once by the main lcore, shared read-only by the workers. */
+struct smtpd_shared {
+	const struct relay_config *conf;
+	struct smtp_server_conf listener_conf[RELAY_MAX_LISTEN];
+	struct tls_server_ctx *tls; /* NULL: no certificate, no STARTTLS/465/587 */
+	struct smtp_cred_db *users; /* NULL: no AUTH */
+	unsigned n_workers;
+};
+
+struct smtpd;
+
+/** Load certificates and users, build per-listener configurations.  0 or -errno (logged). */
+int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
+		      unsigned n_workers);
+void smtpd_shared_free(struct smtpd_shared *sh);
+
+/** On worker w: open its spool (recovering it) and listen.  NULL on failure (logged). */
+struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w);
+/** One turn: spool completions, timeouts.  Returns work done (for idle back-off). */
+unsigned smtpd_poll(struct smtpd *d, uint64_t now_us);
+/** Stop accepting, close sessions, flush the spool, free. */
+void smtpd_destroy(struct smtpd *d);
+
+struct smtpd_stats {
+	uint64_t connections, refused_busy, open, tls_handshakes, tls_failures;
+	uint64_t messages_queued, commit_failures;
+};
+void smtpd_get_stats(const struct smtpd *d, struct smtpd_stats *out);
+
+#endif
