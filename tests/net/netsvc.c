@@ -4,13 +4,16 @@
  *
  *	netsvc --config FILE [--echo PORT] [--discard PORT]
  *	       [--connect A.B.C.D:PORT --conns N --bytes B [--start-delay MS]]
+ *	       [--connect A.B.C.D:PORT --rr C [--start-delay MS]]
  *	       [--duration SEC]
  *
  * --echo and --discard listen on every worker.  --connect opens N
  * connections (spread over the workers), sends B bytes of a per-connection
  * pseudo-random stream on each and checks that the same B bytes come back
  * (an echo server on the other side), then closes; the run ends when all
- * are done and the exit status says whether every byte matched.  The
+ * are done and the exit status says whether every byte matched.  --rr C
+ * instead runs short transactions (connect, 64-byte request, 64-byte
+ * echo, close), C at a time per worker, until --duration: a benchmark.  The
  * server modes run until SIGINT/SIGTERM or --duration.  Counters are
  * printed as "name value" lines at exit.
  */
@@ -64,6 +67,7 @@ static uint16_t connect_port;
 static unsigned n_conns;
 static uint64_t conn_bytes;
 static uint64_t start_delay_us;
+static unsigned rr_concurrency; /* --rr C: short transactions, C at a time per worker */
 
 static void on_signal(int sig)
 {
@@ -238,6 +242,96 @@ static struct worker *client_worker(struct client *cl)
 	abort();
 }
 
+/* ---- short transactions (--rr) ---------------------------------------------- */
+
+/*
+ * One slot is one transaction at a time: connect, send 64 bytes, read the
+ * 64-byte echo, close.  A finished slot is restarted from the worker loop,
+ * never from inside a callback.
+ */
+struct rr_slot {
+	struct tcp_conn *conn;
+	unsigned got;
+	bool idle;
+	uint64_t started;
+};
+
+struct rr_state {
+	struct rr_slot *slots;
+	uint64_t txns, failures, latency_sum_us;
+};
+
+static struct rr_state rr[64];
+static const uint8_t rr_request[64] = "GET / mxrelay-bench-request-64-bytes-of-payload-for-the-echo...";
+
+static struct worker *rr_worker(struct rr_slot *s);
+
+static void rr_connected(struct tcp_conn *c, void *user)
+{
+	(void)user;
+	if (tcp_send(c, rr_request, sizeof(rr_request)) != (ssize_t)sizeof(rr_request))
+		tcp_abort(c);
+}
+
+static size_t rr_data(struct tcp_conn *c, void *user, const uint8_t *data, size_t len)
+{
+	struct rr_slot *s = user;
+	(void)data;
+	s->got += (unsigned)len;
+	if (s->got >= sizeof(rr_request)) {
+		struct rr_state *r = &rr[rr_worker(s)->index];
+		r->txns++;
+		r->latency_sum_us += mx_now_us() - s->started;
+		tcp_close(c);
+	}
+	return len;
+}
+
+static void rr_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
+{
+	(void)c;
+	struct rr_slot *s = user;
+	if (s->got < sizeof(rr_request) || (why != TCP_CLOSE_NORMAL && why != TCP_CLOSE_RESET))
+		rr[rr_worker(s)->index].failures += s->got < sizeof(rr_request);
+	s->conn = NULL;
+	s->idle = true;
+}
+
+static const struct tcp_conn_ops rr_ops = {
+	.on_connected = rr_connected,
+	.on_data = rr_data,
+	.on_closed = rr_closed,
+};
+
+static struct worker *rr_worker(struct rr_slot *s)
+{
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		if (s >= rr[i].slots && s < rr[i].slots + rr_concurrency)
+			return &workers[i];
+	abort();
+}
+
+static unsigned rr_restart(struct worker *w, uint64_t now)
+{
+	struct rr_state *r = &rr[w->index];
+	unsigned started = 0;
+	for (unsigned i = 0; i < rr_concurrency; i++) {
+		struct rr_slot *s = &r->slots[i];
+		if (!s->idle)
+			continue;
+		s->idle = false;
+		s->got = 0;
+		s->started = now;
+		s->conn = tcp_connect(w->st, 0, 0, connect_addr, connect_port, &rr_ops, s);
+		if (s->conn == NULL) {
+			r->failures++;
+			s->idle = true;
+		}
+		started++;
+	}
+	return started;
+}
+
 /* ---- worker loop ----------------------------------------------------------- */
 
 static int worker_main(void *arg)
@@ -279,6 +373,8 @@ static int worker_main(void *arg)
 			last_open = now;
 			n++;
 		}
+		if (rr_concurrency && now >= last_open)
+			n += rr_restart(w, now);
 		if (w->n_clients && w->clients_closed == w->n_clients)
 			break;
 		net_stack_idle(w->st, &w->idle, n > 0, now, 10000);
@@ -352,7 +448,8 @@ int main(int argc, char **argv)
 		{"discard", required_argument, NULL, 'd'}, {"connect", required_argument, NULL, 'C'},
 		{"conns", required_argument, NULL, 'n'},  {"bytes", required_argument, NULL, 'b'},
 		{"duration", required_argument, NULL, 't'},
-		{"start-delay", required_argument, NULL, 's'}, {NULL, 0, NULL, 0},
+		{"start-delay", required_argument, NULL, 's'},
+		{"rr", required_argument, NULL, 'r'}, {NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
 	unsigned duration = 0;
@@ -366,6 +463,7 @@ int main(int argc, char **argv)
 		case 'b': conn_bytes = strtoull(optarg, NULL, 10); break;
 		case 't': duration = (unsigned)atoi(optarg); break;
 		case 's': start_delay_us = strtoull(optarg, NULL, 10) * 1000; break;
+		case 'r': rr_concurrency = (unsigned)atoi(optarg); break;
 		case 'C': {
 			char *colon = strchr(optarg, ':');
 			if (colon == NULL)
@@ -405,7 +503,11 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < dp.n_workers; i++) {
 		struct worker *w = &workers[i];
 		w->index = i;
-		if (connect_port) {
+		if (connect_port && rr_concurrency) {
+			rr[i].slots = calloc(rr_concurrency, sizeof(*rr[i].slots));
+			for (unsigned k = 0; k < rr_concurrency; k++)
+				rr[i].slots[k].idle = true;
+		} else if (connect_port) {
 			w->n_clients = n_conns / dp.n_workers + (i < n_conns % dp.n_workers);
 			w->clients = calloc(w->n_clients ? w->n_clients : 1, sizeof(*w->clients));
 			for (unsigned k = 0; k < w->n_clients; k++) {
@@ -423,7 +525,7 @@ int main(int argc, char **argv)
 		usleep(20000);
 		if (duration && mx_now_us() - start > duration * 1000000ull)
 			stop = 1;
-		if (connect_port) {
+		if (connect_port && !rr_concurrency) {
 			unsigned closed = 0;
 			for (unsigned i = 0; i < dp.n_workers; i++)
 				closed += workers[i].clients_closed;
@@ -435,7 +537,16 @@ int main(int argc, char **argv)
 	rte_eal_mp_wait_lcore();
 	print_stats();
 	int rc = 0;
-	if (connect_port) {
+	if (rr_concurrency) {
+		uint64_t txns = 0, fails = 0, lat = 0;
+		double secs = (double)(mx_now_us() - start - start_delay_us) / 1e6;
+		for (unsigned i = 0; i < dp.n_workers; i++)
+			txns += rr[i].txns, fails += rr[i].failures, lat += rr[i].latency_sum_us;
+		printf("rr_transactions %llu\nrr_failures %llu\nrr_seconds %.3f\nrr_per_second %.0f\n"
+		       "rr_mean_latency_us %.1f\n",
+		       (unsigned long long)txns, (unsigned long long)fails, secs, txns / secs,
+		       txns ? (double)lat / (double)txns : 0.0);
+	} else if (connect_port) {
 		unsigned done = 0, failed = 0;
 		for (unsigned i = 0; i < dp.n_workers; i++)
 			done += workers[i].clients_done, failed += workers[i].clients_failed;
