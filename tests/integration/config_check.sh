@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mxrelay --check-config: every file in config/ passes; every file in
 # tests/config/bad/ fails with the file:line message its first line expects.
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 M=$BUILD/app/mxrelay/mxrelay
 cd "$ROOT"
 n=0

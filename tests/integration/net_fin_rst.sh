@@ -3,7 +3,7 @@
 # normally, clients that abort with RST (SO_LINGER 0), and a stack that
 # closes first; afterwards ss shows no stuck connection, and the stack's
 # counters saw the resets.
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 need_root_tap
 N=16 IF=mxt16
 write_config "$TMP/c.conf" $IF $N

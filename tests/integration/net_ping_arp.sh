@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Linux pings the stack through net_tap; ARP resolves both ways.
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 need_root_tap
 N=11 IF=mxt11
 write_config "$TMP/c.conf" $IF $N

@@ -2,7 +2,7 @@
 # A SYN flood from a raw-socket sender (spoofed sources inside this test's
 # own subnet) against the listener while legitimate clients still connect:
 # the SYN backlog fills, SYN cookies take over, every real client succeeds.
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 need_root_tap
 N=17 IF=mxt17
 write_config "$TMP/c.conf" $IF $N "
@@ -12,7 +12,7 @@ start_bg "$TMP/svc.log" "$BUILD/tests/net/netsvc" --config "$TMP/c.conf" --echo 
 SVC=$LAST_PID
 wait_iface $IF 10.77.$N.1 || { cat "$TMP/svc.log"; fail "TAP did not come up"; }
 # The flood: 30,000 SYNs in at most 10 s from 10.77.$N.100-199.
-start_bg "$TMP/flood.log" timeout 20 $PY - <<PYEOF
+cat >"$TMP/flood.py" <<PYEOF
 import random, socket, struct, time
 def csum(b):
     if len(b) % 2: b += b"\0"
@@ -37,6 +37,7 @@ while sent < 30000 and time.monotonic() < end:
     sent += 1
 print("flood sent", sent)
 PYEOF
+start_bg "$TMP/flood.log" timeout 20 $PY "$TMP/flood.py"
 FLOOD=$LAST_PID
 sleep 1
 timeout 60 $PY "$(dirname "$0")/tcp_echo.py" clients 10.77.$N.2 7 50 65536 || rc=$?

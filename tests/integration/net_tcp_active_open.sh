@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The stack opens 200 connections to a Linux echo server, sends 1 MiB on
 # each and checks every byte that comes back.  MX_FAULTS=1: with faults.
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 need_root_tap
 N=${MX_NET:-13} IF=mxt${MX_NET:-13}
 CONNS=${CONNS:-200} BYTES=${BYTES:-1048576}

@@ -2,7 +2,7 @@
 # 200 concurrent Linux clients each send 1 MiB to the stack's echo service
 # and read it back; SHA-256 of every stream compared.  With MX_FAULTS=1 the
 # same through fault injection (2% drop, 1% reorder, 0.5% duplicate).
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 need_root_tap
 N=${MX_NET:-12} IF=mxt${MX_NET:-12}
 CONNS=${CONNS:-200} BYTES=${BYTES:-1048576}

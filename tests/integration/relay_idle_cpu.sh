@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # An idle relay uses well under 10% of a core (idle-aware polling: pause,
 # then sleep on RX interrupts), and still answers at once when traffic comes.
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 need_root_tap
 N=18 IF=mxt18
 write_config "$TMP/c.conf" $IF $N

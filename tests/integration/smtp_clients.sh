@@ -4,7 +4,7 @@
 # scripted BDAT client, Postfix's smtp-source with 100 concurrent sessions;
 # the safety cases (relay tricks, smuggling, STARTTLS injection) from the
 # wire; and every message sent with a known body is in the spool byte-exact.
-. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/common.bash"
 need_root_tap
 command -v swaks >/dev/null || skip "swaks not installed"
 command -v smtp-source >/dev/null || skip "smtp-source (postfix) not installed"

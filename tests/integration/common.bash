@@ -1,4 +1,4 @@
-# tests/integration/lib.sh - shared helpers for integration scripts (sourced).
+# tests/integration/common.bash - shared helpers for integration scripts (sourced).
 #
 # Each script picks its own TAP name and 10.77.N.0/24 subnet, writes a
 # config for it, starts the program under test in the background and
