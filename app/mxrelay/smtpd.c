@@ -681,3 +681,71 @@ void smtpd_shared_free(struct smtpd_shared *sh)
 	tls_server_ctx_free(sh->tls);
 	smtp_cred_free(sh->users);
 }
+
+void smtpd_stats_foreach(const struct smtpd *d,
+			 void (*fn)(void *arg, const char *name, uint64_t value), void *arg)
+{
+	char name[96];
+	const struct smtp_server_stats *s = &d->smtp_stats;
+	fn(arg, "smtp_sessions", s->sessions);
+	for (int v = 0; v < SMTP_VERB_COUNT; v++) {
+		snprintf(name, sizeof(name), "smtp_commands_%s", smtp_verb_name((enum smtp_verb)v));
+		for (char *p = name; *p; p++)
+			*p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+		fn(arg, name, s->commands[v]);
+	}
+	fn(arg, "smtp_replies_2xx", s->replies_2xx);
+	fn(arg, "smtp_replies_3xx", s->replies_3xx);
+	fn(arg, "smtp_replies_4xx", s->replies_4xx);
+	fn(arg, "smtp_replies_5xx", s->replies_5xx);
+	for (int r = 0; r < SMTP_REJ_COUNT; r++) {
+		snprintf(name, sizeof(name), "smtp_rejects_%s", smtp_reject_name((enum smtp_reject)r));
+		fn(arg, name, s->rejects[r]);
+	}
+	fn(arg, "smtp_messages_accepted", s->messages_accepted);
+	fn(arg, "smtp_messages_aborted", s->messages_aborted);
+	fn(arg, "smtp_bytes_in", s->bytes_in);
+	fn(arg, "smtp_bytes_out", s->bytes_out);
+	fn(arg, "smtp_message_bytes", s->message_bytes);
+	fn(arg, "smtp_starttls_discarded", s->starttls_discarded);
+	fn(arg, "smtp_pending_input_full", s->pending_input_full);
+	fn(arg, "smtp_auth_success", s->auth_success);
+	fn(arg, "smtp_auth_failures", s->auth_failures);
+	fn(arg, "smtp_timeouts", s->timeouts);
+
+	const struct tls_stats *t = &d->tls_stats;
+	fn(arg, "tls_server_handshakes_full", t->server_handshakes_full);
+	fn(arg, "tls_server_handshakes_resumed", t->server_handshakes_resumed);
+	fn(arg, "tls_fail_verify", t->fail_verify);
+	fn(arg, "tls_fail_no_shared_cipher", t->fail_no_shared_cipher);
+	fn(arg, "tls_fail_version", t->fail_version);
+	fn(arg, "tls_fail_peer_alert", t->fail_peer_alert);
+	fn(arg, "tls_fail_protocol", t->fail_protocol);
+	fn(arg, "tls_fail_timeout", t->fail_timeout);
+	fn(arg, "tls_cipher_bytes_in", t->cipher_bytes_in);
+	fn(arg, "tls_cipher_bytes_out", t->cipher_bytes_out);
+	fn(arg, "tls_tickets_issued", t->tickets_issued);
+
+	struct spool_stats sp;
+	spool_get_stats(d->spool, &sp);
+	fn(arg, "spool_bytes_written", sp.bytes_written);
+	fn(arg, "spool_messages", sp.messages);
+	fn(arg, "spool_commits", sp.commits);
+	fn(arg, "spool_fdatasyncs", sp.fdatasyncs);
+	fn(arg, "spool_batch_msgs_max", sp.batch_msgs_max);
+	fn(arg, "spool_commit_latency_p50_us", spool_stats_lat_pct(&sp, 50));
+	fn(arg, "spool_commit_latency_p99_us", spool_stats_lat_pct(&sp, 99));
+	fn(arg, "spool_enospc_refusals", sp.enospc_refusals);
+	fn(arg, "spool_io_errors", sp.io_errors);
+	fn(arg, "spool_live_messages", sp.live_messages);
+	fn(arg, "spool_used_bytes", sp.used_bytes);
+	fn(arg, "spool_segments", sp.segments);
+
+	fn(arg, "smtpd_connections", d->stats.connections);
+	fn(arg, "smtpd_refused_busy", d->stats.refused_busy);
+	fn(arg, "smtpd_open", d->stats.open);
+	fn(arg, "smtpd_tls_handshakes", d->stats.tls_handshakes);
+	fn(arg, "smtpd_tls_failures", d->stats.tls_failures);
+	fn(arg, "smtpd_messages_queued", d->stats.messages_queued);
+	fn(arg, "smtpd_commit_failures", d->stats.commit_failures);
+}

@@ -37,3 +37,7 @@ struct smtpd_stats {
 void smtpd_get_stats(const struct smtpd *d, struct smtpd_stats *out);
 
 #endif
+
+/** Every counter of this worker's SMTP service (smtp_, tls_, spool_, smtpd_ names). */
+void smtpd_stats_foreach(const struct smtpd *d,
+			 void (*fn)(void *arg, const char *name, uint64_t value), void *arg);

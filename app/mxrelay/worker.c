@@ -99,3 +99,33 @@ void workers_stop(void)
 	rte_eal_mp_wait_lcore();
 	smtpd_shared_free(&shared);
 }
+
+struct stat_relay {
+	worker_stat_fn fn;
+	void *arg;
+	unsigned worker;
+};
+
+static void relay_stat(void *arg, const char *name, uint64_t value)
+{
+	struct stat_relay *r = arg;
+	r->fn(r->arg, r->worker, name, value);
+}
+
+void workers_stats_foreach(worker_stat_fn fn, void *arg)
+{
+	for (unsigned i = 0; i < n_workers; i++) {
+		struct worker *w = &workers[i];
+		if (w->ready != 1)
+			continue;
+		struct stat_relay r = {.fn = fn, .arg = arg, .worker = i};
+		net_stack_stats_foreach(w->st, relay_stat, &r);
+		smtpd_stats_foreach(w->smtpd, relay_stat, &r);
+		fn(arg, i, "idle_sleeps", w->idle.sleeps);
+	}
+}
+
+unsigned workers_count(void)
+{
+	return n_workers;
+}

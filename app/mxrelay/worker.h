@@ -12,3 +12,14 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp);
 void workers_stop(void);
 
 #endif
+
+/**
+ * Every counter of every worker, by name: lib/net (IP layers, TCP, port),
+ * the SMTP server, TLS, the spool, and the listener glue.  Called from the
+ * main lcore while the workers run: each value is one aligned 64-bit load,
+ * so a counter may be a few events behind, never torn.
+ */
+typedef void (*worker_stat_fn)(void *arg, unsigned worker, const char *name, uint64_t value);
+void workers_stats_foreach(worker_stat_fn fn, void *arg);
+/** Number of running workers. */
+unsigned workers_count(void);
