@@ -349,4 +349,203 @@ int smtp_cred_verify(const struct smtp_cred_db *db, const char *user, const char
 int smtp_cred_make_line(char *out, size_t outlen, const char *user, const char *pass,
 			unsigned iterations);
 
+/* ---- client session (client.c) ------------------------------------------------------ */
+
+/*
+ * The outbound client: a transport-agnostic state machine like the server.
+ * The caller feeds the server's bytes with smtp_client_input(), the client
+ * writes commands and message content through cb->send() (which may take
+ * fewer bytes than offered: call smtp_client_writable() when the transport
+ * can take more) and reports each message once through cb->message_done().
+ */
+
+#define SMTP_REPLY_LINE_MAX 512	 /* per reply line, incl. CRLF (RFC 5321 4.5.3.1.5) */
+#define SMTP_REPLY_LINES_MAX 100 /* more lines in one reply is a protocol error */
+#define SMTP_REPLY_TEXT_MAX 512	 /* text kept per reply (lines joined by a space) */
+
+/** One server reply, as kept for results and logs.  Text is printable ASCII. */
+struct smtp_reply {
+	uint16_t code;	 /* 250, 421, ...; 0 when no reply (command not sent) */
+	char status[16]; /* RFC 3463 enhanced status "5.1.1" of the first line, or "" */
+	char text[SMTP_REPLY_TEXT_MAX]; /* text without codes, NUL-terminated, maybe cut */
+	uint16_t text_len;
+	uint8_t lines;
+	bool synthetic; /* made by the client (limit, connection lost), not said by the server */
+};
+
+/**
+ * Incremental reply parser: any segmentation gives the same result.  Read-only
+ * for the caller except through the functions below.
+ */
+struct smtp_reply_parser {
+	char line[SMTP_REPLY_LINE_MAX];
+	size_t len;
+	bool done; /* the last call returned SMTP_REPLY_DONE: next byte starts a reply */
+	const char *line_text; /* after LINE/DONE: this line's text (codes stripped) */
+	size_t line_text_len;
+	struct smtp_reply reply; /* being built; complete after DONE */
+};
+
+enum {
+	SMTP_REPLY_MORE = 0, /* all input taken, reply incomplete */
+	SMTP_REPLY_LINE = 1, /* a continuation line ("250-...") is complete */
+	SMTP_REPLY_DONE = 2, /* the last line is complete: parser->reply is the reply */
+};
+
+void smtp_reply_parser_init(struct smtp_reply_parser *p);
+/**
+ * Feed bytes; stops after each complete line.  *used gets the bytes taken.
+ * Returns SMTP_REPLY_MORE/LINE/DONE, -EPROTO for a malformed line (bad code,
+ * continuation with another code) or -EMSGSIZE (line over 512 bytes, more than
+ * 100 lines).  After an error the parser must be re-initialised.
+ */
+int smtp_reply_parse(struct smtp_reply_parser *p, const uint8_t *buf, size_t n, size_t *used);
+
+enum smtp_client_tls_policy {
+	SMTP_CLIENT_TLS_NONE,	       /* never STARTTLS */
+	SMTP_CLIENT_TLS_OPPORTUNISTIC, /* STARTTLS when offered; plaintext if refused */
+	SMTP_CLIENT_TLS_REQUIRED,      /* no STARTTLS offered/accepted: session fails, 4.7.4 */
+};
+
+/** smtp_client_conf_defaults() gives Postfix's smtp(8) defaults. Strings are the caller's. */
+struct smtp_client_conf {
+	const char *helo_name; /* our name in EHLO/HELO */
+	enum smtp_client_tls_policy tls;
+	const char *auth_user; /* smarthost credentials, or NULL: no AUTH */
+	const char *auth_pass;
+	bool auth_plaintext_ok;	       /* allow AUTH without TLS (default false) */
+	size_t bdat_chunk;	       /* 64 KiB: BDAT chunk size */
+	unsigned max_bdat_in_flight;   /* 4: pipelined BDAT chunks awaiting replies */
+	unsigned max_recipients;       /* 1000: per message (bounds the pipelined flight) */
+	uint64_t timeout_greeting_us;  /* 300 s (smtp_helo_timeout covers the greeting) */
+	uint64_t timeout_helo_us;      /* 300 s: EHLO/HELO, STARTTLS + handshake, AUTH */
+	uint64_t timeout_mail_us;      /* 300 s */
+	uint64_t timeout_rcpt_us;      /* 300 s */
+	uint64_t timeout_data_init_us; /* 120 s: DATA -> 354 */
+	uint64_t timeout_data_xfer_us; /* 180 s: sending content, BDAT chunk replies */
+	uint64_t timeout_data_done_us; /* 600 s: "." / BDAT LAST -> final reply */
+	uint64_t timeout_rset_us;      /* 20 s */
+	uint64_t timeout_quit_us;      /* 300 s */
+	uint64_t (*now_us)(void);      /* monotonic clock; NULL: mx_now_us */
+};
+
+void smtp_client_conf_defaults(struct smtp_client_conf *conf);
+/** 0, or -EINVAL with a message in err. */
+int smtp_client_conf_check(const struct smtp_client_conf *conf, char *err, size_t errlen);
+
+struct smtp_client_rcpt {
+	const char *addr;  /* "user@example.com", no angle brackets */
+	uint8_t notify;	   /* SMTP_NOTIFY_*, 0: not sent */
+	const char *orcpt; /* "rfc822;xtext" or NULL */
+};
+
+/** One message; it and what it points to stay the caller's until its message_done. */
+struct smtp_client_msg {
+	const char *sender; /* "" for the null reverse-path */
+	const struct smtp_client_rcpt *rcpts;
+	size_t rcpt_count;
+	enum smtp_dsn_ret ret; /* sent only if the server offers DSN */
+	const char *envid;     /* xtext or NULL; only with DSN */
+	bool body_8bit;	       /* BODY=8BITMIME needed */
+	bool smtputf8;	       /* SMTPUTF8 needed (non-ASCII addresses or headers) */
+	uint64_t body_len;     /* exact length of the body */
+	/** Copy up to len body bytes from offset into buf: count (> 0), or negative errno. */
+	long (*body_read)(void *user, uint64_t offset, uint8_t *buf, size_t len);
+	void *body_user;
+	void *user; /* for the caller, given back in the result */
+};
+
+enum smtp_client_outcome {
+	SMTP_CLIENT_DELIVERED, /* 2xx */
+	SMTP_CLIENT_DEFERRED,  /* 4xx, or the connection was lost: retry later */
+	SMTP_CLIENT_BOUNCED,   /* 5xx: permanent */
+};
+
+struct smtp_client_rcpt_result {
+	enum smtp_client_outcome outcome;
+	struct smtp_reply rcpt;	 /* the reply to RCPT (code 0 if RCPT was not sent) */
+	struct smtp_reply final; /* the reply that decided the outcome */
+};
+
+struct smtp_client_result {
+	const struct smtp_client_msg *msg;
+	const struct smtp_client_rcpt_result *rcpts; /* rcpt_count entries, msg's order */
+	size_t rcpt_count;
+	unsigned delivered, deferred, bounced;
+	bool used_bdat;
+};
+
+struct smtp_client_cb {
+	/** Write bytes; returns how many the transport took (0..n).  Required. */
+	size_t (*send)(void *user, const uint8_t *p, size_t n);
+	/** The server said 220 to STARTTLS: handshake, then smtp_client_tls_started(). */
+	void (*starttls)(void *user);
+	/** Greeting, EHLO, STARTTLS and AUTH are done; called once.  Optional. */
+	void (*ready)(void *user);
+	/** A message is finished (each one exactly once).  r is valid during the call. */
+	void (*message_done)(void *user, const struct smtp_client_result *r);
+	/** The session is dead (protocol error, 421, timeout, ...): drop the connection. */
+	void (*failed)(void *user, const struct smtp_reply *why);
+	/** QUIT was answered (or timed out): close the connection. */
+	void (*closed)(void *user);
+};
+
+/** Per core; sessions add to it.  A message counts in each class one of its rcpts got. */
+struct smtp_client_stats {
+	uint64_t sessions, sessions_ready, sessions_failed;
+	uint64_t messages_sent, messages_deferred, messages_bounced;
+	uint64_t rcpts_delivered, rcpts_deferred, rcpts_bounced;
+	uint64_t pipelined_flights; /* MAIL..DATA/BDAT written without waiting */
+	uint64_t data_messages, bdat_messages, bdat_chunks;
+	uint64_t starttls, helo_fallbacks, rsets, auth_success, auth_failures;
+	uint64_t refused_local; /* SIZE, 8BITMIME, SMTPUTF8, bad address: not sent */
+	uint64_t protocol_errors, timeouts, send_blocked;
+	uint64_t bytes_in, bytes_out, body_bytes;
+};
+
+struct smtp_client;
+
+/** conf (checked), cb and stats must outlive the client.  0, -EINVAL, -ENOMEM. */
+int smtp_client_new(const struct smtp_client_conf *conf, const struct smtp_client_cb *cb,
+		    void *user, struct smtp_client_stats *stats, struct smtp_client **out);
+/**
+ * Free.  A message not yet reported is reported deferred first (message_done,
+ * then failed).  Not from inside a callback of this client.
+ */
+void smtp_client_free(struct smtp_client *c);
+/** The connection is up (or TLS is up for implicit TLS): wait for the greeting. */
+void smtp_client_start(struct smtp_client *c, bool tls_active);
+/** Bytes from the server.  0, or -EPIPE when the session is dead/closed. */
+int smtp_client_input(struct smtp_client *c, const uint8_t *p, size_t n);
+/** The transport can take bytes again after a short cb->send. */
+void smtp_client_writable(struct smtp_client *c);
+/** The handshake asked by cb->starttls finished. */
+void smtp_client_tls_started(struct smtp_client *c);
+/**
+ * Submit one message (one at a time: the next after message_done).  It is sent
+ * once the session is ready.  Refusals decided on the server's capabilities
+ * (SIZE, 8BITMIME, SMTPUTF8) come through message_done, maybe from inside this
+ * call.  0, -EINVAL (bad message), -EBUSY (one is in progress), -EPIPE (dead).
+ */
+int smtp_client_send_message(struct smtp_client *c, const struct smtp_client_msg *m);
+/** QUIT after the message in progress (if any); cb->closed after the reply. */
+void smtp_client_quit(struct smtp_client *c);
+/** The transport failed (peer closed, TLS handshake failed): like a lost connection. */
+void smtp_client_abort(struct smtp_client *c, const char *why);
+/** Absolute monotonic µs of the current wait's timeout; UINT64_MAX when idle or dead. */
+uint64_t smtp_client_deadline(const struct smtp_client *c);
+/** The deadline passed: the session fails (in-flight messages deferred). */
+void smtp_client_timeout(struct smtp_client *c);
+bool smtp_client_is_ready(const struct smtp_client *c); /* idle, a message may be sent */
+bool smtp_client_is_dead(const struct smtp_client *c);	/* failed or closed */
+bool smtp_client_tls_active(const struct smtp_client *c);
+
+/** What the server's EHLO said (valid once ready). */
+struct smtp_client_caps {
+	bool esmtp, pipelining, size, eightbitmime, smtputf8, chunking, starttls, dsn, enhanced;
+	bool auth_plain, auth_login;
+	uint64_t size_max; /* 0: no limit given */
+};
+const struct smtp_client_caps *smtp_client_caps(const struct smtp_client *c);
+
 #endif

@@ -148,15 +148,14 @@ static struct worker *client_worker(struct client *cl);
 static void client_push(struct client *cl)
 {
 	uint8_t buf[16384];
+	/*
+	 * Offer more than may fit: a short tcp_send() is what arms on_writable,
+	 * so never trim the offer to tcp_send_space() beforehand.
+	 */
 	while (cl->sent < cl->total) {
-		size_t space = tcp_send_space(cl->conn);
 		size_t n = cl->total - cl->sent;
 		if (n > sizeof(buf))
 			n = sizeof(buf);
-		if (n > space)
-			n = space;
-		if (n == 0)
-			return;
 		struct stream save = cl->tx;
 		for (size_t i = 0; i < n; i++)
 			buf[i] = stream_next(&cl->tx);
