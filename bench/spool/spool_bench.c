@@ -22,12 +22,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static int cmp64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 	return x < y ? -1 : x > y;
+}
+
+/* CPU time of the whole process (the poll loop and io_uring's workers), microseconds. */
+static uint64_t cpu_us(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
+	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 static const struct spool_rcpt rcpt = {"ops@example.com", NULL, 0};
@@ -87,13 +97,13 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 	size_t cap = (size_t)(rate > 0 ? rate * seconds * 1.2 : 4e6) + 1024;
 	uint64_t *t_commit = malloc(cap * sizeof(uint64_t));
 	uint64_t *lat = malloc(cap * sizeof(uint64_t));
-	size_t started = 0, done = 0, failed = 0;
+	size_t started = 0, done = 0, failed = 0, refused = 0;
 	struct spool_completion out[256];
 	uint64_t t0 = mx_now_us(), end = t0 + (uint64_t)(seconds * 1e6), now = t0;
 	/* warm-up is the first 10%: latencies from it are not counted */
 	uint64_t warm = t0 + (uint64_t)(seconds * 1e5);
 	size_t warm_done = 0;
-	uint64_t warm_t = 0;
+	uint64_t warm_t = 0, warm_cpu = 0;
 	while (now < end) {
 		now = mx_now_us();
 		/* offered load: messages due by now, bounded by what may wait */
@@ -102,9 +112,13 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 		while (started < due && started - done < inflight_max && started < cap &&
 		       burst < 64) {
 			rc = put(sp, body, size, started);
+			if (rc == -ENOBUFS || rc == -ENOSPC) {
+				refused++; /* the SMTP core would answer 451/452 */
+				break;
+			}
 			if (rc < 0) {
 				fprintf(stderr, "commit: %s\n", strerror(-rc));
-				break;
+				goto out;
 			}
 			t_commit[started++] = mx_now_us();
 			burst++;
@@ -119,9 +133,11 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 		if (warm_t == 0 && now >= warm) {
 			warm_t = now;
 			warm_done = done;
+			warm_cpu = cpu_us();
 		}
 	}
-	uint64_t t1 = mx_now_us();
+out:;
+	uint64_t t1 = mx_now_us(), cpu = cpu_us() - warm_cpu;
 	spool_sync(sp);
 	struct spool_stats st;
 	spool_get_stats(sp, &st);
@@ -134,16 +150,42 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 	uint64_t pmax = counted ? lat[warm_done + counted - 1] : 0;
 	printf("size=%zu rate=%s%.0f durability=%s: %.0f msgs/s durable, latency p50 %" PRIu64
 	       " us p99 %" PRIu64 " us max %" PRIu64 " us; %" PRIu64 " commits, %.1f msgs/commit, "
-	       "%.1f MB/s, failed %zu\n",
+	       "%.1f MB/s, failed %zu, refused %zu; CPU %.2f us/msg\n",
 	       size, rate > 0 ? "" : "max:", rate, cfg->durability ? "none" : "fsync",
 	       (double)counted / secs, p50, p99, pmax, st.commits,
 	       st.commits ? (double)st.batch_msgs_sum / (double)st.commits : 0.0,
-	       (double)st.bytes_written / 1e6 / ((double)(t1 - t0) / 1e6), failed);
+	       (double)st.bytes_written / 1e6 / ((double)(t1 - t0) / 1e6), failed, refused,
+	       counted ? (double)cpu / (double)counted : 0.0);
 	free(body);
 	free(t_commit);
 	free(lat);
 	rm_dir(cfg->dir);
 	return 0;
+}
+
+/* The disk's own cost: pwrite(64 KiB) + fdatasync, appending, p50 and p99 of 50. */
+static void fsync_baseline(const char *dir)
+{
+	char path[600];
+	snprintf(path, sizeof(path), "%s.fsync-probe", dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	static char buf[65536];
+	uint64_t lat[50];
+	memset(buf, 'z', sizeof(buf));
+	for (int i = 0; i < 50; i++) {
+		uint64_t t = mx_now_us();
+		if (pwrite(fd, buf, sizeof(buf), (off_t)i * (off_t)sizeof(buf)) < 0 ||
+		    fdatasync(fd) < 0)
+			break;
+		lat[i] = mx_now_us() - t;
+	}
+	close(fd);
+	unlink(path);
+	qsort(lat, 50, sizeof(uint64_t), cmp64);
+	printf("disk baseline: pwrite 64 KiB + fdatasync p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
+	       lat[25], lat[49]);
 }
 
 static int run_recover(const struct spool_config *cfg, size_t size, uint64_t n, bool drop)
@@ -206,7 +248,7 @@ int main(int argc, char **argv)
 	cfg.dir = "/var/tmp/mxspool-bench";
 	size_t size = 1024;
 	double seconds = 5, rate = 0;
-	unsigned inflight = 4096;
+	unsigned inflight = 1024;
 	uint64_t recover_n = 0;
 	bool drop = false;
 	for (int i = 1; i < argc; i++) {
@@ -238,6 +280,8 @@ int main(int argc, char **argv)
 	}
 	cfg.max_open_msgs = inflight + 16;
 	mx_log_set_level(MX_LOG_WARN);
+	if (cfg.durability == SPOOL_DURABILITY_FSYNC && !recover_n)
+		fsync_baseline(cfg.dir);
 	if (recover_n)
 		return run_recover(&cfg, size, recover_n, drop);
 	return run_load(&cfg, size, seconds, rate, inflight);

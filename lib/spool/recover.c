@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -66,8 +67,41 @@ static bool has_valid_seal(struct scan_buf *b, uint64_t seq)
 	       h.length == 0;
 }
 
-int spool_scan_segment(int fd, uint64_t seq, uint64_t max_batch_bytes, spool_scan_rec_fn fn,
-		       void *arg, struct spool_scan_seg *res)
+/*
+ * Is there, at or after from, a valid BATCH record with a sequence of at least
+ * min_seq?  Records are not aligned, so every byte offset is tried; this runs
+ * only when a segment is damaged.
+ */
+static int later_batch_exists(struct scan_buf *b, uint64_t from, uint64_t min_seq, bool *found)
+{
+	*found = false;
+	uint64_t pos = from;
+	while (pos + SPOOL_REC_HDR <= b->file_size) {
+		uint64_t want = b->file_size - pos;
+		int rc = scan_fill(b, pos, want < b->cap ? (size_t)want : b->cap);
+		if (rc < 0)
+			return rc;
+		size_t avail = (size_t)(b->base + b->len - pos);
+		if (avail < SPOOL_REC_HDR)
+			return 0;
+		const uint8_t *p = b->buf + (pos - b->base);
+		for (size_t i = 0; i + SPOOL_REC_HDR <= avail; i++) {
+			struct spool_rec_hdr h;
+			if (p[i] != 0x4d || spool_get32(p + i) != SPOOL_REC_MAGIC)
+				continue;
+			if (spool_rec_hdr_get(p + i, &h) == 0 && h.type == SPOOL_REC_BATCH &&
+			    h.id >= min_seq) {
+				*found = true;
+				return 0;
+			}
+		}
+		pos += avail - (SPOOL_REC_HDR - 1);
+	}
+	return 0;
+}
+
+int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
+		       struct spool_scan_seg *res)
 {
 	struct stat st;
 	if (fstat(fd, &st) < 0)
@@ -81,11 +115,14 @@ int spool_scan_segment(int fd, uint64_t seq, uint64_t max_batch_bytes, spool_sca
 	b.buf = malloc(b.cap);
 	if (b.buf == NULL)
 		return -ENOMEM;
+	/* one front-to-back pass: let the kernel read ahead generously */
+	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	res->sealed = has_valid_seal(&b, seq);
 	uint64_t off = 0;
 	int rc = 0;
 	const char *why = NULL;
 	bool seen_seal = false, newer = false;
+	uint64_t last_batch = 0; /* the batch the bytes at off belong to */
 	while (off < b.file_size) {
 		struct spool_rec_hdr h;
 		if ((rc = scan_fill(&b, off, SPOOL_REC_HDR)) < 0)
@@ -157,7 +194,14 @@ int spool_scan_segment(int fd, uint64_t seq, uint64_t max_batch_bytes, spool_sca
 		}
 		if (h.type == SPOOL_REC_SEAL)
 			seen_seal = true;
-		if (h.type != SPOOL_REC_SEGHDR && h.type != SPOOL_REC_SEAL && fn != NULL) {
+		if (h.type == SPOOL_REC_SEGHDR && h.length >= 24 && payload != NULL)
+			last_batch = spool_get64(payload + 16);
+		if (h.type == SPOOL_REC_BATCH)
+			last_batch = h.id;
+		if (last_batch > res->max_batch)
+			res->max_batch = last_batch;
+		if (h.type != SPOOL_REC_SEGHDR && h.type != SPOOL_REC_SEAL &&
+		    h.type != SPOOL_REC_BATCH && fn != NULL) {
 			struct spool_scan_rec r = {.h = h,
 						   .seg = seq,
 						   .off = off,
@@ -175,13 +219,19 @@ int spool_scan_segment(int fd, uint64_t seq, uint64_t max_batch_bytes, spool_sca
 		res->bad_off = off;
 		res->why = why;
 		/*
-		 * Only the last batch written before a crash can be incomplete,
-		 * and a rolled segment ends with a seal: damage anywhere else is
-		 * corruption, not a torn write.
+		 * Only the last two batches written before a crash can be
+		 * incomplete (two are in flight at most, and a third starts only
+		 * after the first is durable), and a rolled segment ends with a
+		 * seal.  Damage followed by the marker of a batch two or more
+		 * later than the damaged one is corruption, not a torn write.
 		 */
+		bool later = false;
+		if (!newer && !res->sealed && off > 0 &&
+		    (rc = later_batch_exists(&b, off + 1, last_batch + 2, &later)) < 0)
+			goto out;
 		if (newer)
 			res->state = 4; /* never cut or move what a newer program wrote */
-		else if (!res->sealed && b.file_size - off <= max_batch_bytes)
+		else if (!res->sealed && !later)
 			res->state = off == 0 ? 3 : 1;
 		else
 			res->state = 2;

@@ -4,11 +4,13 @@
  *
  * Records committed by sessions are copied into the filling batch buffer.
  * spool_poll() flushes that batch when its window (commit_window_us) or size
- * (commit_bytes) is reached and no other batch is in flight: file offsets are
- * assigned then, a writev per segment touched is queued, linked to an
- * fdatasync, and completions are reported only when every CQE of the batch
- * is in.  One batch in flight at a time keeps the rule recovery relies on:
- * only the last batch of a segment can be torn.
+ * (commit_bytes) is reached and fewer than SPOOL_MAX_FLIGHT batches are in
+ * flight: file offsets are assigned then, a writev per segment touched is
+ * queued, linked to an fdatasync, and a batch's completions are reported
+ * when every CQE of it and of every older batch is in.  Reporting in order
+ * keeps the rule recovery relies on: only the last SPOOL_MAX_FLIGHT batches
+ * of a segment can be torn, and none of them was acknowledged.  A failed
+ * batch fails the younger ones in flight too (they were written after it).
  *
  * Segments are unlinked oldest first.  A state record in a newer segment may
  * supersede one in an older segment, never the reverse, so unlinking in order
@@ -32,13 +34,17 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SEGHDR_LEN (SPOOL_REC_HDR + 16)
+#define SEGHDR_LEN (SPOOL_REC_HDR + 24)
+#define BATCH_LEN SPOOL_REC_HDR
 #define SEAL_LEN SPOOL_REC_HDR
 #define RING_ENTRIES 256
 #define ENT_PENDING 0x01 /* message record not durable yet */
 #define ENT_COPYING 0x02 /* queued for compaction */
 #define ID_SEQ_MAX 0x0fffffffu
 #define PROBE_INTERVAL_US 100000
+#ifndef SPOOL_MAX_FLIGHT
+#define SPOOL_MAX_FLIGHT 2 /* batches written and synced concurrently */
+#endif
 
 struct seg;
 
@@ -80,14 +86,18 @@ struct desc {
 	uint64_t old_off;
 };
 
+struct batch;
+
 struct extent {
 	struct spool *sp;
+	struct batch *batch;
 	struct seg *seg;
 	bool created; /* this batch created seg */
 	uint64_t file_off;
-	uint64_t data_off;    /* where the first batch record lands */
-	uint64_t slice_start; /* in the batch buffer */
-	uint8_t hdr[SEGHDR_LEN];
+	uint64_t data_off;		     /* where the first batch record lands */
+	uint64_t slice_start;		     /* in the batch buffer */
+	uint8_t hdr[SEGHDR_LEN + BATCH_LEN]; /* [segment header] batch marker */
+	uint32_t hdr_len;
 	uint8_t seal[SEAL_LEN];
 	struct iovec iov[3];
 	int iovcnt;
@@ -95,6 +105,7 @@ struct extent {
 	uint64_t total;
 	uint64_t done;
 	int outstanding;
+	int retries;
 	bool resubmit;
 };
 
@@ -109,6 +120,7 @@ struct batch {
 	struct extent *ext;
 	size_t nex, capex;
 	int status;
+	bool io_done; /* every CQE is in */
 };
 
 struct spool_msg {
@@ -118,6 +130,7 @@ struct spool_msg {
 	uint8_t *body;
 	size_t len, cap;
 	struct spool_msg *next_free;
+	struct spool_msg *next_all; /* every message object, freed by spool_close() */
 };
 
 struct spool {
@@ -142,8 +155,10 @@ struct spool {
 	uint64_t next_seg_seq;
 	uint64_t seg_bytes_total;
 
-	struct batch b[2];
-	struct batch *fill, *flight;
+	struct batch b[SPOOL_MAX_FLIGHT + 1];
+	struct batch *fill;
+	struct batch *flight[SPOOL_MAX_FLIGHT]; /* oldest first */
+	int nflight;
 	uint64_t batch_seq, durable_seq;
 	uint64_t batch_cap;
 
@@ -151,7 +166,17 @@ struct spool {
 	size_t out_head, out_len, out_cap;
 
 	uint32_t open_msgs;
+	uint64_t open_bytes; /* body bytes held by open messages */
 	struct spool_msg *free_msgs;
+	struct spool_msg *all_msgs;
+
+	/* the next segment, opened and preallocated ahead through io_uring */
+	enum { NEXT_NONE, NEXT_OPENING, NEXT_ALLOCATING, NEXT_READY } next_state;
+	bool next_stale; /* a segment was created without it: discard it */
+	uint64_t next_seq;
+	int next_fd;
+	char next_path[4200];
+	uint8_t tag_open, tag_falloc; /* their addresses tag the CQEs */
 
 	bool disk_full;
 	bool size_full; /* max_bytes refused a commit: wait for reclaim */
@@ -174,6 +199,7 @@ void spool_config_defaults(struct spool_config *c)
 	c->segment_bytes = 64ull << 20;
 	c->max_message_bytes = 32u << 20;
 	c->max_open_msgs = 4096;
+	c->max_open_bytes = 256ull << 20;
 	c->max_batch_bytes = 8u << 20;
 	c->compact_live_pct = 25;
 	c->compact_min_age_us = 60ull * 1000000;
@@ -589,8 +615,83 @@ static struct extent *ext_new(struct batch *b)
 	return x;
 }
 
+/* Start opening the next segment early, so that rolling over needs no syscall. */
+static void precreate_segment(struct spool *sp)
+{
+	struct seg *cur = sp->current;
+	if (sp->readonly || sp->next_state != NEXT_NONE || cur == NULL || sp->disk_full ||
+	    cur->planned < sp->cfg.segment_bytes / 2)
+		return;
+	uint64_t seq = sp->next_seg_seq;
+	if (spool_seg_path(sp->next_path, sizeof(sp->next_path), sp->dir, sp->core, seq) < 0)
+		return;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&sp->ring);
+	if (sqe == NULL)
+		return;
+	sp->next_seg_seq++;
+	sp->next_seq = seq;
+	sp->next_stale = false;
+	io_uring_prep_openat(sqe, AT_FDCWD, sp->next_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+			     0640);
+	io_uring_sqe_set_data(sqe, &sp->tag_open);
+	sp->next_state = NEXT_OPENING;
+	io_uring_submit(&sp->ring);
+}
+
+static void discard_next(struct spool *sp)
+{
+	close(sp->next_fd);
+	unlink(sp->next_path);
+	sp->next_state = NEXT_NONE;
+}
+
+static void next_cqe(struct spool *sp, bool is_open, int res)
+{
+	if (is_open) {
+		if (res < 0) {
+			MX_WARN("spool c%u: opening %s ahead: %s", sp->core, sp->next_path,
+				strerror(-res));
+			sp->next_state = NEXT_NONE;
+			return;
+		}
+		sp->next_fd = res;
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&sp->ring);
+		if (sqe == NULL) {
+			discard_next(sp);
+			return;
+		}
+		io_uring_prep_fallocate(sqe, res, FALLOC_FL_KEEP_SIZE, 0,
+					(off_t)sp->cfg.segment_bytes);
+		io_uring_sqe_set_data(sqe, &sp->tag_falloc);
+		sp->next_state = NEXT_ALLOCATING;
+		io_uring_submit(&sp->ring);
+		return;
+	}
+	if (res == -ENOSPC) {
+		if (!sp->disk_full)
+			MX_WARN("spool c%u: disk full preallocating %s", sp->core, sp->next_path);
+		sp->disk_full = true;
+	}
+	sp->next_state = NEXT_READY;
+	if (sp->next_stale)
+		discard_next(sp);
+}
+
 static int create_segment(struct spool *sp, struct seg **out)
 {
+	if (sp->next_state == NEXT_READY) {
+		struct seg *s = seg_new(sp, sp->next_seq, sp->next_fd, 0);
+		if (s == NULL)
+			return -ENOMEM;
+		sp->next_state = NEXT_NONE;
+		sp->st.segments_created++;
+		sp->st.segments_precreated++;
+		*out = s;
+		return 0;
+	}
+	/* still opening: it would come after this one; drop it when it is ready */
+	if (sp->next_state != NEXT_NONE)
+		sp->next_stale = true;
 	char path[4096];
 	uint64_t seq = sp->next_seg_seq++;
 	int rc = spool_seg_path(path, sizeof(path), sp->dir, sp->core, seq);
@@ -607,9 +708,7 @@ static int create_segment(struct spool *sp, struct seg **out)
 			sp->disk_full = true;
 		}
 	}
-	/* the new name must survive a crash before any message in it is acknowledged */
-	if (sp->core_dir_fd >= 0 && sp->cfg.durability == SPOOL_DURABILITY_FSYNC)
-		fsync(sp->core_dir_fd);
+	/* the directory is fsynced by the batch that writes the segment's first records */
 	struct seg *s = seg_new(sp, seq, fd, 0);
 	if (s == NULL) {
 		close(fd);
@@ -625,8 +724,8 @@ static void ext_build_iov(struct extent *x, struct batch *b, uint64_t slice_off,
 			  bool seal)
 {
 	x->iovcnt = 0;
-	if (x->created)
-		x->iov[x->iovcnt++] = (struct iovec){x->hdr, SEGHDR_LEN};
+	if (x->hdr_len)
+		x->iov[x->iovcnt++] = (struct iovec){x->hdr, x->hdr_len};
 	if (slice_len)
 		x->iov[x->iovcnt++] = (struct iovec){b->buf + slice_off, slice_len};
 	if (seal)
@@ -637,11 +736,23 @@ static void ext_build_iov(struct extent *x, struct batch *b, uint64_t slice_off,
 }
 
 static int submit_extent(struct spool *sp, struct extent *x, const struct iovec *iov, int iovcnt,
-			 uint64_t off)
+			 uint64_t off, bool first)
 {
 	bool sync = sp->cfg.durability == SPOOL_DURABILITY_FSYNC;
-	if (io_uring_sq_space_left(&sp->ring) < 2)
+	if (io_uring_sq_space_left(&sp->ring) < 3)
 		io_uring_submit(&sp->ring);
+	if (sync && first && x->created && sp->core_dir_fd >= 0) {
+		/*
+		 * A new segment's name must survive a crash before anything in
+		 * it is acknowledged: the batch completes only after this too.
+		 */
+		struct io_uring_sqe *d = io_uring_get_sqe(&sp->ring);
+		if (d == NULL)
+			return -EBUSY;
+		io_uring_prep_fsync(d, sp->core_dir_fd, 0);
+		io_uring_sqe_set_data(d, (uint8_t *)x + 1);
+		x->outstanding++;
+	}
 	struct io_uring_sqe *w = io_uring_get_sqe(&sp->ring);
 	if (w == NULL)
 		return -EBUSY;
@@ -661,7 +772,7 @@ static int submit_extent(struct spool *sp, struct extent *x, const struct iovec 
 	return 0;
 }
 
-static void batch_done(struct spool *sp, struct batch *b);
+static void settle(struct spool *sp);
 
 static struct extent *open_extent(struct spool *sp, struct batch *b, struct seg *s, uint64_t pos)
 {
@@ -669,19 +780,25 @@ static struct extent *open_extent(struct spool *sp, struct batch *b, struct seg 
 	if (x == NULL)
 		return NULL;
 	x->sp = sp;
+	x->batch = b;
 	x->seg = s;
 	x->file_off = s->planned;
 	x->slice_start = pos;
-	x->data_off = s->planned;
+	x->hdr_len = 0;
 	if (s->planned == 0) {
-		uint8_t p[16];
+		uint8_t p[24];
 		spool_put32(p, sp->gen);
 		spool_put32(p + 4, sp->core);
 		spool_put64(p + 8, (uint64_t)mx_wall_s());
-		spool_rec_build(x->hdr, SPOOL_REC_SEGHDR, 0, s->seq, 0, p, 16);
+		spool_put64(p + 16, b->seq);
+		x->hdr_len =
+			(uint32_t)spool_rec_build(x->hdr, SPOOL_REC_SEGHDR, 0, s->seq, 0, p, 24);
 		x->created = true;
-		x->data_off = SEGHDR_LEN;
 	}
+	/* every write starts with its batch's marker: recovery tells torn from corrupt by it */
+	x->hdr_len += (uint32_t)spool_rec_build(x->hdr + x->hdr_len, SPOOL_REC_BATCH, 0, b->seq, 0,
+						NULL, 0);
+	x->data_off = x->file_off + x->hdr_len;
 	return x;
 }
 
@@ -710,13 +827,23 @@ static bool extent_fits(const struct spool *sp, const struct extent *x, uint64_t
 static int flush(struct spool *sp)
 {
 	struct batch *b = sp->fill;
-	if (b->len == 0 || sp->flight != NULL)
+	if (b->len == 0 || sp->nflight >= SPOOL_MAX_FLIGHT)
 		return 0;
 	b->nex = 0;
 	b->status = 0;
+	b->io_done = false;
 	b->seq = ++sp->batch_seq;
-	sp->flight = b;
-	sp->fill = (b == &sp->b[0]) ? &sp->b[1] : &sp->b[0];
+	sp->flight[sp->nflight++] = b;
+	for (int i = 0; i <= SPOOL_MAX_FLIGHT; i++) {
+		struct batch *c = &sp->b[i];
+		bool busy = false;
+		for (int k = 0; k < sp->nflight; k++)
+			busy |= sp->flight[k] == c;
+		if (!busy) {
+			sp->fill = c;
+			break;
+		}
+	}
 	sp->fill->len = 0;
 	sp->fill->nd = 0;
 	sp->fill->msgs = 0;
@@ -782,13 +909,14 @@ static int flush(struct spool *sp)
 		close_extent(sp, b, x, pos, false);
 	if (rc < 0) {
 		b->status = rc == -ENOSPC ? -ENOSPC : -EIO;
-		batch_done(sp, b);
+		b->io_done = true;
+		settle(sp);
 		return rc;
 	}
 	int queued = 0;
 	for (size_t i = 0; i < b->nex; i++) {
 		struct extent *e = &b->ext[i];
-		if (submit_extent(sp, e, e->iov, e->iovcnt, e->file_off) < 0) {
+		if (submit_extent(sp, e, e->iov, e->iovcnt, e->file_off, true) < 0) {
 			MX_ERR("spool c%u: io_uring queue full", sp->core);
 			b->status = -EIO;
 			break;
@@ -804,7 +932,8 @@ static int flush(struct spool *sp)
 		/* nothing will complete: end the batch here (CQEs of a failed submit never come) */
 		for (size_t i = 0; i < b->nex; i++)
 			b->ext[i].outstanding = 0;
-		batch_done(sp, b);
+		b->io_done = true;
+		settle(sp);
 	}
 	return 0;
 }
@@ -879,7 +1008,7 @@ static void batch_revert(struct spool *sp, struct batch *b)
 	/* a segment unsealed by the revert is the one to continue in */
 }
 
-static void batch_done(struct spool *sp, struct batch *b)
+static void batch_end(struct spool *sp, struct batch *b)
 {
 	uint64_t now = mx_now_us();
 	if (b->status < 0) {
@@ -914,28 +1043,66 @@ static void batch_done(struct spool *sp, struct batch *b)
 		}
 		sp->durable_seq = b->seq;
 	}
-	sp->flight = NULL;
 	b->len = 0;
 	b->nd = 0;
 	b->msgs = 0;
+	b->io_done = false;
 	sp->st.used_bytes = sp->seg_bytes_total + sp->fill->len;
+}
+
+/*
+ * End the batches whose I/O is over, oldest first.  A failure undoes the
+ * younger batches as well, once their I/O is over too, youngest first:
+ * their bytes sit after the failed ones and were never acknowledged.
+ */
+static void settle(struct spool *sp)
+{
+	while (sp->nflight > 0 && sp->flight[0]->io_done) {
+		struct batch *head = sp->flight[0];
+		if (head->status < 0) {
+			for (int i = 1; i < sp->nflight; i++)
+				if (!sp->flight[i]->io_done)
+					return;
+			for (int i = sp->nflight - 1; i >= 0; i--) {
+				if (sp->flight[i]->status == 0)
+					sp->flight[i]->status = head->status;
+				batch_end(sp, sp->flight[i]);
+			}
+			sp->nflight = 0;
+			return;
+		}
+		batch_end(sp, head);
+		for (int i = 1; i < sp->nflight; i++)
+			sp->flight[i - 1] = sp->flight[i];
+		sp->nflight--;
+	}
 }
 
 static void handle_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 {
 	uintptr_t ud = (uintptr_t)io_uring_cqe_get_data(cqe);
+	if (ud == (uintptr_t)&sp->tag_open || ud == (uintptr_t)&sp->tag_falloc) {
+		next_cqe(sp, ud == (uintptr_t)&sp->tag_open, cqe->res);
+		return;
+	}
 	bool is_sync = ud & 1;
 	struct extent *x = (struct extent *)(ud & ~(uintptr_t)1);
-	struct batch *b = sp->flight;
+	struct batch *b = x->batch;
 	int res = cqe->res;
+	if (b->io_done || x->outstanding <= 0)
+		return; /* a CQE of a batch already ended by a submit failure */
 	x->outstanding--;
 	if (!is_sync) {
 		uint64_t want = x->total - x->done;
 		if (res < 0) {
 			if (b->status == 0)
 				b->status = res == -ENOSPC ? -ENOSPC : -EIO;
+		} else if (res == 0 || (x->retries >= 8 && (uint64_t)res < want)) {
+			if (b->status == 0)
+				b->status = -EIO; /* no progress: do not spin */
 		} else if ((uint64_t)res < want) {
 			/* short write: the linked fsync is cancelled; queue the rest */
+			x->retries++;
 			x->done += (uint64_t)res;
 			x->resubmit = true;
 			sp->st.short_writes++;
@@ -964,22 +1131,29 @@ static void handle_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 			skip = 0;
 			n++;
 		}
-		if (submit_extent(sp, x, x->riov, n, x->file_off + x->done) < 0 ||
+		if (submit_extent(sp, x, x->riov, n, x->file_off + x->done, false) < 0 ||
 		    io_uring_submit(&sp->ring) < 0)
 			b->status = -EIO;
 	}
 	for (size_t i = 0; i < b->nex; i++)
 		if (b->ext[i].outstanding > 0)
 			return;
-	batch_done(sp, b);
+	b->io_done = true;
+	settle(sp);
 }
 
+static bool next_busy(const struct spool *sp)
+{
+	return sp->next_state == NEXT_OPENING || sp->next_state == NEXT_ALLOCATING;
+}
+
+/* Reap CQEs; with wait, block while batches are in flight (never for next_state alone). */
 static void reap(struct spool *sp, bool wait)
 {
 	struct io_uring_cqe *cqe;
-	while (sp->flight != NULL) {
-		int rc = wait ? io_uring_wait_cqe(&sp->ring, &cqe)
-			      : io_uring_peek_cqe(&sp->ring, &cqe);
+	while (sp->nflight > 0 || next_busy(sp)) {
+		int rc = (wait && sp->nflight > 0) ? io_uring_wait_cqe(&sp->ring, &cqe)
+						   : io_uring_peek_cqe(&sp->ring, &cqe);
 		if (rc == -EINTR)
 			continue;
 		if (rc < 0)
@@ -1000,7 +1174,9 @@ static void compact_step(struct spool *sp, struct seg *s)
 			return; /* everything is queued; wait for the flush */
 		size_t need = e->len;
 		for (uint32_t r = 0; e->rs && r < e->rcpt_count; r++)
-			need += SPOOL_REC_HDR + 8 + SPOOL_TEXT_MAX;
+			if (e->rs[r].state != SPOOL_RCPT_QUEUED)
+				need += SPOOL_REC_HDR + 8 +
+					(e->rs[r].text ? strlen(e->rs[r].text) : 0);
 		if (batch_reserve(sp, sp->fill, need) < 0)
 			return;
 		struct batch *b = sp->fill;
@@ -1048,10 +1224,10 @@ static void reclaim(struct spool *sp, uint64_t now)
 		if (s->live == 0) {
 			if (s->unlink_after > sp->durable_seq)
 				return; /* its copies are not durable yet */
-			/* a segment still being written by the batch in flight stays */
-			if (sp->flight != NULL)
-				for (size_t i = 0; i < sp->flight->nex; i++)
-					if (sp->flight->ext[i].seg == s)
+			/* a segment still being written by a batch in flight stays */
+			for (int k = 0; k < sp->nflight; k++)
+				for (size_t i = 0; i < sp->flight[k]->nex; i++)
+					if (sp->flight[k]->ext[i].seg == s)
 						return;
 			MX_DEBUG("spool c%u: segment %016llx reclaimed", sp->core,
 				 (unsigned long long)s->seq);
@@ -1069,8 +1245,8 @@ static void reclaim(struct spool *sp, uint64_t now)
 		 */
 		bool sparse = s->live_bytes * 100 < s->planned * sp->cfg.compact_live_pct;
 		bool pins = next != NULL && next != sp->current && next->live == 0;
-		if (!s->compacting && s->sealed && (sparse || pins) &&
-		    now >= s->created_us && now - s->created_us >= sp->cfg.compact_min_age_us)
+		if (!s->compacting && s->sealed && (sparse || pins) && now >= s->created_us &&
+		    now - s->created_us >= sp->cfg.compact_min_age_us)
 			s->compacting = true;
 		if (s->compacting)
 			compact_step(sp, s);
@@ -1112,11 +1288,12 @@ int spool_poll(struct spool *sp, uint64_t now_us, struct spool_completion *out, 
 	struct batch *b = sp->fill;
 	/* commits made after the caller read its clock count as age 0, not as overdue */
 	uint64_t age = now_us > b->first_us ? now_us - b->first_us : 0;
-	if (sp->flight == NULL && b->len > 0 &&
+	if (sp->nflight < SPOOL_MAX_FLIGHT && b->len > 0 &&
 	    (b->len >= sp->cfg.commit_bytes || age >= sp->cfg.commit_window_us))
 		flush(sp);
 	reclaim(sp, now_us);
 	probe_space(sp, now_us);
+	precreate_segment(sp);
 	int n = 0;
 	while (n < max && sp->out_len > 0) {
 		out[n++] = sp->outq[sp->out_head];
@@ -1132,7 +1309,7 @@ int spool_sync(struct spool *sp)
 		return 0;
 	for (int guard = 0; guard < 1000000; guard++) {
 		reap(sp, true);
-		if (sp->fill->len == 0 && sp->flight == NULL)
+		if (sp->fill->len == 0 && sp->nflight == 0)
 			return 0;
 		int rc = flush(sp);
 		if (rc < 0)
@@ -1169,6 +1346,8 @@ int spool_msg_begin(struct spool *sp, struct spool_msg **out)
 		m = calloc(1, sizeof(*m));
 		if (m == NULL)
 			return -ENOMEM;
+		m->next_all = sp->all_msgs;
+		sp->all_msgs = m;
 	}
 	int rc = next_id(sp, &m->id);
 	if (rc < 0) {
@@ -1188,6 +1367,7 @@ static void msg_release(struct spool_msg *m)
 {
 	struct spool *sp = m->sp;
 	sp->open_msgs--;
+	sp->open_bytes -= m->len;
 	if (m->cap > (256u << 10)) { /* do not keep a big message's buffer around */
 		free(m->body);
 		m->body = NULL;
@@ -1205,6 +1385,10 @@ int spool_msg_append(struct spool_msg *m, const void *data, size_t len)
 		sp->st.too_big++;
 		return -EFBIG;
 	}
+	if (sp->cfg.max_open_bytes && sp->open_bytes + len > sp->cfg.max_open_bytes) {
+		sp->st.open_bytes_limit_hits++;
+		return -ENOBUFS;
+	}
 	if (m->len + len > m->cap) {
 		size_t nc = m->cap ? m->cap : 4096;
 		while (nc < m->len + len)
@@ -1217,6 +1401,7 @@ int spool_msg_append(struct spool_msg *m, const void *data, size_t len)
 	}
 	memcpy(m->body + m->len, data, len);
 	m->len += len;
+	sp->open_bytes += len;
 	return 0;
 }
 
@@ -1652,8 +1837,9 @@ static int recover(struct spool *sp, spool_recover_fn cb, void *arg,
 		struct spool_scan_seg res;
 		v.n = 0;
 		v.pay_len = 0;
-		rc = spool_scan_segment(fd, seqs[i], sp->batch_cap + SEGHDR_LEN + SEAL_LEN, collect,
-					&v, &res);
+		rc = spool_scan_segment(fd, seqs[i], collect, &v, &res);
+		if (res.max_batch > sp->batch_seq)
+			sp->batch_seq = res.max_batch; /* markers keep rising across restarts */
 		if (rc < 0) {
 			MX_ERR("spool c%u: reading %s: %s", sp->core, path, strerror(-rc));
 			close(fd);
@@ -1727,6 +1913,7 @@ static int recover(struct spool *sp, spool_recover_fn cb, void *arg,
 	if (rc < 0)
 		return rc;
 	sp->gen = max_gen; /* floor for the next generation */
+	sp->durable_seq = sp->batch_seq;
 	if (orphans)
 		MX_DEBUG("spool c%u: %llu state records of finished or moved messages", sp->core,
 			 (unsigned long long)orphans);
@@ -1801,14 +1988,14 @@ static void spool_free(struct spool *sp)
 		}
 		free(sp->tab);
 	}
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i <= SPOOL_MAX_FLIGHT; i++) {
 		free(sp->b[i].buf);
 		free(sp->b[i].d);
 		free(sp->b[i].ext);
 	}
-	while (sp->free_msgs != NULL) {
-		struct spool_msg *m = sp->free_msgs;
-		sp->free_msgs = m->next_free;
+	while (sp->all_msgs != NULL) { /* open ones too: spool_close() ends them */
+		struct spool_msg *m = sp->all_msgs;
+		sp->all_msgs = m->next_all;
 		free(m->body);
 		free(m);
 	}
@@ -1907,8 +2094,8 @@ fail:
 	return rc;
 }
 
-int spool_scan(const char *dir, unsigned core, uint64_t max_batch_bytes, spool_recover_fn cb,
-	       void *arg, struct spool_recovery_stats *rs)
+int spool_scan(const char *dir, unsigned core, spool_recover_fn cb, void *arg,
+	       struct spool_recovery_stats *rs)
 {
 	struct spool_config cfg;
 	struct spool_recovery_stats local;
@@ -1921,8 +2108,6 @@ int spool_scan(const char *dir, unsigned core, uint64_t max_batch_bytes, spool_r
 	if (sp == NULL)
 		return -ENOMEM;
 	sp->readonly = true;
-	if (max_batch_bytes)
-		sp->batch_cap = max_batch_bytes;
 	int rc = recover(sp, cb, arg, rs);
 	spool_free(sp);
 	return rc;
@@ -1937,5 +2122,15 @@ void spool_close(struct spool *sp)
 		MX_ERR("spool c%u: final sync: %s", sp->core, strerror(-rc));
 	if (sp->open_msgs)
 		MX_WARN("spool c%u: closed with %u messages still open", sp->core, sp->open_msgs);
+	/* a segment opened ahead and never used is removed */
+	for (int guard = 0; next_busy(sp) && guard < 1000; guard++) {
+		struct io_uring_cqe *cqe;
+		if (io_uring_wait_cqe(&sp->ring, &cqe) < 0)
+			break;
+		handle_cqe(sp, cqe);
+		io_uring_cqe_seen(&sp->ring, cqe);
+	}
+	if (sp->next_state == NEXT_READY)
+		discard_next(sp);
 	spool_free(sp);
 }

@@ -46,6 +46,7 @@ struct spool_config {
 	uint64_t max_bytes;		  /* this core's share of the spool size, 0 = no limit */
 	uint64_t max_message_bytes;	  /* largest record, default 32 MiB (< segment_bytes) */
 	uint32_t max_open_msgs;		  /* messages between begin and commit, default 4096 */
+	uint64_t max_open_bytes;	  /* body bytes they hold in memory, default 256 MiB */
 	uint32_t max_batch_bytes;	  /* batch buffer bound, default 8 MiB (>= commit_bytes) */
 	uint32_t compact_live_pct;	  /* compact a segment below this live %, default 25 */
 	uint64_t compact_min_age_us;	  /* ... and older than this, default 60 s */
@@ -152,6 +153,7 @@ struct spool_stats {
 	uint64_t commit_lat_us[SPOOL_LAT_BUCKETS]; /* commit() to completion */
 	uint64_t enospc_refusals;		   /* begin/commit answered -ENOSPC */
 	uint64_t open_limit_hits;		   /* max_open_msgs reached */
+	uint64_t open_bytes_limit_hits;		   /* max_open_bytes reached */
 	uint64_t batch_limit_hits;		   /* max_batch_bytes reached */
 	uint64_t too_big;			   /* max_message_bytes exceeded */
 	uint64_t io_errors;			   /* failed batches */
@@ -159,6 +161,7 @@ struct spool_stats {
 	uint64_t torn_tails;
 	uint64_t quarantined;
 	uint64_t segments_created;
+	uint64_t segments_precreated; /* of those, opened ahead through io_uring */
 	uint64_t segments_reclaimed;
 	uint64_t compaction_bytes;
 	uint64_t compaction_msgs;
@@ -195,15 +198,15 @@ void spool_dir_unlock(int fd);
  */
 int spool_open(const struct spool_config *cfg, unsigned core, spool_recover_fn recover_cb,
 	       void *arg, struct spool_recovery_stats *rs, struct spool **out);
-/** Write out and wait for everything pending (blocking), then free. */
+/** Write out and wait for everything pending (blocking), then free (open messages too). */
 void spool_close(struct spool *sp);
 
 /**
  * Read-only scan of core's segments (no truncation, no quarantine, no new
  * generation): what recovery would report.  For tools and tests.
  */
-int spool_scan(const char *dir, unsigned core, uint64_t max_batch_bytes, spool_recover_fn cb,
-	       void *arg, struct spool_recovery_stats *rs);
+int spool_scan(const char *dir, unsigned core, spool_recover_fn cb, void *arg,
+	       struct spool_recovery_stats *rs);
 
 /** Cores that have a c<core> directory under dir, as a bitmap of 256 bits. */
 int spool_dir_cores(const char *dir, uint64_t cores[4]);
@@ -216,7 +219,10 @@ bool spool_has_room(const struct spool *sp);
  * answer 452 4.3.1), -ENOBUFS (max_open_msgs), -ENOMEM.
  */
 int spool_msg_begin(struct spool *sp, struct spool_msg **out);
-/** Add body bytes.  0, -EFBIG past max_message_bytes (the message stays open), -ENOMEM. */
+/**
+ * Add body bytes.  0, -EFBIG past max_message_bytes, -ENOBUFS past max_open_bytes
+ * (all open messages together: answer 451), -ENOMEM; the message stays open.
+ */
 int spool_msg_append(struct spool_msg *m, const void *data, size_t len);
 /**
  * Queue the message for the next group commit and release m.  On success

@@ -24,7 +24,8 @@ enum spool_rec_type {
 	SPOOL_REC_DEFERRED = 4, /* payload: i64 next retry (s) + reply text */
 	SPOOL_REC_BOUNCED = 5,	/* payload: reason text */
 	SPOOL_REC_FINISHED = 6,
-	SPOOL_REC_SEAL = 7, /* last record of a rolled segment */
+	SPOOL_REC_SEAL = 7,  /* last record of a rolled segment */
+	SPOOL_REC_BATCH = 8, /* first record of each batch's write; id = batch sequence */
 };
 
 struct spool_rec_hdr {
@@ -99,6 +100,7 @@ struct spool_scan_seg {
 	uint64_t size;	    /* bytes kept (after a torn tail cut) */
 	uint64_t file_size; /* as found */
 	int state;	    /* 0 ok, 1 torn tail at size, 2 corrupt, 3 no record, 4 newer version */
+	uint64_t max_batch; /* highest batch sequence seen (SEGHDR or BATCH) */
 	uint64_t bad_off;
 	const char *why;
 	bool sealed;
@@ -111,8 +113,8 @@ typedef int (*spool_scan_rec_fn)(void *arg, const struct spool_scan_rec *r);
  * valid record in order.  Fills *res.  Returns 0 or a negative errno for an
  * I/O error (a corrupt or torn segment is not an error: see res->state).
  */
-int spool_scan_segment(int fd, uint64_t seq, uint64_t max_batch_bytes, spool_scan_rec_fn fn,
-		       void *arg, struct spool_scan_seg *res);
+int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
+		       struct spool_scan_seg *res);
 
 /** Sorted list of segment sequence numbers under <dir>/c<core>; malloc'd. */
 int spool_list_segments(const char *dir, unsigned core, uint64_t **seqs, size_t *count);

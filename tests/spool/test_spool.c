@@ -19,10 +19,12 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 static char base[256];
+static char tmpfs_dir[300]; /* mounted by the disk-full test; unmounted whatever happens */
 static int dir_counter;
 
 static void rm_rf(const char *path)
@@ -54,6 +56,8 @@ static int suite_init(void)
 
 static int suite_clean(void)
 {
+	if (tmpfs_dir[0] != '\0')
+		umount2(tmpfs_dir, MNT_DETACH);
 	rm_rf(base);
 	return 0;
 }
@@ -368,6 +372,29 @@ static void test_limits(void)
 	CU_ASSERT_NOT_EQUAL(spool_msg_id(a), spool_msg_id(b));
 	char big[9000] = {0};
 	CU_ASSERT_EQUAL(spool_msg_append(a, big, sizeof(big)), -EFBIG);
+	/* all open messages together are bounded too */
+	spool_close(sp);
+	c.max_message_bytes = 64 << 10;
+	c.max_open_bytes = 10000;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &a), 0);
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &b), 0);
+	CU_ASSERT_EQUAL(spool_msg_append(a, big, 6000), 0);
+	CU_ASSERT_EQUAL(spool_msg_append(b, big, 6000), -ENOBUFS);
+	spool_msg_abort(a);
+	CU_ASSERT_EQUAL(spool_msg_append(b, big, 6000), 0);
+	struct spool_stats ost;
+	spool_get_stats(sp, &ost);
+	CU_ASSERT_EQUAL(ost.open_bytes_limit_hits, 1);
+	spool_msg_abort(b);
+	spool_close(sp);
+	c.max_open_bytes = 0;
+	c.max_message_bytes = 8192;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &a), 0);
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &b), 0);
+	CU_ASSERT_EQUAL(spool_msg_begin(sp, &x), -ENOBUFS);
+	CU_ASSERT_EQUAL(spool_msg_append(a, big, sizeof(big)), -EFBIG);
 	struct spool_envelope env = test_env(1);
 	env.rcpt_count = 0;
 	CU_ASSERT_EQUAL(spool_msg_commit(b, &env, 1), -EINVAL);
@@ -375,6 +402,7 @@ static void test_limits(void)
 	struct spool_stats st;
 	spool_get_stats(sp, &st);
 	CU_ASSERT_EQUAL(st.open_limit_hits, 1);
+	CU_ASSERT_EQUAL(st.open_bytes_limit_hits, 0);
 	CU_ASSERT_EQUAL(st.too_big, 1);
 	CU_ASSERT_EQUAL(spool_msg_finish(sp, 12345), -ENOENT);
 	spool_close(sp);
@@ -511,16 +539,19 @@ static void test_torn_tail_every_length(void)
 	size_t len;
 	uint8_t *img = read_file(seg, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
-	/* record ends: where each complete message ends */
-	size_t ends[8], nends = 0, off = 0;
-	while (off < len) {
+	/* where each record ends (segment header, batch markers, messages) */
+	size_t ends[64], nends = 0, off = 0, msgs = 0;
+	bool is_msg[64];
+	while (off < len && nends < 64) {
 		struct spool_rec_hdr h;
 		CU_ASSERT_EQUAL_FATAL(spool_rec_check(img + off, len - off, &h), 0);
 		off += SPOOL_REC_HDR + h.length;
-		if (h.type == SPOOL_REC_MSG)
-			ends[nends++] = off;
+		is_msg[nends] = h.type == SPOOL_REC_MSG;
+		msgs += is_msg[nends];
+		ends[nends++] = off;
 	}
-	CU_ASSERT_EQUAL_FATAL(nends, 5);
+	CU_ASSERT_EQUAL_FATAL(msgs, 5);
+	CU_ASSERT_EQUAL_FATAL(off, len);
 	new_dir(dir2, sizeof(dir2));
 	mkdir(dir2, 0700);
 	spool_core_path(cdir, sizeof(cdir), dir2, 0);
@@ -530,16 +561,16 @@ static void test_torn_tail_every_length(void)
 	c2.dir = dir2;
 	int bad_scan = 0, bad_open = 0, bad_size = 0;
 	for (size_t l = 0; l <= len; l++) {
-		/* the segment header (48 bytes) is kept alone; shorter than that is no segment */
-		size_t expect = 0, keep = l >= 48 ? 48 : 0;
+		/* the whole records in the first l bytes survive; without any, the file goes */
+		size_t expect = 0, keep = 0;
 		for (size_t k = 0; k < nends; k++)
 			if (ends[k] <= l) {
-				expect = k + 1;
+				expect += is_msg[k];
 				keep = ends[k];
 			}
 		write_file(seg2, img, l);
 		struct spool_recovery_stats rs;
-		if (spool_scan(dir2, 0, 0, NULL, NULL, &rs) != 0 || rs.messages != expect ||
+		if (spool_scan(dir2, 0, NULL, NULL, &rs) != 0 || rs.messages != expect ||
 		    rs.quarantined != 0)
 			bad_scan++;
 		if (spool_open(&c2, 0, NULL, NULL, &rs, &sp) != 0) {
@@ -591,7 +622,7 @@ static void test_quarantine_corrupt_segment(void)
 	CU_ASSERT_EQUAL_FATAL(spool_list_segments(dir, 0, &seqs, &nseg), 0);
 	CU_ASSERT_FATAL(nseg >= 3);
 	struct spool_recovery_stats rs;
-	CU_ASSERT_EQUAL(spool_scan(dir, 0, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(spool_scan(dir, 0, NULL, NULL, &rs), 0);
 	CU_ASSERT_EQUAL(rs.messages, 40);
 	uint64_t in_first = 0;
 	{
@@ -626,6 +657,52 @@ static void test_quarantine_corrupt_segment(void)
 	free(seqs);
 }
 
+/*
+ * In the segment being written, damage in an older batch (two or more batch
+ * markers follow it) is corruption: quarantined, not cut; damage in the last
+ * batch is a torn tail.
+ */
+static void test_active_segment_damage(void)
+{
+	char dir[300], seg[400];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	uint64_t ids[6];
+	for (int i = 0; i < 6; i++) {
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 500, 1, &ids[i]), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	}
+	struct spool_location first, last;
+	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, ids[0], &first), 0);
+	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, ids[5], &last), 0);
+	spool_close(sp);
+	spool_seg_path(seg, sizeof(seg), dir, 0, first.segment);
+	size_t len;
+	uint8_t *img = read_file(seg, &len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
+	/* a flipped bit in the last message: cut as a torn tail (read-only scan) */
+	img[last.offset + last.body_offset + 10] ^= 1;
+	write_file(seg, img, len);
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL(spool_scan(dir, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(rs.torn_tails, 1);
+	CU_ASSERT_EQUAL(rs.quarantined, 0);
+	CU_ASSERT_EQUAL(rs.messages, 5);
+	img[last.offset + last.body_offset + 10] ^= 1;
+	/* the same in the first message: five batches follow, so it is corruption */
+	img[first.offset + first.body_offset + 10] ^= 1;
+	write_file(seg, img, len);
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.quarantined, 1);
+	CU_ASSERT_EQUAL(rs.torn_tails, 0);
+	spool_close(sp);
+	struct stat sb;
+	CU_ASSERT_NOT_EQUAL(stat(seg, &sb), 0);
+	free(img);
+}
+
 /* ---- reclaim, compaction, full ------------------------------------------ */
 
 static void test_reclaim(void)
@@ -649,6 +726,8 @@ static void test_reclaim(void)
 	struct spool_location loc;
 	CU_ASSERT_EQUAL(spool_locate(sp, ids[0], &loc), 0);
 	CU_ASSERT_EQUAL(loc.segment, seqs[0]);
+	for (int i = 0; i < 60; i += 7) /* bodies of later batches are where they are said to be */
+		CU_ASSERT_TRUE(body_ok(sp, ids[i], (uint64_t)i, 3000));
 	/* finish every message of the first segment but one: nothing is freed */
 	int first_n = 0;
 	for (int i = 0; i < 60; i++) {
@@ -669,10 +748,12 @@ static void test_reclaim(void)
 	struct spool_stats st;
 	spool_get_stats(sp, &st);
 	CU_ASSERT_EQUAL(st.segments_reclaimed, 1);
+	CU_ASSERT_TRUE(st.segments_precreated >= 1); /* rolled over without a syscall */
+	CU_ASSERT_EQUAL(st.segments_created - st.segments_reclaimed, st.segments);
 	spool_close(sp);
 	/* and after a restart the finished messages stay finished */
 	struct spool_recovery_stats rs;
-	CU_ASSERT_EQUAL(spool_scan(dir, 0, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(spool_scan(dir, 0, NULL, NULL, &rs), 0);
 	CU_ASSERT_EQUAL(rs.messages, (uint64_t)(60 - first_n));
 	free(seqs);
 }
@@ -792,6 +873,7 @@ static void test_disk_full_tmpfs(void)
 		fprintf(stderr, "  (skipped: cannot mount a 1 MiB tmpfs: %s)\n", strerror(errno));
 		return;
 	}
+	snprintf(tmpfs_dir, sizeof(tmpfs_dir), "%s", dir);
 	struct spool_config c;
 	base_cfg(&c, dir);
 	c.segment_bytes = 128 << 10;
@@ -875,8 +957,29 @@ static void test_id_uniqueness_million(void)
 	for (size_t i = 1; i < n; i++)
 		dups += ids[i] == ids[i - 1];
 	CU_ASSERT_EQUAL(dups, 0);
-	/* a lost generation file still yields fresh IDs (floor from the records) */
 	free(ids);
+}
+
+/* A lost spool.gen still yields fresh IDs: the floor comes from the records. */
+static void test_ids_without_gen_file(void)
+{
+	char dir[300], gen[400];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	uint64_t old_id = 0, new_id = 0;
+	for (int start = 0; start < 3; start++) {
+		CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+		CU_ASSERT_EQUAL(put_msg(sp, 0, 10, 1, &old_id), 0);
+		spool_close(sp);
+	}
+	snprintf(gen, sizeof(gen), "%s/spool.gen", dir);
+	CU_ASSERT_EQUAL(unlink(gen), 0);
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	CU_ASSERT_EQUAL(put_msg(sp, 1, 10, 1, &new_id), 0);
+	spool_close(sp);
+	CU_ASSERT_TRUE(new_id >> 36 > old_id >> 36);
+	CU_ASSERT_NOT_EQUAL(new_id, spool_id_make(1, 0, 1));
 }
 
 static void test_dir_lock(void)
@@ -992,10 +1095,16 @@ static void test_newer_version_refused(void)
 	size_t len;
 	uint8_t *img = read_file(seg, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
-	/* the second message record: after the segment header and the first message */
+	/* find the second message record */
 	struct spool_rec_hdr h;
-	CU_ASSERT_EQUAL_FATAL(spool_rec_check(img + 48, len - 48, &h), 0);
-	size_t second = 48 + SPOOL_REC_HDR + h.length;
+	size_t off = 0, second = 0;
+	for (int msgs = 0; off < len && msgs < 2;) {
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check(img + off, len - off, &h), 0);
+		if (h.type == SPOOL_REC_MSG && ++msgs == 2)
+			second = off;
+		off += SPOOL_REC_HDR + h.length;
+	}
+	CU_ASSERT_FATAL(second > 0);
 	img[second + 4] = SPOOL_REC_VERSION + 1;
 	spool_put32(img + second + 28, spool_crc32c(0, img + second, 28));
 	write_file(seg, img, len);
@@ -1006,6 +1115,73 @@ static void test_newer_version_refused(void)
 	CU_ASSERT_EQUAL(memcmp(img, img2, len), 0);
 	free(img);
 	free(img2);
+}
+
+static int run_cmd(const char *cmd, char *out, size_t cap)
+{
+	FILE *f = popen(cmd, "r");
+	if (f == NULL)
+		return -1;
+	size_t n = fread(out, 1, cap - 1, f);
+	out[n] = '\0';
+	int st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* tools/mxspool against a real spool (MXSPOOL names the binary; set by meson). */
+static void test_mxspool_tool(void)
+{
+	const char *bin = getenv("MXSPOOL");
+	if (bin == NULL) {
+		fprintf(stderr, "  (skipped: MXSPOOL not set)\n");
+		return;
+	}
+	char dir[300], cmd[1024], out[8192], ids[3][SPOOL_ID_LEN + 1];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 2, NULL, NULL, NULL, &sp), 0);
+	uint64_t id[3];
+	for (int i = 0; i < 3; i++) {
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 50, 2, &id[i]), 0);
+		spool_id_format(id[i], ids[i]);
+	}
+	CU_ASSERT_EQUAL(wait_completions(sp, 3, NULL, 0), 3);
+	CU_ASSERT_EQUAL(spool_mark_deferred(sp, id[0], 1, 4000000000LL, "421 later"), 0);
+	CU_ASSERT_EQUAL(spool_mark_delivered(sp, id[1], 0), 0);
+	spool_close(sp);
+
+	snprintf(cmd, sizeof(cmd), "%s %s count", bin, dir);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "messages 3\nqueued 4\ndeferred 1\ndelivered 1\n"));
+	snprintf(cmd, sizeof(cmd), "%s %s list", bin, dir);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, ids[2]));
+	snprintf(cmd, sizeof(cmd), "%s %s show %s", bin, dir, ids[0]);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "state=deferred retry=4000000000 \"421 later\""));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "body: 50 bytes\n\nabcdefghij"));
+	snprintf(cmd, sizeof(cmd), "%s %s requeue %s", bin, dir, ids[0]);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	snprintf(cmd, sizeof(cmd), "%s %s show %s", bin, dir, ids[0]);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "state=deferred retry=0 "));
+	snprintf(cmd, sizeof(cmd), "%s %s delete %s", bin, dir, ids[1]);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	snprintf(cmd, sizeof(cmd), "%s %s count", bin, dir);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "messages 2\n"));
+	snprintf(cmd, sizeof(cmd), "%s %s show %s 2>&1", bin, dir, ids[1]);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 1);
+	/* a running relay (the lock) makes it refuse to write */
+	int lock = spool_dir_lock(dir);
+	CU_ASSERT_TRUE_FATAL(lock >= 0);
+	snprintf(cmd, sizeof(cmd), "%s %s delete %s 2>&1", bin, dir, ids[2]);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 1);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "relay is running"));
+	spool_dir_unlock(lock);
+	snprintf(cmd, sizeof(cmd), "%s %s show NOTANID 2>&1", bin, dir);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 2);
 }
 
 static void test_config_from_ini(void)
@@ -1052,15 +1228,18 @@ static CU_TestInfo spool_tests[] = {
 	{"recovery_with_state", test_recovery_with_state},
 	{"torn_tail_every_length", test_torn_tail_every_length},
 	{"quarantine_corrupt_segment", test_quarantine_corrupt_segment},
+	{"active_segment_damage", test_active_segment_damage},
 	{"reclaim", test_reclaim},
 	{"compaction_keeps_state", test_compaction_keeps_state},
 	{"spool_full_by_size", test_spool_full_by_size},
 	{"disk_full_tmpfs", test_disk_full_tmpfs},
 	{"id_uniqueness_million", test_id_uniqueness_million},
+	{"ids_without_gen_file", test_ids_without_gen_file},
 	{"dir_lock", test_dir_lock},
 	{"recovery_100k", test_recovery_100k},
 	{"short_write_fails_batch", test_short_write_fails_batch},
 	{"newer_version_refused", test_newer_version_refused},
+	{"mxspool_tool", test_mxspool_tool},
 	CU_TEST_INFO_NULL,
 };
 

@@ -136,7 +136,7 @@ static int each_core(const char *dir, spool_recover_fn fn, struct ctx *c, int on
 		if (only_core >= 0 && core != (unsigned)only_core)
 			continue;
 		struct spool_recovery_stats rs;
-		rc = spool_scan(dir, core, 0, fn, c, &rs);
+		rc = spool_scan(dir, core, fn, c, &rs);
 		if (rc < 0) {
 			fprintf(stderr, "mxspool: core %u: %s\n", core, strerror(-rc));
 			return rc;
