@@ -3,10 +3,10 @@
 # Every package comes from Debian 12.  Nothing is downloaded from anywhere
 # else.  Set MX_NO_INSTALL=1 to skip the check (offline developer machines).
 
-MX_BUILD_PKGS="meson ninja-build pkg-config gcc libdpdk-dev dpdk libssl-dev openssl
+MX_BUILD_PKGS="meson ninja-build pkg-config gcc libdpdk-dev dpdk dpdk-dev libssl-dev openssl
 	libjemalloc-dev libcunit1-dev liburing-dev iproute2 iputils-ping procps"
 MX_TEST_PKGS="clang libclang-rt-14-dev swaks python3 python3-dkim postfix
-	nsd unbound ldnsutils dnsutils tcpdump"
+	nsd unbound ldnsutils dnsutils tcpdump curl bc"
 
 mx_install() {
 	[ "${MX_NO_INSTALL:-0}" = 1 ] && return 0

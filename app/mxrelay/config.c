@@ -5,6 +5,7 @@
  * reports whatever nobody read as an unknown key or section.
  * Defaults are set here, each one documented in config/README.md.
  */
+#include "control.h"
 #include "relay.h"
 
 #include <errno.h>
@@ -13,7 +14,8 @@
 #include <string.h>
 
 static const char *const known_sections[] = {"eal", "port.", "tcp", "smtp", "tls", "relay",
-					     "dns", "spool", "queue", "dkim", "log", NULL};
+					     "dns", "spool", "queue", "dkim", "log",
+					     "control", NULL};
 
 static void str_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
 		    char *out, size_t outlen)
@@ -128,6 +130,26 @@ static void parse_dkim(struct cfg_file *cf, struct relay_config *rc, struct cfg_
 	}
 }
 
+/* [control] (control.c): control socket and Prometheus endpoint; "" turns either off. */
+static void parse_control(struct cfg_file *cf, struct relay_config *rc, struct cfg_report *r)
+{
+	struct relay_control_conf *c = &rc->control;
+	struct cfg_entry *e;
+	uint32_t addr;
+	uint16_t port;
+
+	strcpy(c->socket, "/run/mxrelay/control.sock");
+	strcpy(c->http_listen, "127.0.0.1:9125");
+	c->max_clients = 16;
+	str_key(cf, r, "control", "socket", c->socket, sizeof(c->socket));
+	str_key(cf, r, "control", "http_listen", c->http_listen, sizeof(c->http_listen));
+	e = cfg_get(cf, "control", NULL, "http_listen");
+	if (e != NULL && c->http_listen[0] && control_parse_listen(c->http_listen, &addr, &port) != 0)
+		cfg_error(r, cf, e->line, "http_listen = %s: expected A.B.C.D:port or empty",
+			  e->value);
+	u64_key(cf, r, "control", "max_clients", 1, 1024, &c->max_clients);
+}
+
 /* A library loader's first error ("file:line: message") joins the report. */
 static void lib_error(struct cfg_report *r, struct cfg_file *cf, int rc, const char *err)
 {
@@ -166,6 +188,8 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	if (rc->n_listen == 0)
 		rc->listen[rc->n_listen++] = 25;
 	u64_key(cf, r, "smtp", "max_connections", 1, 10000000, &rc->max_connections);
+	rc->shutdown_timeout_us = 10000000;
+	dur_key(cf, r, "smtp", "shutdown_timeout", 0, 3600000000ull, &rc->shutdown_timeout_us);
 	str_key(cf, r, "smtp", "users", rc->users_file, sizeof(rc->users_file));
 
 	str_key(cf, r, "tls", "cert", rc->tls_cert, sizeof(rc->tls_cert));
@@ -191,6 +215,7 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	dur_key(cf, r, "queue", "max_age", 60000000ull, 60ull * 86400 * 1000000, &rc->max_age_us);
 
 	parse_dkim(cf, rc, r);
+	parse_control(cf, rc, r);
 
 	rc->log_level = MX_LOG_INFO;
 	if ((e = cfg_get(cf, "log", NULL, "level")) != NULL &&

@@ -9,6 +9,7 @@
  * worker per remaining lcore and then only does control work: signals and
  * periodic counters.  Workers run to completion (worker.c).
  */
+#include "control.h"
 #include "relay.h"
 #include "worker.h"
 
@@ -108,10 +109,28 @@ int main(int argc, char **argv)
 		net_dataplane_stop(&dp);
 		return 1;
 	}
+	/* Control plane (control.c): the main loop waits in poll() for requests. */
+	control_start(&conf, &dp, path);
 	MX_INFO("mxrelay running (%s)", path);
 	while (!got_signal)
-		usleep(100000);
-	MX_INFO("signal %d: stopping", (int)got_signal);
+		control_poll(100);
+	MX_INFO("signal %d: draining: new connections get 421, open sessions have %llu s",
+		(int)got_signal, (unsigned long long)(conf.shutdown_timeout_us / 1000000));
+	got_signal = 0;
+	/* Open sessions finish their transactions; a second signal stops at once. */
+	bool clean = false;
+	for (uint64_t end = mx_now_us() + conf.shutdown_timeout_us; !got_signal;) {
+		control_poll(0);
+		uint64_t step = mx_now_us() + 100000;
+		if (workers_drain(step < end ? step : end)) {
+			clean = true;
+			break;
+		}
+		if (mx_now_us() >= end)
+			break;
+	}
+	MX_INFO("%s; stopping", clean ? "all sessions finished" : "open sessions are cut off");
+	control_stop();
 	workers_stop();
 	net_dataplane_stop(&dp);
 	MX_INFO("stopped");

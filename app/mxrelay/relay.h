@@ -19,6 +19,13 @@
 
 #define RELAY_MAX_LISTEN 8
 
+/* [control] (control.c): the management plane. */
+struct relay_control_conf {
+	char socket[108];     /* Unix socket path (sun_path size); "" = off */
+	char http_listen[64]; /* Prometheus endpoint A.B.C.D:port; "" = off */
+	uint64_t max_clients; /* concurrent control + HTTP clients */
+};
+
 struct relay_config {
 	struct cfg_file *cf;
 	struct net_dp_conf net;
@@ -30,6 +37,7 @@ struct relay_config {
 	uint16_t listen[RELAY_MAX_LISTEN];
 	unsigned n_listen;
 	uint64_t max_connections;
+	uint64_t shutdown_timeout_us; /* SIGTERM: how long open sessions may finish */
 	char users_file[512]; /* AUTH credentials (tools/mxpasswd writes it) */
 	/* [tls] */
 	char tls_cert[512], tls_key[512], tls_ca_file[512];
@@ -44,6 +52,7 @@ struct relay_config {
 	enum mx_log_level log_level;
 	char log_file[512];
 	unsigned n_dkim;
+	struct relay_control_conf control; /* [control] */
 };
 
 /**

@@ -65,6 +65,7 @@ struct smtpd {
 	uint64_t next_scan_us;
 	uint64_t session_seq;
 	uint64_t max_conns; /* this worker's share of max_connections */
+	bool draining;      /* shutting down: new connections get 421 */
 	struct smtpd_listener {
 		struct smtpd *d;
 		unsigned index; /* into conf->listen and sh->listener_conf */
@@ -419,6 +420,27 @@ static const struct smtp_server_cb conn_smtp_cb = {
 
 /* ---- connections ---------------------------------------------------------------- */
 
+/* A connection refused with 421: whatever it sends is dropped until it closes. */
+static size_t refused_data(struct tcp_conn *tc, void *user, const uint8_t *data, size_t len)
+{
+	(void)tc;
+	(void)user;
+	(void)data;
+	return len;
+}
+
+static void refused_closed(struct tcp_conn *tc, void *user, enum tcp_close_reason why)
+{
+	(void)tc;
+	(void)user;
+	(void)why;
+}
+
+static const struct tcp_conn_ops refused_ops = {
+	.on_data = refused_data,
+	.on_closed = refused_closed,
+};
+
 static void conn_free(struct smtpd_conn *c)
 {
 	struct smtpd *d = c->d;
@@ -447,13 +469,13 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 
 	tcp_conn_endpoints(tc, &laddr, &lport, &raddr, &rport);
 	d->stats.connections++;
-	if (d->stats.open >= d->max_conns) {
+	if (d->draining || d->stats.open >= d->max_conns) {
 		char busy[512];
 		int n = smtp_server_format_busy_greeting(busy, sizeof(busy), conf->hostname);
 		d->stats.refused_busy++;
 		if (n > 0)
 			tcp_send(tc, busy, (size_t)n);
-		tcp_conn_set_ops(tc, &conn_tcp_ops, NULL);
+		tcp_conn_set_ops(tc, &refused_ops, NULL);
 		tcp_close(tc);
 		return 0;
 	}
@@ -592,6 +614,16 @@ unsigned smtpd_poll(struct smtpd *d, uint64_t now_us)
 			}
 	}
 	return work;
+}
+
+void smtpd_drain(struct smtpd *d)
+{
+	d->draining = true;
+}
+
+bool smtpd_drained(const struct smtpd *d)
+{
+	return d->stats.open == 0;
 }
 
 void smtpd_destroy(struct smtpd *d)

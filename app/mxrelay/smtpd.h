@@ -27,7 +27,14 @@ void smtpd_shared_free(struct smtpd_shared *sh);
 struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w);
 /** One turn: spool completions, timeouts.  Returns work done (for idle back-off). */
 unsigned smtpd_poll(struct smtpd *d, uint64_t now_us);
-/** Stop accepting, close sessions, flush the spool, free. */
+/**
+ * Graceful shutdown, step one: new connections get "421 4.3.2" and are
+ * closed; sessions already open go on (their transactions complete).
+ */
+void smtpd_drain(struct smtpd *d);
+/** No SMTP connection is open any more. */
+bool smtpd_drained(const struct smtpd *d);
+/** Stop listening, flush the spool, abort what is left, free. */
 void smtpd_destroy(struct smtpd *d);
 
 struct smtpd_stats {

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <rte_launch.h>
 #include <rte_cycles.h>
@@ -20,12 +21,15 @@ struct worker {
 	struct smtpd *smtpd;
 	struct net_idle idle;
 	struct net_dataplane *dp;
-	volatile int ready; /* 1 running, -1 failed */
+	volatile int ready;   /* 1 running, -1 failed */
+	volatile bool drained; /* draining and no SMTP connection left */
 };
 
 static struct worker workers[64];
 static unsigned n_workers;
 static volatile int stopping;
+static volatile int draining;
+static int spool_lock_fd = -1;
 static struct smtpd_shared shared;
 
 static int worker_main(void *arg)
@@ -47,8 +51,15 @@ static int worker_main(void *arg)
 		return -1;
 	}
 	w->ready = 1;
+	bool drain_started = false;
 	while (!stopping) {
 		uint64_t now = mx_now_us();
+		if (draining && !drain_started) {
+			smtpd_drain(w->smtpd);
+			drain_started = true;
+		}
+		if (drain_started)
+			w->drained = smtpd_drained(w->smtpd);
 		unsigned n = net_stack_poll(w->st, now);
 		n += smtpd_poll(w->smtpd, now);
 		net_stack_idle(w->st, &w->idle, n > 0, now, 10000);
@@ -69,6 +80,18 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 	if (spool_config_from_cfg(conf->cf, n_workers, &conf->spool, err, sizeof(err)) != 0) {
 		MX_ERR("%s", err);
 		return -EINVAL;
+	}
+	/* One relay per spool directory: a second one would corrupt it. */
+	if (mkdir(conf->spool.dir, 0750) < 0 && errno != EEXIST) {
+		MX_ERR("spool %s: %s", conf->spool.dir, strerror(errno));
+		return -errno;
+	}
+	spool_lock_fd = spool_dir_lock(conf->spool.dir);
+	if (spool_lock_fd < 0) {
+		MX_ERR("spool %s: %s", conf->spool.dir,
+		       spool_lock_fd == -EWOULDBLOCK ? "locked by another running mxrelay"
+						     : strerror(-spool_lock_fd));
+		return spool_lock_fd;
 	}
 	int rc = smtpd_shared_init(&shared, conf, n_workers);
 	if (rc != 0)
@@ -93,11 +116,28 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 	return 0;
 }
 
+bool workers_drain(uint64_t deadline_us)
+{
+	draining = 1;
+	for (;;) {
+		bool all = true;
+		for (unsigned i = 0; i < n_workers; i++)
+			all = all && (workers[i].ready != 1 || workers[i].drained);
+		if (all)
+			return true;
+		if (mx_now_us() >= deadline_us)
+			return false;
+		rte_delay_us_sleep(10000);
+	}
+}
+
 void workers_stop(void)
 {
 	stopping = 1;
 	rte_eal_mp_wait_lcore();
 	smtpd_shared_free(&shared);
+	spool_dir_unlock(spool_lock_fd);
+	spool_lock_fd = -1;
 }
 
 struct stat_relay {

@@ -8,7 +8,12 @@
 
 /** Launch one worker per worker lcore of dp.  0 or -errno. */
 int workers_start(struct relay_config *conf, struct net_dataplane *dp);
-/** Ask the workers to finish and wait for them. */
+/**
+ * Graceful shutdown: new SMTP connections are refused with 421 while the
+ * open ones finish; returns true when none is left, false at deadline_us.
+ */
+bool workers_drain(uint64_t deadline_us);
+/** Ask the workers to finish and wait for them (the spool is synced). */
 void workers_stop(void);
 
 #endif

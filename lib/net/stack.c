@@ -176,7 +176,11 @@ unsigned net_stack_poll(struct net_stack *st, uint64_t now_us)
 	sp->now_us = now_us;
 	for (unsigned i = 0; i < sp->n_ports; i++)
 		net_port_rx(sp, &sp->ports[i]);
-	if (now_us >= sp->tcp_deadline_us)
+	/*
+	 * TCP coalesces the ACKs a burst asks for and sends them from
+	 * tcp_poll(): run it after every burst, not only at timer deadlines.
+	 */
+	if (sp->stats.rx_pkts != before || now_us >= sp->tcp_deadline_us)
 		sp->tcp_deadline_us = tcp_poll(st->tcp, now_us);
 	if (now_us >= sp->arp_next_scan_us) {
 		net_arp_timers(sp);

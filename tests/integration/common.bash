@@ -99,5 +99,8 @@ key = $TMP/tls/relay.key
 allow_networks = 10.77.$n.128/25
 [spool]
 dir = $TMP/spool
+[control]
+socket = $TMP/control.sock
+http_listen =
 $extra"
 }
