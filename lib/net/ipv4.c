@@ -135,8 +135,10 @@ int net_ipv4_output(struct net_stack_priv *sp, uint32_t src, uint32_t dst, uint8
 		return -ENETUNREACH;
 	}
 	size_t hdrs = RTE_ETHER_HDR_LEN + sizeof(struct rte_ipv4_hdr);
-	if (len > RTE_ETHER_MTU - sizeof(struct rte_ipv4_hdr))
+	if (len > RTE_ETHER_MTU - sizeof(struct rte_ipv4_hdr)) {
+		sp->stats.ip_too_big++;
 		return -EMSGSIZE;
+	}
 	struct rte_mbuf *m = rte_pktmbuf_alloc(sp->pool);
 	if (m == NULL) {
 		sp->stats.tx_nombuf++;
@@ -145,6 +147,7 @@ int net_ipv4_output(struct net_stack_priv *sp, uint32_t src, uint32_t dst, uint8
 	uint8_t *frame = (uint8_t *)rte_pktmbuf_append(m, (uint16_t)(hdrs + len));
 	if (frame == NULL) {
 		rte_pktmbuf_free(m);
+		sp->stats.ip_too_big++;
 		return -EMSGSIZE;
 	}
 	struct rte_ether_hdr *eh = (struct rte_ether_hdr *)frame;

@@ -50,7 +50,10 @@ struct tcp_conn_ops {
 	 * tcp_recv_resume() or with the next arrival.
 	 */
 	size_t (*on_data)(struct tcp_conn *c, void *user, const uint8_t *data, size_t len);
-	/** Send space became available after tcp_send() returned less than asked. */
+	/**
+	 * Send space became available after tcp_send() returned less than
+	 * asked or filled the send buffer.
+	 */
 	void (*on_writable)(struct tcp_conn *c, void *user);
 	/** Peer sent FIN: no more data will arrive.  We may still send. */
 	void (*on_peer_closed)(struct tcp_conn *c, void *user);
@@ -205,7 +208,7 @@ struct net_stats {
 	uint64_t arp_in, arp_requests_out, arp_replies_out, arp_bad, arp_pending_drops,
 		arp_resolve_failed, arp_table_full;
 	uint64_t ip_in, ip_bad_header, ip_bad_cksum, ip_bad_len, ip_not_us, ip_frags,
-		ip_unknown_proto, ip_no_route, ip_options;
+		ip_unknown_proto, ip_no_route, ip_options, ip_too_big;
 	uint64_t l4_bad_cksum;
 	uint64_t icmp_in, icmp_echo_replies, icmp_bad, icmp_rate_limited;
 	uint64_t udp_in, udp_no_port, udp_bad;

@@ -301,7 +301,7 @@ static const char *const net_stat_names[] = {
 	"arp_in", "arp_requests_out", "arp_replies_out", "arp_bad", "arp_pending_drops",
 	"arp_resolve_failed", "arp_table_full",
 	"ip_in", "ip_bad_header", "ip_bad_cksum", "ip_bad_len", "ip_not_us", "ip_frags",
-	"ip_unknown_proto", "ip_no_route", "ip_options",
+	"ip_unknown_proto", "ip_no_route", "ip_options", "ip_too_big",
 	"l4_bad_cksum",
 	"icmp_in", "icmp_echo_replies", "icmp_bad", "icmp_rate_limited",
 	"udp_in", "udp_no_port", "udp_bad",
