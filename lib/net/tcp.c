@@ -591,7 +591,9 @@ ssize_t tcp_send(struct tcp_conn *c, const void *data, size_t len)
 		return c->state < TCPS_ESTABLISHED ? -ENOTCONN : -EPIPE;
 	uint32_t space = c->sbuf_size - c->sbuf_len;
 	size_t n = len < space ? len : space;
-	if (n < len)
+	/* Short, or the buffer is now full (an app that sends exactly
+	 * tcp_send_space() bytes never sees a short count): wake it later. */
+	if (n < len || n == space)
 		c->want_writable = true;
 	if (n) {
 		uint32_t tail = (c->sbuf_head + c->sbuf_len) % c->sbuf_size;
@@ -701,5 +703,15 @@ uint64_t tcp_poll(struct tcp_state *ts, uint64_t now_us)
 	tcp_tw_expire(ts, ts->now_us);
 	net_timer_expire(&ts->wheel, ts->now_us, tcp_timer_fire, ts);
 	tcp_flush_acks(ts);
-	return tcp_next_deadline(ts);
+	uint64_t next = tcp_next_deadline(ts);
+	/*
+	 * While connections exist, tcp_input() and the API queue ACKs and arm
+	 * timers that a caller which only polls at the returned deadline would
+	 * miss; promising no more than one tick ahead bounds that lateness to
+	 * a tick.  Calling tcp_poll() after every RX burst is still best (ACKs
+	 * then leave at once, coalesced).
+	 */
+	if (ts->conn_count && next > ts->now_us + NET_TIMER_TICK_US)
+		next = ts->now_us + NET_TIMER_TICK_US;
+	return next;
 }

@@ -93,8 +93,11 @@ void tcp_input(struct tcp_state *ts, uint32_t src, uint32_t dst, const uint8_t *
 	       uint64_t now_us);
 /**
  * Run expired timers and send what is due (delayed ACKs, retransmissions,
- * probes).  Returns the absolute time of the next deadline (UINT64_MAX for
- * none), so the poll loop knows how long it may sleep.
+ * probes, ACKs queued by tcp_input).  Returns the absolute time of the next
+ * deadline (UINT64_MAX for none), so the poll loop knows how long it may
+ * sleep; while connections exist it is at most one timer tick (1 ms) ahead.
+ * Call it after every RX burst: ACKs owed for the burst leave then, one per
+ * connection.
  */
 uint64_t tcp_poll(struct tcp_state *ts, uint64_t now_us);
 

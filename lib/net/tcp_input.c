@@ -302,8 +302,10 @@ static void data_input(struct tcp_conn *c, uint32_t seq, const uint8_t *data, ui
 	uint32_t off = seq - c->rcv_nxt;
 	if (off != 0) {
 		ts->stats.ooo_segs++;
-		if (reass_insert(c, seq, len) == 0)
+		if (reass_insert(c, seq, len) == 0) {
 			rbuf_write(c, off, data, len);
+			c->sack_recent = seq;
+		}
 		/* Immediate duplicate ACK drives the peer's fast retransmit
 		 * (RFC 5681 section 4.2). */
 		tcp_send_ack_now(c);
@@ -589,6 +591,7 @@ static void syn_sent_input(struct tcp_conn *c, const struct tcp_seg *s)
 		c->ts_recent = s->tsval;
 		c->ts_recent_us = ts->now_us;
 	}
+	c->sack_ok = s->sack_ok;
 	set_mss(c, s->mss);
 	c->snd_wnd = s->wnd; /* never scaled on a SYN (RFC 7323 section 2.2) */
 	c->max_snd_wnd = c->snd_wnd;
@@ -830,9 +833,15 @@ static void send_cookie_synack(struct tcp_state *ts, struct tcp_listener *l,
 		o[n++] = 3;
 		o[n++] = ts->conf.wscale;
 	}
+	if (tsok && s->sack_ok) {
+		o[n++] = 1;
+		o[n++] = 1;
+		o[n++] = 4;
+		o[n++] = 2;
+	}
 	if (tsok) {
 		uint32_t off = tcp_ts_offset(ts, s->dst, s->dport, s->src, s->sport);
-		uint32_t tsval = (tcp_ts_now(ts, off) & ~0x1fu) | 0x10u |
+		uint32_t tsval = (tcp_ts_now(ts, off) & ~0x3fu) | 0x10u | (s->sack_ok ? 0x20u : 0) |
 				 (s->wscale >= 0 ? (uint32_t)s->wscale + 1 : 0);
 		o[n++] = 1;
 		o[n++] = 1;
@@ -874,6 +883,7 @@ static void cookie_ack(struct tcp_state *ts, struct tcp_listener *l, struct tcp_
 		c->ts_ok = true;
 		c->ts_recent = s->tsval;
 		c->ts_recent_us = ts->now_us;
+		c->sack_ok = (s->tsecr & 0x20) != 0;
 		unsigned ws = s->tsecr & 0xf;
 		if (ws) {
 			c->ws_ok = true;
@@ -951,6 +961,7 @@ static void listen_input(struct tcp_state *ts, struct tcp_listener *l, struct tc
 		c->ts_recent = s->tsval;
 		c->ts_recent_us = ts->now_us;
 	}
+	c->sack_ok = s->sack_ok;
 	set_mss(c, s->mss);
 	c->snd_wnd = s->wnd;
 	c->snd_wl1 = s->seq;

@@ -36,8 +36,8 @@
 
 #define TCP_HDR_LEN 20
 #define TCP_MAX_OPT 40
-#define TCP_REASS_RANGES 8 /* out-of-order islands held per connection */
-#define TCP_MAX_WSCALE 14  /* RFC 7323 section 2.3 */
+#define TCP_REASS_RANGES 16 /* out-of-order islands held per connection */
+#define TCP_MAX_WSCALE 14   /* RFC 7323 section 2.3 */
 #define TCP_EPHEMERAL_LO 10000
 #define TCP_EPHEMERAL_HI 60999
 
@@ -93,6 +93,7 @@ struct tcp_conn {
 	bool active;		/* we sent the SYN */
 	bool ts_ok;		/* timestamps negotiated */
 	bool ws_ok;		/* window scaling negotiated */
+	bool sack_ok;		/* SACK permitted: our ACKs carry SACK blocks (RFC 2018) */
 	uint8_t snd_wscale;	/* shift applied to the peer's window */
 	uint8_t rcv_wscale;	/* shift applied to our advertised window */
 	bool fin_queued;	/* app shut down: FIN goes after the data */
@@ -139,6 +140,7 @@ struct tcp_conn {
 	uint8_t *rbuf;
 	uint32_t rbuf_size, rbuf_head, rbuf_len;
 	uint32_t reass_bytes;
+	uint32_t sack_recent; /* a sequence number of the latest out-of-order arrival */
 	uint8_t reass_count;
 	struct {
 		uint32_t start, end;

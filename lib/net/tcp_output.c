@@ -48,6 +48,35 @@ static unsigned put_ts_opt(uint8_t *o, uint32_t tsval, uint32_t tsecr)
 	return 12;
 }
 
+/*
+ * SACK blocks of the islands held out of order (RFC 2018 section 4): the
+ * one holding the latest arrival first, then the others from the highest.
+ */
+static unsigned put_sack_opt(const struct tcp_conn *c, uint8_t *o, unsigned max_blocks)
+{
+	unsigned first = c->reass_count - 1, n;
+	for (unsigned i = 0; i < c->reass_count; i++)
+		if (SEQ_GEQ(c->sack_recent, c->reass[i].start) &&
+		    SEQ_LT(c->sack_recent, c->reass[i].end))
+			first = i;
+	o[0] = 1;
+	o[1] = 1;
+	o[2] = 5;
+	uint8_t *b = o + 4;
+	put32(b, c->reass[first].start);
+	put32(b + 4, c->reass[first].end);
+	n = 1;
+	for (unsigned i = c->reass_count; i-- > 0 && n < max_blocks;) {
+		if (i == first)
+			continue;
+		put32(b + 8 * n, c->reass[i].start);
+		put32(b + 8 * n + 4, c->reass[i].end);
+		n++;
+	}
+	o[3] = (uint8_t)(2 + 8 * n);
+	return 4 + 8 * n;
+}
+
 /* Header + options into the scratch buffer; returns the header length. */
 static unsigned build_header(uint8_t *p, uint16_t sport, uint16_t dport, uint32_t seq, uint32_t ack,
 			     uint8_t flags, uint16_t wnd, const uint8_t *opts, unsigned optlen)
@@ -146,6 +175,8 @@ void tcp_send_segment(struct tcp_conn *c, uint32_t seq, uint32_t len, uint8_t fl
 	unsigned optlen = 0;
 	if (c->ts_ok)
 		optlen = put_ts_opt(opts, tcp_ts_now(ts, c->ts_offset), c->ts_recent);
+	if (c->sack_ok && c->reass_count && !(flags & (TH_SYN | TH_RST)))
+		optlen += put_sack_opt(c, opts + optlen, c->ts_ok ? 3 : 4);
 	uint32_t wnd;
 	uint16_t field = window_field(c, &wnd);
 	if (c->state != TCPS_SYN_SENT)
@@ -175,21 +206,31 @@ void tcp_send_segment(struct tcp_conn *c, uint32_t seq, uint32_t len, uint8_t fl
 }
 
 /*
- * Pure ACKs and RSTs carry snd_max, not snd_nxt: during go-back-N after an
- * RTO snd_nxt is rewound below what the peer already received, and a
- * zero-length segment below RCV.NXT is unacceptable to the peer, whose ACK
- * processing would then never see our acknowledgments (BSD does the same).
+ * The sequence number of a pure ACK or RST: SND.NXT in RFC terms, i.e. our
+ * highest sent (snd_max, since go-back-N after an RTO rewinds snd_nxt below
+ * what the peer may already hold, and a zero-length segment below its
+ * RCV.NXT would be rejected with its ACK information), but never beyond
+ * the right edge of the peer's window (SND.UNA + SND.WND): a peer that
+ * dropped out-of-order data rejects a sequence number past its window, and
+ * then never sees our ACKs either.  Linux does the same
+ * (tcp_acceptable_seq).
  */
+static uint32_t acceptable_seq(const struct tcp_conn *c)
+{
+	uint32_t edge = c->snd_una + c->snd_wnd;
+	return SEQ_GT(c->snd_max, edge) ? edge : c->snd_max;
+}
+
 void tcp_send_ack_now(struct tcp_conn *c)
 {
 	if (c->dead)
 		return;
-	tcp_send_segment(c, c->snd_max, 0, TH_ACK);
+	tcp_send_segment(c, acceptable_seq(c), 0, TH_ACK);
 }
 
 void tcp_send_rst(struct tcp_conn *c)
 {
-	tcp_send_segment(c, c->snd_max, 0, TH_RST | TH_ACK);
+	tcp_send_segment(c, acceptable_seq(c), 0, TH_RST | TH_ACK);
 }
 
 void tcp_send_syn(struct tcp_conn *c)
@@ -209,6 +250,14 @@ void tcp_send_syn(struct tcp_conn *c)
 		opts[n++] = 3;
 		opts[n++] = 3;
 		opts[n++] = synack ? c->rcv_wscale : ts->conf.wscale;
+	}
+	/* SACK-permitted (RFC 2018): we only send SACK blocks; the peer's
+	 * blocks are ignored, which RFC 2018 section 4 allows. */
+	if (!synack || c->sack_ok) {
+		opts[n++] = 1;
+		opts[n++] = 1;
+		opts[n++] = 4;
+		opts[n++] = 2;
 	}
 	if ((!synack && ts->conf.timestamps) || (synack && c->ts_ok))
 		n += put_ts_opt(opts + n, tcp_ts_now(ts, c->ts_offset), synack ? c->ts_recent : 0);

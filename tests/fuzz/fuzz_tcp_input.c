@@ -123,9 +123,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	rx_total = 0;
 	tcp_poll(ts, now);
 	tcp_listen(&st, 0, 25, on_accept, NULL);
-	/* Handshake of the established connection: peer ISN 5000. */
-	uint8_t syn[24] = {0x9c,   0x40, 0,    25,   0, 0, 0x13, 0x88, 0, 0, 0,	   0,
-			   6 << 4, 0x02, 0xff, 0xff, 0, 0, 0,	 0,    2, 4, 0x05, 0xb4};
+	/* Handshake of the established connection: peer ISN 5000, MSS 1460,
+	 * SACK permitted (so that our SACK blocks are exercised too). */
+	uint8_t syn[28] = {0x9c, 0x40, 0, 25, 0, 0, 0x13, 0x88, 0,    0,    0, 0, 7 << 4, 0x02,
+			   0xff, 0xff, 0, 0,  0, 0, 2,	  4,	0x05, 0xb4, 1, 1, 4,	  2};
 	tcp_input(ts, REMOTE, LOCAL, syn, sizeof(syn), now);
 	struct tcp_conn *c0 = tcp_conn_lookup(ts, LOCAL, 25, REMOTE, 40000);
 	if (c0) {

@@ -261,7 +261,8 @@ struct rr_state {
 };
 
 static struct rr_state rr[64];
-static const uint8_t rr_request[64] = "GET / mxrelay-bench-request-64-bytes-of-payload-for-the-echo...";
+static const uint8_t rr_request[64] =
+	"GET / mxrelay-bench-request-64-bytes-of-payload-for-the-echo...";
 
 static struct worker *rr_worker(struct rr_slot *s);
 
@@ -443,26 +444,46 @@ static void print_stats(void)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'}, {"echo", required_argument, NULL, 'e'},
-		{"discard", required_argument, NULL, 'd'}, {"connect", required_argument, NULL, 'C'},
-		{"conns", required_argument, NULL, 'n'},  {"bytes", required_argument, NULL, 'b'},
+		{"config", required_argument, NULL, 'c'},
+		{"echo", required_argument, NULL, 'e'},
+		{"discard", required_argument, NULL, 'd'},
+		{"connect", required_argument, NULL, 'C'},
+		{"conns", required_argument, NULL, 'n'},
+		{"bytes", required_argument, NULL, 'b'},
 		{"duration", required_argument, NULL, 't'},
 		{"start-delay", required_argument, NULL, 's'},
-		{"rr", required_argument, NULL, 'r'}, {NULL, 0, NULL, 0},
+		{"rr", required_argument, NULL, 'r'},
+		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
 	unsigned duration = 0;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (opt) {
-		case 'c': config = optarg; break;
-		case 'e': echo_port = (uint16_t)atoi(optarg); break;
-		case 'd': discard_port = (uint16_t)atoi(optarg); break;
-		case 'n': n_conns = (unsigned)atoi(optarg); break;
-		case 'b': conn_bytes = strtoull(optarg, NULL, 10); break;
-		case 't': duration = (unsigned)atoi(optarg); break;
-		case 's': start_delay_us = strtoull(optarg, NULL, 10) * 1000; break;
-		case 'r': rr_concurrency = (unsigned)atoi(optarg); break;
+		case 'c':
+			config = optarg;
+			break;
+		case 'e':
+			echo_port = (uint16_t)atoi(optarg);
+			break;
+		case 'd':
+			discard_port = (uint16_t)atoi(optarg);
+			break;
+		case 'n':
+			n_conns = (unsigned)atoi(optarg);
+			break;
+		case 'b':
+			conn_bytes = strtoull(optarg, NULL, 10);
+			break;
+		case 't':
+			duration = (unsigned)atoi(optarg);
+			break;
+		case 's':
+			start_delay_us = strtoull(optarg, NULL, 10) * 1000;
+			break;
+		case 'r':
+			rr_concurrency = (unsigned)atoi(optarg);
+			break;
 		case 'C': {
 			char *colon = strchr(optarg, ':');
 			if (colon == NULL)
@@ -541,7 +562,8 @@ int main(int argc, char **argv)
 		double secs = (double)(mx_now_us() - start - start_delay_us) / 1e6;
 		for (unsigned i = 0; i < dp.n_workers; i++)
 			txns += rr[i].txns, fails += rr[i].failures, lat += rr[i].latency_sum_us;
-		printf("rr_transactions %llu\nrr_failures %llu\nrr_seconds %.3f\nrr_per_second %.0f\n"
+		printf("rr_transactions %llu\nrr_failures %llu\nrr_seconds %.3f\nrr_per_second "
+		       "%.0f\n"
 		       "rr_mean_latency_us %.1f\n",
 		       (unsigned long long)txns, (unsigned long long)fails, secs, txns / secs,
 		       txns ? (double)lat / (double)txns : 0.0);
@@ -557,7 +579,8 @@ int main(int argc, char **argv)
 				if (cl->done && !cl->failed)
 					continue;
 				printf("client w%u/%u: sent %llu received %llu of %llu%s%s\n", i, k,
-				       (unsigned long long)cl->sent, (unsigned long long)cl->received,
+				       (unsigned long long)cl->sent,
+				       (unsigned long long)cl->received,
 				       (unsigned long long)cl->total, cl->closed ? " closed" : "",
 				       cl->failed ? " failed" : "");
 				shown++;

@@ -36,8 +36,10 @@ struct th_seg {
 	uint16_t wnd;
 	uint16_t mss;
 	int wscale;
-	bool has_ts;
+	bool has_ts, sack_ok;
 	uint32_t tsval, tsecr;
+	unsigned nsack;
+	uint32_t sack[4][2];
 	uint32_t len; /* payload */
 	uint8_t *data;
 	size_t raw_len;
@@ -111,6 +113,14 @@ static inline void th_parse(struct th_seg *s, uint32_t src, uint32_t dst, const 
 			s->mss = th_get16(p + i + 2);
 		if (p[i] == 3)
 			s->wscale = p[i + 2];
+		if (p[i] == 4)
+			s->sack_ok = true;
+		if (p[i] == 5)
+			for (unsigned k = 0; k < (p[i + 1] - 2u) / 8 && k < 4; k++) {
+				s->sack[k][0] = th_get32(p + i + 2 + 8 * k);
+				s->sack[k][1] = th_get32(p + i + 6 + 8 * k);
+				s->nsack = k + 1;
+			}
 		if (p[i] == 8) {
 			s->has_ts = true;
 			s->tsval = th_get32(p + i + 2);
@@ -210,6 +220,7 @@ struct th_opts {
 	int wscale; /* < 0: none */
 	bool ts;
 	uint32_t tsval, tsecr;
+	bool sack_ok;
 };
 
 #define TH_NOOPTS ((struct th_opts){.wscale = -1})
@@ -232,6 +243,12 @@ static inline void th_send_from(struct th_stack *h, uint32_t src, uint16_t sport
 		b[n++] = 3;
 		b[n++] = 3;
 		b[n++] = (uint8_t)o.wscale;
+	}
+	if (o.sack_ok) {
+		b[n++] = 1;
+		b[n++] = 1;
+		b[n++] = 4;
+		b[n++] = 2;
 	}
 	if (o.ts) {
 		b[n++] = 1;

@@ -18,9 +18,9 @@
 #include <rte_tcp.h>
 #include <rte_udp.h>
 
-#define US 0x0a4d0002u   /* 10.77.0.2: the stack */
+#define US 0x0a4d0002u	 /* 10.77.0.2: the stack */
 #define PEER 0x0a4d0001u /* 10.77.0.1 */
-#define FAR 0x08080808u  /* off-link: routed via the gateway (PEER) */
+#define FAR 0x08080808u	 /* off-link: routed via the gateway (PEER) */
 
 static struct rte_mempool *pool;
 static struct rte_ring *rx_ring, *tx_ring;
@@ -140,11 +140,12 @@ static void test_arp_malformed_counted(void)
 	struct net_stats before, after;
 	net_stack_get_stats(st, &before);
 	struct rte_mbuf *m = arp_frame(RTE_ARP_OP_REQUEST, PEER, US);
-	struct rte_arp_hdr *ah = rte_pktmbuf_mtod_offset(m, struct rte_arp_hdr *, RTE_ETHER_HDR_LEN);
+	struct rte_arp_hdr *ah =
+		rte_pktmbuf_mtod_offset(m, struct rte_arp_hdr *, RTE_ETHER_HDR_LEN);
 	ah->arp_hlen = 8;
 	inject(m);
 	inject(frame(&port->mac, RTE_ETHER_TYPE_ARP, "ab", 2)); /* truncated */
-	m = arp_frame(7, PEER, US);                               /* unknown opcode */
+	m = arp_frame(7, PEER, US);				/* unknown opcode */
 	inject(m);
 	drain();
 	net_stack_get_stats(st, &after);
@@ -211,7 +212,7 @@ static void test_ipv4_bad_input_counted(void)
 	static const struct rte_ether_addr other = {{0x02, 9, 9, 9, 9, 9}};
 	len = ipv4(pkt, PEER, US, IPPROTO_UDP, l4, sizeof(l4));
 	inject(frame(&other, RTE_ETHER_TYPE_IPV4, pkt, len)); /* not our MAC */
-	inject(frame(&port->mac, 0x86dd, pkt, len));          /* IPv6: unknown type */
+	inject(frame(&port->mac, 0x86dd, pkt, len));	      /* IPv6: unknown type */
 	drain();
 	net_stack_get_stats(st, &a);
 	CU_ASSERT_EQUAL(a.ip_bad_cksum - b.ip_bad_cksum, 1);
@@ -354,8 +355,10 @@ static void test_flow_owner_symmetric(void)
 
 static int suite_init(void)
 {
-	char *argv[] = {"test_ipv4", "-l", "0", "--no-huge", "-m", "128", "--no-pci",
-			"--no-shconf", "--no-telemetry", "--log-level=error", NULL};
+	char *argv[] = {"test_ipv4",	     "-l",	    "0",
+			"--no-huge",	     "-m",	    "128",
+			"--no-pci",	     "--no-shconf", "--no-telemetry",
+			"--log-level=error", NULL};
 	if (rte_eal_init(10, argv) < 0)
 		return -1;
 	pool = rte_pktmbuf_pool_create("test_pool", 2047, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, 0);
@@ -366,15 +369,19 @@ static int suite_init(void)
 	int pid = rte_eth_from_rings("net_ring_test", &rx_ring, 1, &tx_ring, 1, 0);
 	if (pid < 0)
 		return -1;
-	struct net_port_conf pc = {.port_id = (uint16_t)pid, .addr = US, .prefix_len = 24,
-				   .gateway = PEER};
+	struct net_port_conf pc = {
+		.port_id = (uint16_t)pid, .addr = US, .prefix_len = 24, .gateway = PEER};
 	char err[256];
 	if (net_port_setup(&port, &pc, 1, pool, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
 		return -1;
 	}
-	struct net_stack_conf sc = {.worker = 0, .n_workers = 1, .ports = &port, .n_ports = 1,
-				    .pool = pool, .seed = 42};
+	struct net_stack_conf sc = {.worker = 0,
+				    .n_workers = 1,
+				    .ports = &port,
+				    .n_ports = 1,
+				    .pool = pool,
+				    .seed = 42};
 	st = net_stack_create(&sc);
 	if (st == NULL)
 		return -1;
@@ -387,6 +394,131 @@ static int suite_clean(void)
 	net_stack_destroy(st);
 	return 0;
 }
+
+
+/* ---- two workers on one single-queue port: software dispatch ---------------- */
+
+static struct rte_ring *d_rx, *d_tx;
+static struct net_port *d_port;
+static struct net_stack *d_st[2];
+
+static void d_poll_all(void)
+{
+	for (int k = 0; k < 3; k++)
+		for (int w = 0; w < 2; w++)
+			net_stack_poll(d_st[w], now);
+}
+
+static unsigned d_out(struct rte_mbuf **out, unsigned max)
+{
+	d_poll_all();
+	return rte_ring_dequeue_burst(d_tx, (void **)out, max, NULL);
+}
+
+static int dispatch_init(void)
+{
+	d_rx = rte_ring_create("drx", 1024, 0, RING_F_SP_ENQ | RING_F_SC_DEQ);
+	d_tx = rte_ring_create("dtx", 1024, 0, 0); /* both workers transmit */
+	struct rte_ring *txq[2] = {d_tx, d_tx};
+	int pid = rte_eth_from_rings("net_ring_disp", &d_rx, 1, txq, 2, 0);
+	if (d_rx == NULL || d_tx == NULL || pid < 0)
+		return -1;
+	struct net_port_conf pc = {.port_id = (uint16_t)pid, .addr = US, .prefix_len = 24,
+				   .gateway = PEER};
+	char err[256];
+	if (net_port_setup(&d_port, &pc, 2, pool, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	for (unsigned w = 0; w < 2; w++) {
+		struct net_stack_conf sc = {.worker = w, .n_workers = 2, .ports = &d_port,
+					    .n_ports = 1, .pool = pool, .seed = 7 + w};
+		if ((d_st[w] = net_stack_create(&sc)) == NULL)
+			return -1;
+	}
+	return 0;
+}
+
+static int dispatch_clean(void)
+{
+	net_stack_destroy(d_st[0]);
+	net_stack_destroy(d_st[1]);
+	return 0;
+}
+
+static void test_dispatch_arp_reaches_every_worker(void)
+{
+	struct rte_mbuf *out[16];
+	CU_ASSERT_STRING_EQUAL(net_port_steering(d_port), "software");
+	d_poll_all(); /* the stacks learn the clock */
+	/* Worker 1 wants the peer: it asks by ARP; the reply arrives on worker 0's queue. */
+	CU_ASSERT_EQUAL(udp_send(d_st[1], 0, 1000, PEER, 53, "w1", 2), 0);
+	unsigned n = d_out(out, 16);
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_16(as_arp(out[0])->arp_opcode), RTE_ARP_OP_REQUEST);
+	rte_pktmbuf_free_bulk(out, n);
+	struct rte_mbuf *m = arp_frame(RTE_ARP_OP_REPLY, PEER, US);
+	struct rte_ether_hdr *eh = rte_pktmbuf_mtod(m, struct rte_ether_hdr *);
+	eh->dst_addr = d_port->mac;
+	CU_ASSERT_EQUAL_FATAL(rte_ring_enqueue(d_rx, m), 0);
+	n = d_out(out, 16);
+	/* The datagram worker 1 held leaves now: the reply reached worker 1 too. */
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	CU_ASSERT_EQUAL(rte_be_to_cpu_32(as_ip(out[0])->dst_addr), PEER);
+	rte_pktmbuf_free_bulk(out, n);
+	/* Worker 0 learned it as well: its send needs no new request. */
+	CU_ASSERT_EQUAL(udp_send(d_st[0], 0, 1001, PEER, 53, "w0", 2), 0);
+	n = d_out(out, 16);
+	CU_ASSERT_EQUAL_FATAL(n, 1);
+	CU_ASSERT_EQUAL(as_ip(out[0])->next_proto_id, IPPROTO_UDP);
+	rte_pktmbuf_free_bulk(out, n);
+	/* An ARP request is answered once, not once per worker. */
+	m = arp_frame(RTE_ARP_OP_REQUEST, PEER, US);
+	CU_ASSERT_EQUAL_FATAL(rte_ring_enqueue(d_rx, m), 0);
+	n = d_out(out, 16);
+	CU_ASSERT_EQUAL(n, 1);
+	rte_pktmbuf_free_bulk(out, n);
+}
+
+static unsigned d_udp_hits[2];
+static void d_udp_cb(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
+		     const uint8_t *data, size_t len)
+{
+	(void)src, (void)sport, (void)dst, (void)dport, (void)data, (void)len;
+	d_udp_hits[(uintptr_t)ctx]++;
+}
+
+static void test_dispatch_flows_reach_their_owner(void)
+{
+	/* Every worker binds the same port; each datagram must land on the flow's owner. */
+	CU_ASSERT_EQUAL(udp_bind(d_st[0], 5000, d_udp_cb, (void *)0), 0);
+	CU_ASSERT_EQUAL(udp_bind(d_st[1], 5000, d_udp_cb, (void *)1), 0);
+	unsigned want[2] = {0, 0};
+	for (uint16_t sport = 20000; sport < 20200; sport++) {
+		uint8_t l4[16], pkt[64];
+		struct rte_udp_hdr *uh = (struct rte_udp_hdr *)l4;
+		uh->src_port = rte_cpu_to_be_16(sport);
+		uh->dst_port = rte_cpu_to_be_16(5000);
+		uh->dgram_len = rte_cpu_to_be_16(sizeof(l4));
+		uh->dgram_cksum = 0;
+		memset(uh + 1, 'x', sizeof(l4) - sizeof(*uh));
+		size_t len = ipv4(pkt, PEER, US, IPPROTO_UDP, l4, sizeof(l4));
+		struct rte_mbuf *m = frame(&d_port->mac, RTE_ETHER_TYPE_IPV4, pkt, len);
+		CU_ASSERT_EQUAL_FATAL(rte_ring_enqueue(d_rx, m), 0);
+		want[net_port_flow_owner(d_port, PEER, US, sport, 5000)]++;
+		d_poll_all();
+	}
+	CU_ASSERT_EQUAL(d_udp_hits[0], want[0]);
+	CU_ASSERT_EQUAL(d_udp_hits[1], want[1]);
+	CU_ASSERT_TRUE(want[0] > 50 && want[1] > 50);
+}
+
+static CU_TestInfo dispatch_tests[] = {
+	{"ARP replies reach every worker, requests answered once",
+	 test_dispatch_arp_reaches_every_worker},
+	{"datagrams reach the owner of their flow", test_dispatch_flows_reach_their_owner},
+	CU_TEST_INFO_NULL,
+};
 
 static CU_TestInfo tests[] = {
 	{"ARP request for us is answered", test_arp_reply_to_request},
@@ -402,6 +534,7 @@ static CU_TestInfo tests[] = {
 
 static CU_SuiteInfo suites[] = {
 	{"ipv4", suite_init, suite_clean, NULL, NULL, tests},
+	{"dispatch", dispatch_init, dispatch_clean, NULL, NULL, dispatch_tests},
 	CU_SUITE_INFO_NULL,
 };
 

@@ -9,6 +9,8 @@
 #include "tcp_harness.h"
 #include "tcp_int.h"
 
+#include <time.h>
+
 #define ADDR_A 0x0a4d0101u
 #define ADDR_B 0x0a4d0102u
 
@@ -258,6 +260,10 @@ static uint64_t link_loop(struct link *l, struct peer *pa, struct peer *pb, uint
 		uint64_t db = tcp_poll(l->side[1]->ts, now);
 		if (pa->closed && pb->closed && l->n == 0)
 			break;
+		/* The pumps and polls may have queued packets: look again. */
+		for (size_t i = 0; i < l->n; i++)
+			if (l->q[i].at < next)
+				next = l->q[i].at;
 		uint64_t t = next;
 		if (da < t)
 			t = da;
@@ -308,6 +314,13 @@ static void transfer(unsigned drop, unsigned dup, unsigned reorder, uint64_t see
 	const struct tcp_stats *stb = tcp_get_stats(l.side[1]->ts);
 	if (drop)
 		CU_ASSERT(st->retransmits + stb->retransmits > 0);
+	/* No stalls: a clean 1 ms-RTT link moves 1 MiB in well under a second,
+	 * a mildly lossy one in a few seconds (200 ms minimum RTO). */
+	if (drop == 0) {
+		CU_ASSERT(took < 200000);
+	} else if (drop <= 2) {
+		CU_ASSERT(took < 5000000);
+	}
 	if (getenv("TCP_TEST_VERBOSE"))
 		fprintf(stderr,
 			"\n  drop %u%% dup %u%% reorder %u%%: %.3f s simulated, %llu segs, %llu "
@@ -325,11 +338,16 @@ static void transfer(unsigned drop, unsigned dup, unsigned reorder, uint64_t see
 }
 
 static void test_wraparound_transfer(void);
+static void test_large_scaled_window(void);
 static void test_debug(void)
 {
 	const char *e = getenv("TCP_TEST_ONE");
 	if (!e)
 		return;
+	if (!strcmp(e, "big")) {
+		test_large_scaled_window();
+		exit(CU_get_number_of_failures() ? 1 : 0);
+	}
 	if (!strcmp(e, "wrap")) {
 		test_wraparound_transfer();
 		exit(CU_get_number_of_failures() ? 1 : 0);
@@ -559,8 +577,109 @@ static void test_slow_consumer_lossy(void)
 	th_free(l.side[1]);
 }
 
+/* ---- throughput: two stacks, no loss, a FIFO between them ---------------- */
+
+struct fifo_pkt {
+	uint8_t data[1600];
+	uint16_t len;
+	uint8_t to;
+};
+
+static struct fifo_pkt *fifo;
+static size_t fifo_head, fifo_tail;
+#define FIFO_CAP 8192u
+static struct tcp_state *bside[2];
+
+static int fifo_out(void *ctx, uint32_t src, uint32_t dst, const uint8_t *seg, size_t len)
+{
+	(void)src, (void)dst;
+	if (fifo_tail - fifo_head >= FIFO_CAP || len > sizeof(fifo[0].data))
+		return -ENOBUFS;
+	struct fifo_pkt *p = &fifo[fifo_tail++ % FIFO_CAP];
+	memcpy(p->data, seg, len);
+	p->len = (uint16_t)len;
+	p->to = ctx == bside[0] ? 1 : 0;
+	return 0;
+}
+
+static size_t bench_rx;
+static size_t bench_data(struct tcp_conn *c, void *u, const uint8_t *d, size_t len)
+{
+	(void)c, (void)u, (void)d;
+	bench_rx += len;
+	return len;
+}
+
+static const struct tcp_conn_ops bench_ops = {.on_data = bench_data};
+
+static int bench_accept(struct tcp_conn *c, void *ctx)
+{
+	(void)ctx;
+	tcp_conn_set_ops(c, &bench_ops, NULL);
+	return 0;
+}
+
+/* Informational (TCP_TEST_VERBOSE prints segments/s); asserts only that
+ * bulk data flows with about one ACK per burst. */
+static void test_throughput(void)
+{
+	struct tcp_conf conf;
+	tcp_conf_defaults(&conf);
+	conf.max_conns = 8;
+	conf.time_wait_max = 8;
+	conf.sndbuf = conf.rcvbuf = 1 << 20;
+	struct tcp_stack_ops o = {.output = fifo_out};
+	fifo = malloc(FIFO_CAP * sizeof(*fifo));
+	fifo_head = fifo_tail = 0;
+	bench_rx = 0;
+	bside[0] = tcp_create(&conf, &o, NULL, 1);
+	bside[1] = tcp_create(&conf, &o, NULL, 2);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(bside[0]);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(bside[1]);
+	bside[0]->ctx = bside[0];
+	bside[1]->ctx = bside[1];
+	struct net_stack sa = {.tcp = bside[0]}, sb = {.tcp = bside[1]};
+	CU_ASSERT_EQUAL_FATAL(tcp_listen(&sb, 0, 25, bench_accept, NULL), 0);
+	struct tcp_conn *c = tcp_connect(&sa, ADDR_A, 0, ADDR_B, 25, &bench_ops, NULL);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+	static uint8_t buf[65536];
+	const size_t total = (size_t)256 << 20;
+	size_t sent = 0;
+	uint64_t now = 1000000;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (unsigned iter = 0; iter < 10000000 && bench_rx < total; iter++) {
+		if (sent < total && c->state == TCPS_ESTABLISHED) {
+			size_t want = total - sent < sizeof(buf) ? total - sent : sizeof(buf);
+			ssize_t n = tcp_send(c, buf, want);
+			if (n > 0)
+				sent += (size_t)n;
+		}
+		for (unsigned b = 0; b < 32 && fifo_head != fifo_tail; b++) {
+			struct fifo_pkt *p = &fifo[fifo_head++ % FIFO_CAP];
+			tcp_input(bside[p->to], p->to ? ADDR_A : ADDR_B, p->to ? ADDR_B : ADDR_A,
+				  p->data, p->len, now);
+		}
+		now += 1;
+		tcp_poll(bside[0], now);
+		tcp_poll(bside[1], now);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double dt = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	const struct tcp_stats *a = tcp_get_stats(bside[0]), *b = tcp_get_stats(bside[1]);
+	uint64_t segs = a->segs_in + b->segs_in;
+	CU_ASSERT_EQUAL(bench_rx, total);
+	CU_ASSERT(a->segs_in * 10 < b->segs_in); /* ACKs coalesced per burst */
+	CU_ASSERT_EQUAL(a->retransmits + b->retransmits, 0);
+	if (getenv("TCP_TEST_VERBOSE"))
+		fprintf(stderr, "\n  %zu MiB in %.3f s: %.2f M segments/s in, %.0f ns each\n",
+			total >> 20, dt, (double)segs / dt / 1e6, dt * 1e9 / (double)segs);
+	tcp_destroy(bside[0]);
+	tcp_destroy(bside[1]);
+	free(fifo);
+}
+
 static CU_TestInfo link_tests[] = {
-	{"debug (TCP_TEST_ONE=drop,dup,reorder,seed,KiB)", test_debug},
 	{"clean link, 1 MiB each way", test_clean_link_1mib},
 	{"lossy link (2% drop, 1% dup, 5% reorder), 1 MiB each way", test_lossy_link_1mib},
 	{"very lossy link (10% drop, 3% dup, 20% reorder), 1 MiB", test_very_lossy_link_1mib},
@@ -571,6 +690,7 @@ static CU_TestInfo link_tests[] = {
 	{"TIME_WAIT does not exhaust active-open ports", test_time_wait_port_reuse},
 	{"transfer across sequence wraparound", test_wraparound_transfer},
 	{"slow consumer over lossy link loses nothing", test_slow_consumer_lossy},
+	{"throughput, clean in-memory link", test_throughput},
 	CU_TEST_INFO_NULL,
 };
 
@@ -579,7 +699,19 @@ static CU_SuiteInfo suites[] = {
 	CU_SUITE_INFO_NULL,
 };
 
+/* TCP_TEST_ONE=drop,dup,reorder,seed,KiB (or "wrap", "big") runs one
+ * scenario alone, for debugging with TCP_TEST_TRACE=1. */
+static CU_TestInfo debug_tests[] = {
+	{"one scenario from TCP_TEST_ONE", test_debug},
+	CU_TEST_INFO_NULL,
+};
+
+static CU_SuiteInfo debug_suites[] = {
+	{"tcp_link_debug", NULL, NULL, NULL, NULL, debug_tests},
+	CU_SUITE_INFO_NULL,
+};
+
 int main(void)
 {
-	return mx_test_run(suites);
+	return mx_test_run(getenv("TCP_TEST_ONE") ? debug_suites : suites);
 }

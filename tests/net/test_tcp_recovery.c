@@ -303,6 +303,14 @@ static void test_zero_window_probe(void)
 	}
 	CU_ASSERT_EQUAL(np, 3);
 	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->zero_window_probes, 3);
+	/* A peer that keeps answering is never given up on, even after more
+	 * probes than data_retries. */
+	for (int i = 0; i < 20; i++) {
+		th_advance(h, 60000000);
+		th_send(h, PP, 25, PEER_ISN + 1, iss + 1, TH_ACK, 0, TH_NOOPTS, NULL, 0);
+	}
+	CU_ASSERT_EQUAL(app.closed, 0);
+	CU_ASSERT(tcp_get_stats(h->ts)->zero_window_probes >= 3 + 20);
 	CU_ASSERT(t[2] - t[1] >= 2 * (t[1] - t[0]) - 2000); /* backoff */
 	CU_ASSERT_EQUAL(app.closed, 0);
 	/* The window opens: everything flows. */
@@ -433,18 +441,82 @@ static void test_reassembly_range_cap(void)
 {
 	setup();
 	uint32_t iss = open_conn();
-	/* Nine separate islands: only eight are kept. */
-	for (int i = 0; i < 9; i++)
+	/* One island more than kept: the last is refused and counted. */
+	const int n = TCP_REASS_RANGES + 1;
+	for (int i = 0; i < n; i++)
 		peer(PEER_ISN + 1 + 100 + (uint32_t)i * 200, iss + 1, TH_ACK,
 		     pattern + 100 + i * 200, 100);
 	CU_ASSERT_EQUAL(app.c->reass_count, TCP_REASS_RANGES);
 	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->reass_conn_cap_hits, 1);
 	/* Fill everything in order: all correct. */
-	for (int i = 0; i < 20; i++)
+	for (int i = 0; i < 2 * n; i++)
 		peer(PEER_ISN + 1 + (uint32_t)i * 100, iss + 1, TH_ACK, pattern + i * 100, 100);
-	CU_ASSERT_EQUAL(app.rx_len, 2000);
-	CU_ASSERT_EQUAL(memcmp(app.rx, pattern, 2000), 0);
+	CU_ASSERT_EQUAL(app.rx_len, 200u * n);
+	CU_ASSERT_EQUAL(memcmp(app.rx, pattern, 200u * n), 0);
 	CU_ASSERT_EQUAL(app.c->reass_count, 0);
+	teardown();
+}
+
+/* SACK (RFC 2018), receiver side: negotiated, blocks in the duplicate ACKs. */
+static void test_sack_blocks(void)
+{
+	setup();
+	struct th_opts o = {.mss = 1460, .wscale = -1, .ts = true, .tsval = 1, .sack_ok = true};
+	th_clear(h);
+	th_send(h, PP, 25, PEER_ISN, 0, TH_SYN, 65535, o, NULL, 0);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_TRUE(h->cap[0].sack_ok);
+	uint32_t iss = h->cap[0].seq;
+	struct th_opts a = {.wscale = -1, .ts = true, .tsval = 2, .tsecr = h->cap[0].tsval};
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1, TH_ACK, 65535, a, NULL, 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(app.c);
+	CU_ASSERT_TRUE(app.c->sack_ok);
+	th_clear(h);
+	uint32_t base = PEER_ISN + 1;
+	th_send(h, PP, 25, base + 1000, iss + 1, TH_ACK, 65535, a, pattern, 100);
+	th_send(h, PP, 25, base + 3000, iss + 1, TH_ACK, 65535, a, pattern, 100);
+	th_send(h, PP, 25, base + 2000, iss + 1, TH_ACK, 65535, a, pattern, 100);
+	th_send(h, PP, 25, base + 4000, iss + 1, TH_ACK, 65535, a, pattern, 100);
+	th_send(h, PP, 25, base + 1100, iss + 1, TH_ACK, 65535, a, pattern, 100);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 5);
+	struct th_seg *d = &h->cap[0];
+	CU_ASSERT_EQUAL(d->ack, base);
+	CU_ASSERT_EQUAL(d->nsack, 1);
+	CU_ASSERT_EQUAL(d->sack[0][0], base + 1000);
+	CU_ASSERT_EQUAL(d->sack[0][1], base + 1100);
+	d = &h->cap[4]; /* 4 islands, 3 blocks fit with timestamps */
+	CU_ASSERT_EQUAL(d->nsack, 3);
+	CU_ASSERT_EQUAL(d->sack[0][0], base + 1000); /* the latest arrival first */
+	CU_ASSERT_EQUAL(d->sack[0][1], base + 1200);
+	CU_ASSERT_EQUAL(d->sack[1][0], base + 4000);
+	CU_ASSERT_EQUAL(d->sack[2][0], base + 3000);
+	/* The first gap filled: the three remaining islands are reported. */
+	th_clear(h);
+	th_send(h, PP, 25, base, iss + 1, TH_ACK, 65535, a, pattern, 1000);
+	th_poll(h);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_EQUAL(h->cap[0].ack, base + 1200);
+	CU_ASSERT_EQUAL(h->cap[0].nsack, 3);
+	teardown();
+}
+
+/* A pure ACK's sequence number stays inside the peer's window even when
+ * the peer shrank it below what we already sent (it dropped data). */
+static void test_ack_seq_inside_peer_window(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	tcp_send(app.c, pattern, 10 * 1460);
+	CU_ASSERT_EQUAL(app.c->snd_max, iss + 1 + 14600);
+	th_clear(h);
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1 + 1460, TH_ACK, 1000, TH_NOOPTS, NULL, 0);
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1 + 1460, TH_ACK, 1000, TH_NOOPTS, "x", 1);
+	th_advance(h, 50000);
+	struct th_seg *a = th_last(h);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+	CU_ASSERT_EQUAL(a->len, 0);
+	CU_ASSERT_EQUAL(a->ack, PEER_ISN + 2);
+	CU_ASSERT_EQUAL(a->seq, iss + 1 + 1460 + 1000);
 	teardown();
 }
 
@@ -550,7 +622,9 @@ static CU_TestInfo rec_tests[] = {
 	{"reassembly per-connection cap", test_reassembly_conn_cap},
 	{"reassembly per-core cap", test_reassembly_global_cap},
 	{"reassembly island cap", test_reassembly_range_cap},
+	{"SACK blocks in duplicate ACKs", test_sack_blocks},
 	{"duplicate segment ACKed at once", test_duplicate_segment_acked_at_once},
+	{"pure ACK sequence inside the peer's window", test_ack_seq_inside_peer_window},
 	{"timer wheel", test_timer_wheel},
 	CU_TEST_INFO_NULL,
 };
