@@ -175,8 +175,20 @@ void tcp_send_segment(struct tcp_conn *c, uint32_t seq, uint32_t len, uint8_t fl
 	unsigned optlen = 0;
 	if (c->ts_ok)
 		optlen = put_ts_opt(opts, tcp_ts_now(ts, c->ts_offset), c->ts_recent);
-	if (c->sack_ok && c->reass_count && !(flags & (TH_SYN | TH_RST)))
-		optlen += put_sack_opt(c, opts + optlen, c->ts_ok ? 3 : 4);
+	if (c->sack_ok && c->reass_count && !(flags & (TH_SYN | TH_RST))) {
+		/*
+		 * c->mss already leaves room for the timestamps; SACK blocks
+		 * (2 NOPs + 2 + 8 per block) must fit in what the data leaves,
+		 * or the segment would exceed the path MTU.
+		 */
+		unsigned room = c->mss > len ? c->mss - len : 0;
+		unsigned blocks = room >= 4 ? (room - 4) / 8 : 0;
+		unsigned max_blocks = c->ts_ok ? 3 : 4;
+		if (blocks > max_blocks)
+			blocks = max_blocks;
+		if (blocks > 0)
+			optlen += put_sack_opt(c, opts + optlen, blocks);
+	}
 	uint32_t wnd;
 	uint16_t field = window_field(c, &wnd);
 	if (c->state != TCPS_SYN_SENT)
