@@ -33,7 +33,7 @@ struct net_port {
 	uint16_t nb_rx;    /* RX queues; worker w reads queue w if w < nb_rx */
 	uint16_t reta[NET_RETA_SIZE]; /* hash low bits -> worker */
 	uint16_t reta_mask;
-	uint8_t rss_key[40];
+	uint8_t rss_key[40] __attribute__((aligned(4))); /* rte_softrss reads it by words */
 	unsigned host_ifindex;
 	bool rx_intr; /* RX interrupts armed at configure time */
 	uint64_t tx_offloads;
