@@ -104,32 +104,6 @@ static void add_retry(struct cfg_file *cf, struct cfg_report *r, int line, const
 		rc->retry_us[rc->n_retry++] = v;
 }
 
-static void parse_dkim(struct cfg_file *cf, struct relay_config *rc, struct cfg_report *r)
-{
-	for (size_t i = 0; i < cf->section_count; i++) {
-		const struct cfg_section *s = &cf->sections[i];
-		if (strcmp(s->name, "dkim") != 0)
-			continue;
-		if (s->label == NULL) {
-			cfg_error(r, cf, s->line, "[dkim] needs a domain: [dkim \"example.com\"]");
-			continue;
-		}
-		struct cfg_entry *sel = cfg_get(cf, "dkim", s->label, "selector");
-		struct cfg_entry *key = cfg_get(cf, "dkim", s->label, "key");
-		struct cfg_entry *alg = cfg_get(cf, "dkim", s->label, "algorithm");
-		if (sel == NULL || key == NULL)
-			cfg_error(r, cf, s->line, "[dkim \"%s\"]: selector and key are required",
-				  s->label);
-		if (alg != NULL && strcmp(alg->value, "rsa-sha256") != 0 &&
-		    strcmp(alg->value, "ed25519-sha256") != 0 &&
-		    strcmp(alg->value, "rsa-sha256,ed25519-sha256") != 0)
-			cfg_error(r, cf, alg->line,
-				  "algorithm = %s: expected rsa-sha256, ed25519-sha256 or both",
-				  alg->value);
-		rc->n_dkim++;
-	}
-}
-
 /* [control] (control.c): control socket and Prometheus endpoint; "" turns either off. */
 static void parse_control(struct cfg_file *cf, struct relay_config *rc, struct cfg_report *r)
 {
@@ -214,7 +188,9 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	rc->max_age_us = 5ull * 86400 * 1000000;
 	dur_key(cf, r, "queue", "max_age", 60000000ull, 60ull * 86400 * 1000000, &rc->max_age_us);
 
-	parse_dkim(cf, rc, r);
+	/* [dkim "domain"]: every key file is loaded now, so a bad one is reported here. */
+	if (dkim_table_load(cf, &rc->dkim, r) == 0 && rc->dkim != NULL)
+		rc->n_dkim = (unsigned)rc->dkim->count;
 	parse_control(cf, rc, r);
 
 	rc->log_level = MX_LOG_INFO;
@@ -231,6 +207,8 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 void relay_config_free(struct relay_config *rc)
 {
 	smtp_server_conf_store_free(rc->smtp_store);
+	dkim_table_free(rc->dkim);
+	rc->dkim = NULL;
 	cfg_free(rc->cf);
 	rc->cf = NULL;
 }

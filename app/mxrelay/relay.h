@@ -11,6 +11,7 @@
 #define MX_RELAY_H
 
 #include "core.h"
+#include "dkim.h"
 #include "dns.h"
 #include "net.h"
 #include "smtp.h"
@@ -51,6 +52,7 @@ struct relay_config {
 	/* [log] */
 	enum mx_log_level log_level;
 	char log_file[512];
+	struct dkim_table *dkim; /* signing keys per domain (not used for signing yet) */
 	unsigned n_dkim;
 	struct relay_control_conf control; /* [control] */
 };
