@@ -17,48 +17,6 @@ static const char *const known_sections[] = {"eal", "port.", "tcp", "smtp", "tls
 					     "dns", "spool", "queue", "dkim", "log",
 					     "control", NULL};
 
-static void str_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
-		    char *out, size_t outlen)
-{
-	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
-	if (e == NULL)
-		return;
-	if (strlen(e->value) >= outlen)
-		cfg_error(r, cf, e->line, "%s: value too long (max %zu)", key, outlen - 1);
-	else
-		strcpy(out, e->value);
-}
-
-static void u64_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
-		    uint64_t min, uint64_t max, uint64_t *out)
-{
-	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
-	if (e == NULL)
-		return;
-	int rc = cfg_parse_u64(e->value, min, max, out);
-	if (rc == -ERANGE)
-		cfg_error(r, cf, e->line, "%s = %s: out of range %llu..%llu", key, e->value,
-			  (unsigned long long)min, (unsigned long long)max);
-	else if (rc != 0)
-		cfg_error(r, cf, e->line, "%s = %s: not a number", key, e->value);
-}
-
-static void dur_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
-		    uint64_t min, uint64_t max, uint64_t *out)
-{
-	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
-	uint64_t v;
-	if (e == NULL)
-		return;
-	if (cfg_parse_duration_us(e->value, &v) != 0)
-		cfg_error(r, cf, e->line, "%s = %s: not a duration (e.g. 30s, 5m, 4h, 5d)", key,
-			  e->value);
-	else if (v < min || v > max)
-		cfg_error(r, cf, e->line, "%s = %s: out of range", key, e->value);
-	else
-		*out = v;
-}
-
 /* Split a comma- or space-separated list; calls fn on each item. */
 static void list_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
 		     void (*fn)(struct cfg_file *, struct cfg_report *, int, const char *, void *),
@@ -115,13 +73,13 @@ static void parse_control(struct cfg_file *cf, struct relay_config *rc, struct c
 	strcpy(c->socket, "/run/mxrelay/control.sock");
 	strcpy(c->http_listen, "127.0.0.1:9125");
 	c->max_clients = 16;
-	str_key(cf, r, "control", "socket", c->socket, sizeof(c->socket));
-	str_key(cf, r, "control", "http_listen", c->http_listen, sizeof(c->http_listen));
+	cfg_key_str(cf, r, "control", "socket", c->socket, sizeof(c->socket));
+	cfg_key_str(cf, r, "control", "http_listen", c->http_listen, sizeof(c->http_listen));
 	e = cfg_get(cf, "control", NULL, "http_listen");
 	if (e != NULL && c->http_listen[0] && control_parse_listen(c->http_listen, &addr, &port) != 0)
 		cfg_error(r, cf, e->line, "http_listen = %s: expected A.B.C.D:port or empty",
 			  e->value);
-	u64_key(cf, r, "control", "max_clients", 1, 1024, &c->max_clients);
+	cfg_key_u64(cf, r, "control", "max_clients", 1, 1024, &c->max_clients);
 }
 
 /* A library loader's first error ("file:line: message") joins the report. */
@@ -161,14 +119,14 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	list_key(cf, r, "smtp", "listen", add_listen, rc);
 	if (rc->n_listen == 0)
 		rc->listen[rc->n_listen++] = 25;
-	u64_key(cf, r, "smtp", "max_connections", 1, 10000000, &rc->max_connections);
+	cfg_key_u64(cf, r, "smtp", "max_connections", 1, 10000000, &rc->max_connections);
 	rc->shutdown_timeout_us = 10000000;
-	dur_key(cf, r, "smtp", "shutdown_timeout", 0, 3600000000ull, &rc->shutdown_timeout_us);
-	str_key(cf, r, "smtp", "users", rc->users_file, sizeof(rc->users_file));
+	cfg_key_duration(cf, r, "smtp", "shutdown_timeout", 0, 3600000000ull, &rc->shutdown_timeout_us);
+	cfg_key_str(cf, r, "smtp", "users", rc->users_file, sizeof(rc->users_file));
 
-	str_key(cf, r, "tls", "cert", rc->tls_cert, sizeof(rc->tls_cert));
-	str_key(cf, r, "tls", "key", rc->tls_key, sizeof(rc->tls_key));
-	str_key(cf, r, "tls", "ca_file", rc->tls_ca_file, sizeof(rc->tls_ca_file));
+	cfg_key_str(cf, r, "tls", "cert", rc->tls_cert, sizeof(rc->tls_cert));
+	cfg_key_str(cf, r, "tls", "key", rc->tls_key, sizeof(rc->tls_key));
+	cfg_key_str(cf, r, "tls", "ca_file", rc->tls_ca_file, sizeof(rc->tls_ca_file));
 	if (!rc->tls_cert[0] != !rc->tls_key[0])
 		cfg_error(r, cf, 0, "[tls] cert and key go together");
 	rc->tls_outbound = TLS_POLICY_OPPORTUNISTIC;
@@ -177,7 +135,7 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 		cfg_error(r, cf, e->line, "outbound = %s: expected opportunistic, verify or none",
 			  e->value);
 
-	str_key(cf, r, "relay", "smarthost", rc->smarthost, sizeof(rc->smarthost));
+	cfg_key_str(cf, r, "relay", "smarthost", rc->smarthost, sizeof(rc->smarthost));
 
 	list_key(cf, r, "queue", "retry", add_retry, rc);
 	if (rc->n_retry == 0) {
@@ -186,7 +144,7 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 			rc->retry_us[rc->n_retry++] = dflt[i] * 1000000ull;
 	}
 	rc->max_age_us = 5ull * 86400 * 1000000;
-	dur_key(cf, r, "queue", "max_age", 60000000ull, 60ull * 86400 * 1000000, &rc->max_age_us);
+	cfg_key_duration(cf, r, "queue", "max_age", 60000000ull, 60ull * 86400 * 1000000, &rc->max_age_us);
 
 	/* [dkim "domain"]: every key file is loaded now, so a bad one is reported here. */
 	if (dkim_table_load(cf, &rc->dkim, r) == 0 && rc->dkim != NULL)
@@ -198,7 +156,7 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	    mx_log_parse_level(e->value, &rc->log_level) != 0)
 		cfg_error(r, cf, e->line, "level = %s: expected error, warning, info or debug",
 			  e->value);
-	str_key(cf, r, "log", "file", rc->log_file, sizeof(rc->log_file));
+	cfg_key_str(cf, r, "log", "file", rc->log_file, sizeof(rc->log_file));
 
 	cfg_check_unknown(cf, known_sections, r);
 	return (int)r->count;

@@ -355,3 +355,64 @@ void cfg_check_unknown(struct cfg_file *cf, const char *const *known, struct cfg
 			cfg_error(r, cf, e->line, "unknown key '%s' in [%s]", e->key, e->section);
 	}
 }
+
+void cfg_key_u64(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
+		 uint64_t min, uint64_t max, uint64_t *out)
+{
+	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
+	uint64_t v;
+	if (e == NULL)
+		return;
+	int rc = cfg_parse_u64(e->value, min, max, &v);
+	if (rc == -ERANGE)
+		cfg_error(r, cf, e->line, "%s = %s: out of range %llu..%llu", key, e->value,
+			  (unsigned long long)min, (unsigned long long)max);
+	else if (rc != 0)
+		cfg_error(r, cf, e->line, "%s = %s: not a number", key, e->value);
+	else
+		*out = v;
+}
+
+void cfg_key_size(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
+		  uint64_t min, uint64_t max, uint64_t *out)
+{
+	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
+	uint64_t v;
+	if (e == NULL)
+		return;
+	if (cfg_parse_size(e->value, &v) != 0)
+		cfg_error(r, cf, e->line, "%s = %s: not a size (e.g. 256K, 10M)", key, e->value);
+	else if (v < min || v > max)
+		cfg_error(r, cf, e->line, "%s = %s: out of range %llu..%llu bytes", key, e->value,
+			  (unsigned long long)min, (unsigned long long)max);
+	else
+		*out = v;
+}
+
+void cfg_key_duration(struct cfg_file *cf, struct cfg_report *r, const char *sect,
+		      const char *key, uint64_t min_us, uint64_t max_us, uint64_t *out)
+{
+	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
+	uint64_t v;
+	if (e == NULL)
+		return;
+	if (cfg_parse_duration_us(e->value, &v) != 0)
+		cfg_error(r, cf, e->line, "%s = %s: not a duration (e.g. 200ms, 30s, 5m, 4h, 5d)",
+			  key, e->value);
+	else if (v < min_us || v > max_us)
+		cfg_error(r, cf, e->line, "%s = %s: out of range", key, e->value);
+	else
+		*out = v;
+}
+
+void cfg_key_str(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
+		 char *out, size_t outlen)
+{
+	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
+	if (e == NULL)
+		return;
+	if (strlen(e->value) >= outlen)
+		cfg_error(r, cf, e->line, "%s: value too long (max %zu)", key, outlen - 1);
+	else
+		strcpy(out, e->value);
+}

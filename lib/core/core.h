@@ -82,6 +82,21 @@ void cfg_error(struct cfg_report *r, const struct cfg_file *cf, int line, const 
  */
 void cfg_check_unknown(struct cfg_file *cf, const char *const *known, struct cfg_report *r);
 
+/*
+ * Key readers for validators: each reads section/key (no label), marks it
+ * used, leaves *out unchanged when the key is absent, and reports a bad
+ * value as "file:line: key = value: reason".  Sizes and durations take the
+ * units of cfg_parse_size / cfg_parse_duration_us.
+ */
+void cfg_key_u64(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
+		 uint64_t min, uint64_t max, uint64_t *out);
+void cfg_key_size(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
+		  uint64_t min, uint64_t max, uint64_t *out);
+void cfg_key_duration(struct cfg_file *cf, struct cfg_report *r, const char *sect,
+		      const char *key, uint64_t min_us, uint64_t max_us, uint64_t *out);
+void cfg_key_str(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
+		 char *out, size_t outlen);
+
 /* Value parsers: 0 on success, -EINVAL on syntax, -ERANGE out of range. */
 int cfg_parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *out);
 /** Sizes: 512, 64K, 10M, 2G (binary multiples). */

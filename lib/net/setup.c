@@ -28,67 +28,21 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 
-static void get_u64(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
-		    uint64_t min, uint64_t max, uint64_t *out)
-{
-	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
-	if (e == NULL)
-		return;
-	int rc = cfg_parse_u64(e->value, min, max, out);
-	if (rc == -ERANGE)
-		cfg_error(r, cf, e->line, "%s = %s: out of range %llu..%llu", key, e->value,
-			  (unsigned long long)min, (unsigned long long)max);
-	else if (rc != 0)
-		cfg_error(r, cf, e->line, "%s = %s: not a number", key, e->value);
-}
-
-static void get_size(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
-		     uint64_t min, uint64_t max, uint64_t *out)
-{
-	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
-	uint64_t v;
-	if (e == NULL)
-		return;
-	if (cfg_parse_size(e->value, &v) != 0)
-		cfg_error(r, cf, e->line, "%s = %s: not a size (e.g. 256K)", key, e->value);
-	else if (v < min || v > max)
-		cfg_error(r, cf, e->line, "%s = %s: out of range %llu..%llu bytes", key, e->value,
-			  (unsigned long long)min, (unsigned long long)max);
-	else
-		*out = v;
-}
-
-static void get_duration(struct cfg_file *cf, struct cfg_report *r, const char *sect,
-			 const char *key, uint64_t min, uint64_t max, uint64_t *out)
-{
-	struct cfg_entry *e = cfg_get(cf, sect, NULL, key);
-	uint64_t v;
-	if (e == NULL)
-		return;
-	if (cfg_parse_duration_us(e->value, &v) != 0)
-		cfg_error(r, cf, e->line, "%s = %s: not a duration (e.g. 200ms, 60s)", key,
-			  e->value);
-	else if (v < min || v > max)
-		cfg_error(r, cf, e->line, "%s = %s: out of range", key, e->value);
-	else
-		*out = v;
-}
-
 static void parse_tcp(struct cfg_file *cf, struct tcp_conf *t, struct cfg_report *r)
 {
 	uint64_t v;
-	v = t->max_conns, get_u64(cf, r, "tcp", "max_conns", 16, 1u << 24, &v), t->max_conns = v;
-	v = t->sndbuf, get_size(cf, r, "tcp", "sndbuf", 4096, 64u << 20, &v), t->sndbuf = v;
-	v = t->rcvbuf, get_size(cf, r, "tcp", "rcvbuf", 4096, 64u << 20, &v), t->rcvbuf = v;
-	v = t->syn_backlog, get_u64(cf, r, "tcp", "syn_backlog", 1, 1u << 20, &v),
+	v = t->max_conns, cfg_key_u64(cf, r, "tcp", "max_conns", 16, 1u << 24, &v), t->max_conns = v;
+	v = t->sndbuf, cfg_key_size(cf, r, "tcp", "sndbuf", 4096, 64u << 20, &v), t->sndbuf = v;
+	v = t->rcvbuf, cfg_key_size(cf, r, "tcp", "rcvbuf", 4096, 64u << 20, &v), t->rcvbuf = v;
+	v = t->syn_backlog, cfg_key_u64(cf, r, "tcp", "syn_backlog", 1, 1u << 20, &v),
 	t->syn_backlog = v;
-	v = t->time_wait_max, get_u64(cf, r, "tcp", "time_wait_max", 16, 1u << 24, &v),
+	v = t->time_wait_max, cfg_key_u64(cf, r, "tcp", "time_wait_max", 16, 1u << 24, &v),
 	t->time_wait_max = v;
-	get_duration(cf, r, "tcp", "time_wait", 0, 240000000ull, &t->time_wait_us);
-	get_duration(cf, r, "tcp", "delayed_ack", 0, 500000, &t->delack_us);
-	v = t->reass_conn_bytes, get_size(cf, r, "tcp", "reass_conn_bytes", 0, 64u << 20, &v),
+	cfg_key_duration(cf, r, "tcp", "time_wait", 0, 240000000ull, &t->time_wait_us);
+	cfg_key_duration(cf, r, "tcp", "delayed_ack", 0, 500000, &t->delack_us);
+	v = t->reass_conn_bytes, cfg_key_size(cf, r, "tcp", "reass_conn_bytes", 0, 64u << 20, &v),
 	t->reass_conn_bytes = v;
-	get_size(cf, r, "tcp", "reass_global_bytes", 0, 16ull << 30, &t->reass_global_bytes);
+	cfg_key_size(cf, r, "tcp", "reass_global_bytes", 0, 16ull << 30, &t->reass_global_bytes);
 	struct cfg_entry *e = cfg_get(cf, "tcp", NULL, "syn_cookies");
 	if (e != NULL && cfg_parse_bool(e->value, &t->syn_cookies) != 0)
 		cfg_error(r, cf, e->line, "syn_cookies = %s: expected yes or no", e->value);
@@ -108,7 +62,7 @@ void net_config_parse(struct cfg_file *cf, struct net_dp_conf *out, struct cfg_r
 	else
 		strcpy(out->eal_args, e->value);
 	uint64_t v = out->mbufs;
-	get_u64(cf, r, "eal", "mbufs", 1023, 1u << 24, &v);
+	cfg_key_u64(cf, r, "eal", "mbufs", 1023, 1u << 24, &v);
 	out->mbufs = (unsigned)v;
 	parse_tcp(cf, &out->tcp, r);
 
@@ -149,10 +103,10 @@ void net_config_parse(struct cfg_file *cf, struct net_dp_conf *out, struct cfg_r
 				  &pc->fault.corrupt};
 		for (unsigned k = 0; k < 4; k++) {
 			v = 0;
-			get_u64(cf, r, s->name, faults[k], 0, 1000, &v);
+			cfg_key_u64(cf, r, s->name, faults[k], 0, 1000, &v);
 			*fv[k] = (uint16_t)v;
 		}
-		get_u64(cf, r, s->name, "fault_seed", 0, UINT64_MAX, &pc->fault.seed);
+		cfg_key_u64(cf, r, s->name, "fault_seed", 0, UINT64_MAX, &pc->fault.seed);
 		if ((e = cfg_get(cf, s->name, NULL, "fault_dir")) != NULL) {
 			pc->fault.rx = !strcmp(e->value, "rx") || !strcmp(e->value, "both");
 			pc->fault.tx = !strcmp(e->value, "tx") || !strcmp(e->value, "both");

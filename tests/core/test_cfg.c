@@ -73,7 +73,44 @@ static void test_values(void)
 	CU_ASSERT_EQUAL(cfg_parse_ipv4_prefix("10.77.0/24", &a, &l), -EINVAL);
 }
 
+static void test_key_readers(void)
+{
+	struct cfg_file *cf;
+	struct cfg_report r = {0};
+	char err[256], str[8] = "dflt";
+	uint64_t n = 7, sz = 1, d = 2;
+	const char *text = "[s]\nn = 5000\nsz = 64K\nd = 10ms\nlong = abcdefghij\n"
+			   "[t]\nn = x\nsz = 1G\nd = soon\n";
+	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "k.conf", &cf, err, sizeof(err)), 0);
+	cfg_key_u64(cf, &r, "s", "n", 0, 10000, &n);
+	cfg_key_size(cf, &r, "s", "sz", 0, 1 << 20, &sz);
+	cfg_key_duration(cf, &r, "s", "d", 0, 1000000, &d);
+	cfg_key_str(cf, &r, "s", "absent", str, sizeof(str));
+	CU_ASSERT_EQUAL(r.count, 0);
+	CU_ASSERT_EQUAL(n, 5000);
+	CU_ASSERT_EQUAL(sz, 65536);
+	CU_ASSERT_EQUAL(d, 10000);
+	CU_ASSERT_STRING_EQUAL(str, "dflt"); /* absent: unchanged */
+	cfg_key_str(cf, &r, "s", "long", str, sizeof(str));
+	cfg_key_u64(cf, &r, "t", "n", 0, 10, &n);
+	cfg_key_size(cf, &r, "t", "sz", 0, 1 << 20, &sz);
+	cfg_key_duration(cf, &r, "t", "d", 0, 1000000, &d);
+	CU_ASSERT_EQUAL(r.count, 4);
+	CU_ASSERT_EQUAL(n, 5000); /* bad values leave the old value */
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "k.conf:5: long: value too long (max 7)"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "k.conf:7: n = x: not a number"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "k.conf:8: sz = 1G: out of range"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(r.text, "k.conf:9: d = soon: not a duration"));
+	static const char *const known[] = {"s", NULL};
+	struct cfg_report u = {0};
+	cfg_check_unknown(cf, known, &u);
+	CU_ASSERT_EQUAL(u.count, 1); /* [t] is unknown; every key of [s] was read */
+	CU_ASSERT_PTR_NOT_NULL(strstr(u.text, "k.conf:6: unknown section [t]"));
+	cfg_free(cf);
+}
+
 static CU_TestInfo cfg_tests[] = {
+	{"key readers report file:line and keep defaults", test_key_readers},
 	{"sections and labels", test_sections_and_labels},
 	{"syntax errors carry file:line", test_syntax_errors_have_line},
 	{"value parsers", test_values},
