@@ -330,6 +330,8 @@ static void smtp_msg_begin(void *user)
 	struct smtpd_conn *c = user;
 	c->msg = NULL;
 	c->msg_err = spool_msg_begin(c->d->spool, &c->msg);
+	if (c->msg_err == 0)
+		smtp_session_set_queue_id(c->s, spool_msg_id_str(c->msg));
 }
 
 static void smtp_msg_data(void *user, const uint8_t *p, size_t n)

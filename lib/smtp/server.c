@@ -556,6 +556,19 @@ static void emit_received(struct smtp_session *s)
 		dappend(s, hdr, (size_t)n);
 }
 
+void smtp_session_set_queue_id(struct smtp_session *s, const char *id)
+{
+	size_t n = 0;
+	/* Into Received: only what a queue id is made of. */
+	for (; id[n] && n + 1 < sizeof(s->env.id); n++)
+		if (!((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'A' && id[n] <= 'Z') ||
+		      (id[n] >= 'a' && id[n] <= 'z')))
+			return;
+	if (n == 0 || id[n] != '\0')
+		return;
+	memcpy(s->env.id, id, n + 1);
+}
+
 static void begin_message(struct smtp_session *s)
 {
 	s->msg_open = true;

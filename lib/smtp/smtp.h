@@ -293,6 +293,12 @@ void smtp_session_start(struct smtp_session *s);
 size_t smtp_session_input(struct smtp_session *s, const uint8_t *p, size_t n);
 /** false while the session cannot take more input (commit pending, buffer full) or is closed. */
 bool smtp_session_want_input(const struct smtp_session *s);
+/**
+ * From inside cb->message_begin: use the spool's queue id as the
+ * transaction id (in Received: and env->id), as Postfix does.  Ignored
+ * unless it is 1..31 letters and digits.
+ */
+void smtp_session_set_queue_id(struct smtp_session *s, const char *id);
 /** The TLS handshake finished (after cb->starttls, or at once for implicit TLS). */
 void smtp_session_tls_started(struct smtp_session *s, const char *version, const char *cipher);
 /**

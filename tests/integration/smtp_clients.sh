@@ -47,6 +47,8 @@ queued=$(awk '$1 == "messages" {print $2}' "$TMP/count")
 [ "$queued" = 2059 ] || fail "spool holds $queued messages, expected 2059"
 bad=0
 while read -r id sum; do
+	"$M" "$TMP/spool" show "$id" | grep -q "with ESMTP id $id" ||
+		{ bad=$((bad + 1)); echo "message $id: Received: does not carry the queue id"; }
 	# Body after the show header's blank line, minus our Received: header.
 	"$M" "$TMP/spool" show "$id" | awk 'f; /^$/ && !f {f=1}' |
 		awk 'BEGIN{skip=1} skip && /^(Received:|\t)/ {next} {skip=0; print}' ORS='\n' >"$TMP/body"
