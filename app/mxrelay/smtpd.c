@@ -637,14 +637,17 @@ void smtpd_destroy(struct smtpd *d)
 	spool_sync(d->spool);
 	/* Report what the last sync made durable, so no commit is left pending. */
 	smtpd_poll(d, mx_now_us());
+	/*
+	 * Whatever is still open is cut off.  Every commit was reported by the
+	 * poll above (spool_sync waited for it), so nothing still points at a
+	 * connection: free them all through the reap list, never twice.
+	 */
 	while (d->live != NULL) {
 		struct smtpd_conn *c = d->live;
+		c->commit_pending = false;
 		if (!c->tcp_gone)
-			tcp_abort(c->tc); /* on_closed -> reap list */
-		if (d->live == c) { /* still here: free it ourselves */
-			c->commit_pending = false;
-			conn_free(c);
-		}
+			tcp_abort(c->tc); /* on_closed puts it on the reap list */
+		reap_later(c);        /* no-op if it is there already */
 		smtpd_poll(d, mx_now_us());
 	}
 	spool_close(d->spool);
