@@ -10,7 +10,8 @@ mount -t tmpfs -o size=4m mxrelay-test "$TMP/fs" || skip "cannot mount a tmpfs h
 trap 'for p in "${PIDS[@]}"; do kill -9 $p 2>/dev/null; done; sleep 0.5; umount "$TMP/fs" 2>/dev/null; cleanup' EXIT
 # Leave about 600 KiB free.
 dd if=/dev/zero of="$TMP/fs/filler" bs=1k count=3500 status=none || true
-write_relay_config "$TMP/r.conf" $IF $N "segment_size = 256K"
+write_relay_config "$TMP/r.conf" $IF $N "[spool]
+segment_size = 256K"
 sed -i "s|^dir = .*|dir = $TMP/fs/spool|" "$TMP/r.conf"
 start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
 R=$LAST_PID
