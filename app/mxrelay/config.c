@@ -6,6 +6,7 @@
  * Defaults are set here, each one documented in config/README.md.
  */
 #include "control.h"
+#include "queue.h"
 #include "relay.h"
 
 #include <errno.h>
@@ -145,6 +146,11 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	}
 	rc->max_age_us = 5ull * 86400 * 1000000;
 	cfg_key_duration(cf, r, "queue", "max_age", 60000000ull, 60ull * 86400 * 1000000, &rc->max_age_us);
+	/* lib/queue reads [queue] itself (deliver.c); here for --check-config and unknown keys. */
+	struct queue_config qc;
+	queue_config_defaults(&qc);
+	rc_lib = queue_config_from_cfg(cf, &qc, err, sizeof(err));
+	lib_error(r, cf, rc_lib, err);
 
 	/* [dkim "domain"]: every key file is loaded now, so a bad one is reported here. */
 	if (dkim_table_load(cf, &rc->dkim, r) == 0 && rc->dkim != NULL)

@@ -19,6 +19,7 @@
  * connections go on a reap list handled by smtpd_poll().
  */
 #include "smtpd.h"
+#include "deliver.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -57,6 +58,7 @@ struct smtpd {
 	struct net_stack *st;
 	unsigned worker;
 	struct spool *spool;
+	struct deliver *dl; /* delivery of what this spool accepts (deliver.c), or NULL */
 	struct smtp_server_stats smtp_stats;
 	struct tls_stats tls_stats;
 	struct smtpd_stats stats;
@@ -513,11 +515,18 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 
 static void recovered(void *arg, const struct spool_recovered *m)
 {
-	(void)arg;
+	struct smtpd *d = arg;
 	MX_DEBUG("%s: recovered, %u recipient(s) pending", m->id_str, m->env->rcpt_count);
+	deliver_recovered(d->dl, m);
 }
 
-struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w)
+struct spool *smtpd_spool(struct smtpd *d)
+{
+	return d->spool;
+}
+
+struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w,
+			   struct deliver *dl)
 {
 	struct smtpd *d = calloc(1, sizeof(*d));
 	struct spool_recovery_stats rs;
@@ -526,6 +535,7 @@ struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, 
 	d->sh = sh;
 	d->st = st;
 	d->worker = w;
+	d->dl = dl;
 	d->max_conns = sh->conf->max_connections / sh->n_workers + 1;
 	int rc = spool_open(&sh->conf->spool, w, recovered, d, &rs, &d->spool);
 	if (rc != 0) {
@@ -574,12 +584,15 @@ unsigned smtpd_poll(struct smtpd *d, uint64_t now_us)
 	int n = spool_poll(d->spool, now_us, done, SPOOL_BATCH);
 
 	for (int i = 0; i < n; i++) {
+		if (deliver_commit_done(d->dl, &done[i])) /* a DSN deliver.c injected */
+			continue;
 		struct smtpd_conn *c = (struct smtpd_conn *)(uintptr_t)done[i].cookie;
 		c->commit_pending = false;
 		if (done[i].status == 0) {
 			d->stats.messages_queued++;
 			if (!c->tcp_gone)
 				log_queued(c, &done[i]);
+			deliver_accepted(d->dl, done[i].id, smtp_session_envelope(c->s));
 		} else {
 			d->stats.commit_failures++;
 			MX_WARN("%s: commit failed: %s", done[i].id_str, strerror(-done[i].status));

@@ -23,8 +23,16 @@ int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
 		      unsigned n_workers);
 void smtpd_shared_free(struct smtpd_shared *sh);
 
-/** On worker w: open its spool (recovering it) and listen.  NULL on failure (logged). */
-struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w);
+struct deliver;
+/**
+ * On worker w: open its spool (recovering it) and listen.  Recovered and
+ * newly committed messages go to dl (deliver.c; NULL: nobody delivers).
+ * NULL on failure (logged).
+ */
+struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w,
+			   struct deliver *dl);
+/** The worker's spool (for deliver_attach_spool). */
+struct spool *smtpd_spool(struct smtpd *d);
 /** One turn: spool completions, timeouts.  Returns work done (for idle back-off). */
 unsigned smtpd_poll(struct smtpd *d, uint64_t now_us);
 /**

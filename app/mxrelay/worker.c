@@ -5,6 +5,7 @@
  */
 #include "worker.h"
 #include "smtpd.h"
+#include "deliver.h"
 
 #include <errno.h>
 #include <string.h>
@@ -19,6 +20,7 @@ struct worker {
 	unsigned lcore;
 	struct net_stack *st;
 	struct smtpd *smtpd;
+	struct deliver *deliver;
 	struct net_idle idle;
 	struct net_dataplane *dp;
 	volatile int ready;   /* 1 running, -1 failed */
@@ -44,12 +46,21 @@ static int worker_main(void *arg)
 		w->ready = -1;
 		return -1;
 	}
-	w->smtpd = smtpd_create(&shared, w->st, w->index);
-	if (w->smtpd == NULL) {
+	/* Before the spool opens: recovery hands unfinished messages to it. */
+	w->deliver = deliver_create(shared.conf, w->st, w->index, n_workers);
+	if (w->deliver == NULL) {
 		net_stack_destroy(w->st);
 		w->ready = -1;
 		return -1;
 	}
+	w->smtpd = smtpd_create(&shared, w->st, w->index, w->deliver);
+	if (w->smtpd == NULL) {
+		deliver_destroy(w->deliver);
+		net_stack_destroy(w->st);
+		w->ready = -1;
+		return -1;
+	}
+	deliver_attach_spool(w->deliver, smtpd_spool(w->smtpd));
 	w->ready = 1;
 	bool drain_started = false;
 	while (!stopping) {
@@ -62,9 +73,16 @@ static int worker_main(void *arg)
 			w->drained = smtpd_drained(w->smtpd);
 		unsigned n = net_stack_poll(w->st, now);
 		n += smtpd_poll(w->smtpd, now);
+		n += deliver_poll(w->deliver, now);
 		net_stack_idle(w->st, &w->idle, n > 0, now, 10000);
 	}
+	/*
+	 * smtpd first: its last spool completions still go to deliver, and the
+	 * spool close makes deliver's last state records durable.  deliver's
+	 * teardown touches neither the spool nor the queue's callbacks.
+	 */
 	smtpd_destroy(w->smtpd);
+	deliver_destroy(w->deliver);
 	/* Let the last replies and FINs leave. */
 	for (uint64_t end = mx_now_us() + 100000; mx_now_us() < end;)
 		net_stack_poll(w->st, mx_now_us());
@@ -94,6 +112,9 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 		return spool_lock_fd;
 	}
 	int rc = smtpd_shared_init(&shared, conf, n_workers);
+	if (rc != 0)
+		return rc;
+	rc = deliver_shared_init(conf);
 	if (rc != 0)
 		return rc;
 	for (unsigned i = 0; i < n_workers; i++) {
@@ -136,6 +157,7 @@ void workers_stop(void)
 	stopping = 1;
 	rte_eal_mp_wait_lcore();
 	smtpd_shared_free(&shared);
+	deliver_shared_free();
 	spool_dir_unlock(spool_lock_fd);
 	spool_lock_fd = -1;
 }
@@ -161,6 +183,7 @@ void workers_stats_foreach(worker_stat_fn fn, void *arg)
 		struct stat_relay r = {.fn = fn, .arg = arg, .worker = i};
 		net_stack_stats_foreach(w->st, relay_stat, &r);
 		smtpd_stats_foreach(w->smtpd, relay_stat, &r);
+		deliver_stats_foreach(w->deliver, relay_stat, &r);
 		fn(arg, i, "idle_sleeps", w->idle.sleeps);
 	}
 }

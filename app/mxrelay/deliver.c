@@ -1,0 +1,1427 @@
+/*
+ * deliver.c - the owner-core delivery loop of one worker.
+ *
+ * lib/queue decides (RESOLVE, CONNECT, SEND, CLOSE); this file executes
+ * those decisions and reports back:
+ *
+ *   RESOLVE  -> dns_mail_lookup on this worker's resolver (lib/dns over
+ *               lib/net UDP from a small block of bound source ports, the
+ *               cache shared by all workers); no [dns] resolvers: tempfail.
+ *   CONNECT  -> tcp_connect to each address of the route in turn; on
+ *               on_connected an smtp_client reads the greeting, EHLO and,
+ *               when offered, STARTTLS (lib/tls client, per-core session
+ *               cache); its "ready" is queue_conn_up(), every address
+ *               failing is queue_conn_down() (the destination backs off).
+ *   SEND     -> smtp_client_send_message() with the body read from the
+ *               spool (spool_read_body: a synchronous pread on this core,
+ *               acceptable for now); message_done -> queue_txn_result().
+ *   CLOSE    -> QUIT, then close TCP.
+ *   queue_ops -> spool_mark_delivered / deferred / bounced, and
+ *               spool_msg_finish once every descriptor of a message is done;
+ *               a DSN is written to the spool as a new message from <>
+ *               (odd spool cookie: smtpd_poll hands its completion back
+ *               through deliver_commit_done) and then queued like any other.
+ *
+ * Single-owner path: every destination is queued on the core that accepted
+ * the message, whatever queue_dest_owner() says (counted in
+ * deliver_foreign_owner).  This machine runs one worker, so owner ==
+ * accepting core.  The multi-core path still needs: one bounded MP/SC
+ * rte_ring per worker carrying queue_desc pointers to the owner (a counter
+ * when full, then a local retry list), and a second ring carrying results
+ * (mark delivered/deferred/bounced, finish, body reads) back to the core
+ * that owns the spool segment (spool_id_core()), because spool marks and
+ * body reads must happen there.
+ *
+ * Nothing acknowledged is lost: a descriptor the queue cannot take stays on
+ * a retry list; whatever is not delivered when the relay stops stays in the
+ * spool and is recovered at the next start.  Sessions are freed only from
+ * deliver_poll(), never from inside a callback of the object being freed.
+ */
+#include "deliver.h"
+#include "queue.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ACTIONS_PER_POLL 64
+#define CONNECT_TIMEOUT_US (30ull * 1000000)
+#define OUT_MAX (256u * 1024) /* client bytes TCP/TLS could not take yet */
+#define GROUP_BUCKETS 4096u   /* multi-destination messages being delivered */
+#define BACKLOG_MAX 1000000u  /* descriptors waiting for room in the queue (or recovered) */
+#define BACKLOG_PER_POLL 1024u
+#define TLS_CACHE_CAPACITY 1024u
+#define REPLY_TEXT_MAX 600
+#define DSN_PENDING_MAX 4096u /* DSNs between spool commit and completion */
+/*
+ * The resolver's UDP source ports: a block per worker, each bound with
+ * udp_bind (lib/net keeps at most 64 binds per core, so the block is small;
+ * a udp_bind_range in lib/net would allow RFC 5452's wide port spread).
+ */
+#define DNS_PORT_BASE 40000u
+#define DNS_PORTS 32u
+#define DNS_DRAIN_US 3000000ull /* at shutdown, wait this long for lookups in flight */
+
+struct dsess {
+	struct deliver *dl;
+	uint64_t handle; /* queue session */
+	struct tcp_conn *tc;
+	struct tls_conn *tls;
+	struct smtp_client *cl;
+	struct dns_mail_route route; /* copy: hosts to try in order */
+	unsigned host_i, addr_i;
+	uint16_t port;
+	uint32_t addr;	 /* address being tried / used */
+	bool connected;	 /* TCP on_connected ran for the current attempt */
+	bool up;	 /* queue_conn_up() done */
+	bool qdone;	 /* the queue forgot the handle (conn_down reported, or CLOSE) */
+	bool try_next;	 /* the current attempt failed before up: next address */
+	bool reap;	 /* free at the next poll */
+	bool input_held; /* TLS took less than offered */
+	uint64_t connect_deadline_us;
+	char reason[640]; /* why the last attempt failed */
+	/* the transaction in flight */
+	const struct queue_txn *txn;
+	struct smtp_client_msg msg;
+	struct smtp_client_rcpt *rcpts;
+	uint8_t *out;
+	size_t out_len;
+	struct dsess *next, *prev;
+};
+
+struct group {
+	uint64_t id;
+	uint32_t left;
+	struct group *next;
+};
+
+struct backlog {
+	struct queue_desc *d;
+	int64_t not_before_us;
+	struct backlog *next;
+};
+
+struct deliver_stats {
+	uint64_t accepted, recovered, split_failures, submit_deferred, backlog, foreign_owner;
+	uint64_t connects, connect_failures, tcp_refused, tcp_timeouts, sessions_open;
+	uint64_t resolve_tempfail, mark_failures, finish, group_missing, out_full;
+	uint64_t dsn_injected, dsn_inject_failures, dsn_limit_hits, dsn_unknown_commits;
+};
+
+struct deliver {
+	const struct relay_config *conf;
+	struct net_stack *st;
+	unsigned worker, n_workers;
+	struct spool *spool;
+	struct queue *q;
+	struct queue_config qc;
+	struct smtp_client_conf cc;
+	struct smtp_client_stats cstats;
+	struct tls_client_ctx *tls;
+	struct tls_session_cache *tls_cache;
+	struct tls_stats tls_stats;
+	struct deliver_stats stats;
+	struct dsess *sessions;
+	struct group *groups[GROUP_BUCKETS];
+	struct backlog *backlog, **backlog_tail;
+	uint64_t *finish_ids; /* recovered messages with nothing left to do */
+	size_t finish_n, finish_cap;
+	struct dns_resolver *dns;
+	unsigned dns_tid;
+	uint16_t dns_port_lo;
+	unsigned dns_ports_bound;
+	struct dsn_pending *dsn_pending;
+	unsigned dsn_pending_n;
+	uint64_t dsn_seq;
+	bool destroying;
+};
+
+/* The DNS cache all workers share (lock-free reads); NULL without [dns] resolvers. */
+static struct dns_cache *dns_shared;
+
+static int64_t wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static const struct tcp_conn_ops sess_tcp_ops;
+static const struct tls_conn_ops sess_tls_ops;
+static const struct smtp_client_cb sess_smtp_cb;
+
+/* ---- message groups: a message split over several destinations ----------------- */
+
+static struct group **group_slot(struct deliver *dl, uint64_t id)
+{
+	struct group **g = &dl->groups[(id ^ (id >> 29)) % GROUP_BUCKETS];
+	while (*g != NULL && (*g)->id != id)
+		g = &(*g)->next;
+	return g;
+}
+
+static void finish_msg(struct deliver *dl, uint64_t id)
+{
+	int rc = spool_msg_finish(dl->spool, id);
+	if (rc != 0) {
+		dl->stats.mark_failures++;
+		MX_WARN("deliver: finish %012" PRIx64 ": %s", id, strerror(-rc));
+		return;
+	}
+	dl->stats.finish++;
+}
+
+static int queue_message(struct deliver *dl, uint64_t id, const struct spool_envelope *env,
+			 const struct spool_rcpt_status *st, const struct spool_location *loc,
+			 uint32_t flags);
+
+/* ---- queue callbacks ---------------------------------------------------------------- */
+
+static void q_delivered(void *ctx, const struct queue_desc *d, uint32_t rcpt)
+{
+	struct deliver *dl = ctx;
+	if (rcpt >= d->rcpt_count ||
+	    spool_mark_delivered(dl->spool, d->msg_id, d->rcpts[rcpt].index) != 0)
+		dl->stats.mark_failures++;
+}
+
+static void q_deferred(void *ctx, const struct queue_desc *d, uint32_t rcpt, int64_t next_retry_s,
+		       const char *reply)
+{
+	struct deliver *dl = ctx;
+	if (rcpt >= d->rcpt_count || spool_mark_deferred(dl->spool, d->msg_id, d->rcpts[rcpt].index,
+							 next_retry_s, reply) != 0)
+		dl->stats.mark_failures++;
+}
+
+static void q_bounced(void *ctx, const struct queue_desc *d, uint32_t rcpt, const char *reason)
+{
+	struct deliver *dl = ctx;
+	if (rcpt >= d->rcpt_count ||
+	    spool_mark_bounced(dl->spool, d->msg_id, d->rcpts[rcpt].index, reason) != 0)
+		dl->stats.mark_failures++;
+}
+
+static long q_read_body(void *ctx, const struct queue_desc *d, uint64_t off, void *buf, size_t len)
+{
+	struct deliver *dl = ctx;
+	return spool_read_body(dl->spool, d->msg_id, off, buf, len);
+}
+
+/*
+ * A DSN being made durable: its envelope waits here until spool_poll()
+ * reports the commit (through smtpd_poll -> deliver_commit_done), then the
+ * DSN is queued like any message.  The original's finish record is appended
+ * after the DSN's message record in the same log, so the DSN is on disk
+ * whenever the original's finish is.
+ */
+struct dsn_pending {
+	uint64_t cookie;
+	char *rcpt;
+	struct dsn_pending *next;
+};
+
+static int q_dsn_send(void *ctx, const struct queue_desc *d, const char *rcpt, const char *data,
+		      size_t len)
+{
+	struct deliver *dl = ctx;
+	struct spool_msg *m = NULL;
+	struct dsn_pending *p;
+	int rc;
+
+	if (dl->dsn_pending_n >= DSN_PENDING_MAX) {
+		dl->stats.dsn_limit_hits++;
+		MX_WARN("%s: DSN to <%s> not queued: %u DSN commits pending", d->id_str, rcpt,
+			DSN_PENDING_MAX);
+		return -ENOBUFS;
+	}
+	p = calloc(1, sizeof(*p));
+	if (p == NULL || (p->rcpt = strdup(rcpt)) == NULL) {
+		free(p);
+		return -ENOMEM;
+	}
+	rc = spool_msg_begin(dl->spool, &m);
+	if (rc == 0)
+		rc = spool_msg_append(m, data, len);
+	if (rc == 0) {
+		struct spool_rcpt r = {.addr = rcpt};
+		struct spool_envelope env = {.sender = "",
+					     .helo = dl->qc.hostname,
+					     .client_ip = "127.0.0.1",
+					     .arrival_us = wall_us(),
+					     .rcpts = &r,
+					     .rcpt_count = 1};
+		p->cookie = (++dl->dsn_seq << 1) | 1; /* smtpd's cookies are pointers: even */
+		rc = spool_msg_commit(m, &env, p->cookie);
+		m = NULL; /* released by commit, success or not */
+	}
+	if (m != NULL)
+		spool_msg_abort(m);
+	if (rc != 0) {
+		dl->stats.dsn_inject_failures++;
+		MX_WARN("%s: DSN to <%s> not queued: %s", d->id_str, rcpt, strerror(-rc));
+		free(p->rcpt);
+		free(p);
+		return rc;
+	}
+	p->next = dl->dsn_pending;
+	dl->dsn_pending = p;
+	dl->dsn_pending_n++;
+	return 0;
+}
+
+bool deliver_commit_done(struct deliver *dl, const struct spool_completion *c)
+{
+	if (dl == NULL || !(c->cookie & 1))
+		return false;
+	struct dsn_pending **pp = &dl->dsn_pending;
+	while (*pp != NULL && (*pp)->cookie != c->cookie)
+		pp = &(*pp)->next;
+	struct dsn_pending *p = *pp;
+	if (p == NULL) {
+		dl->stats.dsn_unknown_commits++;
+		return true;
+	}
+	*pp = p->next;
+	dl->dsn_pending_n--;
+	if (c->status != 0) {
+		dl->stats.dsn_inject_failures++;
+		MX_ERR("%s: DSN to <%s> could not be written: %s", c->id_str, p->rcpt,
+		       strerror(-c->status));
+	} else {
+		struct spool_location loc;
+		struct spool_rcpt r = {.addr = p->rcpt};
+		struct spool_envelope env = {
+			.sender = "", .arrival_us = wall_us(), .rcpts = &r, .rcpt_count = 1};
+		int rc = spool_locate(dl->spool, c->id, &loc);
+		if (rc == 0)
+			rc = queue_message(dl, c->id, &env, NULL, &loc, QUEUE_DESC_F_DSN);
+		if (rc < 0) {
+			dl->stats.split_failures++;
+			MX_WARN("%s: DSN cannot be queued now (%s); it stays in the spool",
+				c->id_str, strerror(-rc));
+		} else {
+			dl->stats.dsn_injected++;
+			MX_INFO("%s: from=<>, size=%u, nrcpt=1 (queued: DSN to <%s>)", c->id_str,
+				loc.body_len, p->rcpt);
+		}
+	}
+	free(p->rcpt);
+	free(p);
+	return true;
+}
+
+static void q_desc_done(void *ctx, const struct queue_desc *d)
+{
+	struct deliver *dl = ctx;
+	if (d->group_count <= 1) {
+		finish_msg(dl, d->msg_id);
+		return;
+	}
+	struct group **g = group_slot(dl, d->msg_id);
+	if (*g == NULL) {
+		/* Not tracked (no memory at split): recovery finishes it at the next start. */
+		dl->stats.group_missing++;
+		return;
+	}
+	if (--(*g)->left > 0)
+		return;
+	struct group *gone = *g;
+	*g = gone->next;
+	free(gone);
+	finish_msg(dl, d->msg_id);
+}
+
+static const struct queue_ops deliver_queue_ops = {
+	.delivered = q_delivered,
+	.deferred = q_deferred,
+	.bounced = q_bounced,
+	.read_body = q_read_body,
+	.dsn_send = q_dsn_send,
+	.desc_done = q_desc_done,
+};
+
+/* ---- handing messages to the queue ---------------------------------------------------- */
+
+static void backlog_add(struct deliver *dl, struct queue_desc *d, int64_t not_before_us)
+{
+	struct backlog *b = malloc(sizeof(*b));
+	if (b == NULL || dl->stats.backlog >= BACKLOG_MAX) {
+		/* Still in the spool: the next start recovers it. */
+		free(b);
+		MX_WARN("%s: delivery backlog full; the message waits in the spool until restart",
+			d->id_str);
+		queue_desc_free(d);
+		dl->stats.split_failures++;
+		return;
+	}
+	b->d = d;
+	b->not_before_us = not_before_us;
+	b->next = NULL;
+	*dl->backlog_tail = b;
+	dl->backlog_tail = &b->next;
+	dl->stats.backlog++;
+}
+
+/* The queue will never take d: it stays in the spool (recovered at the next start). */
+static void submit_refused(struct deliver *dl, struct queue_desc *d, int rc)
+{
+	dl->stats.split_failures++;
+	MX_WARN("%s: the queue refused it for %s (%s); it stays in the spool", d->id_str, d->dest,
+		strerror(-rc));
+	queue_desc_free(d);
+}
+
+static void submit(struct deliver *dl, struct queue_desc *d, int64_t not_before_us)
+{
+	if (queue_dest_owner(d->dest, dl->n_workers) != dl->worker)
+		dl->stats.foreign_owner++; /* single-owner path: see the file comment */
+	if (dl->spool == NULL) {
+		/* Recovery, inside spool_open: a submit may bounce at once, which
+		 * writes to the spool.  Submit from the first deliver_poll. */
+		backlog_add(dl, d, not_before_us);
+		return;
+	}
+	int rc = queue_submit(dl->q, d, not_before_us, wall_us());
+	if (rc == 0)
+		return;
+	if (rc != -ENOBUFS) {
+		submit_refused(dl, d, rc);
+		return;
+	}
+	dl->stats.submit_deferred++;
+	backlog_add(dl, d, not_before_us);
+}
+
+static unsigned backlog_run(struct deliver *dl)
+{
+	unsigned n = 0;
+	while (dl->backlog != NULL && n < BACKLOG_PER_POLL) {
+		struct backlog *b = dl->backlog;
+		int rc = queue_submit(dl->q, b->d, b->not_before_us, wall_us());
+		if (rc == -ENOBUFS)
+			break; /* still full: later */
+		if (rc != 0)
+			submit_refused(dl, b->d, rc);
+		dl->backlog = b->next;
+		if (dl->backlog == NULL)
+			dl->backlog_tail = &dl->backlog;
+		dl->stats.backlog--;
+		free(b);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * Split a durable message into descriptors and queue them.  st: per-recipient
+ * states (recovery) or NULL.  Returns the number of descriptors, or -errno.
+ */
+static int queue_message(struct deliver *dl, uint64_t id, const struct spool_envelope *env,
+			 const struct spool_rcpt_status *st, const struct spool_location *loc,
+			 uint32_t flags)
+{
+	unsigned max = env->rcpt_count > 0 ? env->rcpt_count : 1;
+	struct queue_desc **ds = calloc(max, sizeof(*ds));
+	if (ds == NULL)
+		return -ENOMEM;
+	int n = queue_split(&dl->qc, id, env, st, loc, loc->body_len, ds, max);
+	if (n < 0) {
+		free(ds);
+		return n;
+	}
+	if (n > 1) {
+		struct group **g = group_slot(dl, id);
+		if (*g == NULL && (*g = calloc(1, sizeof(**g))) != NULL)
+			(*g)->id = id;
+		if (*g != NULL)
+			(*g)->left = (uint32_t)n;
+	}
+	for (int i = 0; i < n; i++) {
+		int64_t not_before = 0;
+		ds[i]->flags |= flags;
+		/* Recovered deferred recipients wait for their retry time. */
+		for (uint32_t r = 0; st != NULL && r < ds[i]->rcpt_count; r++) {
+			uint32_t k = ds[i]->rcpts[r].index;
+			if (k < env->rcpt_count && st[k].state == SPOOL_RCPT_DEFERRED &&
+			    (not_before == 0 || st[k].next_retry_s * 1000000 < not_before))
+				not_before = st[k].next_retry_s * 1000000;
+		}
+		submit(dl, ds[i], not_before);
+	}
+	free(ds);
+	return n;
+}
+
+void deliver_accepted(struct deliver *dl, uint64_t id, const struct smtp_envelope *env)
+{
+	struct spool_location loc;
+	char id_str[SPOOL_ID_LEN + 1];
+	int rc;
+
+	if (dl == NULL)
+		return;
+	spool_id_format(id, id_str);
+	dl->stats.accepted++;
+	rc = spool_locate(dl->spool, id, &loc);
+	if (rc != 0 || env == NULL || env->rcpt_count == 0) {
+		dl->stats.split_failures++;
+		MX_WARN("%s: cannot queue for delivery (%s); it stays in the spool", id_str,
+			rc ? strerror(-rc) : "no envelope");
+		return;
+	}
+	struct spool_rcpt *rcpts = calloc(env->rcpt_count, sizeof(*rcpts));
+	if (rcpts == NULL) {
+		dl->stats.split_failures++;
+		MX_WARN("%s: out of memory queueing; it stays in the spool", id_str);
+		return;
+	}
+	/* The same envelope smtpd committed (smtp_msg_end), rebuilt from the session. */
+	for (size_t i = 0; i < env->rcpt_count; i++)
+		rcpts[i] = (struct spool_rcpt){.addr = env->rcpts[i].addr.text,
+					       .orcpt = env->rcpts[i].orcpt[0] ? env->rcpts[i].orcpt
+									       : NULL,
+					       .notify = env->rcpts[i].notify};
+	struct spool_envelope se = {
+		.sender = env->mail_from.text,
+		.envid = env->envid[0] ? env->envid : NULL,
+		.ret = (uint8_t)(env->ret == SMTP_RET_FULL   ? SPOOL_RET_FULL
+				 : env->ret == SMTP_RET_HDRS ? SPOOL_RET_HDRS
+							     : SPOOL_RET_NONE),
+		.helo = env->helo,
+		.arrival_us = wall_us(),
+		.rcpts = rcpts,
+		.rcpt_count = (uint32_t)env->rcpt_count,
+	};
+	rc = queue_message(dl, id, &se, NULL, &loc, 0);
+	free(rcpts);
+	if (rc < 0) {
+		dl->stats.split_failures++;
+		MX_WARN("%s: cannot queue for delivery: %s; it stays in the spool", id_str,
+			strerror(-rc));
+	}
+}
+
+void deliver_recovered(struct deliver *dl, const struct spool_recovered *m)
+{
+	if (dl == NULL)
+		return;
+	dl->stats.recovered++;
+	int rc = queue_message(dl, m->id, m->env, m->rcpt, &m->loc, QUEUE_DESC_F_RECOVERED);
+	if (rc < 0) {
+		dl->stats.split_failures++;
+		MX_WARN("%s: recovered but cannot be queued: %s", m->id_str, strerror(-rc));
+		return;
+	}
+	if (rc == 0) {
+		/* Every recipient done, only the finish record was lost: finish it once the
+		 * spool is open (we are inside spool_open). */
+		if (dl->finish_n == dl->finish_cap) {
+			size_t cap = dl->finish_cap ? dl->finish_cap * 2 : 64;
+			uint64_t *p = realloc(dl->finish_ids, cap * sizeof(*p));
+			if (p == NULL)
+				return; /* recovered again next time */
+			dl->finish_ids = p;
+			dl->finish_cap = cap;
+		}
+		dl->finish_ids[dl->finish_n++] = m->id;
+	}
+}
+
+void deliver_attach_spool(struct deliver *dl, struct spool *sp)
+{
+	dl->spool = sp;
+	for (size_t i = 0; i < dl->finish_n; i++)
+		finish_msg(dl, dl->finish_ids[i]);
+	free(dl->finish_ids);
+	dl->finish_ids = NULL;
+	dl->finish_n = dl->finish_cap = 0;
+}
+
+/* ---- session transport ------------------------------------------------------------------ */
+
+static size_t transport_write(struct dsess *s, const uint8_t *p, size_t n)
+{
+	if (s->tc == NULL)
+		return n; /* gone: the client learns it from smtp_client_abort */
+	if (s->tls != NULL && tls_conn_handshake_done(s->tls)) {
+		ssize_t k = tls_conn_write(s->tls, p, n);
+		return k < 0 ? n : (size_t)k;
+	}
+	ssize_t k = tcp_send(s->tc, p, n);
+	return k < 0 ? n : (size_t)k;
+}
+
+static void flush_out(struct dsess *s)
+{
+	if (s->out_len == 0)
+		return;
+	size_t k = transport_write(s, s->out, s->out_len);
+	memmove(s->out, s->out + k, s->out_len - k);
+	s->out_len -= k;
+	if (s->out_len == 0 && s->cl != NULL)
+		smtp_client_writable(s->cl);
+}
+
+static size_t c_send(void *user, const uint8_t *p, size_t n)
+{
+	struct dsess *s = user;
+	size_t k = s->out_len == 0 ? transport_write(s, p, n) : 0;
+	if (k == n)
+		return n;
+	/* Keep a bounded amount ourselves, the client waits for smtp_client_writable. */
+	if (s->out == NULL && (s->out = malloc(OUT_MAX)) == NULL)
+		return k;
+	size_t room = OUT_MAX - s->out_len, take = n - k < room ? n - k : room;
+	if (take < n - k)
+		s->dl->stats.out_full++;
+	memcpy(s->out + s->out_len, p + k, take);
+	s->out_len += take;
+	return k + take;
+}
+
+static void sess_abort_tcp(struct dsess *s)
+{
+	if (s->tc != NULL)
+		tcp_abort(s->tc); /* on_closed runs now and clears s->tc */
+}
+
+/* Report the session gone to the queue, once. */
+static void sess_down(struct dsess *s, const char *reason)
+{
+	if (s->qdone || s->dl->destroying)
+		return;
+	s->qdone = true;
+	queue_conn_down(s->dl->q, s->handle, reason, wall_us());
+}
+
+/* ---- TCP -------------------------------------------------------------------------------- */
+
+static void t_connected(struct tcp_conn *tc, void *user)
+{
+	struct dsess *s = user;
+	(void)tc;
+	s->connected = true;
+	if (s->cl == NULL &&
+	    smtp_client_new(&s->dl->cc, &sess_smtp_cb, s, &s->dl->cstats, &s->cl) != 0) {
+		snprintf(s->reason, sizeof(s->reason), "out of memory");
+		sess_abort_tcp(s);
+		return;
+	}
+	smtp_client_start(s->cl, false);
+}
+
+static size_t t_data(struct tcp_conn *tc, void *user, const uint8_t *data, size_t len)
+{
+	struct dsess *s = user;
+	(void)tc;
+	if (s->cl == NULL)
+		return len;
+	if (s->tls != NULL) {
+		ssize_t k = tls_conn_input(s->tls, data, len);
+		if (k < 0)
+			return len;
+		if ((size_t)k < len)
+			s->input_held = true;
+		return (size_t)k;
+	}
+	smtp_client_input(s->cl, data, len);
+	return len;
+}
+
+static void t_writable(struct tcp_conn *tc, void *user)
+{
+	struct dsess *s = user;
+	(void)tc;
+	if (s->tls != NULL)
+		tls_conn_flush(s->tls);
+	flush_out(s);
+	if (s->cl != NULL && s->out_len == 0)
+		smtp_client_writable(s->cl);
+}
+
+static void t_peer_closed(struct tcp_conn *tc, void *user)
+{
+	struct dsess *s = user;
+	(void)tc;
+	if (s->cl != NULL && !smtp_client_is_dead(s->cl))
+		smtp_client_abort(s->cl, "connection closed by the server");
+	if (s->tc != NULL)
+		tcp_close(s->tc);
+}
+
+static void t_closed(struct tcp_conn *tc, void *user, enum tcp_close_reason why)
+{
+	struct dsess *s = user;
+	(void)tc;
+	s->tc = NULL;
+	if (!s->connected) {
+		if (why == TCP_CLOSE_REFUSED)
+			s->dl->stats.tcp_refused++;
+		else if (why == TCP_CLOSE_TIMEOUT)
+			s->dl->stats.tcp_timeouts++;
+		snprintf(s->reason, sizeof(s->reason), "connect to [%u.%u.%u.%u]:%u: %s",
+			 s->addr >> 24, (s->addr >> 16) & 255, (s->addr >> 8) & 255, s->addr & 255,
+			 s->port,
+			 why == TCP_CLOSE_REFUSED   ? "Connection refused"
+			 : why == TCP_CLOSE_TIMEOUT ? "Connection timed out"
+						    : "connection failed");
+	}
+	if (s->cl != NULL && !smtp_client_is_dead(s->cl))
+		smtp_client_abort(s->cl, "lost connection"); /* -> failed */
+	if (!s->up && !s->qdone)
+		s->try_next = true; /* the next address, from deliver_poll */
+	else
+		s->reap = true;
+}
+
+static const struct tcp_conn_ops sess_tcp_ops = {
+	.on_connected = t_connected,
+	.on_data = t_data,
+	.on_writable = t_writable,
+	.on_peer_closed = t_peer_closed,
+	.on_closed = t_closed,
+};
+
+/* ---- TLS (STARTTLS) ------------------------------------------------------------------- */
+
+static size_t l_cipher_out(void *user, const uint8_t *data, size_t len)
+{
+	struct dsess *s = user;
+	if (s->tc == NULL)
+		return len;
+	ssize_t k = tcp_send(s->tc, data, len);
+	return k < 0 ? len : (size_t)k;
+}
+
+static size_t l_plain_in(void *user, const uint8_t *data, size_t len)
+{
+	struct dsess *s = user;
+	if (s->cl != NULL)
+		smtp_client_input(s->cl, data, len);
+	return len;
+}
+
+static void l_done(void *user, const struct tls_handshake_info *info)
+{
+	struct dsess *s = user;
+	(void)info;
+	if (s->cl != NULL)
+		smtp_client_tls_started(s->cl);
+}
+
+static void l_error(void *user, const char *reason)
+{
+	struct dsess *s = user;
+	snprintf(s->reason, sizeof(s->reason), "TLS: %s", reason);
+	if (s->cl != NULL && !smtp_client_is_dead(s->cl))
+		smtp_client_abort(s->cl, s->reason);
+	if (s->tc != NULL)
+		tcp_close(s->tc);
+}
+
+static void l_peer_closed(void *user)
+{
+	struct dsess *s = user;
+	if (s->cl != NULL && !smtp_client_is_dead(s->cl))
+		smtp_client_abort(s->cl, "TLS closed by the server");
+	if (s->tc != NULL)
+		tcp_close(s->tc);
+}
+
+static void l_writable(void *user)
+{
+	struct dsess *s = user;
+	flush_out(s);
+}
+
+static const struct tls_conn_ops sess_tls_ops = {
+	.on_ciphertext = l_cipher_out,
+	.on_plaintext = l_plain_in,
+	.on_handshake_done = l_done,
+	.on_error = l_error,
+	.on_peer_closed = l_peer_closed,
+	.on_writable = l_writable,
+};
+
+/* ---- SMTP client callbacks ---------------------------------------------------------- */
+
+static void c_starttls(void *user)
+{
+	struct dsess *s = user;
+	struct deliver *dl = s->dl;
+	const char *host = s->route.host_count > s->host_i ? s->route.hosts[s->host_i].name : "";
+	int rc = -EINVAL;
+	if (dl->tls != NULL)
+		rc = tls_client_conn_new(dl->tls, dl->conf->tls_outbound, host, s->port,
+					 dl->tls_cache, &sess_tls_ops, s, &dl->tls_stats, &s->tls);
+	if (rc == 0)
+		rc = tls_conn_start(s->tls);
+	if (rc != 0) {
+		snprintf(s->reason, sizeof(s->reason), "cannot start TLS: %s", strerror(-rc));
+		smtp_client_abort(s->cl, s->reason);
+		sess_abort_tcp(s);
+	}
+}
+
+static void c_ready(void *user)
+{
+	struct dsess *s = user;
+	const char *host = s->route.host_count > s->host_i ? s->route.hosts[s->host_i].name : "";
+	if (s->qdone || s->dl->destroying)
+		return;
+	char name[DNS_NAME_TEXT_MAX];
+	s->up = true;
+	/* A literal's host is "[a.b.c.d]": log it as Postfix does, relay=a.b.c.d[a.b.c.d]. */
+	size_t len = strlen(host);
+	if (len > 2 && host[0] == '[' && host[len - 1] == ']' && len - 2 < sizeof(name))
+		snprintf(name, sizeof(name), "%.*s", (int)(len - 2), host + 1);
+	else
+		snprintf(name, sizeof(name), "%s", host[0] ? host : "unknown");
+	queue_conn_up(s->dl->q, s->handle, name, s->addr, s->port, wall_us());
+}
+
+static void txn_clear(struct dsess *s)
+{
+	s->txn = NULL;
+	free(s->rcpts);
+	s->rcpts = NULL;
+}
+
+static void c_message_done(void *user, const struct smtp_client_result *r)
+{
+	struct dsess *s = user;
+	const struct queue_txn *t = s->txn;
+	if (t == NULL || s->qdone || s->dl->destroying) {
+		txn_clear(s);
+		return;
+	}
+	if (r->rcpt_count != t->rcpt_count) {
+		/* Cannot happen with a sane client; losing the session defers the txn. */
+		txn_clear(s);
+		sess_down(s, "recipient count mismatch");
+		sess_abort_tcp(s);
+		return;
+	}
+	struct queue_rcpt_result *res = calloc(t->rcpt_count, sizeof(*res));
+	char(*text)[REPLY_TEXT_MAX] = calloc(t->rcpt_count, REPLY_TEXT_MAX);
+	if (res == NULL || text == NULL) {
+		free(res);
+		free(text);
+		txn_clear(s);
+		/* Cannot report per recipient: losing the session defers the whole txn. */
+		sess_down(s, "out of memory");
+		sess_abort_tcp(s);
+		return;
+	}
+	for (size_t i = 0; i < t->rcpt_count; i++) {
+		const struct smtp_reply *rp = &r->rcpts[i].final;
+		uint16_t code = rp->code;
+		/* The outcome decides; a synthetic reply may carry code 0. */
+		if (r->rcpts[i].outcome == SMTP_CLIENT_DELIVERED && (code < 200 || code > 299))
+			code = 250;
+		else if (r->rcpts[i].outcome == SMTP_CLIENT_DEFERRED && (code < 400 || code > 499))
+			code = 451;
+		else if (r->rcpts[i].outcome == SMTP_CLIENT_BOUNCED && (code < 500 || code > 599))
+			code = 550;
+		snprintf(text[i], REPLY_TEXT_MAX, "%u%s%s %s", code, rp->status[0] ? " " : "",
+			 rp->status, rp->text);
+		res[i] = (struct queue_rcpt_result){
+			.code = code, .status = rp->status[0] ? rp->status : NULL, .text = text[i]};
+	}
+	txn_clear(s); /* the queue may hand this session the next txn at once */
+	queue_txn_result(s->dl->q, s->handle, res, (unsigned)r->rcpt_count, wall_us());
+	free(res);
+	free(text);
+}
+
+static void c_failed(void *user, const struct smtp_reply *why)
+{
+	struct dsess *s = user;
+	if (why != NULL && why->code != 0)
+		snprintf(s->reason, sizeof(s->reason), "%u %s%s%s", why->code, why->status,
+			 why->status[0] ? " " : "", why->text);
+	else if (why != NULL && why->text[0])
+		snprintf(s->reason, sizeof(s->reason), "%s", why->text);
+	else if (!s->reason[0])
+		snprintf(s->reason, sizeof(s->reason), "session failed");
+	txn_clear(s);
+	if (s->up)
+		sess_down(s, s->reason);
+	/* Not up: t_closed moves to the next address (or reports the failure). */
+	if (s->tc != NULL) {
+		if (s->tls != NULL)
+			tls_conn_shutdown(s->tls);
+		tcp_close(s->tc);
+	}
+}
+
+static void c_closed(void *user)
+{
+	struct dsess *s = user;
+	if (s->tc != NULL) {
+		if (s->tls != NULL)
+			tls_conn_shutdown(s->tls);
+		tcp_close(s->tc);
+	}
+}
+
+static const struct smtp_client_cb sess_smtp_cb = {
+	.send = c_send,
+	.starttls = c_starttls,
+	.ready = c_ready,
+	.message_done = c_message_done,
+	.failed = c_failed,
+	.closed = c_closed,
+};
+
+static long body_read(void *user, uint64_t off, uint8_t *buf, size_t len)
+{
+	struct dsess *s = user;
+	if (s->txn == NULL || s->dl->spool == NULL)
+		return -EIO;
+	long n = spool_read_body(s->dl->spool, s->txn->desc->msg_id, off, buf, len);
+	return n == 0 ? -EIO : n; /* the body ended before body_len: the record is damaged */
+}
+
+/* ---- executing queue actions ------------------------------------------------------------ */
+
+/* Start the current address of s, or advance to the next one.  false: none left. */
+static bool connect_next(struct dsess *s)
+{
+	struct deliver *dl = s->dl;
+	while (s->host_i < s->route.host_count) {
+		const struct dns_mail_host *h = &s->route.hosts[s->host_i];
+		if (s->addr_i >= h->addr_count || s->addr_i >= DNS_MAIL_MAX_ADDRS) {
+			s->host_i++;
+			s->addr_i = 0;
+			continue;
+		}
+		s->addr = h->addrs[s->addr_i++];
+		s->connected = false;
+		s->try_next = false;
+		s->connect_deadline_us = mx_now_us() + CONNECT_TIMEOUT_US;
+		dl->stats.connects++;
+		s->tc = tcp_connect(dl->st, 0, 0, s->addr, s->port, &sess_tcp_ops, s);
+		if (s->tc != NULL)
+			return true;
+		dl->stats.connect_failures++;
+		snprintf(s->reason, sizeof(s->reason), "connect to [%u.%u.%u.%u]:%u: %s",
+			 s->addr >> 24, (s->addr >> 16) & 255, (s->addr >> 8) & 255, s->addr & 255,
+			 s->port, strerror(errno));
+	}
+	return false;
+}
+
+/* A session for a CONNECT, route copied (no queue call: see deliver_poll).  NULL: no memory. */
+static struct dsess *sess_prepare(struct deliver *dl, const struct queue_action *a)
+{
+	struct dsess *s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return NULL;
+	s->dl = dl;
+	s->handle = a->session;
+	s->route = *a->route;
+	if (s->route.host_count > DNS_MAIL_MAX_HOSTS)
+		s->route.host_count = DNS_MAIL_MAX_HOSTS;
+	s->route.reason = NULL; /* points into the queue */
+	s->port = a->port ? a->port : 25;
+	snprintf(s->reason, sizeof(s->reason), "no address for %s", a->dest_name);
+	return s;
+}
+
+static void do_connect(struct deliver *dl, uint64_t session, struct dsess *s)
+{
+	if (s == NULL) {
+		queue_conn_down(dl->q, session, "out of memory", wall_us());
+		return;
+	}
+	s->next = dl->sessions;
+	if (dl->sessions != NULL)
+		dl->sessions->prev = s;
+	dl->sessions = s;
+	dl->stats.sessions_open++;
+	if (!connect_next(s)) {
+		sess_down(s, s->reason);
+		s->reap = true;
+	}
+}
+
+static struct dsess *find_sess(struct deliver *dl, uint64_t handle)
+{
+	for (struct dsess *s = dl->sessions; s != NULL; s = s->next)
+		if (s->handle == handle && !s->qdone)
+			return s;
+	return NULL;
+}
+
+static void fail_txn(struct deliver *dl, uint64_t session, const struct queue_txn *t)
+{
+	struct queue_rcpt_result *res = calloc(t->rcpt_count ? t->rcpt_count : 1, sizeof(*res));
+	if (res == NULL) {
+		queue_conn_down(dl->q, session, "out of memory", wall_us());
+		return;
+	}
+	for (uint32_t i = 0; i < t->rcpt_count; i++)
+		res[i] = (struct queue_rcpt_result){
+			.code = 451, .status = "4.3.0", .text = "451 4.3.0 local error sending"};
+	queue_txn_result(dl->q, session, res, t->rcpt_count, wall_us());
+	free(res);
+}
+
+static void do_send(struct deliver *dl, const struct queue_action *a)
+{
+	struct dsess *s = find_sess(dl, a->session);
+	const struct queue_txn *t = a->txn;
+	const struct queue_desc *d = t->desc;
+	if (s == NULL || s->cl == NULL || s->txn != NULL) {
+		queue_conn_down(dl->q, a->session, "session lost", wall_us());
+		if (s != NULL) {
+			s->qdone = true;
+			sess_abort_tcp(s);
+		}
+		return;
+	}
+	s->rcpts = calloc(t->rcpt_count ? t->rcpt_count : 1, sizeof(*s->rcpts));
+	if (s->rcpts == NULL) {
+		fail_txn(dl, a->session, t);
+		return;
+	}
+	for (uint32_t i = 0; i < t->rcpt_count; i++) {
+		uint32_t k = t->rcpt[i];
+		const struct queue_desc_rcpt *r = k < d->rcpt_count ? &d->rcpts[k] : NULL;
+		s->rcpts[i] = (struct smtp_client_rcpt){.addr = r ? r->addr : "",
+							.notify = r ? r->notify : 0,
+							.orcpt = r ? r->orcpt : NULL};
+	}
+	s->msg = (struct smtp_client_msg){
+		.sender = d->sender ? d->sender : "",
+		.rcpts = s->rcpts,
+		.rcpt_count = t->rcpt_count,
+		.ret = d->ret == SPOOL_RET_FULL	  ? SMTP_RET_FULL
+		       : d->ret == SPOOL_RET_HDRS ? SMTP_RET_HDRS
+						  : SMTP_RET_NONE,
+		.envid = d->envid,
+		.body_len = d->body_len,
+		.body_read = body_read,
+		.body_user = s,
+		.user = s,
+	};
+	s->txn = t;
+	int rc = smtp_client_send_message(s->cl, &s->msg);
+	if (rc == 0)
+		return;
+	if (s->txn == NULL)
+		return; /* message_done already reported it */
+	txn_clear(s);
+	if (rc == -EPIPE) {
+		sess_down(s, "session lost before sending");
+		sess_abort_tcp(s);
+	} else {
+		fail_txn(dl, a->session, t);
+	}
+}
+
+static void do_close(struct deliver *dl, const struct queue_action *a)
+{
+	struct dsess *s = find_sess(dl, a->session);
+	if (s == NULL)
+		return;
+	s->qdone = true; /* the handle is dead */
+	if (s->cl != NULL && smtp_client_is_ready(s->cl))
+		smtp_client_quit(s->cl); /* closed -> tcp_close -> t_closed -> reap */
+	else if (s->tc != NULL)
+		sess_abort_tcp(s);
+	else
+		s->reap = true;
+}
+
+struct resolve_ctx {
+	struct deliver *dl;
+	uint64_t dest;
+};
+
+static void resolved(void *arg, const struct dns_mail_route *route)
+{
+	struct resolve_ctx *rc = arg;
+	struct deliver *dl = rc->dl;
+	if (!dl->destroying)
+		queue_route_result(dl->q, rc->dest, route, wall_us());
+	free(rc);
+}
+
+static void resolve_tempfail(struct deliver *dl, uint64_t dest, const char *why)
+{
+	struct dns_mail_route r = {
+		.result = DNS_MAIL_TEMPFAIL, .reply = 451, .status = "4.4.3", .reason = why};
+	dl->stats.resolve_tempfail++;
+	queue_route_result(dl->q, dest, &r, wall_us());
+}
+
+/*
+ * RESOLVE: dns_mail_lookup (MX, implicit MX of RFC 5321 5.1, null MX of
+ * RFC 7505).  A smarthost given by name without brackets (mx = false)
+ * is looked up the same way: its MX if it has one, else its address.
+ */
+static void do_resolve(struct deliver *dl, uint64_t dest, const char *name)
+{
+	if (dl->dns == NULL) {
+		resolve_tempfail(dl, dest, "no DNS resolver configured ([dns] resolvers)");
+		return;
+	}
+	struct resolve_ctx *rc = malloc(sizeof(*rc));
+	if (rc == NULL) {
+		resolve_tempfail(dl, dest, "out of memory");
+		return;
+	}
+	*rc = (struct resolve_ctx){.dl = dl, .dest = dest};
+	int err = dns_mail_lookup(dl->dns, name, resolved, rc);
+	if (err < 0) {
+		free(rc);
+		resolve_tempfail(dl, dest, err == -EINVAL ? "bad domain" : "DNS lookup table full");
+	}
+}
+
+static int dns_send(void *ctx, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt,
+		    size_t len, bool tcp)
+{
+	struct deliver *dl = ctx;
+	if (tcp)
+		return -EOPNOTSUPP; /* DNS over lib/net TCP: not yet; the resolver moves on */
+	return udp_send(dl->st, 0, src_port, server_ip, dl->conf->dns.resolver_port, pkt, len);
+}
+
+static const struct dns_resolver_ops deliver_dns_ops = {.send = dns_send};
+
+static void dns_udp_in(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
+		       const uint8_t *data, size_t len)
+{
+	struct deliver *dl = ctx;
+	(void)dst;
+	dns_resolver_input(dl->dns, src, sport, dport, data, len, false);
+}
+
+static int dns_setup(struct deliver *dl)
+{
+	if (dns_shared == NULL)
+		return 0;
+	int rc = dns_cache_register_thread(dns_shared, &dl->dns_tid);
+	if (rc != 0)
+		return rc;
+	dl->dns_port_lo = (uint16_t)(DNS_PORT_BASE + dl->worker * DNS_PORTS);
+	for (unsigned i = 0; i < DNS_PORTS; i++) {
+		rc = udp_bind(dl->st, (uint16_t)(dl->dns_port_lo + i), dns_udp_in, dl);
+		if (rc != 0)
+			return rc;
+		dl->dns_ports_bound++;
+	}
+	dl->dns = dns_resolver_create(dns_shared, dl->dns_tid, &deliver_dns_ops, dl,
+				      dl->dns_port_lo, (uint16_t)(dl->dns_port_lo + DNS_PORTS - 1));
+	return dl->dns != NULL ? 0 : -ENOMEM;
+}
+
+static void dns_teardown(struct deliver *dl)
+{
+	if (dl->dns != NULL) {
+		/* Lookups in flight hold state freed by their completion: let them end. */
+		uint64_t end = mx_now_us() + DNS_DRAIN_US;
+		while (dns_resolver_inflight(dl->dns) > 0 && mx_now_us() < end) {
+			net_stack_poll(dl->st, mx_now_us());
+			dns_resolver_poll(dl->dns, mx_now_us());
+		}
+		if (dns_resolver_inflight(dl->dns) > 0)
+			MX_WARN("worker %u: DNS lookups still in flight at shutdown", dl->worker);
+		else
+			dns_resolver_destroy(dl->dns);
+		dl->dns = NULL;
+	}
+	for (unsigned i = 0; i < dl->dns_ports_bound; i++)
+		udp_unbind(dl->st, (uint16_t)(dl->dns_port_lo + i));
+	dl->dns_ports_bound = 0;
+	if (dns_shared != NULL)
+		dns_cache_unregister_thread(dns_shared, dl->dns_tid);
+}
+
+int deliver_shared_init(const struct relay_config *conf)
+{
+	if (conf->dns.resolver_count == 0) {
+		MX_INFO("no [dns] resolvers: only address literals and a smarthost by address are "
+			"delivered");
+		return 0;
+	}
+	dns_shared = dns_cache_create(&conf->dns, "mxdeliver");
+	if (dns_shared == NULL) {
+		MX_ERR("deliver: cannot create the DNS cache");
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void deliver_shared_free(void)
+{
+	dns_cache_destroy(dns_shared);
+	dns_shared = NULL;
+}
+
+static void sess_free(struct deliver *dl, struct dsess *s)
+{
+	if (s->prev != NULL)
+		s->prev->next = s->next;
+	else
+		dl->sessions = s->next;
+	if (s->next != NULL)
+		s->next->prev = s->prev;
+	smtp_client_free(s->cl);
+	tls_conn_free(s->tls);
+	free(s->rcpts);
+	free(s->out);
+	free(s);
+	dl->stats.sessions_open--;
+}
+
+/* Retry the next address of a failed attempt; reap dead sessions; timers. */
+static unsigned sessions_run(struct deliver *dl, uint64_t now)
+{
+	unsigned work = 0;
+	struct dsess *next;
+	for (struct dsess *s = dl->sessions; s != NULL; s = next) {
+		next = s->next;
+		if (s->try_next && s->tc == NULL) {
+			work++;
+			/* Fresh client and TLS for the next address. */
+			smtp_client_free(s->cl);
+			s->cl = NULL;
+			tls_conn_free(s->tls);
+			s->tls = NULL;
+			s->out_len = 0;
+			s->try_next = false;
+			if (!connect_next(s)) {
+				dl->stats.connect_failures++;
+				sess_down(s, s->reason);
+				s->reap = true;
+			}
+		}
+		if (s->reap && s->tc == NULL) {
+			sess_down(s, s->reason[0] ? s->reason : "connection closed");
+			sess_free(dl, s);
+			work++;
+			continue;
+		}
+		if (s->tc != NULL && !s->connected && now >= s->connect_deadline_us) {
+			sess_abort_tcp(s); /* -> t_closed: next address */
+			continue;
+		}
+		if (s->cl != NULL && smtp_client_deadline(s->cl) <= now) {
+			if (s->tls != NULL && !tls_conn_handshake_done(s->tls))
+				tls_conn_timed_out(s->tls);
+			smtp_client_timeout(s->cl);
+		}
+		if (s->input_held && s->tc != NULL && s->tls != NULL &&
+		    tls_conn_want_input(s->tls)) {
+			s->input_held = false;
+			tcp_recv_resume(s->tc);
+		}
+	}
+	return work;
+}
+
+unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
+{
+	struct queue_action acts[ACTIONS_PER_POLL];
+	char names[ACTIONS_PER_POLL][QUEUE_DEST_MAX];
+	struct dsess *pre[ACTIONS_PER_POLL];
+	unsigned work = backlog_run(dl);
+
+	if (dl->dns != NULL)
+		dns_resolver_poll(dl->dns, now_us);
+	int n = queue_poll(dl->q, wall_us(), acts, ACTIONS_PER_POLL);
+	/*
+	 * Names and routes are valid only until the next call on the queue, and
+	 * executing one action calls the queue: copy them all first.
+	 */
+	for (int i = 0; i < n; i++) {
+		pre[i] = NULL;
+		if (acts[i].type == QUEUE_ACT_RESOLVE)
+			snprintf(names[i], sizeof(names[i]), "%s", acts[i].dest_name);
+		else if (acts[i].type == QUEUE_ACT_CONNECT)
+			pre[i] = sess_prepare(dl, &acts[i]);
+	}
+	for (int i = 0; i < n; i++) {
+		switch (acts[i].type) {
+		case QUEUE_ACT_RESOLVE:
+			do_resolve(dl, acts[i].dest, names[i]);
+			break;
+		case QUEUE_ACT_CONNECT:
+			do_connect(dl, acts[i].session, pre[i]);
+			break;
+		case QUEUE_ACT_SEND:
+			do_send(dl, &acts[i]);
+			break;
+		case QUEUE_ACT_CLOSE:
+			do_close(dl, &acts[i]);
+			break;
+		}
+	}
+	work += n > 0 ? (unsigned)n : 0;
+	work += sessions_run(dl, now_us);
+	if (dl->dns != NULL)
+		dns_cache_quiescent(dns_shared, dl->dns_tid); /* no cache entry held past here */
+	return work;
+}
+
+/* ---- life cycle -------------------------------------------------------------------------- */
+
+struct deliver *deliver_create(const struct relay_config *conf, struct net_stack *st,
+			       unsigned worker, unsigned n_workers)
+{
+	char err[512];
+	struct deliver *dl = calloc(1, sizeof(*dl));
+	if (dl == NULL)
+		return NULL;
+	dl->conf = conf;
+	dl->st = st;
+	dl->worker = worker;
+	dl->n_workers = n_workers ? n_workers : 1;
+	dl->backlog_tail = &dl->backlog;
+	queue_config_defaults(&dl->qc);
+	if (queue_config_from_cfg(conf->cf, &dl->qc, err, sizeof(err)) != 0) {
+		MX_ERR("deliver: %s", err);
+		goto fail;
+	}
+	smtp_client_conf_defaults(&dl->cc);
+	dl->cc.helo_name = dl->qc.hostname[0] ? dl->qc.hostname : "localhost";
+	dl->cc.tls = SMTP_CLIENT_TLS_NONE;
+	if (conf->tls_outbound != TLS_POLICY_NONE) {
+		struct tls_client_conf tc = {.ca_file = conf->tls_ca_file[0] ? conf->tls_ca_file
+									     : NULL};
+		if (tls_client_ctx_create(&tc, &dl->tls, err, sizeof(err)) != 0 ||
+		    tls_session_cache_create(TLS_CACHE_CAPACITY, &dl->tls_cache) != 0) {
+			MX_ERR("deliver: TLS client: %s", err);
+			goto fail;
+		}
+		dl->cc.tls = conf->tls_outbound == TLS_POLICY_VERIFY
+				     ? SMTP_CLIENT_TLS_REQUIRED
+				     : SMTP_CLIENT_TLS_OPPORTUNISTIC;
+	}
+	if (smtp_client_conf_check(&dl->cc, err, sizeof(err)) != 0) {
+		MX_ERR("deliver: smtp client: %s", err);
+		goto fail;
+	}
+	if (dns_setup(dl) != 0) {
+		MX_ERR("worker %u: cannot set up the DNS resolver", worker);
+		dns_teardown(dl);
+		goto fail;
+	}
+	dl->q = queue_create(&dl->qc, &deliver_queue_ops, dl);
+	if (dl->q == NULL) {
+		MX_ERR("deliver: cannot create the queue");
+		dns_teardown(dl);
+		goto fail;
+	}
+	if (dl->qc.smarthost_set)
+		MX_INFO("worker %u: delivery through smarthost %s", worker, dl->qc.smarthost_name);
+	return dl;
+fail:
+	tls_session_cache_free(dl->tls_cache);
+	tls_client_ctx_free(dl->tls);
+	free(dl);
+	return NULL;
+}
+
+void deliver_destroy(struct deliver *dl)
+{
+	if (dl == NULL)
+		return;
+	dl->destroying = true; /* callbacks from here on do not talk to the queue */
+	while (dl->sessions != NULL) {
+		struct dsess *s = dl->sessions;
+		sess_abort_tcp(s);
+		sess_free(dl, s);
+	}
+	dns_teardown(dl); /* completions see destroying: they only free their state */
+	queue_destroy(dl->q);
+	while (dl->backlog != NULL) {
+		struct backlog *b = dl->backlog;
+		dl->backlog = b->next;
+		queue_desc_free(b->d);
+		free(b);
+	}
+	for (unsigned i = 0; i < GROUP_BUCKETS; i++)
+		while (dl->groups[i] != NULL) {
+			struct group *g = dl->groups[i];
+			dl->groups[i] = g->next;
+			free(g);
+		}
+	free(dl->finish_ids);
+	while (dl->dsn_pending != NULL) {
+		/* Committed but not reported: the next start recovers and delivers it. */
+		struct dsn_pending *p = dl->dsn_pending;
+		dl->dsn_pending = p->next;
+		free(p->rcpt);
+		free(p);
+	}
+	tls_session_cache_free(dl->tls_cache);
+	tls_client_ctx_free(dl->tls);
+	free(dl);
+}
+
+void deliver_stats_foreach(const struct deliver *dl,
+			   void (*fn)(void *arg, const char *name, uint64_t value), void *arg)
+{
+	struct queue_counters qc;
+	queue_get_counters(dl->q, &qc);
+	fn(arg, "queue_queued", qc.queued);
+	fn(arg, "queue_in_flight", qc.in_flight);
+	fn(arg, "queue_sent", qc.sent);
+	fn(arg, "queue_deferred", qc.deferred);
+	fn(arg, "queue_bounced", qc.bounced);
+	fn(arg, "queue_expired", qc.expired);
+	fn(arg, "queue_conns_open", qc.conns_open);
+	fn(arg, "queue_conns_opened", qc.conns_opened);
+	fn(arg, "queue_conn_failures", qc.conn_failures);
+	fn(arg, "queue_sessions_reused", qc.sessions_reused);
+	fn(arg, "queue_backoffs", qc.backoffs);
+	fn(arg, "queue_txns", qc.txns);
+	fn(arg, "queue_dsn_sent", qc.dsn_sent);
+	fn(arg, "queue_dsn_failed", qc.dsn_failed);
+	fn(arg, "queue_dests", qc.dests);
+
+	const struct smtp_client_stats *c = &dl->cstats;
+	fn(arg, "smtpc_sessions", c->sessions);
+	fn(arg, "smtpc_sessions_ready", c->sessions_ready);
+	fn(arg, "smtpc_sessions_failed", c->sessions_failed);
+	fn(arg, "smtpc_messages_sent", c->messages_sent);
+	fn(arg, "smtpc_rcpts_delivered", c->rcpts_delivered);
+	fn(arg, "smtpc_rcpts_deferred", c->rcpts_deferred);
+	fn(arg, "smtpc_rcpts_bounced", c->rcpts_bounced);
+	fn(arg, "smtpc_starttls", c->starttls);
+	fn(arg, "smtpc_timeouts", c->timeouts);
+	fn(arg, "smtpc_bytes_out", c->bytes_out);
+	fn(arg, "tls_client_handshakes_full", dl->tls_stats.client_handshakes_full);
+	fn(arg, "tls_client_handshakes_resumed", dl->tls_stats.client_handshakes_resumed);
+
+	const struct deliver_stats *s = &dl->stats;
+	fn(arg, "deliver_accepted", s->accepted);
+	fn(arg, "deliver_recovered", s->recovered);
+	fn(arg, "deliver_split_failures", s->split_failures);
+	fn(arg, "deliver_submit_deferred", s->submit_deferred);
+	fn(arg, "deliver_backlog", s->backlog);
+	fn(arg, "deliver_foreign_owner", s->foreign_owner);
+	fn(arg, "deliver_connects", s->connects);
+	fn(arg, "deliver_connect_failures", s->connect_failures);
+	fn(arg, "deliver_tcp_refused", s->tcp_refused);
+	fn(arg, "deliver_tcp_timeouts", s->tcp_timeouts);
+	fn(arg, "deliver_sessions_open", s->sessions_open);
+	fn(arg, "deliver_resolve_tempfail", s->resolve_tempfail);
+	fn(arg, "deliver_mark_failures", s->mark_failures);
+	fn(arg, "deliver_finished", s->finish);
+	fn(arg, "deliver_group_missing", s->group_missing);
+	fn(arg, "deliver_out_full", s->out_full);
+	fn(arg, "deliver_dsn_injected", s->dsn_injected);
+	fn(arg, "deliver_dsn_inject_failures", s->dsn_inject_failures);
+	fn(arg, "deliver_dsn_limit_hits", s->dsn_limit_hits);
+	fn(arg, "deliver_dsn_unknown_commits", s->dsn_unknown_commits);
+}
