@@ -1,10 +1,10 @@
-"""spool_crash.py HOST OUT SECONDS - keep 16 SMTP sessions sending until
+"""spool_crash.py HOST OUT SECONDS RCPT - keep 16 SMTP sessions sending until
 SECONDS pass or the server goes away; append "queue_id" to OUT for every
 message that got "250 ... queued as ID" (flushed at once, so a SIGKILL of the
 relay never loses an acknowledgement from this record)."""
 import re, smtplib, sys, threading, time
 
-HOST, OUT, SECS = sys.argv[1], sys.argv[2], float(sys.argv[3])
+HOST, OUT, SECS, RCPT = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 ID_RE = re.compile(rb"queued as ([0-9A-Z]+)")
 lock = threading.Lock()
 out = open(OUT, "a", buffering=1)
@@ -21,7 +21,7 @@ def worker(n):
             while time.monotonic() < end:
                 i += 1
                 s.mail("dev%d@fleet.test" % n)
-                s.rcpt("ops@fleet.test")
+                s.rcpt(RCPT)
                 code, resp = s.data(b"Subject: crash %d %d\r\n\r\n" % (n, i) + b"x" * 900 + b"\r\n")
                 if code == 250:
                     m = ID_RE.search(resp)
