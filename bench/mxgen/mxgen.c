@@ -1,0 +1,1054 @@
+/*
+ * mxgen.c - the benchmark's sending side: one DPDK process on lib/net that
+ * behaves like a fleet of IoT devices handing mail to a relay.
+ *
+ *	mxgen --config FILE --target A.B.C.D[:PORT]
+ *	      (--rate R | --concurrency C)  [--duration SEC] [--max-messages N]
+ *	      [--devices N] [--msgs-per-conn M] [--size B | --size MIN-MAX]
+ *	      [--rcpts R] [--domains N] [--big-domains K] [--big-share PERMILLE]
+ *	      [--literal-share PERMILLE] [--drain SEC] [--json FILE] [--quiet]
+ *
+ * Each connection is one device (dev<N>@fleet.test, N cycling over
+ * --devices) opening a TCP connection (ephemeral source port, steered to
+ * the opening core), speaking SMTP through lib/smtp's client session
+ * (PIPELINING when the server offers it; no TLS in this version), sending
+ * --msgs-per-conn messages and quitting.  Recipients are userK@dD.sink.test:
+ * --big-share of them go to d0..d(K-1), the rest to the long tail
+ * dK..d(N-1); --literal-share use an address literal [target] instead.
+ *
+ * Every message carries "X-Mxgen: SEQ SHA256-OF-BODY SEND-US" for mxsink's
+ * verification; SEQ is unique over the run (worker + n_workers * k).
+ *
+ * Open loop (--rate): new connections arrive at a fixed rate whatever
+ * happens to earlier ones, so latency stays honest under overload; when
+ * the per-core in-flight bound (--max-inflight) is reached an arrival is
+ * dropped and counted, not queued.  Closed loop (--concurrency): that many
+ * connections are kept open.
+ *
+ * After --duration (or once --max-messages were offered) no new connection
+ * starts and the ones in flight get --drain seconds; what is left then is
+ * aborted and counted "unfinished".  offered = accepted + rejected +
+ * unfinished always holds.  Accept latency is measured from the moment
+ * the last body byte is handed to TCP to the reply to the end of data.
+ */
+#include "core.h"
+#include "dns.h"
+#include "hist.h"
+#include "net.h"
+#include "smtp.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include <rte_eal.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+
+#define MAX_WORKERS 64
+#define MAX_RCPTS 100
+#define MAX_SIZE (16u << 20)
+#define ADDR_MAX 96
+#define HDR_MAX 512
+
+/* ---- options ---------------------------------------------------------------------- */
+
+static uint32_t opt_target;
+static uint16_t opt_port = 25;
+static double opt_rate;		 /* connections/s, all cores; 0: closed loop */
+static unsigned opt_concurrency; /* closed loop: connections open, all cores */
+static unsigned opt_duration = 10, opt_drain = 10;
+static uint64_t opt_max_messages;
+static unsigned opt_devices = 1000, opt_msgs_per_conn = 1, opt_rcpts = 1;
+static unsigned opt_size_min = 1024, opt_size_max = 1024;
+static unsigned opt_domains = 1000, opt_big_domains = 3, opt_big_share = 800;
+static unsigned opt_literal_share;
+static unsigned opt_max_inflight = 20000; /* per core */
+static const char *opt_json;
+static bool opt_quiet;
+static unsigned opt_dns_check; /* queries to the target's DNS (mxsink's zone), from worker 0 */
+
+#define DNS_CHECK_MAX 10000
+#define DNS_CHECK_PORT 5300
+
+/* ---- state ------------------------------------------------------------------------ */
+
+struct gconn {
+	struct gconn *prev, *next;
+	struct worker *w;
+	struct tcp_conn *tcp;
+	struct smtp_client *cl;
+	unsigned device, msgs_left;
+	bool want_next, want_abort, want_close, tcp_gone, msg_active, aborting;
+	uint64_t eod_us; /* the last body byte went to TCP */
+	/* the message in flight */
+	struct smtp_client_msg msg;
+	struct smtp_client_rcpt rcpt[MAX_RCPTS];
+	char rcpt_addr[MAX_RCPTS][ADDR_MAX];
+	char sender[ADDR_MAX];
+	char hdr[HDR_MAX];
+	size_t hdr_len;
+	uint8_t *body;
+	size_t body_len, body_cap;
+};
+
+struct worker {
+	unsigned index;
+	struct net_stack *st;
+	struct net_idle idle;
+	struct gconn live;
+	unsigned in_flight;
+	uint64_t rng, next_seq_k, max_offer;
+	struct smtp_client_stats cstats;
+	struct mxb_hist lat;	   /* end of data -> reply */
+	struct mxb_hist lat_total; /* message submitted -> reply */
+	/* counters (read by the main thread) */
+	uint64_t conns_started, conns_done, connect_errors, arrivals_dropped, conns_failed;
+	uint64_t offered, accepted, rejected, unfinished, bytes;
+	uint64_t by_code[600]; /* final reply code of rejected messages; 0 = no reply */
+	uint64_t dns_sent, dns_ok, dns_bad;
+	uint64_t late_starts, max_lag_us; /* open loop: arrivals started > 1 ms behind schedule */
+	uint64_t load_start, load_end;	  /* µs: first arrival, start of the drain */
+	volatile bool draining;
+};
+
+static volatile sig_atomic_t stop;
+static volatile bool drain_all;
+static struct net_dataplane dp;
+static struct worker workers[MAX_WORKERS];
+static struct smtp_client_conf cconf;
+static EVP_MD *sha256;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop = 1;
+}
+
+static uint64_t rnd(struct worker *w)
+{
+	w->rng ^= w->rng >> 12;
+	w->rng ^= w->rng << 25;
+	w->rng ^= w->rng >> 27;
+	return w->rng * 2685821657736338717ull;
+}
+
+static uint64_t rd(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+static void add(uint64_t *p, uint64_t v)
+{
+	__atomic_store_n(p, *p + v, __ATOMIC_RELAXED); /* single writer: the worker */
+}
+
+/* ---- messages ----------------------------------------------------------------------- */
+
+static void format_ipv4(char *out, size_t cap, uint32_t a)
+{
+	snprintf(out, cap, "%u.%u.%u.%u", a >> 24, (a >> 16) & 255, (a >> 8) & 255, a & 255);
+}
+
+/*
+ * Body: lines of 76 printable characters + CRLF (never a leading '.', so
+ * what mxsink hashes after unstuffing is exactly what was hashed here),
+ * the last line shortened to make the size exact.
+ */
+static int make_body(struct gconn *g, size_t size)
+{
+	if (size < 2)
+		size = 2;
+	if (size > g->body_cap) {
+		uint8_t *nb = realloc(g->body, size);
+		if (nb == NULL)
+			return -ENOMEM;
+		g->body = nb;
+		g->body_cap = size;
+	}
+	uint64_t s = rnd(g->w);
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t col = 0, end = size - 2, i = 0;
+	while (i < end) {
+		if (col == 76 && i + 2 <= end) {
+			g->body[i++] = '\r';
+			g->body[i++] = '\n';
+			col = 0;
+			continue;
+		}
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		g->body[i++] = (uint8_t)alphabet[s >> 58];
+		col++;
+	}
+	g->body[end] = '\r'; /* the body ends with CRLF: nothing for the client to add */
+	g->body[end + 1] = '\n';
+	g->body_len = size;
+	return 0;
+}
+
+static long body_read(void *user, uint64_t off, uint8_t *buf, size_t len)
+{
+	struct gconn *g = user;
+	uint64_t total = g->hdr_len + g->body_len;
+	if (off >= total)
+		return -EINVAL;
+	size_t n = 0;
+	if (off < g->hdr_len) {
+		n = g->hdr_len - (size_t)off;
+		if (n > len)
+			n = len;
+		memcpy(buf, g->hdr + off, n);
+	}
+	if (n < len && off + n < total) {
+		size_t boff = (size_t)(off + n - g->hdr_len);
+		size_t m = g->body_len - boff;
+		if (m > len - n)
+			m = len - n;
+		memcpy(buf + n, g->body + boff, m);
+		n += m;
+	}
+	if (off + n == total)
+		g->eod_us = mx_now_us();
+	return (long)n;
+}
+
+static unsigned pick_domain(struct worker *w)
+{
+	if (opt_domains <= opt_big_domains || rnd(w) % 1000 < opt_big_share)
+		return (unsigned)(rnd(w) % (opt_big_domains ? opt_big_domains : 1));
+	return opt_big_domains + (unsigned)(rnd(w) % (opt_domains - opt_big_domains));
+}
+
+/* Build and submit the next message of g.  0 or -errno. */
+static int submit(struct gconn *g)
+{
+	struct worker *w = g->w;
+	size_t size = opt_size_min;
+	if (opt_size_max > opt_size_min)
+		size += (size_t)(rnd(w) % (opt_size_max - opt_size_min + 1));
+	if (make_body(g, size) != 0)
+		return -ENOMEM;
+	uint8_t d[32];
+	unsigned dl = 0;
+	if (EVP_Digest(g->body, g->body_len, d, &dl, sha256, NULL) != 1 || dl != 32)
+		return -EIO;
+	char hex[65];
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+	uint64_t seq = w->index + (uint64_t)dp.n_workers * w->next_seq_k++;
+	snprintf(g->sender, sizeof(g->sender), "dev%u@fleet.test", g->device);
+	char lit[20];
+	format_ipv4(lit, sizeof(lit), opt_target);
+	for (unsigned i = 0; i < opt_rcpts; i++) {
+		if (opt_literal_share && rnd(w) % 1000 < opt_literal_share)
+			snprintf(g->rcpt_addr[i], ADDR_MAX, "ops%u@[%s]", i, lit);
+		else
+			snprintf(g->rcpt_addr[i], ADDR_MAX, "ops%u@d%u.sink.test", i,
+				 pick_domain(w));
+		g->rcpt[i] = (struct smtp_client_rcpt){.addr = g->rcpt_addr[i]};
+	}
+	uint64_t now = mx_now_us();
+	int hl = snprintf(g->hdr, sizeof(g->hdr),
+			  "From: <%s>\r\nTo: <%s>\r\nSubject: alert %" PRIu64
+			  " from device %u\r\nX-Mxgen: %" PRIu64 " %s %" PRIu64 "\r\n\r\n",
+			  g->sender, g->rcpt_addr[0], seq, g->device, seq, hex, now);
+	if (hl < 0 || (size_t)hl >= sizeof(g->hdr))
+		return -ENAMETOOLONG;
+	g->hdr_len = (size_t)hl;
+	g->msg = (struct smtp_client_msg){
+		.sender = g->sender,
+		.rcpts = g->rcpt,
+		.rcpt_count = opt_rcpts,
+		.body_len = g->hdr_len + g->body_len,
+		.body_read = body_read,
+		.body_user = g,
+		.user = (void *)(uintptr_t)now,
+	};
+	g->eod_us = 0;
+	g->msg_active = true;
+	g->msgs_left--;
+	add(&w->offered, 1);
+	add(&w->bytes, g->msg.body_len);
+	int rc = smtp_client_send_message(g->cl, &g->msg);
+	if (rc != 0 && g->msg_active) {
+		/* never reported: count it here so the totals add up */
+		g->msg_active = false;
+		add(&w->rejected, 1);
+		add(&w->by_code[0], 1);
+	}
+	return rc;
+}
+
+/* ---- SMTP client callbacks ----------------------------------------------------------- */
+
+static size_t c_send(void *user, const uint8_t *p, size_t n)
+{
+	struct gconn *g = user;
+	if (g->tcp_gone)
+		return 0;
+	ssize_t k = tcp_send(g->tcp, p, n);
+	return k > 0 ? (size_t)k : 0;
+}
+
+static void c_message_done(void *user, const struct smtp_client_result *r)
+{
+	struct gconn *g = user;
+	struct worker *w = g->w;
+	uint64_t now = mx_now_us();
+	if (g->aborting)
+		return;
+	g->msg_active = false;
+	bool ok = r->rcpt_count > 0 && r->delivered == r->rcpt_count;
+	if (ok) {
+		add(&w->accepted, 1);
+		if (g->eod_us)
+			mxb_hist_add(&w->lat, now - g->eod_us);
+		mxb_hist_add(&w->lat_total, now - (uint64_t)(uintptr_t)r->msg->user);
+	} else {
+		unsigned code = 0;
+		for (size_t i = 0; i < r->rcpt_count; i++)
+			if (r->rcpts[i].outcome != SMTP_CLIENT_DELIVERED) {
+				code = r->rcpts[i].final.synthetic ? 0 : r->rcpts[i].final.code;
+				break;
+			}
+		add(&w->rejected, 1);
+		add(&w->by_code[code < 600 ? code : 0], 1);
+	}
+	g->want_next = true;
+}
+
+static void c_failed(void *user, const struct smtp_reply *why)
+{
+	struct gconn *g = user;
+	(void)why;
+	add(&g->w->conns_failed, 1);
+	g->want_abort = true;
+}
+
+static void c_closed(void *user)
+{
+	((struct gconn *)user)->want_close = true;
+}
+
+static const struct smtp_client_cb client_cb = {
+	.send = c_send,
+	.message_done = c_message_done,
+	.failed = c_failed,
+	.closed = c_closed,
+};
+
+/* ---- TCP ------------------------------------------------------------------------------ */
+
+/*
+ * After every smtp_client_* call: what its callbacks asked for (a callback
+ * never closes the connection or submits itself: the client is inside it).
+ */
+static void after_client(struct gconn *g)
+{
+	while (!g->tcp_gone) {
+		if (g->want_abort) {
+			g->want_abort = false;
+			tcp_abort(g->tcp); /* on_closed runs now */
+			return;
+		}
+		if (g->want_close) {
+			g->want_close = false;
+			tcp_close(g->tcp);
+			return;
+		}
+		if (!g->want_next)
+			return;
+		g->want_next = false;
+		if (g->msgs_left > 0 && !g->w->draining && g->w->offered < g->w->max_offer &&
+		    !smtp_client_is_dead(g->cl))
+			submit(g);
+		else
+			smtp_client_quit(g->cl);
+	}
+}
+
+static void t_connected(struct tcp_conn *c, void *user)
+{
+	(void)c;
+	struct gconn *g = user;
+	smtp_client_start(g->cl, false);
+	after_client(g);
+}
+
+static size_t t_data(struct tcp_conn *c, void *user, const uint8_t *data, size_t len)
+{
+	(void)c;
+	struct gconn *g = user;
+	smtp_client_input(g->cl, data, len);
+	after_client(g);
+	return len;
+}
+
+static void t_writable(struct tcp_conn *c, void *user)
+{
+	(void)c;
+	struct gconn *g = user;
+	smtp_client_writable(g->cl);
+	after_client(g);
+}
+
+static void t_peer_closed(struct tcp_conn *c, void *user)
+{
+	(void)c;
+	struct gconn *g = user;
+	/* Reports a message in flight (deferred); the connection is closed here, so
+	 * whatever the callbacks asked for is moot. */
+	if (!smtp_client_is_dead(g->cl))
+		smtp_client_abort(g->cl, "server closed the connection");
+	g->want_next = g->want_abort = g->want_close = false;
+	tcp_close(g->tcp);
+}
+
+static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
+{
+	(void)c;
+	(void)why;
+	struct gconn *g = user;
+	struct worker *w = g->w;
+	g->tcp_gone = true;
+	g->prev->next = g->next;
+	g->next->prev = g->prev;
+	/* Reports a message still in flight as deferred (message_done). */
+	smtp_client_free(g->cl);
+	w->in_flight--;
+	add(&w->conns_done, 1);
+	free(g->body);
+	free(g);
+}
+
+static const struct tcp_conn_ops gen_ops = {
+	.on_connected = t_connected,
+	.on_data = t_data,
+	.on_writable = t_writable,
+	.on_peer_closed = t_peer_closed,
+	.on_closed = t_closed,
+};
+
+static int start_conn(struct worker *w)
+{
+	struct gconn *g = calloc(1, sizeof(*g));
+	if (g == NULL)
+		return -ENOMEM;
+	g->w = w;
+	g->device = (w->index + dp.n_workers * (unsigned)(w->conns_started)) % opt_devices;
+	g->msgs_left = opt_msgs_per_conn;
+	if (smtp_client_new(&cconf, &client_cb, g, &w->cstats, &g->cl) != 0) {
+		free(g);
+		return -ENOMEM;
+	}
+	g->tcp = tcp_connect(w->st, 0, 0, opt_target, opt_port, &gen_ops, g);
+	if (g->tcp == NULL) {
+		int e = errno;
+		smtp_client_free(g->cl);
+		free(g);
+		add(&w->connect_errors, 1);
+		return -e;
+	}
+	g->next = w->live.next;
+	g->prev = &w->live;
+	w->live.next->prev = g;
+	w->live.next = g;
+	w->in_flight++;
+	add(&w->conns_started, 1);
+	submit(g); /* sent once the session is ready */
+	after_client(g);
+	return 0;
+}
+
+/* Client timeouts (every 100 ms), and the end of the drain: abort the rest. */
+static void scan_conns(struct worker *w, uint64_t now, bool abort_all)
+{
+	struct gconn *next;
+	for (struct gconn *g = w->live.next; g != &w->live; g = next) {
+		next = g->next;
+		if (abort_all) {
+			if (g->msg_active) {
+				/* counted as unfinished, not as a rejection */
+				g->msg_active = false;
+				add(&w->unfinished, 1);
+			}
+			g->aborting = true; /* on_closed frees; reports are ignored */
+			tcp_abort(g->tcp);
+			continue;
+		}
+		if (now >= smtp_client_deadline(g->cl)) {
+			smtp_client_timeout(g->cl);
+			after_client(g);
+		}
+	}
+}
+
+/* ---- DNS check (--dns-check) -------------------------------------------------------- */
+
+/*
+ * Query k asks, by k % 3: MX of dD.sink.test (expect MX 10 mx.dD.sink.test
+ * with its A record = the target in the additional section), A of
+ * mx.dD.sink.test (expect the target), MX of nxK.example (expect NXDOMAIN).
+ * The DNS id is k; each answer is checked once.
+ */
+static uint8_t dns_answered[DNS_CHECK_MAX];
+static struct dns_msg dns_reply;
+
+static void dns_check_name(unsigned k, char *out, size_t cap, uint16_t *qtype)
+{
+	unsigned d = k % opt_domains;
+	switch (k % 3) {
+	case 0:
+		snprintf(out, cap, "d%u.sink.test", d);
+		*qtype = DNS_T_MX;
+		break;
+	case 1:
+		snprintf(out, cap, "mx.d%u.sink.test", d);
+		*qtype = DNS_T_A;
+		break;
+	default:
+		snprintf(out, cap, "nx%u.example", k);
+		*qtype = DNS_T_MX;
+	}
+}
+
+static bool dns_check_answer(unsigned k, const struct dns_msg *m)
+{
+	char name[DNS_NAME_TEXT_MAX], mx[DNS_NAME_TEXT_MAX + 4];
+	uint16_t qtype;
+	dns_check_name(k, name, sizeof(name), &qtype);
+	if (!dns_name_equal(m->qname, name) || m->qtype != qtype)
+		return false;
+	unsigned na, nadd;
+	const struct dns_rr *an = dns_msg_section(m, DNS_SEC_ANSWER, &na);
+	const struct dns_rr *ad = dns_msg_section(m, DNS_SEC_ADDITIONAL, &nadd);
+	switch (k % 3) {
+	case 0:
+		snprintf(mx, sizeof(mx), "mx.%s", name);
+		return DNS_F_RCODE(m->flags) == DNS_RCODE_NOERROR && na == 1 &&
+		       an[0].type == DNS_T_MX && an[0].mx.pref == 10 &&
+		       dns_name_equal(an[0].mx.host, mx) && nadd >= 1 && ad[0].type == DNS_T_A &&
+		       dns_name_equal(ad[0].name, mx) && ad[0].a == opt_target;
+	case 1:
+		return DNS_F_RCODE(m->flags) == DNS_RCODE_NOERROR && na == 1 &&
+		       an[0].type == DNS_T_A && an[0].a == opt_target;
+	default:
+		return DNS_F_RCODE(m->flags) == DNS_RCODE_NXDOMAIN && na == 0;
+	}
+}
+
+static void dns_check_recv(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
+			   const uint8_t *data, size_t len)
+{
+	struct worker *w = ctx;
+	(void)dst;
+	(void)dport;
+	enum dns_malformed why;
+	if (src != opt_target || sport != 53 || dns_msg_parse(&dns_reply, data, len, &why) != 0 ||
+	    dns_reply.id >= w->dns_sent || dns_answered[dns_reply.id]) {
+		add(&w->dns_bad, 1);
+		return;
+	}
+	dns_answered[dns_reply.id] = 1;
+	add(dns_check_answer(dns_reply.id, &dns_reply) ? &w->dns_ok : &w->dns_bad, 1);
+}
+
+static void dns_check_send(struct worker *w)
+{
+	char name[DNS_NAME_TEXT_MAX];
+	uint16_t qtype;
+	uint8_t buf[512];
+	unsigned k = (unsigned)w->dns_sent;
+	dns_check_name(k, name, sizeof(name), &qtype);
+	int n = dns_encode_query(buf, sizeof(buf), (uint16_t)k, name, qtype, false);
+	if (n > 0 && udp_send(w->st, 0, DNS_CHECK_PORT, opt_target, 53, buf, (size_t)n) == 0)
+		add(&w->dns_sent, 1);
+	else
+		add(&w->dns_bad, 1), add(&w->dns_sent, 1);
+}
+
+static int worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct net_stack_conf sc;
+	net_dataplane_stack_conf(&dp, w->index, &sc);
+	w->st = net_stack_create(&sc);
+	if (w->st == NULL) {
+		fprintf(stderr, "mxgen: worker %u: stack: %s\n", w->index, strerror(errno));
+		stop = 1;
+		return -1;
+	}
+	bool dns_check = w->index == 0 && opt_dns_check > 0;
+	if (dns_check && udp_bind(w->st, DNS_CHECK_PORT, dns_check_recv, w) != 0) {
+		fprintf(stderr, "mxgen: cannot bind UDP %u\n", DNS_CHECK_PORT);
+		dns_check = false;
+	}
+	uint64_t start = mx_now_us() + 200000; /* let the ARP exchange settle */
+	w->load_start = start;
+	uint64_t next_dns = start;
+	uint64_t next_arrival = start, last_scan = start;
+	double interval = opt_rate > 0 ? 1e6 * dp.n_workers / opt_rate : 0;
+	unsigned conc =
+		opt_concurrency / dp.n_workers + (w->index < opt_concurrency % dp.n_workers);
+	uint64_t max_offer = w->max_offer;
+	uint64_t drain_end = 0;
+	unsigned arrivals_k = 0;
+	for (;;) {
+		uint64_t now = mx_now_us();
+		unsigned n = net_stack_poll(w->st, now);
+		bool no_more = stop || drain_all || w->offered >= max_offer;
+		if (no_more && !w->draining) {
+			w->draining = true;
+			w->load_end = now;
+			drain_end = now + opt_drain * 1000000ull;
+		}
+		if (!w->draining && now >= start) {
+			if (interval > 0) {
+				/* open loop: arrivals on schedule, at most 64 per turn */
+				for (unsigned k = 0; k < 64 && now >= next_arrival; k++) {
+					/* a generator that falls behind its schedule is no longer
+					 * an open loop: say so (late_starts, max_lag_us) */
+					uint64_t lag = now - next_arrival;
+					if (lag > 1000)
+						add(&w->late_starts, 1);
+					if (lag > w->max_lag_us)
+						w->max_lag_us = lag;
+					next_arrival = start + (uint64_t)(interval * ++arrivals_k);
+					if (w->in_flight >= opt_max_inflight ||
+					    w->offered >= max_offer) {
+						add(&w->arrivals_dropped, 1);
+						continue;
+					}
+					start_conn(w);
+					n++;
+				}
+			} else {
+				/* closed loop: keep conc connections open */
+				for (unsigned k = 0; k < 64 && w->in_flight < conc &&
+						     w->offered + w->in_flight < max_offer;
+				     k++) {
+					if (start_conn(w) != 0)
+						break;
+					n++;
+				}
+			}
+		}
+		if (dns_check && w->dns_sent < opt_dns_check && now >= next_dns) {
+			dns_check_send(w); /* one a millisecond: the sink answers each at once */
+			next_dns = now + 1000;
+			n++;
+		}
+		if (now - last_scan >= 100000) {
+			scan_conns(w, now, false);
+			last_scan = now;
+		}
+		if (w->draining && (w->in_flight == 0 || now >= drain_end)) {
+			scan_conns(w, now, true);
+			break;
+		}
+		net_stack_idle(w->st, &w->idle, n > 0, now,
+			       interval > 0 && interval < 10000 ? (uint64_t)interval : 10000);
+	}
+	for (uint64_t end = mx_now_us() + 200000; mx_now_us() < end;)
+		net_stack_poll(w->st, mx_now_us());
+	return 0;
+}
+
+/* ---- reporting -------------------------------------------------------------------------- */
+
+/* lib/net's view, for telling a dead link from a slow peer (after the workers stopped). */
+static void json_net(FILE *f)
+{
+	uint64_t rx = 0, tx = 0, drops = 0, arp_fail = 0, retrans = 0, rto = 0, estab = 0;
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		if (workers[i].st == NULL)
+			continue;
+		struct net_stats ns;
+		net_stack_get_stats(workers[i].st, &ns);
+		const struct tcp_stats *ts = net_stack_tcp_stats(workers[i].st);
+		rx += ns.rx_pkts, tx += ns.tx_pkts, drops += ns.tx_drops + ns.tx_nombuf;
+		arp_fail += ns.arp_resolve_failed;
+		retrans += ts->retransmits, rto += ts->rto_timeouts, estab += ts->conns_established;
+	}
+	fprintf(f,
+		"  \"net\": {\"rx_pkts\": %" PRIu64 ", \"tx_pkts\": %" PRIu64
+		", \"tx_drops\": %" PRIu64 ", \"arp_resolve_failed\": %" PRIu64
+		", \"tcp_established\": %" PRIu64 ", \"tcp_retransmits\": %" PRIu64
+		", \"tcp_rto_timeouts\": %" PRIu64 "},\n",
+		rx, tx, drops, arp_fail, estab, retrans, rto);
+}
+
+struct totals {
+	uint64_t conns_started, conns_done, connect_errors, arrivals_dropped, conns_failed;
+	uint64_t offered, accepted, rejected, unfinished, bytes;
+	uint64_t dns_sent, dns_ok, dns_bad, late_starts, max_lag_us;
+	unsigned in_flight;
+};
+
+static void sum(struct totals *t)
+{
+	memset(t, 0, sizeof(*t));
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		struct worker *w = &workers[i];
+		t->conns_started += rd(&w->conns_started), t->conns_done += rd(&w->conns_done);
+		t->connect_errors += rd(&w->connect_errors);
+		t->arrivals_dropped += rd(&w->arrivals_dropped);
+		t->conns_failed += rd(&w->conns_failed);
+		t->offered += rd(&w->offered), t->accepted += rd(&w->accepted);
+		t->rejected += rd(&w->rejected), t->unfinished += rd(&w->unfinished);
+		t->bytes += rd(&w->bytes);
+		t->dns_sent += rd(&w->dns_sent), t->dns_ok += rd(&w->dns_ok);
+		t->dns_bad += rd(&w->dns_bad);
+		t->late_starts += rd(&w->late_starts);
+		if (w->max_lag_us > t->max_lag_us)
+			t->max_lag_us = w->max_lag_us;
+	}
+	t->in_flight = (unsigned)(t->conns_started - t->conns_done);
+}
+
+static void json_hist(FILE *f, const char *name, const struct mxb_hist *h, bool last)
+{
+	fprintf(f,
+		"  \"%s\": {\"count\": %" PRIu64 ", \"mean\": %.1f, \"p50\": %" PRIu64
+		", \"p90\": %" PRIu64 ", \"p99\": %" PRIu64 ", \"p999\": %" PRIu64
+		", \"max\": %" PRIu64 "}%s\n",
+		name, h->count, h->count ? (double)h->sum / (double)h->count : 0.0,
+		mxb_hist_quantile(h, 0.5), mxb_hist_quantile(h, 0.9), mxb_hist_quantile(h, 0.99),
+		mxb_hist_quantile(h, 0.999), h->max, last ? "" : ",");
+}
+
+static void write_json(FILE *f, double secs, const struct totals *t, const struct mxb_hist *lat,
+		       const struct mxb_hist *tot)
+{
+	fprintf(f,
+		"{\n  \"tool\": \"mxgen\",\n  \"mode\": \"%s\",\n  \"rate\": %.1f,\n"
+		"  \"concurrency\": %u,\n  \"seconds\": %.3f,\n  \"devices\": %u,\n"
+		"  \"msgs_per_conn\": %u,\n  \"size_min\": %u,\n  \"size_max\": %u,\n"
+		"  \"rcpts\": %u,\n  \"connections\": %" PRIu64 ",\n  \"connect_errors\": %" PRIu64
+		",\n  \"arrivals_dropped\": %" PRIu64 ",\n  \"sessions_failed\": %" PRIu64
+		",\n  \"offered\": %" PRIu64 ",\n  \"accepted\": %" PRIu64
+		",\n  \"rejected\": %" PRIu64 ",\n  \"unfinished\": %" PRIu64
+		",\n  \"bytes\": %" PRIu64
+		",\n  \"accepted_per_s\": %.1f,\n  \"connections_per_s\": %.1f,\n",
+		opt_rate > 0 ? "open" : "closed", opt_rate, opt_concurrency, secs, opt_devices,
+		opt_msgs_per_conn, opt_size_min, opt_size_max, opt_rcpts, t->conns_started,
+		t->connect_errors, t->arrivals_dropped, t->conns_failed, t->offered, t->accepted,
+		t->rejected, t->unfinished, t->bytes, secs > 0 ? (double)t->accepted / secs : 0.0,
+		secs > 0 ? (double)t->conns_started / secs : 0.0);
+	fprintf(f, "  \"late_starts\": %" PRIu64 ",\n  \"max_schedule_lag_us\": %" PRIu64 ",\n",
+		t->late_starts, t->max_lag_us);
+	fprintf(f,
+		"  \"dns_queries\": %" PRIu64 ",\n  \"dns_ok\": %" PRIu64
+		",\n  \"dns_bad\": %" PRIu64 ",\n",
+		t->dns_sent, t->dns_ok, t->dns_bad);
+	json_net(f);
+	fprintf(f, "  \"rejected_by_code\": {");
+	bool first = true;
+	for (unsigned code = 0; code < 600; code++) {
+		uint64_t v = 0;
+		for (unsigned i = 0; i < dp.n_workers; i++)
+			v += workers[i].by_code[code];
+		if (v) {
+			fprintf(f, "%s\"%u\": %" PRIu64, first ? "" : ", ", code, v);
+			first = false;
+		}
+	}
+	fprintf(f, "},\n");
+	json_hist(f, "accept_latency_us", lat, false);
+	json_hist(f, "message_latency_us", tot, true);
+	fprintf(f, "}\n");
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: mxgen --config FILE --target A.B.C.D[:PORT] (--rate R | --concurrency C)\n"
+		"             [--duration SEC] [--max-messages N] [--drain SEC] [--devices N]\n"
+		"             [--msgs-per-conn M] [--size B|MIN-MAX] [--rcpts R] [--domains N]\n"
+		"             [--big-domains K] [--big-share PERMILLE] [--literal-share PERMILLE]\n"
+		"             [--max-inflight N] [--dns-check N] [--json FILE] [--quiet]\n");
+}
+
+static int num(const char *s, uint64_t min, uint64_t max, unsigned *out)
+{
+	uint64_t v;
+	if (cfg_parse_u64(s, min, max, &v) != 0) {
+		fprintf(stderr, "mxgen: bad number '%s' (%" PRIu64 "..%" PRIu64 ")\n", s, min, max);
+		return -1;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"target", required_argument, NULL, 'T'},
+		{"rate", required_argument, NULL, 'r'},
+		{"concurrency", required_argument, NULL, 'C'},
+		{"duration", required_argument, NULL, 't'},
+		{"drain", required_argument, NULL, 'D'},
+		{"max-messages", required_argument, NULL, 'm'},
+		{"devices", required_argument, NULL, 'n'},
+		{"msgs-per-conn", required_argument, NULL, 'M'},
+		{"size", required_argument, NULL, 's'},
+		{"rcpts", required_argument, NULL, 'R'},
+		{"domains", required_argument, NULL, 'd'},
+		{"big-domains", required_argument, NULL, 'b'},
+		{"big-share", required_argument, NULL, 'B'},
+		{"literal-share", required_argument, NULL, 'L'},
+		{"max-inflight", required_argument, NULL, 'I'},
+		{"json", required_argument, NULL, 'j'},
+		{"quiet", no_argument, NULL, 'Q'},
+		{"dns-check", required_argument, NULL, 'N'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config = NULL;
+	int opt, bad = 0;
+	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			config = optarg;
+			break;
+		case 'j':
+			opt_json = optarg;
+			break;
+		case 'Q':
+			opt_quiet = true;
+			break;
+		case 'T': {
+			char host[32];
+			const char *colon = strchr(optarg, ':');
+			size_t hl = colon ? (size_t)(colon - optarg) : strlen(optarg);
+			unsigned port = 25;
+			if (hl >= sizeof(host)) {
+				bad = 1;
+				break;
+			}
+			memcpy(host, optarg, hl);
+			host[hl] = '\0';
+			if (cfg_parse_ipv4(host, &opt_target) != 0 ||
+			    (colon && num(colon + 1, 1, 65535, &port) != 0)) {
+				fprintf(stderr, "mxgen: bad --target '%s'\n", optarg);
+				bad = 1;
+			}
+			opt_port = (uint16_t)port;
+			break;
+		}
+		case 'r': {
+			char *end;
+			opt_rate = strtod(optarg, &end);
+			if (*end || !(opt_rate > 0 && opt_rate <= 1e8)) {
+				fprintf(stderr, "mxgen: bad --rate '%s'\n", optarg);
+				bad = 1;
+			}
+			break;
+		}
+		case 'C':
+			bad |= num(optarg, 1, 1000000, &opt_concurrency);
+			break;
+		case 't':
+			bad |= num(optarg, 1, 86400, &opt_duration);
+			break;
+		case 'D':
+			bad |= num(optarg, 0, 3600, &opt_drain);
+			break;
+		case 'm': {
+			uint64_t v;
+			if (cfg_parse_u64(optarg, 1, UINT64_MAX / 2, &v) != 0)
+				bad = 1;
+			opt_max_messages = v;
+			break;
+		}
+		case 'n':
+			bad |= num(optarg, 1, 100000000, &opt_devices);
+			break;
+		case 'M':
+			bad |= num(optarg, 1, 1000000, &opt_msgs_per_conn);
+			break;
+		case 's': {
+			const char *dash = strchr(optarg, '-');
+			if (dash) {
+				char lo[24];
+				size_t l = (size_t)(dash - optarg);
+				if (l >= sizeof(lo)) {
+					bad = 1;
+					break;
+				}
+				memcpy(lo, optarg, l);
+				lo[l] = '\0';
+				bad |= num(lo, 2, MAX_SIZE, &opt_size_min);
+				bad |= num(dash + 1, 2, MAX_SIZE, &opt_size_max);
+			} else {
+				bad |= num(optarg, 2, MAX_SIZE, &opt_size_min);
+				opt_size_max = opt_size_min;
+			}
+			if (opt_size_max < opt_size_min)
+				bad = 1;
+			break;
+		}
+		case 'R':
+			bad |= num(optarg, 1, MAX_RCPTS, &opt_rcpts);
+			break;
+		case 'd':
+			bad |= num(optarg, 1, 100000000, &opt_domains);
+			break;
+		case 'b':
+			bad |= num(optarg, 0, 100000000, &opt_big_domains);
+			break;
+		case 'B':
+			bad |= num(optarg, 0, 1000, &opt_big_share);
+			break;
+		case 'L':
+			bad |= num(optarg, 0, 1000, &opt_literal_share);
+			break;
+		case 'I':
+			bad |= num(optarg, 1, 1000000, &opt_max_inflight);
+			break;
+		case 'N':
+			bad |= num(optarg, 0, DNS_CHECK_MAX, &opt_dns_check);
+			break;
+		default:
+			bad = 1;
+		}
+	}
+	if (bad || config == NULL || opt_target == 0 || optind != argc ||
+	    (opt_rate > 0) == (opt_concurrency > 0)) {
+		usage();
+		return 2;
+	}
+	if (opt_big_domains > opt_domains)
+		opt_big_domains = opt_domains;
+
+	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	smtp_client_conf_defaults(&cconf);
+	cconf.helo_name = "device.fleet.test";
+	cconf.tls = SMTP_CLIENT_TLS_NONE;
+	cconf.timeout_greeting_us = cconf.timeout_helo_us = cconf.timeout_mail_us =
+		cconf.timeout_rcpt_us = cconf.timeout_data_init_us = cconf.timeout_data_xfer_us =
+			cconf.timeout_data_done_us = cconf.timeout_quit_us = 30000000;
+	char err[512];
+	if (sha256 == NULL || smtp_client_conf_check(&cconf, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxgen: smtp client: %s\n", sha256 ? err : "no SHA-256");
+		return 2;
+	}
+
+	struct cfg_file *cf;
+	if (cfg_parse_file(config, &cf, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return 2;
+	}
+	struct cfg_report rep = {0};
+	struct net_dp_conf nc;
+	net_config_parse(cf, &nc, &rep);
+	if (rep.count) {
+		fputs(rep.text, stderr);
+		return 2;
+	}
+	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxgen: %s\n", err);
+		return 1;
+	}
+	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
+		fprintf(stderr, "mxgen: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
+			dp.n_workers);
+		net_dataplane_stop(&dp);
+		return 2;
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		struct worker *w = &workers[i];
+		w->index = i;
+		w->max_offer = opt_max_messages ? opt_max_messages / dp.n_workers +
+							  (i < opt_max_messages % dp.n_workers)
+						: UINT64_MAX;
+		w->rng = 0x9e3779b97f4a7c15ull * (i + 1) ^ mx_now_us();
+		w->live.next = w->live.prev = &w->live;
+		mxb_hist_init(&w->lat);
+		mxb_hist_init(&w->lat_total);
+		rte_eal_remote_launch(worker_main, w, dp.worker_lcore[i]);
+	}
+	fprintf(stderr, "mxgen: %u worker(s), %s loop, port 0 steering %s\n", dp.n_workers,
+		opt_rate > 0 ? "open" : "closed", net_port_steering(dp.ports[0]));
+	uint64_t start = mx_now_us(), last_print = start, last_acc = 0;
+	for (;;) {
+		usleep(20000);
+		uint64_t now = mx_now_us();
+		if (now - start >= opt_duration * 1000000ull)
+			drain_all = true;
+		bool running = false;
+		for (unsigned i = 0; i < dp.n_workers; i++)
+			if (rte_eal_get_lcore_state(dp.worker_lcore[i]) != WAIT)
+				running = true;
+		if (!running)
+			break;
+		if (now - last_print >= 1000000) {
+			struct totals t;
+			sum(&t);
+			if (!opt_quiet) {
+				printf("mxgen %6.1fs acc/s %8.0f offered %" PRIu64
+				       " accepted %" PRIu64 " rejected %" PRIu64
+				       " in-flight %u conn-err %" PRIu64 " dropped %" PRIu64 "\n",
+				       (double)(now - start) / 1e6,
+				       (double)(t.accepted - last_acc) * 1e6 /
+					       (double)(now - last_print),
+				       t.offered, t.accepted, t.rejected, t.in_flight,
+				       t.connect_errors, t.arrivals_dropped);
+				fflush(stdout);
+			}
+			last_print = now;
+			last_acc = t.accepted;
+		}
+	}
+	rte_eal_mp_wait_lcore();
+	/* Rates are over the load phase: first arrival to the start of the drain. */
+	uint64_t l0 = UINT64_MAX, l1 = 0;
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		if (workers[i].load_start < l0)
+			l0 = workers[i].load_start;
+		if (workers[i].load_end > l1)
+			l1 = workers[i].load_end;
+	}
+	double secs = l1 > l0 ? (double)(l1 - l0) / 1e6 : (double)opt_duration;
+	struct totals t;
+	sum(&t);
+	static struct mxb_hist lat, tot;
+	mxb_hist_init(&lat);
+	mxb_hist_init(&tot);
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		mxb_hist_merge(&lat, &workers[i].lat);
+		mxb_hist_merge(&tot, &workers[i].lat_total);
+	}
+	printf("mxgen summary: offered %" PRIu64 " accepted %" PRIu64 " rejected %" PRIu64
+	       " unfinished %" PRIu64 " conns/s %.1f accepted/s %.1f accept latency p50 %" PRIu64
+	       " p90 %" PRIu64 " p99 %" PRIu64 " p99.9 %" PRIu64 " max %" PRIu64 " us\n",
+	       t.offered, t.accepted, t.rejected, t.unfinished, (double)t.conns_started / secs,
+	       (double)t.accepted / secs, mxb_hist_quantile(&lat, 0.5),
+	       mxb_hist_quantile(&lat, 0.9), mxb_hist_quantile(&lat, 0.99),
+	       mxb_hist_quantile(&lat, 0.999), lat.max);
+	int rc = 0;
+	if (opt_json) {
+		FILE *f = fopen(opt_json, "w");
+		if (f == NULL) {
+			fprintf(stderr, "mxgen: %s: %s\n", opt_json, strerror(errno));
+			rc = 1;
+		} else {
+			write_json(f, secs, &t, &lat, &tot);
+			fclose(f);
+		}
+	}
+	net_dataplane_stop(&dp);
+	cfg_free(cf);
+	EVP_MD_free(sha256);
+	return rc;
+}

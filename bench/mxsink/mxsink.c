@@ -1,0 +1,950 @@
+/*
+ * mxsink.c - the benchmark's receiving side: one DPDK process on lib/net
+ * that behaves like many receiving MX hosts.
+ *
+ *	mxsink --config FILE [--duration SEC] [--max-messages N] [--json FILE]
+ *	       [--tempfail PERMILLE] [--slow PERMILLE --slow-ms MS]
+ *	       [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]
+ *	       [--domains N] [--seq-max N] [--quiet]
+ *
+ * SMTP on port 25 of every port address, served by lib/smtp's server
+ * session with allow_networks 0.0.0.0/0 (every recipient is accepted).
+ * Messages are counted, never stored: the end of data is answered at once
+ * with a generated queue id, or - at the configured per-mille rates - with
+ * a 451 (injected temporary failure) or after --slow-ms milliseconds.
+ * --rcpt-4xx / --rcpt-5xx answer that share of RCPT commands 450 / 550
+ * (see feed_filtered).
+ *
+ * Every message is verified: mxgen writes "X-Mxgen: SEQ SHA256HEX SENDUS"
+ * in the header; the sink hashes the body it received (after the header
+ * block) and counts ok / corrupt / missing header / duplicate SEQ (a shared
+ * bitmap of --seq-max bits; larger SEQs count as unchecked), and records the
+ * end-to-end latency now - SENDUS (both processes read CLOCK_MONOTONIC
+ * through mx_now_us).
+ *
+ * DNS on UDP 53 answers the synthetic zone: dN.sink.test (N < --domains) has
+ * MX 10 mx.dN.sink.test, and both names have an A record with the sink's
+ * port 0 address; anything else is NXDOMAIN.
+ *
+ * Counters go to stdout once a second; at exit a JSON summary goes to --json
+ * (and to stdout when no file is given).
+ */
+#include "core.h"
+#include "dns.h"
+#include "hist.h"
+#include "net.h"
+#include "smtp.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include <rte_eal.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+
+#define MAX_WORKERS 64
+#define HDR_LINE_MAX 256	   /* header line kept for matching; longer lines are cut */
+#define MAX_CONNS_PER_WORKER 65536 /* sessions per core; more are refused (counted) */
+
+/* ---- options ------------------------------------------------------------------ */
+
+static unsigned opt_tempfail_pm, opt_slow_pm, opt_slow_ms = 100;
+static unsigned opt_rcpt4_pm, opt_rcpt5_pm; /* RCPT answered 450 / 550 by the filter */
+static unsigned opt_domains = 1000;
+static uint64_t opt_seq_max = 1ull << 26;
+static uint64_t opt_max_messages;
+static unsigned opt_duration;
+static const char *opt_json;
+static bool opt_quiet;
+
+/* ---- state -------------------------------------------------------------------- */
+
+enum vstate { V_HEADER, V_BODY };
+
+struct sconn {
+	struct sconn *prev, *next; /* worker's live list */
+	struct worker *w;
+	struct tcp_conn *tcp;
+	struct smtp_session *sess;
+	bool want_close, closed;
+	bool in_data;	    /* between our 354 and the end of data (the RCPT filter) */
+	uint64_t bdat_left; /* BDAT chunk bytes still to pass through unexamined */
+	uint64_t done_at;   /* slow reply: message_done due at this time (0: none) */
+	/* verification of the message being received */
+	enum vstate vs;
+	char line[HDR_LINE_MAX];
+	size_t line_len;
+	bool have_tag, line_cut;
+	uint64_t seq, send_us;
+	char digest_hex[65];
+	EVP_MD_CTX *md;
+};
+
+struct worker {
+	unsigned index;
+	struct net_stack *st;
+	struct net_idle idle;
+	struct sconn live; /* list head */
+	unsigned n_conns;
+	uint64_t rng;
+	struct smtp_server_stats sstats;
+	struct mxb_hist lat;
+	/* counters (read by the main thread for the per-second line) */
+	uint64_t conns, conns_refused, received, ok, corrupt, no_tag, dup, unchecked;
+	uint64_t acked, tempfailed, slowed, send_short, dns_queries, dns_nx, dns_bad;
+	uint64_t rcpt_4xx, rcpt_5xx;
+};
+
+static volatile sig_atomic_t stop;
+static struct net_dataplane dp;
+static struct worker workers[MAX_WORKERS];
+static struct smtp_server_conf sconf;
+static uint8_t *seq_bitmap;
+static uint32_t sink_addr;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop = 1;
+}
+
+static uint64_t rnd(struct worker *w)
+{
+	/* xorshift64*: per worker, seeded by index */
+	w->rng ^= w->rng >> 12;
+	w->rng ^= w->rng << 25;
+	w->rng ^= w->rng >> 27;
+	return w->rng * 2685821657736338717ull;
+}
+
+static bool roll(struct worker *w, unsigned per_mille)
+{
+	return per_mille && rnd(w) % 1000 < per_mille;
+}
+
+static uint64_t rd(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* ---- verification --------------------------------------------------------------- */
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* "X-Mxgen: SEQ HEX64 SENDUS": all three fields or nothing. */
+static void parse_tag(struct sconn *sc, const char *p, size_t n)
+{
+	static const char name[] = "X-Mxgen:";
+	if (n < sizeof(name) - 1 || strncasecmp(p, name, sizeof(name) - 1) != 0)
+		return;
+	char buf[HDR_LINE_MAX + 1];
+	memcpy(buf, p, n);
+	buf[n] = '\0';
+	char hex[80];
+	unsigned long long seq, sent;
+	if (sscanf(buf + sizeof(name) - 1, " %llu %79s %llu", &seq, hex, &sent) != 3)
+		return;
+	if (strlen(hex) != 64)
+		return;
+	for (int i = 0; i < 64; i++)
+		if (hexval(hex[i]) < 0)
+			return;
+	sc->seq = seq;
+	sc->send_us = sent;
+	memcpy(sc->digest_hex, hex, 65);
+	sc->have_tag = true;
+}
+
+static void verify_begin(struct sconn *sc)
+{
+	sc->vs = V_HEADER;
+	sc->line_len = 0;
+	sc->line_cut = false;
+	sc->have_tag = false;
+	if (sc->md == NULL)
+		sc->md = EVP_MD_CTX_new();
+	if (sc->md != NULL)
+		EVP_DigestInit_ex(sc->md, EVP_sha256(), NULL);
+}
+
+static void verify_data(struct sconn *sc, const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+	while (sc->vs == V_HEADER && i < n) {
+		uint8_t ch = p[i++];
+		if (ch != '\n') {
+			if (sc->line_len < HDR_LINE_MAX)
+				sc->line[sc->line_len++] = (char)ch;
+			else
+				sc->line_cut = true;
+			continue;
+		}
+		size_t len = sc->line_len;
+		if (len > 0 && sc->line[len - 1] == '\r')
+			len--;
+		if (len == 0 && !sc->line_cut)
+			sc->vs = V_BODY; /* the empty line ends the header (RFC 5322 2.1) */
+		else if (!sc->line_cut)
+			parse_tag(sc, sc->line, len);
+		sc->line_len = 0;
+		sc->line_cut = false;
+	}
+	if (sc->vs == V_BODY && i < n && sc->md != NULL)
+		EVP_DigestUpdate(sc->md, p + i, n - i);
+}
+
+/* Atomically set the seq's bit: true when it was set before (a duplicate). */
+static bool seq_seen(uint64_t seq)
+{
+	uint8_t bit = (uint8_t)(1u << (seq & 7));
+	uint8_t old = __atomic_fetch_or(&seq_bitmap[seq >> 3], bit, __ATOMIC_RELAXED);
+	return (old & bit) != 0;
+}
+
+static void verify_end(struct sconn *sc, uint64_t now)
+{
+	struct worker *w = sc->w;
+	w->received++;
+	if (!sc->have_tag || sc->vs != V_BODY || sc->md == NULL) {
+		w->no_tag++;
+		return;
+	}
+	uint8_t d[32];
+	unsigned dl = 0;
+	EVP_DigestFinal_ex(sc->md, d, &dl);
+	bool match = dl == 32;
+	for (unsigned i = 0; match && i < 32; i++)
+		if (hexval(sc->digest_hex[2 * i]) != d[i] >> 4 ||
+		    hexval(sc->digest_hex[2 * i + 1]) != (d[i] & 15))
+			match = false;
+	if (match)
+		w->ok++;
+	else
+		w->corrupt++;
+	if (sc->seq < opt_seq_max) {
+		if (seq_seen(sc->seq))
+			w->dup++;
+	} else {
+		w->unchecked++;
+	}
+	mxb_hist_add(&w->lat, now >= sc->send_us ? now - sc->send_us : 0);
+}
+
+/* ---- SMTP session callbacks -------------------------------------------------------- */
+
+static void s_send(void *user, const uint8_t *p, size_t n)
+{
+	struct sconn *sc = user;
+	if (sc->closed)
+		return;
+	/* a 354 ends the batch that starts DATA content (RFC 5321 4.1.1.4) */
+	if (n >= 4 && memcmp(p + n - 2, "\r\n", 2) == 0) {
+		size_t ls = n - 2;
+		while (ls > 0 && p[ls - 1] != '\n')
+			ls--;
+		if (n - ls >= 4 && memcmp(p + ls, "354", 3) == 0)
+			sc->in_data = true;
+	}
+	ssize_t k = tcp_send(sc->tcp, p, n);
+	if (k < 0 || (size_t)k < n) {
+		/* Replies are small; a full send buffer means a client not reading. */
+		sc->w->send_short++;
+		sc->want_close = true;
+	}
+}
+
+static void s_close(void *user)
+{
+	((struct sconn *)user)->want_close = true;
+}
+
+static void s_begin(void *user)
+{
+	verify_begin(user);
+}
+
+static void s_data(void *user, const uint8_t *p, size_t n)
+{
+	verify_data(user, p, n);
+}
+
+static void s_abort(void *user)
+{
+	(void)user;
+}
+
+static void ack(struct sconn *sc)
+{
+	struct worker *w = sc->w;
+	char id[24];
+	snprintf(id, sizeof(id), "S%02X%012" PRIX64, w->index & 0xff,
+		 (uint64_t)(w->acked & 0xffffffffffffull));
+	w->acked++;
+	smtp_session_message_done(sc->sess, 0, id);
+}
+
+static void s_end(void *user, const struct smtp_envelope *env)
+{
+	struct sconn *sc = user;
+	struct worker *w = sc->w;
+	(void)env;
+	uint64_t now = mx_now_us();
+	verify_end(sc, now);
+	if (roll(w, opt_tempfail_pm)) {
+		w->tempfailed++;
+		smtp_session_message_done(sc->sess, -EAGAIN, "injected by mxsink");
+	} else if (roll(w, opt_slow_pm)) {
+		w->slowed++;
+		sc->done_at = now + opt_slow_ms * 1000ull;
+	} else {
+		ack(sc);
+	}
+}
+
+static const struct smtp_server_cb server_cb = {
+	.send = s_send,
+	.close = s_close,
+	.message_begin = s_begin,
+	.message_data = s_data,
+	.message_end = s_end,
+	.message_abort = s_abort,
+};
+
+/* ---- TCP ------------------------------------------------------------------------- */
+
+/* After every smtp_session_* call: do what its callbacks asked for. */
+static void after_session(struct sconn *sc)
+{
+	if (sc->want_close && !sc->closed) {
+		sc->closed = true;
+		tcp_close(sc->tcp);
+	}
+}
+
+/*
+ * The RCPT fault filter: lib/smtp's server session has no per-recipient
+ * hook, so with --rcpt-4xx/--rcpt-5xx the input is fed one line at a time
+ * and a "RCPT TO:" command picked by the dice never reaches the session:
+ * the filter answers it itself.  Replies stay in order because the session
+ * sends its replies at the end of every smtp_session_input() call.  Message
+ * content (after our 354, up to the lone "."; or the bytes of a BDAT chunk,
+ * RFC 3030 2) is passed through unexamined.  Returns the bytes consumed; an
+ * incomplete command line stays in TCP's buffer until its end arrives.
+ */
+static size_t feed_filtered(struct sconn *sc, const uint8_t *data, size_t len)
+{
+	struct worker *w = sc->w;
+	size_t off = 0;
+	while (off < len && !sc->closed) {
+		size_t n, k;
+		if (sc->bdat_left) {
+			n = len - off < sc->bdat_left ? len - off : (size_t)sc->bdat_left;
+			k = smtp_session_input(sc->sess, data + off, n);
+			after_session(sc);
+			off += k;
+			sc->bdat_left -= k;
+			if (k < n)
+				break;
+			continue;
+		}
+		const uint8_t *line = data + off;
+		const uint8_t *lf = memchr(line, '\n', len - off);
+		if (lf == NULL) {
+			if (len - off < 4096)
+				break; /* wait for the end of the line */
+			n = len - off;
+		} else {
+			n = (size_t)(lf - line) + 1;
+		}
+		if (!sc->in_data && n >= 8 && strncasecmp((const char *)line, "RCPT TO:", 8) == 0) {
+			const char *r = NULL;
+			if (roll(w, opt_rcpt4_pm)) {
+				w->rcpt_4xx++;
+				r = "450 4.2.1 mxsink: injected temporary failure\r\n";
+			} else if (roll(w, opt_rcpt5_pm)) {
+				w->rcpt_5xx++;
+				r = "550 5.1.1 mxsink: injected permanent failure\r\n";
+			}
+			if (r != NULL) {
+				s_send(sc, (const uint8_t *)r, strlen(r));
+				after_session(sc);
+				off += n;
+				continue;
+			}
+		}
+		uint64_t bdat = 0;
+		bool is_bdat =
+			!sc->in_data && n > 5 && strncasecmp((const char *)line, "BDAT ", 5) == 0;
+		for (size_t i = 5; is_bdat && i < n && line[i] >= '0' && line[i] <= '9'; i++)
+			bdat = bdat < UINT64_MAX / 10 - 10 ? bdat * 10 + (uint64_t)(line[i] - '0')
+							   : bdat;
+		bool dot = sc->in_data && ((n == 3 && line[0] == '.' && line[1] == '\r') ||
+					   (n == 2 && line[0] == '.'));
+		k = smtp_session_input(sc->sess, line, n);
+		after_session(sc);
+		off += k;
+		if (k < n)
+			break;
+		if (is_bdat)
+			sc->bdat_left = bdat;
+		if (dot)
+			sc->in_data = false;
+	}
+	return off;
+}
+
+static size_t t_data(struct tcp_conn *c, void *user, const uint8_t *data, size_t len)
+{
+	(void)c;
+	struct sconn *sc = user;
+	if (sc->closed)
+		return len;
+	size_t used;
+	if (opt_rcpt4_pm || opt_rcpt5_pm) {
+		used = feed_filtered(sc, data, len);
+	} else {
+		used = smtp_session_input(sc->sess, data, len);
+		after_session(sc);
+	}
+	return sc->closed ? len : used;
+}
+
+static void t_peer_closed(struct tcp_conn *c, void *user)
+{
+	(void)c;
+	struct sconn *sc = user;
+	if (!sc->closed) {
+		smtp_session_peer_closed(sc->sess);
+		sc->closed = true;
+		tcp_close(sc->tcp);
+	}
+}
+
+static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
+{
+	(void)c;
+	(void)why;
+	struct sconn *sc = user;
+	struct worker *w = sc->w;
+	sc->prev->next = sc->next;
+	sc->next->prev = sc->prev;
+	w->n_conns--;
+	/* on_closed never runs inside an smtp_session_* call: after_session closes
+	 * only once the session call has returned. */
+	smtp_session_free(sc->sess);
+	if (sc->md)
+		EVP_MD_CTX_free(sc->md);
+	free(sc);
+}
+
+static const struct tcp_conn_ops sink_ops = {
+	.on_data = t_data,
+	.on_peer_closed = t_peer_closed,
+	.on_closed = t_closed,
+};
+
+static int t_accept(struct tcp_conn *c, void *ctx)
+{
+	struct worker *w = ctx;
+	if (w->n_conns >= MAX_CONNS_PER_WORKER) {
+		w->conns_refused++;
+		return -1;
+	}
+	struct sconn *sc = calloc(1, sizeof(*sc));
+	if (sc == NULL) {
+		w->conns_refused++;
+		return -1;
+	}
+	uint32_t raddr;
+	uint16_t lport, rport;
+	uint32_t laddr;
+	tcp_conn_endpoints(c, &laddr, &lport, &raddr, &rport);
+	sc->w = w;
+	sc->tcp = c;
+	if (smtp_session_new(&sconf, &server_cb, sc, &w->sstats, raddr,
+			     ((uint64_t)w->index << 48) | w->conns, &sc->sess) != 0) {
+		free(sc);
+		w->conns_refused++;
+		return -1;
+	}
+	w->conns++;
+	w->n_conns++;
+	sc->next = w->live.next;
+	sc->prev = &w->live;
+	w->live.next->prev = sc;
+	w->live.next = sc;
+	tcp_conn_set_ops(c, &sink_ops, sc);
+	smtp_session_start(sc->sess);
+	after_session(sc);
+	return 0;
+}
+
+/* Slow replies that are due, and session timeouts (checked every 100 ms). */
+static void scan_conns(struct worker *w, uint64_t now, bool timeouts)
+{
+	struct sconn *next;
+	for (struct sconn *sc = w->live.next; sc != &w->live; sc = next) {
+		next = sc->next;
+		if (sc->closed)
+			continue;
+		if (sc->done_at && now >= sc->done_at) {
+			sc->done_at = 0;
+			ack(sc);
+			after_session(sc);
+			if (!sc->closed)
+				tcp_recv_resume(sc->tcp);
+		} else if (timeouts && now >= smtp_session_deadline(sc->sess)) {
+			smtp_session_timeout(sc->sess);
+			after_session(sc);
+		}
+	}
+}
+
+/* ---- DNS --------------------------------------------------------------------------- */
+
+/*
+ * Parse the question of a query (RFC 1035 4.1.1, 4.1.2) into dotted text.
+ * No compression in a query's question.  0 or -EINVAL.
+ */
+static int parse_question(const uint8_t *p, size_t n, char *name, size_t cap, uint16_t *qtype,
+			  uint16_t *qclass)
+{
+	size_t off = 12, out = 0;
+	for (;;) {
+		if (off >= n)
+			return -EINVAL;
+		uint8_t l = p[off++];
+		if (l == 0)
+			break;
+		if (l > 63 || off + l > n || out + l + 2 > cap)
+			return -EINVAL;
+		if (out)
+			name[out++] = '.';
+		for (unsigned i = 0; i < l; i++) {
+			uint8_t ch = p[off + i];
+			if (ch <= 0x20 || ch >= 0x7f || ch == '.')
+				return -EINVAL;
+			name[out++] = (char)ch;
+		}
+		off += l;
+	}
+	name[out] = '\0';
+	if (off + 4 > n)
+		return -EINVAL;
+	*qtype = (uint16_t)(p[off] << 8 | p[off + 1]);
+	*qclass = (uint16_t)(p[off + 2] << 8 | p[off + 3]);
+	return 0;
+}
+
+/* "dN.sink.test" with N < opt_domains: N; else -1. */
+static long zone_domain(const char *name)
+{
+	static const char suffix[] = ".sink.test";
+	size_t n = strlen(name), sl = sizeof(suffix) - 1;
+	if (n <= sl + 1 || name[0] != 'd' || strcasecmp(name + n - sl, suffix) != 0)
+		return -1;
+	long v = 0;
+	for (size_t i = 1; i < n - sl; i++) {
+		if (name[i] < '0' || name[i] > '9' || v > 100000000)
+			return -1;
+		v = v * 10 + (name[i] - '0');
+	}
+	if (n - sl < 2 || (name[1] == '0' && n - sl > 2))
+		return -1;
+	return v < (long)opt_domains ? v : -1;
+}
+
+static void dns_recv(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
+		     const uint8_t *data, size_t len)
+{
+	struct worker *w = ctx;
+	char qname[DNS_NAME_TEXT_MAX];
+	uint16_t qtype, qclass;
+	if (len < 12 || (data[2] & 0x80) || ((data[4] << 8) | data[5]) != 1 ||
+	    parse_question(data, len, qname, sizeof(qname), &qtype, &qclass) != 0) {
+		w->dns_bad++;
+		return;
+	}
+	w->dns_queries++;
+	uint16_t id = (uint16_t)(data[0] << 8 | data[1]);
+	uint16_t flags = DNS_F_QR | DNS_F_AA | ((uint16_t)(data[2] << 8) & DNS_F_RD);
+	/* "mx.dN.sink.test" or "dN.sink.test" */
+	bool is_mx_host = strncasecmp(qname, "mx.", 3) == 0;
+	long dom = zone_domain(is_mx_host ? qname + 3 : qname);
+	uint8_t buf[512];
+	struct dns_builder b;
+	if (dom < 0 || qclass != DNS_C_IN) {
+		w->dns_nx++;
+		dns_builder_init(&b, buf, sizeof(buf), id, flags | DNS_RCODE_NXDOMAIN, qname, qtype,
+				 qclass);
+	} else {
+		dns_builder_init(&b, buf, sizeof(buf), id, flags, qname, qtype, qclass);
+		char mxname[DNS_NAME_TEXT_MAX];
+		snprintf(mxname, sizeof(mxname), "mx.%s", is_mx_host ? qname + 3 : qname);
+		struct dns_rr a = {.name = qname, .type = DNS_T_A, .rclass = DNS_C_IN, .ttl = 3600};
+		a.a = sink_addr;
+		if (qtype == DNS_T_MX && !is_mx_host) {
+			struct dns_rr mx = {
+				.name = qname, .type = DNS_T_MX, .rclass = DNS_C_IN, .ttl = 3600};
+			mx.mx.pref = 10;
+			mx.mx.host = mxname;
+			dns_builder_add(&b, DNS_SEC_ANSWER, &mx);
+			a.name = mxname;
+			dns_builder_add(&b, DNS_SEC_ADDITIONAL, &a);
+		} else if (qtype == DNS_T_A) {
+			dns_builder_add(&b, DNS_SEC_ANSWER, &a);
+		}
+		/* other types: NOERROR with no data (RFC 2308 2.2) */
+	}
+	int n = dns_builder_finish(&b);
+	if (n > 0)
+		udp_send(w->st, dst, dport, src, sport, buf, (size_t)n);
+	else
+		w->dns_bad++;
+}
+
+/* ---- worker ---------------------------------------------------------------------- */
+
+static int worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct net_stack_conf sc;
+	net_dataplane_stack_conf(&dp, w->index, &sc);
+	w->st = net_stack_create(&sc);
+	if (w->st == NULL) {
+		fprintf(stderr, "mxsink: worker %u: stack: %s\n", w->index, strerror(errno));
+		stop = 1;
+		return -1;
+	}
+	if (tcp_listen(w->st, 0, 25, t_accept, w) != 0 || udp_bind(w->st, 53, dns_recv, w) != 0) {
+		fprintf(stderr, "mxsink: worker %u: listen failed\n", w->index);
+		stop = 1;
+		return -1;
+	}
+	uint64_t last_scan = 0, last_timeouts = 0;
+	while (!stop) {
+		uint64_t now = mx_now_us();
+		unsigned n = net_stack_poll(w->st, now);
+		if (now - last_scan >= 1000) {
+			bool t = now - last_timeouts >= 100000;
+			scan_conns(w, now, t);
+			last_scan = now;
+			if (t)
+				last_timeouts = now;
+		}
+		/* Slow replies pending: never sleep past 1 ms. */
+		net_stack_idle(w->st, &w->idle, n > 0, now, opt_slow_pm ? 1000 : 10000);
+	}
+	for (uint64_t end = mx_now_us() + 100000; mx_now_us() < end;)
+		net_stack_poll(w->st, mx_now_us());
+	return 0;
+}
+
+/* ---- reporting ---------------------------------------------------------------------- */
+
+/* lib/net's view, for telling a dead link from a slow peer (after the workers stopped). */
+static void json_net(FILE *f)
+{
+	uint64_t rx = 0, tx = 0, drops = 0, arp_fail = 0, retrans = 0, rto = 0, estab = 0;
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		if (workers[i].st == NULL)
+			continue;
+		struct net_stats ns;
+		net_stack_get_stats(workers[i].st, &ns);
+		const struct tcp_stats *ts = net_stack_tcp_stats(workers[i].st);
+		rx += ns.rx_pkts, tx += ns.tx_pkts, drops += ns.tx_drops + ns.tx_nombuf;
+		arp_fail += ns.arp_resolve_failed;
+		retrans += ts->retransmits, rto += ts->rto_timeouts, estab += ts->conns_established;
+	}
+	fprintf(f,
+		"  \"net\": {\"rx_pkts\": %" PRIu64 ", \"tx_pkts\": %" PRIu64
+		", \"tx_drops\": %" PRIu64 ", \"arp_resolve_failed\": %" PRIu64
+		", \"tcp_established\": %" PRIu64 ", \"tcp_retransmits\": %" PRIu64
+		", \"tcp_rto_timeouts\": %" PRIu64 "},\n",
+		rx, tx, drops, arp_fail, estab, retrans, rto);
+}
+
+struct totals {
+	uint64_t conns, conns_refused, received, ok, corrupt, no_tag, dup, unchecked;
+	uint64_t acked, tempfailed, slowed, send_short, dns_queries, dns_nx, dns_bad;
+	uint64_t rcpt_4xx, rcpt_5xx;
+};
+
+static void sum(struct totals *t)
+{
+	memset(t, 0, sizeof(*t));
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		struct worker *w = &workers[i];
+		t->conns += rd(&w->conns), t->conns_refused += rd(&w->conns_refused);
+		t->received += rd(&w->received), t->ok += rd(&w->ok);
+		t->corrupt += rd(&w->corrupt), t->no_tag += rd(&w->no_tag);
+		t->dup += rd(&w->dup), t->unchecked += rd(&w->unchecked);
+		t->acked += rd(&w->acked), t->tempfailed += rd(&w->tempfailed);
+		t->slowed += rd(&w->slowed), t->send_short += rd(&w->send_short);
+		t->dns_queries += rd(&w->dns_queries), t->dns_nx += rd(&w->dns_nx);
+		t->dns_bad += rd(&w->dns_bad);
+		t->rcpt_4xx += rd(&w->rcpt_4xx), t->rcpt_5xx += rd(&w->rcpt_5xx);
+	}
+}
+
+static struct mxb_hist merged;
+
+static void merge_hist(void)
+{
+	mxb_hist_init(&merged);
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		mxb_hist_merge(&merged, &workers[i].lat);
+}
+
+static void write_json(FILE *f, double secs)
+{
+	struct totals t;
+	sum(&t);
+	merge_hist();
+	fprintf(f,
+		"{\n  \"tool\": \"mxsink\",\n  \"seconds\": %.3f,\n  \"connections\": %" PRIu64
+		",\n  \"connections_refused\": %" PRIu64 ",\n  \"received\": %" PRIu64
+		",\n  \"ok\": %" PRIu64 ",\n  \"corrupt\": %" PRIu64
+		",\n  \"missing_tag\": %" PRIu64 ",\n  \"duplicates\": %" PRIu64
+		",\n  \"unchecked_seq\": %" PRIu64 ",\n  \"accepted\": %" PRIu64
+		",\n  \"tempfailed\": %" PRIu64 ",\n  \"slowed\": %" PRIu64
+		",\n  \"send_short\": %" PRIu64 ",\n  \"dns_queries\": %" PRIu64
+		",\n  \"dns_nxdomain\": %" PRIu64 ",\n  \"dns_bad\": %" PRIu64
+		",\n  \"rcpt_4xx\": %" PRIu64 ",\n  \"rcpt_5xx\": %" PRIu64
+		",\n  \"received_per_s\": %.1f,\n",
+		secs, t.conns, t.conns_refused, t.received, t.ok, t.corrupt, t.no_tag, t.dup,
+		t.unchecked, t.acked, t.tempfailed, t.slowed, t.send_short, t.dns_queries, t.dns_nx,
+		t.dns_bad, t.rcpt_4xx, t.rcpt_5xx, secs > 0 ? (double)t.received / secs : 0.0);
+	json_net(f);
+	fprintf(f,
+		"  \"e2e_latency_us\": {\"count\": %" PRIu64 ", \"p50\": %" PRIu64
+		", \"p90\": %" PRIu64 ", \"p99\": %" PRIu64 ", \"p999\": %" PRIu64
+		", \"max\": %" PRIu64 "}\n}\n",
+		merged.count, mxb_hist_quantile(&merged, 0.5), mxb_hist_quantile(&merged, 0.9),
+		mxb_hist_quantile(&merged, 0.99), mxb_hist_quantile(&merged, 0.999), merged.max);
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: mxsink --config FILE [--duration SEC] [--max-messages N] [--json FILE]\n"
+		"              [--tempfail PERMILLE] [--slow PERMILLE] [--slow-ms MS]\n"
+		"              [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]\n"
+		"              [--domains N] [--seq-max N] [--quiet]\n");
+}
+
+static int parse_num(const char *s, uint64_t max, uint64_t *out)
+{
+	if (cfg_parse_u64(s, 0, max, out) != 0) {
+		fprintf(stderr, "mxsink: bad number '%s' (0..%" PRIu64 ")\n", s, max);
+		return -1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"duration", required_argument, NULL, 't'},
+		{"max-messages", required_argument, NULL, 'm'},
+		{"json", required_argument, NULL, 'j'},
+		{"tempfail", required_argument, NULL, 'f'},
+		{"slow", required_argument, NULL, 's'},
+		{"slow-ms", required_argument, NULL, 'S'},
+		{"domains", required_argument, NULL, 'd'},
+		{"seq-max", required_argument, NULL, 'q'},
+		{"quiet", no_argument, NULL, 'Q'},
+		{"rcpt-4xx", required_argument, NULL, '4'},
+		{"rcpt-5xx", required_argument, NULL, '5'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *config = NULL;
+	uint64_t v;
+	int opt;
+	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c':
+			config = optarg;
+			break;
+		case 'j':
+			opt_json = optarg;
+			break;
+		case 'Q':
+			opt_quiet = true;
+			break;
+		case 't':
+			if (parse_num(optarg, 86400 * 7, &v))
+				return 2;
+			opt_duration = (unsigned)v;
+			break;
+		case 'm':
+			if (parse_num(optarg, UINT64_MAX / 2, &opt_max_messages))
+				return 2;
+			break;
+		case 'f':
+			if (parse_num(optarg, 1000, &v))
+				return 2;
+			opt_tempfail_pm = (unsigned)v;
+			break;
+		case '4':
+			if (parse_num(optarg, 1000, &v))
+				return 2;
+			opt_rcpt4_pm = (unsigned)v;
+			break;
+		case '5':
+			if (parse_num(optarg, 1000, &v))
+				return 2;
+			opt_rcpt5_pm = (unsigned)v;
+			break;
+		case 's':
+			if (parse_num(optarg, 1000, &v))
+				return 2;
+			opt_slow_pm = (unsigned)v;
+			break;
+		case 'S':
+			if (parse_num(optarg, 600000, &v))
+				return 2;
+			opt_slow_ms = (unsigned)v;
+			break;
+		case 'd':
+			if (parse_num(optarg, 10000000, &v))
+				return 2;
+			opt_domains = (unsigned)v;
+			break;
+		case 'q':
+			if (parse_num(optarg, 1ull << 34, &v) || v < 8)
+				return 2;
+			opt_seq_max = v;
+			break;
+		default:
+			usage();
+			return 2;
+		}
+	}
+	if (config == NULL || optind != argc) {
+		usage();
+		return 2;
+	}
+	seq_bitmap = calloc(opt_seq_max / 8 + 1, 1);
+	if (seq_bitmap == NULL) {
+		fprintf(stderr, "mxsink: no memory for the seq bitmap\n");
+		return 1;
+	}
+
+	struct cfg_file *cf;
+	char err[512];
+	if (cfg_parse_file(config, &cf, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s\n", err);
+		return 2;
+	}
+	struct cfg_report rep = {0};
+	struct net_dp_conf nc;
+	net_config_parse(cf, &nc, &rep);
+	if (rep.count) {
+		fputs(rep.text, stderr);
+		return 2;
+	}
+	sink_addr = nc.ports[0].addr;
+
+	smtp_server_conf_defaults(&sconf);
+	static const struct smtp_ipv4_prefix everyone = {0, 0};
+	sconf.hostname = "mx.sink.test";
+	sconf.allow_networks = &everyone;
+	sconf.allow_network_count = 1;
+	sconf.max_recipients = 1000;
+	sconf.long_line = SMTP_LONG_LINE_ALLOW;
+	if (smtp_server_conf_check(&sconf, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxsink: smtp: %s\n", err);
+		return 2;
+	}
+
+	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxsink: %s\n", err);
+		return 1;
+	}
+	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
+		fprintf(stderr, "mxsink: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
+			dp.n_workers);
+		net_dataplane_stop(&dp);
+		return 2;
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		struct worker *w = &workers[i];
+		w->index = i;
+		w->rng = 0x9e3779b97f4a7c15ull * (i + 1);
+		w->live.next = w->live.prev = &w->live;
+		mxb_hist_init(&w->lat);
+		rte_eal_remote_launch(worker_main, w, dp.worker_lcore[i]);
+	}
+	fprintf(stderr, "mxsink: %u worker(s), SMTP on 25, DNS on 53, port 0 steering %s\n",
+		dp.n_workers, net_port_steering(dp.ports[0]));
+	uint64_t start = mx_now_us(), last_print = start, last_received = 0;
+	while (!stop) {
+		usleep(20000);
+		uint64_t now = mx_now_us();
+		if (opt_duration && now - start >= opt_duration * 1000000ull)
+			stop = 1;
+		struct totals t;
+		sum(&t);
+		if (opt_max_messages && t.received >= opt_max_messages)
+			stop = 1;
+		if (now - last_print >= 1000000) {
+			if (!opt_quiet) {
+				merge_hist();
+				printf("mxsink %6.1fs recv/s %8.0f ok %" PRIu64 " corrupt %" PRIu64
+				       " dup %" PRIu64 " notag %" PRIu64 " 4xx %" PRIu64
+				       " e2e p50 %" PRIu64 "us p99 %" PRIu64 "us\n",
+				       (double)(now - start) / 1e6,
+				       (double)(t.received - last_received) * 1e6 /
+					       (double)(now - last_print),
+				       t.ok, t.corrupt, t.dup, t.no_tag, t.tempfailed,
+				       mxb_hist_quantile(&merged, 0.5),
+				       mxb_hist_quantile(&merged, 0.99));
+				fflush(stdout);
+			}
+			last_print = now;
+			last_received = t.received;
+		}
+	}
+	stop = 1;
+	rte_eal_mp_wait_lcore();
+	double secs = (double)(mx_now_us() - start) / 1e6;
+	int rc = 0;
+	if (opt_json) {
+		FILE *f = fopen(opt_json, "w");
+		if (f == NULL) {
+			fprintf(stderr, "mxsink: %s: %s\n", opt_json, strerror(errno));
+			rc = 1;
+		} else {
+			write_json(f, secs);
+			fclose(f);
+		}
+	} else {
+		write_json(stdout, secs);
+	}
+	net_dataplane_stop(&dp);
+	cfg_free(cf);
+	free(seq_bitmap);
+	return rc;
+}
