@@ -155,6 +155,13 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	/* [dkim "domain"]: every key file is loaded now, so a bad one is reported here. */
 	if (dkim_table_load(cf, &rc->dkim, r) == 0 && rc->dkim != NULL)
 		rc->n_dkim = (unsigned)rc->dkim->count;
+	if ((e = cfg_get(cf, "dkim", NULL, "on_error")) != NULL) {
+		if (!strcmp(e->value, "defer"))
+			rc->dkim_defer = true;
+		else if (strcmp(e->value, "unsigned") != 0)
+			cfg_error(r, cf, e->line, "on_error = %s: expected unsigned or defer",
+				  e->value);
+	}
 	parse_control(cf, rc, r);
 
 	rc->log_level = MX_LOG_INFO;

@@ -52,7 +52,8 @@ struct relay_config {
 	/* [log] */
 	enum mx_log_level log_level;
 	char log_file[512];
-	struct dkim_table *dkim; /* signing keys per domain (not used for signing yet) */
+	struct dkim_table *dkim; /* signing keys per domain: messages are signed at acceptance */
+	bool dkim_defer;         /* [dkim] on_error = defer: 451 instead of sending unsigned */
 	unsigned n_dkim;
 	struct relay_control_conf control; /* [control] */
 };

@@ -30,6 +30,7 @@
 #define OUT_MAX (256u * 1024) /* replies waiting for TCP/TLS, per connection */
 #define TIMEOUT_SCAN_US 250000u
 #define SPOOL_BATCH 64
+#define SIGNER_POOL 32 /* idle DKIM signers kept per worker */
 
 struct smtpd_conn {
 	struct smtpd *d;
@@ -39,6 +40,8 @@ struct smtpd_conn {
 	struct tls_conn *tls;
 	struct spool_msg *msg;
 	int msg_err;
+	struct dkim_signer *signer; /* signing the message being received, or NULL */
+	const struct dkim_domain *signer_dom;
 	uint32_t client_ip;
 	bool implicit_tls;
 	bool tcp_gone;       /* on_closed ran: tc is invalid */
@@ -68,6 +71,12 @@ struct smtpd {
 	uint64_t session_seq;
 	uint64_t max_conns; /* this worker's share of max_connections */
 	bool draining;      /* shutting down: new connections get 421 */
+	/* DKIM signers kept for reuse (their OpenSSL contexts are made once) */
+	struct signer_slot {
+		const struct dkim_domain *dom;
+		struct dkim_signer *s;
+	} signers[SIGNER_POOL];
+	unsigned n_signers;
 	struct smtpd_listener {
 		struct smtpd *d;
 		unsigned index; /* into conf->listen and sh->listener_conf */
@@ -311,6 +320,95 @@ static void smtp_starttls(void *user)
 
 /* ---- the mail path: spool ------------------------------------------------------ */
 
+/* ---- DKIM: signed at acceptance, the signature stored with the message ---------- */
+
+static struct dkim_signer *signer_take(struct smtpd *d, const struct dkim_domain *dom)
+{
+	for (unsigned i = 0; i < d->n_signers; i++)
+		if (d->signers[i].dom == dom) {
+			struct dkim_signer *sg = d->signers[i].s;
+			d->signers[i] = d->signers[--d->n_signers];
+			return sg;
+		}
+	char err[256];
+	struct dkim_signer *sg;
+	if (dkim_signer_create(&dom->config, &sg, err, sizeof(err)) != 0) {
+		MX_WARN("dkim: %s: %s", dom->domain, err);
+		return NULL;
+	}
+	return sg;
+}
+
+static void signer_put(struct smtpd *d, const struct dkim_domain *dom, struct dkim_signer *sg)
+{
+	if (sg == NULL)
+		return;
+	if (d->n_signers < SIGNER_POOL)
+		d->signers[d->n_signers++] = (struct signer_slot){.dom = dom, .s = sg};
+	else
+		dkim_signer_free(sg);
+}
+
+/*
+ * Pick the signing domain when the message starts: the envelope sender's
+ * domain if it is configured, else [dkim] default_domain.  (The From:
+ * header is not known yet; fleets sign with one domain, so the default
+ * covers them.)
+ */
+static void sign_begin(struct smtpd_conn *c)
+{
+	const struct dkim_table *t = c->d->sh->conf->dkim;
+	if (t == NULL || t->count == 0)
+		return;
+	const struct smtp_envelope *env = smtp_session_envelope(c->s);
+	char dom[256];
+	const char *env_dom = NULL;
+	if (dkim_address_domain(env->mail_from.text, env->mail_from.len, dom, sizeof(dom)) > 0)
+		env_dom = dom;
+	const struct dkim_domain *d = dkim_table_choose(t, NULL, env_dom);
+	if (d == NULL)
+		return;
+	c->signer = signer_take(c->d, d);
+	c->signer_dom = d;
+	if (c->signer != NULL && dkim_sign_begin(c->signer, mx_wall_s()) != 0) {
+		signer_put(c->d, d, c->signer);
+		c->signer = NULL;
+	}
+	if (c->signer == NULL)
+		c->d->stats.dkim_failed++;
+}
+
+static void sign_end(struct smtpd_conn *c)
+{
+	signer_put(c->d, c->signer_dom, c->signer);
+	c->signer = NULL;
+	c->signer_dom = NULL;
+}
+
+/* Returns 0, or the error to answer with when the policy is to defer. */
+static int sign_finish(struct smtpd_conn *c)
+{
+	const char *hdr;
+	size_t len;
+	if (c->signer == NULL)
+		return 0;
+	int rc = dkim_sign_final(c->signer, &hdr, &len);
+	if (rc == 0)
+		rc = spool_msg_prepend(c->msg, hdr, len);
+	if (rc == 0) {
+		c->d->stats.dkim_signed++;
+	} else {
+		c->d->stats.dkim_failed++;
+		MX_WARN("%s: DKIM signing for %s failed: %s; %s", spool_msg_id_str(c->msg),
+			c->signer_dom->domain,
+			dkim_signer_error(c->signer)[0] ? dkim_signer_error(c->signer)
+							: strerror(-rc),
+			c->d->sh->conf->dkim_defer ? "deferred (451)" : "sent unsigned");
+	}
+	sign_end(c);
+	return rc != 0 && c->d->sh->conf->dkim_defer ? -EAGAIN : 0;
+}
+
 static bool smtp_may_start(void *user)
 {
 	struct smtpd_conn *c = user;
@@ -332,8 +430,10 @@ static void smtp_msg_begin(void *user)
 	struct smtpd_conn *c = user;
 	c->msg = NULL;
 	c->msg_err = spool_msg_begin(c->d->spool, &c->msg);
-	if (c->msg_err == 0)
+	if (c->msg_err == 0) {
 		smtp_session_set_queue_id(c->s, spool_msg_id_str(c->msg));
+		sign_begin(c);
+	}
 }
 
 static void smtp_msg_data(void *user, const uint8_t *p, size_t n)
@@ -342,6 +442,8 @@ static void smtp_msg_data(void *user, const uint8_t *p, size_t n)
 	if (c->msg == NULL || c->msg_err != 0)
 		return;
 	c->msg_err = spool_msg_append(c->msg, p, n);
+	if (c->signer != NULL)
+		dkim_sign_update(c->signer, p, n); /* an error here is reported by sign_finish */
 }
 
 static void smtp_msg_abort(void *user)
@@ -350,6 +452,7 @@ static void smtp_msg_abort(void *user)
 	if (c->msg != NULL)
 		spool_msg_abort(c->msg);
 	c->msg = NULL;
+	sign_end(c);
 }
 
 static void smtp_msg_end(void *user, const struct smtp_envelope *env)
@@ -364,6 +467,10 @@ static void smtp_msg_end(void *user, const struct smtp_envelope *env)
 		smtp_session_message_done(c->s, rc ? rc : -EIO, NULL);
 		return;
 	}
+	if (rc == 0)
+		rc = sign_finish(c);
+	else
+		sign_end(c);
 	if (rc != 0) {
 		spool_msg_abort(c->msg);
 		c->msg = NULL;
@@ -456,6 +563,7 @@ static void conn_free(struct smtpd_conn *c)
 		c->next->prev = c->prev;
 	if (c->msg != NULL)
 		spool_msg_abort(c->msg);
+	sign_end(c);
 	smtp_session_free(c->s);
 	tls_conn_free(c->tls);
 	free(c->out);
@@ -664,6 +772,8 @@ void smtpd_destroy(struct smtpd *d)
 		smtpd_poll(d, mx_now_us());
 	}
 	spool_close(d->spool);
+	for (unsigned i = 0; i < d->n_signers; i++)
+		dkim_signer_free(d->signers[i].s);
 	free(d);
 }
 
@@ -798,4 +908,6 @@ void smtpd_stats_foreach(const struct smtpd *d,
 	fn(arg, "smtpd_tls_failures", d->stats.tls_failures);
 	fn(arg, "smtpd_messages_queued", d->stats.messages_queued);
 	fn(arg, "smtpd_commit_failures", d->stats.commit_failures);
+	fn(arg, "dkim_signed", d->stats.dkim_signed);
+	fn(arg, "dkim_failed", d->stats.dkim_failed);
 }

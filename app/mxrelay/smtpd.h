@@ -48,6 +48,7 @@ void smtpd_destroy(struct smtpd *d);
 struct smtpd_stats {
 	uint64_t connections, refused_busy, open, tls_handshakes, tls_failures;
 	uint64_t messages_queued, commit_failures;
+	uint64_t dkim_signed, dkim_failed;
 };
 void smtpd_get_stats(const struct smtpd *d, struct smtpd_stats *out);
 

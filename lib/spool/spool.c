@@ -1405,6 +1405,18 @@ int spool_msg_append(struct spool_msg *m, const void *data, size_t len)
 	return 0;
 }
 
+int spool_msg_prepend(struct spool_msg *m, const void *data, size_t len)
+{
+	size_t old = m->len;
+	/* grow through append (same limits and counters), then shift into place */
+	int rc = spool_msg_append(m, data, len);
+	if (rc != 0)
+		return rc;
+	memmove(m->body + len, m->body, old);
+	memcpy(m->body, data, len);
+	return 0;
+}
+
 uint64_t spool_msg_id(const struct spool_msg *m)
 {
 	return m->id;

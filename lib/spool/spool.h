@@ -231,6 +231,12 @@ int spool_msg_append(struct spool_msg *m, const void *data, size_t len);
  * -ENOBUFS (batch buffer full: answer 451).
  */
 int spool_msg_commit(struct spool_msg *m, const struct spool_envelope *env, uint64_t cookie);
+/**
+ * Put bytes in front of what was appended (before the commit), e.g. a
+ * DKIM-Signature field computed once the whole message was seen.  Same
+ * limits and errors as spool_msg_append.
+ */
+int spool_msg_prepend(struct spool_msg *m, const void *data, size_t len);
 /** Drop an open message. */
 void spool_msg_abort(struct spool_msg *m);
 uint64_t spool_msg_id(const struct spool_msg *m);

@@ -316,6 +316,34 @@ static void test_group_commit_one_fdatasync(void)
 	spool_close(sp);
 }
 
+static void test_prepend(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	struct spool_msg *m;
+	CU_ASSERT_EQUAL_FATAL(spool_msg_begin(sp, &m), 0);
+	/* grows the buffer several times: the shift must keep every byte */
+	char body[10000];
+	for (size_t i = 0; i < sizeof(body); i++)
+		body[i] = (char)('a' + i % 26);
+	CU_ASSERT_EQUAL(spool_msg_append(m, body, sizeof(body)), 0);
+	const char hdr[] = "DKIM-Signature: v=1; a=ed25519-sha256; d=fleet.example\r\n";
+	CU_ASSERT_EQUAL(spool_msg_prepend(m, hdr, sizeof(hdr) - 1), 0);
+	uint64_t id = spool_msg_id(m);
+	struct spool_envelope env = test_env(1);
+	CU_ASSERT_EQUAL_FATAL(spool_msg_commit(m, &env, 1), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	char got[sizeof(hdr) - 1 + sizeof(body) + 8];
+	long n = spool_read_body(sp, id, 0, got, sizeof(got));
+	CU_ASSERT_EQUAL(n, (long)(sizeof(hdr) - 1 + sizeof(body)));
+	CU_ASSERT_EQUAL(memcmp(got, hdr, sizeof(hdr) - 1), 0);
+	CU_ASSERT_EQUAL(memcmp(got + sizeof(hdr) - 1, body, sizeof(body)), 0);
+	spool_close(sp);
+}
+
 static void test_window_flushes_by_size(void)
 {
 	char dir[300];
@@ -1223,6 +1251,7 @@ static CU_TestInfo codec_tests[] = {
 static CU_TestInfo spool_tests[] = {
 	{"group_commit_one_fdatasync", test_group_commit_one_fdatasync},
 	{"window_flushes_by_size", test_window_flushes_by_size},
+	{"prepend_before_commit", test_prepend},
 	{"durability_none", test_durability_none},
 	{"limits", test_limits},
 	{"recovery_with_state", test_recovery_with_state},
