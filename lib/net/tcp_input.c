@@ -219,11 +219,18 @@ void tcp_deliver(struct tcp_conn *c)
 		tcp_finish(c, c->finish_pending == 1);
 		return;
 	}
-	/* Window update once the window has opened by a useful amount
-	 * (receiver-side SWS avoidance, RFC 9293 section 3.8.6.2.2). */
+	/*
+	 * Window update once the window has opened by a useful amount
+	 * (receiver-side SWS avoidance, RFC 9293 section 3.8.6.2.2): the RFC's
+	 * min(buffer/2, MSS) while the window we advertised is nearly closed
+	 * (the sender is waiting for it), else 2 MSS, since a sender with a
+	 * window open still sends and gets our ACKs, which carry the window.
+	 */
 	uint32_t wnd = tcp_rcv_window(c);
 	uint32_t adv = SEQ_GT(c->rcv_adv, c->rcv_nxt) ? c->rcv_adv - c->rcv_nxt : 0;
-	uint32_t thresh = c->rbuf_size / 2 < 2u * c->mss ? c->rbuf_size / 2 : 2u * c->mss;
+	uint32_t thresh = adv < 2u * c->mss ? c->mss : 2u * c->mss;
+	if (thresh > c->rbuf_size / 2)
+		thresh = c->rbuf_size / 2;
 	if (wnd > wnd_before && wnd > adv && wnd - adv >= thresh && c->state >= TCPS_ESTABLISHED)
 		tcp_ack_later(c);
 }
@@ -428,6 +435,7 @@ static bool ack_input(struct tcp_conn *c, const struct tcp_seg *s)
 		return false;
 	}
 	uint32_t seg_wnd = s->wnd << c->snd_wscale;
+	uint32_t una_before = c->snd_una;
 	/* A peer answering window probes is alive however long its window
 	 * stays closed (RFC 9293 section 3.8.6.1): probes never give up. */
 	if (c->persist)
@@ -508,10 +516,21 @@ static bool ack_input(struct tcp_conn *c, const struct tcp_seg *s)
 			c->cwnd += c->mss; /* inflate: a segment left the network */
 		}
 	}
-	/* Send window update (RFC 9293 section 3.10.7.4, SND.WL1/WL2). */
-	if (SEQ_LT(c->snd_wl1, s->seq) || (c->snd_wl1 == s->seq && SEQ_LEQ(c->snd_wl2, ack))) {
+	/*
+	 * Send window update (RFC 9293 section 3.10.7.4, SND.WL1/WL2), and
+	 * also from any segment whose ACK advances SND.UNA: the peer's window
+	 * is offset from the ACK it came with, so keeping the old SND.WND
+	 * against the new SND.UNA would push the right edge forward by the
+	 * bytes acknowledged.  That happens whenever the peer retransmits (an
+	 * older SEG.SEQ carrying a newer ACK): we would send past its window,
+	 * and our later ACKs, sent at SND.UNA + SND.WND, would fall below its
+	 * RCV.NXT and be refused (Linux's tcp_may_update_window does the same).
+	 */
+	if (SEQ_GT(ack, una_before) || SEQ_LT(c->snd_wl1, s->seq) ||
+	    (c->snd_wl1 == s->seq && SEQ_LEQ(c->snd_wl2, ack))) {
 		c->snd_wnd = seg_wnd;
-		c->snd_wl1 = s->seq;
+		if (SEQ_GT(s->seq, c->snd_wl1))
+			c->snd_wl1 = s->seq; /* a retransmission does not move it back */
 		c->snd_wl2 = ack;
 		if (seg_wnd > c->max_snd_wnd)
 			c->max_snd_wnd = seg_wnd;
@@ -581,6 +600,9 @@ static void syn_sent_input(struct tcp_conn *c, const struct tcp_seg *s)
 		return;
 	c->irs = s->seq;
 	c->rcv_nxt = s->seq + 1;
+	/* The right edge our SYN offered (its window is never scaled). */
+	/* The right edge our SYN offered (its window is never scaled). */
+	c->rcv_adv = c->rcv_nxt + (c->rbuf_size > 0xffff ? 0xffff : c->rbuf_size);
 	if (s->wscale >= 0) {
 		c->ws_ok = true;
 		c->snd_wscale = (uint8_t)s->wscale;
@@ -620,14 +642,23 @@ static void syn_sent_input(struct tcp_conn *c, const struct tcp_seg *s)
 	tcp_rtx_arm(c);
 }
 
+/*
+ * RFC 9293 section 3.10.7.4, first check.  A zero-length segment may also
+ * start up to one window-scale unit before RCV.NXT: our scaled window
+ * field announces a kept right edge rounded down (window_field() in
+ * tcp_output.c), and a peer that sent up to the true edge then puts its
+ * ACKs at the announced one (SND.UNA + SND.WND, below what it sent).
+ * Refusing them would discard every ACK it sends until our window opens.
+ */
 static bool seq_acceptable(const struct tcp_conn *c, const struct tcp_seg *s, uint32_t wnd)
 {
 	uint32_t seg_len = s->len + !!(s->flags & TH_SYN) + !!(s->flags & TH_FIN);
 	uint32_t nxt = c->rcv_nxt;
 	if (seg_len == 0) {
+		uint32_t lo = nxt - ((1u << c->rcv_wscale) - 1);
 		if (wnd == 0)
-			return s->seq == nxt;
-		return SEQ_GEQ(s->seq, nxt) && SEQ_LT(s->seq, nxt + wnd);
+			return SEQ_GEQ(s->seq, lo) && SEQ_LEQ(s->seq, nxt);
+		return SEQ_GEQ(s->seq, lo) && SEQ_LT(s->seq, nxt + wnd);
 	}
 	if (wnd == 0)
 		return false;
@@ -708,6 +739,9 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 	/* Trim to the window: old bytes at the front, excess at the back. */
 	bool dup = false;
 	if (SEQ_LT(s->seq, c->rcv_nxt)) {
+		/* A bare ACK let in by seq_acceptable()'s rounding allowance is
+		 * no retransmission: it needs no ACK back. */
+		dup = s->len || (s->flags & TH_FIN);
 		uint32_t d = c->rcv_nxt - s->seq;
 		if (d > s->len) {
 			s->flags &= (uint8_t)~TH_FIN; /* FIN already received too */
@@ -718,7 +752,6 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 			s->len -= d;
 		}
 		s->seq = c->rcv_nxt;
-		dup = true;
 	}
 	uint32_t room = wnd - (s->seq - c->rcv_nxt);
 	if (s->len > room) {
@@ -803,7 +836,14 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 			return;
 	}
 	tcp_output(c);
-	if (c->want_writable && c->sbuf && c->sbuf_len < c->sbuf_size &&
+	/*
+	 * Wake a writer only once a quarter of the buffer is free (or it is
+	 * empty): woken for every few bytes an ACK frees, an app such as an
+	 * echo service queues a few bytes at a time, and those leave as
+	 * tiny segments (no Nagle here), each one echoed tiny again.
+	 */
+	if (c->want_writable && c->sbuf &&
+	    (c->sbuf_len == 0 || c->sbuf_size - c->sbuf_len >= c->sbuf_size / 4) &&
 	    (c->state == TCPS_ESTABLISHED || c->state == TCPS_CLOSE_WAIT)) {
 		c->want_writable = false;
 		if (c->ops && c->ops->on_writable && !c->app_closed)

@@ -104,7 +104,8 @@ struct tcp_conn {
 	bool rcv_fin_ooo;	/* FIN seen beyond a hole, at rcv_fin_seq */
 	bool in_recovery;	/* NewReno fast recovery */
 	bool rtt_timing;	/* Karn's RTT sample in progress */
-	bool persist;		/* rtx timer is the zero-window persist timer */
+	bool persist;		/* rtx timer is the persist (or SWS override) timer */
+	bool sws_override;	/* tcp_output(): send a short segment anyway */
 	bool dead;		/* closed; freed when no callback frame holds it */
 	bool delivering;	/* inside tcp_deliver(): on_data may re-enter */
 	uint8_t finish_pending; /* 1: enter TIME_WAIT, 2: close, once the app read all */
@@ -126,7 +127,8 @@ struct tcp_conn {
 	uint32_t retries;
 
 	/* receive sequence space */
-	uint32_t irs, rcv_nxt, rcv_adv, last_ack_sent, rcv_fin_seq;
+	uint32_t irs, rcv_nxt, last_ack_sent, rcv_fin_seq;
+	uint32_t rcv_adv; /* furthest right edge ever advertised (never moves back) */
 	uint32_t ts_recent, ts_offset;
 	uint64_t ts_recent_us;
 
@@ -240,6 +242,7 @@ void tcp_ack_list_remove(struct tcp_conn *c);
 void tcp_flush_acks(struct tcp_state *ts);
 bool tcp_challenge_ack(struct tcp_conn *c);
 uint32_t tcp_rcv_window(const struct tcp_conn *c);
+
 uint32_t tcp_ts_now(const struct tcp_state *ts, uint32_t offset);
 
 /* tcp_timer.c */

@@ -144,18 +144,26 @@ void tcp_flush_acks(struct tcp_state *ts)
 	}
 }
 
-/* Our window field for a non-SYN segment (RFC 7323 section 2.3). */
+/*
+ * Our window field for a non-SYN segment (RFC 7323 section 2.3).
+ *
+ * Receiver SWS avoidance (RFC 9293 section 3.8.6.2.2, RFC 1122 4.2.3.3):
+ * the right edge moves only by at least min(buffer/2, MSS), so a slowly
+ * reading app does not invite a stream of tiny segments, and it never
+ * moves back (RFC 1122 4.2.2.16).  The scaled field counts in units of
+ * 1 << rcv_wscale, so an edge that is kept is announced rounded down, up
+ * to a unit short of rcv_adv (RFC 7323 section 2.4); rounding it up
+ * instead would creep it forward past the free space, unit by unit.
+ * seq_acceptable() in tcp_input.c allows for that unit.
+ */
 static uint16_t window_field(struct tcp_conn *c, uint32_t *wnd_out)
 {
 	uint32_t wnd = tcp_rcv_window(c);
-	/*
-	 * Receiver SWS avoidance (RFC 9293 section 3.8.6.2.2): move the right
-	 * edge only by at least min(buffer/2, MSS), so a slowly reading app
-	 * does not invite a stream of tiny segments.  Never shrinks it.
-	 */
 	uint32_t adv = SEQ_GT(c->rcv_adv, c->rcv_nxt) ? c->rcv_adv - c->rcv_nxt : 0;
 	uint32_t step = c->rbuf_size / 2 < c->mss ? c->rbuf_size / 2 : c->mss;
-	if (wnd > adv && wnd - adv < step && c->state >= TCPS_ESTABLISHED)
+	if (adv > wnd)
+		adv = wnd; /* cannot happen: every edge offered had the room */
+	if (c->state >= TCPS_ESTABLISHED && wnd - adv < step)
 		wnd = adv;
 	uint32_t field = wnd >> c->rcv_wscale;
 	if (field > 0xffff)
@@ -209,7 +217,8 @@ void tcp_send_segment(struct tcp_conn *c, uint32_t seq, uint32_t len, uint8_t fl
 		ts->stats.resets_out++;
 	if (flags & TH_ACK) {
 		c->last_ack_sent = c->rcv_nxt;
-		c->rcv_adv = c->rcv_nxt + wnd;
+		if (SEQ_GT(c->rcv_nxt + wnd, c->rcv_adv))
+			c->rcv_adv = c->rcv_nxt + wnd;
 		c->segs_unacked = 0;
 		net_timer_cancel(&ts->wheel, &c->delack_timer);
 		tcp_ack_list_remove(c);
@@ -333,6 +342,23 @@ bool tcp_challenge_ack(struct tcp_conn *c)
 }
 
 /*
+ * Sender-side silly window avoidance (RFC 9293 section 3.8.6.2.1, RFC 1122
+ * section 4.2.3.4): a segment of len bytes (of avail not yet sent) goes
+ * out when it is full-sized, when it carries everything queued (the app
+ * asked for it to leave: no Nagle, SMTP is request/response), or when it
+ * is at least half the largest window the peer ever offered (a peer with
+ * a tiny buffer).  Otherwise the usable window (peer window or cwnd) is
+ * what cuts the segment short, and waiting for the ACKs in flight to widen
+ * it costs nothing; with nothing in flight the override timer sends it.
+ */
+static bool sws_send_ok(const struct tcp_conn *c, uint32_t len, uint32_t avail)
+{
+	if (len >= c->mss || len >= avail || c->sws_override)
+		return true;
+	return c->max_snd_wnd && len >= c->max_snd_wnd / 2;
+}
+
+/*
  * Send new data (and the FIN) as far as min(peer window, cwnd) allows.
  * After an RTO snd_nxt is pulled back to snd_una, so this also performs the
  * go-back-N retransmission, taking bytes from the unacknowledged part of
@@ -360,7 +386,7 @@ void tcp_output(struct tcp_conn *c)
 		cwnd += (uint32_t)c->dupacks * c->mss;
 	uint32_t wnd = c->snd_wnd < cwnd ? c->snd_wnd : cwnd;
 	uint32_t data_end = c->snd_buf_seq + c->sbuf_len;
-	bool sent = false;
+	bool sent = false, held = false;
 	for (;;) {
 		uint32_t avail = SEQ_LT(c->snd_nxt, data_end) ? data_end - c->snd_nxt : 0;
 		uint32_t flight = c->snd_nxt - c->snd_una;
@@ -368,6 +394,10 @@ void tcp_output(struct tcp_conn *c)
 		uint32_t len = avail < usable ? avail : usable;
 		if (len > c->mss)
 			len = c->mss;
+		if (len && !sws_send_ok(c, len, avail)) {
+			held = true;
+			break;
+		}
 		bool fin = c->fin_queued && c->snd_nxt + len == data_end &&
 			   SEQ_LEQ(c->snd_nxt, c->fin_seq);
 		if (len == 0 && !fin)
@@ -400,8 +430,13 @@ void tcp_output(struct tcp_conn *c)
 		c->persist = false;
 		tcp_rtx_arm(c);
 	}
-	/* Zero window with data waiting and nothing in flight: probe. */
-	if (c->snd_wnd == 0 && c->snd_nxt == c->snd_una && SEQ_LT(c->snd_nxt, data_end) &&
+	/*
+	 * Nothing in flight, data waiting, and either a zero window (probe it)
+	 * or a window too small to be worth a segment (the override timer of
+	 * RFC 1122 section 4.2.3.4: send what fits when it fires).  No ACK
+	 * will come to restart tcp_output(), so the persist timer does.
+	 */
+	if ((c->snd_wnd == 0 || held) && c->snd_nxt == c->snd_una && SEQ_LT(c->snd_nxt, data_end) &&
 	    !net_timer_armed(&c->rtx_timer)) {
 		c->persist = true;
 		tcp_rtx_arm(c);

@@ -4,7 +4,9 @@
  * Each connection has two wheel timers:
  *  - rtx: SYN/SYN-ACK retransmission, data/FIN retransmission (RFC 6298),
  *    and, when the peer's window is zero with nothing in flight, the
- *    persist timer that sends window probes (RFC 9293 section 3.8.6.1);
+ *    persist timer that sends window probes (RFC 9293 section 3.8.6.1)
+ *    or, when the window is open but too small for sender SWS avoidance,
+ *    the override timer (RFC 1122 section 4.2.3.4);
  *  - delack: the delayed ACK (RFC 9293 section 3.8.6.3, conf.delack_us);
  *  - keepalive (off unless conf.keepalive_us): after that much silence,
  *    probes (SEG.SEQ = SND.UNA - 1, no data, RFC 9293 section 3.8.4) every
@@ -87,8 +89,13 @@ static void persist_timeout(struct tcp_conn *c)
 	struct tcp_state *ts = c->ts;
 	uint32_t data_end = c->snd_buf_seq + c->sbuf_len;
 	if (c->snd_wnd != 0 || !SEQ_LT(c->snd_nxt, data_end)) {
+		/* The window opened, or was too small for sender SWS avoidance:
+		 * this is the override timeout (RFC 1122 section 4.2.3.4), send
+		 * what fits now. */
 		c->persist = false;
+		c->sws_override = true;
 		tcp_output(c);
+		c->sws_override = false;
 		return;
 	}
 	if (++c->retries > ts->conf.data_retries) {

@@ -31,6 +31,8 @@ struct link {
 	uint64_t delay_us;
 	uint64_t sent, dropped, duplicated, ids;
 	size_t max_queue;
+	/* per sending side: data segments by payload size, pure ACKs */
+	uint64_t data_segs[2], small_segs[2], tiny_segs[2], pure_acks[2], data_bytes[2];
 };
 
 static uint32_t rnd(struct link *l)
@@ -67,6 +69,21 @@ static void link_hook(struct th_stack *h, uint32_t src, uint32_t dst, const uint
 	struct link *l = h->hook_ctx;
 	int to = h == l->side[0] ? 1 : 0;
 	l->sent++;
+	{
+		int from = to ? 0 : 1;
+		uint32_t doff = (uint32_t)(seg[12] >> 4) * 4u;
+		uint32_t plen = len > doff ? (uint32_t)(len - doff) : 0;
+		if (plen) {
+			l->data_segs[from]++;
+			l->data_bytes[from] += plen;
+			if (plen < 536)
+				l->small_segs[from]++;
+			if (plen < 64)
+				l->tiny_segs[from]++;
+		} else if (!(seg[13] & (TH_SYN | TH_FIN | TH_RST))) {
+			l->pure_acks[from]++;
+		}
+	}
 	bool drop = rnd(l) % 100 < l->drop_pct;
 	if (getenv("TCP_TEST_TRACE")) {
 		struct th_seg t;
@@ -577,6 +594,207 @@ static void test_slow_consumer_lossy(void)
 	th_free(l.side[1]);
 }
 
+/* ---- silly window syndrome: an echo server with flow control ------------- */
+
+/*
+ * The echo service of tests/net/netsvc.c: on_data sends what tcp_send()
+ * accepts and returns only that count (the rest stays in the receive
+ * buffer, the window closes), on_writable resumes delivery.  Space in the
+ * send buffer then frees and the receive window reopens in small steps,
+ * which is how a TCP without SWS avoidance (RFC 9293 section 3.8.6.2)
+ * ends up sending segments of a few bytes.
+ */
+struct echo {
+	struct tcp_conn *c;
+	size_t echoed;
+	int closed;
+};
+
+static size_t echo_data(struct tcp_conn *c, void *u, const uint8_t *d, size_t len)
+{
+	struct echo *e = u;
+	ssize_t n = tcp_send(c, d, len);
+	if (n < 0)
+		return len;
+	e->echoed += (size_t)n;
+	return (size_t)n;
+}
+
+static void echo_writable(struct tcp_conn *c, void *u)
+{
+	(void)u;
+	tcp_recv_resume(c);
+}
+
+static void echo_peer_closed(struct tcp_conn *c, void *u)
+{
+	(void)u;
+	tcp_close(c);
+}
+
+static void echo_closed(struct tcp_conn *c, void *u, enum tcp_close_reason why)
+{
+	(void)c;
+	(void)why;
+	struct echo *e = u;
+	e->closed++;
+	e->c = NULL;
+}
+
+static const struct tcp_conn_ops echo_ops = {
+	.on_data = echo_data,
+	.on_writable = echo_writable,
+	.on_peer_closed = echo_peer_closed,
+	.on_closed = echo_closed,
+};
+
+static int echo_accept(struct tcp_conn *c, void *ctx)
+{
+	struct echo *e = ctx;
+	e->c = c;
+	tcp_conn_set_ops(c, &echo_ops, e);
+	return 0;
+}
+
+/*
+ * A client streams `total` bytes through the echo server and reads them
+ * back; the client's reader takes at most consume_max bytes per offer.
+ * Returns the simulated time; fills *l's segment counters.
+ */
+static uint64_t echo_run(struct link *l, struct tcp_conf *conf, size_t total, size_t consume_max,
+			 uint64_t seed)
+{
+	link_setup(l, conf, seed);
+	if (getenv("ECHO_DROP")) /* debugging: ECHO_DROP=pct adds loss */
+		l->drop_pct = (unsigned)atoi(getenv("ECHO_DROP"));
+	struct peer pa = {.total = total, .tx_salt = 7, .rx_salt = 7, .consume_max = consume_max};
+	struct echo e = {0};
+	CU_ASSERT_EQUAL_FATAL(tcp_listen(&l->side[1]->st, 0, 7, echo_accept, &e), 0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(
+		tcp_connect(&l->side[0]->st, ADDR_A, 0, ADDR_B, 7, &peer_ops, &pa));
+	uint64_t now = l->side[0]->now, start = now, done = 0;
+	for (unsigned i = 0; i < 4000000 && now - start < 60000000 && !(pa.closed && e.closed);
+	     i++) {
+		l->side[0]->now = l->side[1]->now = now;
+		uint64_t next = link_run(l, now);
+		if (pa.c && consume_max)
+			tcp_recv_resume(pa.c); /* a slow reader: re-offer each round */
+		peer_pump(&pa);
+		if (!done && pa.rcvd == total)
+			done = now;
+		if (pa.c && pa.rcvd == total)
+			tcp_close(pa.c);
+		uint64_t da = tcp_poll(l->side[0]->ts, now);
+		uint64_t db = tcp_poll(l->side[1]->ts, now);
+		for (size_t k = 0; k < l->n; k++)
+			if (l->q[k].at < next)
+				next = l->q[k].at;
+		uint64_t t = next < da ? next : da;
+		if (db < t)
+			t = db;
+		if (consume_max && t > now + 100)
+			t = now + 100;
+		if (t <= now)
+			t = now + 1;
+		if (t == UINT64_MAX)
+			break;
+		now = t;
+	}
+	CU_ASSERT_EQUAL(pa.rcvd, total);
+	CU_ASSERT_EQUAL(e.echoed, total);
+	CU_ASSERT_FALSE(pa.bad);
+	CU_ASSERT_EQUAL(pa.closed, 1);
+	CU_ASSERT_EQUAL(e.closed, 1);
+	if (getenv("TCP_TEST_VERBOSE"))
+		fprintf(stderr,
+			"\n  echo %zu KiB (reader %zu): %.3f s simulated; client data %llu "
+			"(<536 B %llu, <64 B %llu) acks %llu; server data %llu (<536 B %llu, "
+			"<64 B %llu) acks %llu\n",
+			total >> 10, consume_max, (double)(done - start) / 1e6,
+			(unsigned long long)l->data_segs[0], (unsigned long long)l->small_segs[0],
+			(unsigned long long)l->tiny_segs[0], (unsigned long long)l->pure_acks[0],
+			(unsigned long long)l->data_segs[1], (unsigned long long)l->small_segs[1],
+			(unsigned long long)l->tiny_segs[1], (unsigned long long)l->pure_acks[1]);
+	if (getenv("TCP_TEST_VERBOSE")) {
+		const struct tcp_stats *x = tcp_get_stats(l->side[0]->ts),
+				       *y = tcp_get_stats(l->side[1]->ts);
+		fprintf(stderr, "  outside window %llu/%llu rtx %llu/%llu probes %llu/%llu\n",
+			(unsigned long long)x->seg_outside_window,
+			(unsigned long long)y->seg_outside_window,
+			(unsigned long long)x->retransmits, (unsigned long long)y->retransmits,
+			(unsigned long long)x->zero_window_probes,
+			(unsigned long long)y->zero_window_probes);
+	}
+	if (pa.c)
+		tcp_abort(pa.c);
+	return done ? done - start : UINT64_MAX;
+}
+
+static void echo_free(struct link *l)
+{
+	link_free(l);
+	th_free(l->side[0]);
+	th_free(l->side[1]);
+}
+
+/* Sender-side SWS avoidance (RFC 9293 section 3.8.6.2.1, RFC 1122
+ * 4.2.3.4): bulk echo through a flow-controlled echo server is carried in
+ * full-sized segments both ways, with about one ACK per two segments. */
+static void test_echo_no_silly_window(void)
+{
+	struct link l;
+	struct tcp_conf conf;
+	tcp_conf_defaults(&conf);
+	conf.time_wait_us = 1000000;
+	conf.max_conns = 16;
+	conf.time_wait_max = 16;
+	const size_t total = 8u << 20;
+	uint64_t took = echo_run(&l, &conf, total, 0, 61);
+	uint64_t full = total / 1448;
+	for (int s = 0; s < 2; s++) {
+		/* Full segments carry 1448 bytes (1460 less timestamps).  The
+		 * client writes 8 KiB at a time and each write may end in a
+		 * short segment (no Nagle), so allow 1/8 more segments than
+		 * full ones, but only 1% below 536 bytes. */
+		CU_ASSERT(l.data_bytes[s] == total);
+		CU_ASSERT(l.data_segs[s] <= full + full / 8);
+		CU_ASSERT(l.small_segs[s] <= full / 100);
+		CU_ASSERT(l.tiny_segs[s] <= 16);
+		/* Pure ACKs: the delayed-ACK rule gives about one per two
+		 * segments; window updates must not add a storm of them. */
+		CU_ASSERT(l.pure_acks[s] <= full);
+	}
+	/* 8 MiB over a 1 ms-RTT link with 256 KiB windows: about 40 ms when
+	 * the window is the limit; a silly-window exchange takes many times
+	 * longer. */
+	CU_ASSERT(took < 150000);
+	echo_free(&l);
+}
+
+/* A client that reads in small slices (500 bytes per offer) must not make
+ * the echo server send small segments: the window is reopened only in
+ * steps of at least min(rcvbuf/2, MSS) (RFC 9293 section 3.8.6.2.2). */
+static void test_echo_slow_reader(void)
+{
+	struct link l;
+	struct tcp_conf conf;
+	tcp_conf_defaults(&conf);
+	conf.time_wait_us = 1000000;
+	conf.max_conns = 16;
+	conf.time_wait_max = 16;
+	conf.sndbuf = conf.rcvbuf = 32 * 1024;
+	const size_t total = 1u << 20;
+	echo_run(&l, &conf, total, 500, 62);
+	uint64_t full = total / 1448;
+	for (int s = 0; s < 2; s++) {
+		CU_ASSERT(l.data_bytes[s] == total);
+		CU_ASSERT(l.data_segs[s] <= full + full / 20);
+		CU_ASSERT(l.small_segs[s] <= full / 50);
+		CU_ASSERT(l.tiny_segs[s] <= 16);
+	}
+	echo_free(&l);
+}
+
 /* ---- throughput: two stacks, no loss, a FIFO between them ---------------- */
 
 struct fifo_pkt {
@@ -691,6 +909,8 @@ static CU_TestInfo link_tests[] = {
 	{"transfer across sequence wraparound", test_wraparound_transfer},
 	{"slow consumer over lossy link loses nothing", test_slow_consumer_lossy},
 	{"throughput, clean in-memory link", test_throughput},
+	{"echo with flow control: full-sized segments both ways", test_echo_no_silly_window},
+	{"echo to a reader of 500-byte slices: no small segments", test_echo_slow_reader},
 	CU_TEST_INFO_NULL,
 };
 

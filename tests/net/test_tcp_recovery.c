@@ -607,6 +607,143 @@ static void test_timer_wheel(void)
 	CU_ASSERT_EQUAL(wheel.count, 0);
 }
 
+/* ---- silly window syndrome (RFC 9293 section 3.8.6.2) --------------------- */
+
+/* Receiver side: an app reading 100 bytes at a time from a full buffer
+ * gets no window update until it has freed min(rcvbuf/2, MSS), and no
+ * update ever moves the right edge by less than an MSS. */
+static void test_window_update_after_sws_threshold(void)
+{
+	struct tcp_conf conf;
+	tcp_conf_defaults(&conf);
+	conf.rcvbuf = conf.sndbuf = 16384;
+	conf.max_conns = 8;
+	conf.time_wait_max = 8;
+	setup_conf(&conf);
+	uint32_t iss = open_conn();
+	app.paused = true;
+	for (uint32_t off = 0; off < 16384; off += 1460) {
+		uint32_t n = 16384 - off < 1460 ? 16384 - off : 1460;
+		peer(PEER_ISN + 1 + off, iss + 1, TH_ACK, pattern + off, n);
+	}
+	th_poll(h);
+	CU_ASSERT_EQUAL(th_last(h)->ack, PEER_ISN + 1 + 16384);
+	CU_ASSERT_EQUAL(th_last(h)->wnd, 0);
+	th_clear(h);
+	app.paused = false;
+	app.consume_max = 100;
+	uint32_t freed = 0, last_edge = PEER_ISN + 1 + 16384;
+	unsigned updates = 0;
+	while (freed < 16384) {
+		tcp_recv_resume(app.c);
+		th_poll(h);
+		freed = (uint32_t)app.rx_len;
+		if (updates == 0) {
+			/* MSS = 1460 < 16384 / 2: nothing before that is freed. */
+			if (freed < 1460) {
+				CU_ASSERT_EQUAL_FATAL(h->ncap, 0);
+			} else {
+				CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+			}
+		}
+		for (unsigned i = updates; i < h->ncap; i++) {
+			struct th_seg *u = &h->cap[i];
+			CU_ASSERT_EQUAL(u->len, 0);
+			CU_ASSERT_EQUAL(u->ack, PEER_ISN + 1 + 16384);
+			uint32_t edge = u->ack + u->wnd;
+			CU_ASSERT(edge - last_edge >= 1460);
+			CU_ASSERT(u->wnd <= freed);
+			last_edge = edge;
+		}
+		updates = h->ncap;
+	}
+	CU_ASSERT_EQUAL(app.rx_len, 16384);
+	CU_ASSERT_EQUAL(memcmp(app.rx, pattern, 16384), 0);
+	/* Steps of 1 MSS while the window is small, then of 2 MSS. */
+	CU_ASSERT(updates >= 4 && updates <= 8);
+	CU_ASSERT(last_edge + 2920 > PEER_ISN + 1 + 16384 + 16384);
+	teardown();
+}
+
+/* Sender side: a window that opens a little while data waits gets full
+ * segments only; a small window with nothing in flight is used when the
+ * override timer fires (RFC 1122 section 4.2.3.4). */
+static void test_sender_sws_avoidance(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	struct tcp_conn *c = app.c;
+	/* The peer offers 3000 bytes: two full segments, not a third of 80. */
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1, TH_ACK, 3000, TH_NOOPTS, NULL, 0);
+	CU_ASSERT_EQUAL(tcp_send(c, pattern, 20000), 20000);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 2);
+	CU_ASSERT_EQUAL(h->cap[0].len, 1460);
+	CU_ASSERT_EQUAL(h->cap[1].len, 1460);
+	th_clear(h);
+	/* Acknowledged, and the window slides by what was acknowledged plus
+	 * 200 bytes: 3200 usable -> two full segments again, 280 held. */
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1 + 2920, TH_ACK, 3200, TH_NOOPTS, NULL, 0);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 2);
+	CU_ASSERT_EQUAL(h->cap[0].len, 1460);
+	CU_ASSERT_EQUAL(h->cap[1].len, 1460);
+	th_clear(h);
+	/* All acknowledged, window 300: nothing in flight, 300 < MSS and
+	 * < half the largest window (65535): held until the override timer. */
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1 + 5840, TH_ACK, 300, TH_NOOPTS, NULL, 0);
+	CU_ASSERT_EQUAL(h->ncap, 0);
+	CU_ASSERT_TRUE(net_timer_armed(&c->rtx_timer));
+	th_advance(h, 100000);
+	CU_ASSERT_EQUAL(h->ncap, 0);
+	for (int i = 0; i < 2000 && h->ncap == 0; i++)
+		th_advance(h, 1000);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_EQUAL(h->cap[0].seq, iss + 1 + 5840);
+	CU_ASSERT_EQUAL(h->cap[0].len, 300);
+	CU_ASSERT_EQUAL(memcmp(h->cap[0].data, pattern + 5840, 300), 0);
+	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->zero_window_probes, 0);
+	th_clear(h);
+	/* Window 2000: one full segment; the 540 bytes after it wait for
+	 * its ACK, which then opens a full segment's worth. */
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1 + 6140, TH_ACK, 2000, TH_NOOPTS, NULL, 0);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_EQUAL(h->cap[0].len, 1460);
+	th_clear(h);
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1 + 7600, TH_ACK, 3000, TH_NOOPTS, NULL, 0);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 2);
+	CU_ASSERT_EQUAL(h->cap[0].seq, iss + 1 + 7600);
+	CU_ASSERT_EQUAL(h->cap[0].len, 1460);
+	CU_ASSERT_EQUAL(h->cap[1].len, 1460);
+	teardown();
+}
+
+/* The peer's window counts from the ACK it came with: a retransmitted
+ * segment (older SEG.SEQ) whose ACK advances SND.UNA updates the window
+ * too, or the right edge would move forward by the bytes acknowledged. */
+static void test_window_from_retransmitted_segment(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	struct tcp_conn *c = app.c;
+	/* The peer's 200 bytes are lost; its next segment, a bare ACK at its
+	 * SND.NXT, sets SND.WL1 beyond our RCV.NXT and offers 2920 bytes. */
+	th_send(h, PP, 25, PEER_ISN + 201, iss + 1, TH_ACK, 2920, TH_NOOPTS, NULL, 0);
+	CU_ASSERT_EQUAL(c->snd_wl1, PEER_ISN + 201);
+	th_clear(h);
+	CU_ASSERT_EQUAL(tcp_send(c, pattern, 10000), 10000);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 2);
+	th_clear(h);
+	/* It retransmits the lost bytes (SEG.SEQ < SND.WL1), acknowledging
+	 * our 2920 bytes with its window closed. */
+	th_send(h, PP, 25, PEER_ISN + 1, iss + 1 + 2920, TH_ACK, 0, TH_NOOPTS, pattern, 200);
+	CU_ASSERT_EQUAL(c->snd_una, iss + 1 + 2920);
+	CU_ASSERT_EQUAL(c->snd_wnd, 0);
+	for (unsigned i = 0; i < h->ncap; i++)
+		CU_ASSERT_EQUAL(h->cap[i].len, 0);
+	/* SND.WL1 did not move back. */
+	CU_ASSERT_EQUAL(c->snd_wl1, PEER_ISN + 201);
+	teardown();
+}
+
 static CU_TestInfo rec_tests[] = {
 	{"lost middle segment: fast retransmit, every byte",
 	 test_lost_middle_segment_fast_retransmit},
@@ -626,6 +763,10 @@ static CU_TestInfo rec_tests[] = {
 	{"duplicate segment ACKed at once", test_duplicate_segment_acked_at_once},
 	{"pure ACK sequence inside the peer's window", test_ack_seq_inside_peer_window},
 	{"timer wheel", test_timer_wheel},
+	{"receiver SWS: window update once the threshold is freed",
+	 test_window_update_after_sws_threshold},
+	{"sender SWS: full segments, override timer", test_sender_sws_avoidance},
+	{"window taken from a retransmitted segment's ACK", test_window_from_retransmitted_segment},
 	CU_TEST_INFO_NULL,
 };
 

@@ -345,12 +345,21 @@ static void test_send_buffer_full_then_writable(void)
 	CU_ASSERT_EQUAL(tcp_send_space(app.c), 0);
 	CU_ASSERT_EQUAL(tcp_send(app.c, big, 10), 0);
 	CU_ASSERT_EQUAL(app.writable, 0);
+	/* A few KiB freed: not yet worth waking the writer (it would queue
+	 * tiny pieces that leave as tiny segments). */
 	peer(PEER_ISN + 1, iss + 1 + 2920, TH_ACK, NULL, 0);
-	CU_ASSERT_EQUAL(app.writable, 1);
+	CU_ASSERT_EQUAL(app.writable, 0);
 	CU_ASSERT_EQUAL(tcp_send_space(app.c), 2920);
+	/* A quarter of the buffer free: woken. */
+	uint32_t q = h->conf.sndbuf / 4;
+	peer(PEER_ISN + 1, iss + 1 + q, TH_ACK, NULL, 0);
+	CU_ASSERT_EQUAL(app.writable, 1);
+	CU_ASSERT_EQUAL(tcp_send_space(app.c), q);
 	/* An app that sends exactly the free space is woken too. */
-	CU_ASSERT_EQUAL(tcp_send(app.c, big, 2920), 2920);
-	peer(PEER_ISN + 1, iss + 1 + 5840, TH_ACK, NULL, 0);
+	CU_ASSERT_EQUAL(tcp_send(app.c, big, q), (ssize_t)q);
+	peer(PEER_ISN + 1, iss + 1 + 2 * q - 1, TH_ACK, NULL, 0);
+	CU_ASSERT_EQUAL(app.writable, 1);
+	peer(PEER_ISN + 1, iss + 1 + 2 * q, TH_ACK, NULL, 0);
 	CU_ASSERT_EQUAL(app.writable, 2);
 	teardown();
 }
