@@ -51,8 +51,9 @@ struct tcp_conn_ops {
 	 */
 	size_t (*on_data)(struct tcp_conn *c, void *user, const uint8_t *data, size_t len);
 	/**
-	 * Send space became available after tcp_send() returned less than
-	 * asked or filled the send buffer.
+	 * Send space became available (at least a quarter of the send buffer
+	 * free, or all of it) after tcp_send() returned less than asked or
+	 * filled the send buffer.
 	 */
 	void (*on_writable)(struct tcp_conn *c, void *user);
 	/** Peer sent FIN: no more data will arrive.  We may still send. */
