@@ -5,8 +5,8 @@
 
 MX_BUILD_PKGS="meson ninja-build pkg-config gcc libdpdk-dev dpdk dpdk-dev libssl-dev openssl
 	libjemalloc-dev libcunit1-dev liburing-dev iproute2 iputils-ping procps"
-MX_DEMO_PKGS="swaks postfix unbound"
-MX_TEST_PKGS="clang libclang-rt-14-dev swaks python3 python3-dkim postfix
+MX_DEMO_PKGS="swaks libnet-ssleay-perl libio-socket-inet6-perl postfix unbound"
+MX_TEST_PKGS="clang libclang-rt-14-dev swaks libnet-ssleay-perl libio-socket-inet6-perl python3 python3-dkim postfix
 	nsd unbound ldnsutils dnsutils tcpdump curl bc"
 
 mx_install() {
