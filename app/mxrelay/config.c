@@ -121,6 +121,14 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	if (rc->n_listen == 0)
 		rc->listen[rc->n_listen++] = 25;
 	cfg_key_u64(cf, r, "smtp", "max_connections", 1, 10000000, &rc->max_connections);
+	rc->max_connections_per_ip = 1000;
+	cfg_key_u64(cf, r, "smtp", "max_connections_per_ip", 1, 10000000,
+		    &rc->max_connections_per_ip);
+	rc->auth_failures_per_ip = 10;
+	cfg_key_u64(cf, r, "smtp", "auth_failures_per_ip", 1, 1000000, &rc->auth_failures_per_ip);
+	rc->auth_block_us = 300000000ull;
+	cfg_key_duration(cf, r, "smtp", "auth_block_time", 1000000, 86400000000ull,
+			 &rc->auth_block_us);
 	rc->shutdown_timeout_us = 10000000;
 	cfg_key_duration(cf, r, "smtp", "shutdown_timeout", 0, 3600000000ull, &rc->shutdown_timeout_us);
 	cfg_key_str(cf, r, "smtp", "users", rc->users_file, sizeof(rc->users_file));

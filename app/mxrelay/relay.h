@@ -38,6 +38,9 @@ struct relay_config {
 	uint16_t listen[RELAY_MAX_LISTEN];
 	unsigned n_listen;
 	uint64_t max_connections;
+	uint64_t max_connections_per_ip; /* per client address, over all workers */
+	uint64_t auth_failures_per_ip;   /* failed AUTH attempts before a client is blocked */
+	uint64_t auth_block_us;          /* ... for this long (454 4.7.0 to AUTH) */
 	uint64_t shutdown_timeout_us; /* SIGTERM: how long open sessions may finish */
 	char users_file[512]; /* AUTH credentials (tools/mxpasswd writes it) */
 	/* [tls] */

@@ -31,6 +31,8 @@
 #define TIMEOUT_SCAN_US 250000u
 #define SPOOL_BATCH 64
 #define SIGNER_POOL 32 /* idle DKIM signers kept per worker */
+#define CLIENT_SETS 1024 /* per-client table: sets of CLIENT_WAYS entries, per worker */
+#define CLIENT_WAYS 8
 
 struct smtpd_conn {
 	struct smtpd *d;
@@ -49,6 +51,7 @@ struct smtpd_conn {
 	bool commit_pending; /* spool cookie points at us */
 	bool reaped;         /* on the reap list */
 	bool input_held;     /* the session or TLS took less than offered */
+	bool counted;        /* holds a connection slot of its client entry */
 	char tls_version[16], tls_cipher[64];
 	uint8_t *out;
 	size_t out_len;
@@ -77,6 +80,17 @@ struct smtpd {
 		struct dkim_signer *s;
 	} signers[SIGNER_POOL];
 	unsigned n_signers;
+	/*
+	 * Per client address: open connections and recent AUTH failures.  A
+	 * full set fails open (the connection is served) and is counted.
+	 */
+	struct client_entry {
+		uint32_t ip;
+		uint32_t conns;
+		uint32_t auth_failures;
+		uint64_t blocked_until_us;
+	} *clients;
+	uint64_t max_conns_per_ip; /* this worker's share */
 	struct smtpd_listener {
 		struct smtpd *d;
 		unsigned index; /* into conf->listen and sh->listener_conf */
@@ -85,6 +99,7 @@ struct smtpd {
 
 static const struct tcp_conn_ops conn_tcp_ops;
 static const struct tls_conn_ops conn_tls_ops;
+static struct client_entry *client_find(struct smtpd *d, uint32_t ip, bool create, uint64_t now);
 static const struct smtp_server_cb conn_smtp_cb;
 
 /* ---- output ------------------------------------------------------------------- */
@@ -418,11 +433,31 @@ static bool smtp_may_start(void *user)
 static int smtp_auth(void *user, const char *authzid, const char *authcid, const char *pass)
 {
 	struct smtpd_conn *c = user;
-	if (c->d->sh->users == NULL)
+	struct smtpd *d = c->d;
+	const struct relay_config *conf = d->sh->conf;
+	uint64_t now = mx_now_us();
+	struct client_entry *ce = client_find(d, c->client_ip, true, now);
+	if (ce != NULL && ce->blocked_until_us > now) {
+		d->stats.auth_blocked++;
+		return -EAGAIN; /* 454 4.7.0: this client failed too often lately */
+	}
+	if (d->sh->users == NULL)
 		return -EACCES;
-	if (authzid != NULL && authzid[0] != '\0' && strcmp(authzid, authcid) != 0)
-		return -EACCES; /* no proxy authorisation */
-	return smtp_cred_verify(c->d->sh->users, authcid, pass) == 0 ? 0 : -EACCES;
+	int rc = -EACCES;
+	if (authzid == NULL || authzid[0] == '\0' || strcmp(authzid, authcid) == 0)
+		rc = smtp_cred_verify(d->sh->users, authcid, pass) == 0 ? 0 : -EACCES;
+	if (rc != 0 && ce != NULL && ++ce->auth_failures >= conf->auth_failures_per_ip) {
+		/* Rate limit per client (RFC 4954 section 4): block AUTH for a while. */
+		ce->auth_failures = 0;
+		ce->blocked_until_us = now + conf->auth_block_us;
+		MX_WARN("smtpd: [%u.%u.%u.%u]: %u failed AUTH attempts; AUTH refused for %llu s",
+			c->client_ip >> 24, (c->client_ip >> 16) & 255, (c->client_ip >> 8) & 255,
+			c->client_ip & 255, (unsigned)conf->auth_failures_per_ip,
+			(unsigned long long)(conf->auth_block_us / 1000000));
+	}
+	if (rc == 0 && ce != NULL)
+		ce->auth_failures = 0;
+	return rc;
 }
 
 static void smtp_msg_begin(void *user)
@@ -529,6 +564,32 @@ static const struct smtp_server_cb conn_smtp_cb = {
 	.message_abort = smtp_msg_abort,
 };
 
+/* ---- per-client limits -------------------------------------------------------------- */
+
+static struct client_entry *client_find(struct smtpd *d, uint32_t ip, bool create, uint64_t now)
+{
+	if (d->clients == NULL)
+		return NULL;
+	uint32_t h = ip * 2654435761u;
+	struct client_entry *set = &d->clients[(h >> 16) % CLIENT_SETS * CLIENT_WAYS];
+	struct client_entry *free_slot = NULL;
+	for (unsigned i = 0; i < CLIENT_WAYS; i++) {
+		if (set[i].ip == ip && (set[i].conns || set[i].blocked_until_us > now ||
+					set[i].auth_failures))
+			return &set[i];
+		if (free_slot == NULL && set[i].conns == 0 && set[i].blocked_until_us <= now)
+			free_slot = &set[i];
+	}
+	if (!create)
+		return NULL;
+	if (free_slot == NULL) {
+		d->stats.client_table_full++;
+		return NULL;
+	}
+	*free_slot = (struct client_entry){.ip = ip};
+	return free_slot;
+}
+
 /* ---- connections ---------------------------------------------------------------- */
 
 /* A connection refused with 421: whatever it sends is dropped until it closes. */
@@ -555,6 +616,11 @@ static const struct tcp_conn_ops refused_ops = {
 static void conn_free(struct smtpd_conn *c)
 {
 	struct smtpd *d = c->d;
+	if (c->counted) {
+		struct client_entry *ce = client_find(d, c->client_ip, false, 0);
+		if (ce != NULL && ce->conns > 0)
+			ce->conns--;
+	}
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else if (d->live == c)
@@ -581,7 +647,11 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 
 	tcp_conn_endpoints(tc, &laddr, &lport, &raddr, &rport);
 	d->stats.connections++;
-	if (d->draining || d->stats.open >= d->max_conns) {
+	struct client_entry *ce = client_find(d, raddr, true, mx_now_us());
+	bool per_ip = ce != NULL && ce->conns >= d->max_conns_per_ip;
+	if (per_ip)
+		d->stats.refused_per_ip++;
+	if (d->draining || d->stats.open >= d->max_conns || per_ip) {
 		char busy[512];
 		int n = smtp_server_format_busy_greeting(busy, sizeof(busy), conf->hostname);
 		d->stats.refused_busy++;
@@ -599,6 +669,10 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 	c->tc = tc;
 	c->client_ip = raddr;
 	c->implicit_tls = conf->listener == SMTP_LISTENER_IMPLICIT_TLS;
+	if (ce != NULL) {
+		ce->conns++;
+		c->counted = true;
+	}
 	if (smtp_session_new(conf, &conn_smtp_cb, c, &d->smtp_stats, raddr,
 			     ((uint64_t)d->worker << 48) | ++d->session_seq, &c->s) != 0) {
 		free(c);
@@ -645,6 +719,9 @@ struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, 
 	d->worker = w;
 	d->dl = dl;
 	d->max_conns = sh->conf->max_connections / sh->n_workers + 1;
+	/* Flows of one client spread over the workers: each enforces its share. */
+	d->max_conns_per_ip = (sh->conf->max_connections_per_ip + sh->n_workers - 1) / sh->n_workers;
+	d->clients = calloc((size_t)CLIENT_SETS * CLIENT_WAYS, sizeof(*d->clients));
 	int rc = spool_open(&sh->conf->spool, w, recovered, d, &rs, &d->spool);
 	if (rc != 0) {
 		MX_ERR("worker %u: spool %s: %s", w, sh->conf->spool.dir, strerror(-rc));
@@ -774,6 +851,7 @@ void smtpd_destroy(struct smtpd *d)
 	spool_close(d->spool);
 	for (unsigned i = 0; i < d->n_signers; i++)
 		dkim_signer_free(d->signers[i].s);
+	free(d->clients);
 	free(d);
 }
 
@@ -908,6 +986,9 @@ void smtpd_stats_foreach(const struct smtpd *d,
 	fn(arg, "smtpd_tls_failures", d->stats.tls_failures);
 	fn(arg, "smtpd_messages_queued", d->stats.messages_queued);
 	fn(arg, "smtpd_commit_failures", d->stats.commit_failures);
+	fn(arg, "smtpd_refused_per_ip", d->stats.refused_per_ip);
+	fn(arg, "smtpd_auth_blocked", d->stats.auth_blocked);
+	fn(arg, "smtpd_client_table_full", d->stats.client_table_full);
 	fn(arg, "dkim_signed", d->stats.dkim_signed);
 	fn(arg, "dkim_failed", d->stats.dkim_failed);
 }
