@@ -125,7 +125,6 @@ int udp_unbind(struct net_stack *st, uint16_t port);
 int udp_send(struct net_stack *st, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
 	     const void *data, size_t len);
 
-#endif
 
 /* ==== ports and the per-core stack (lib/net/port.c, stack.c) ============ */
 
@@ -284,3 +283,5 @@ struct net_idle {
  */
 void net_stack_idle(struct net_stack *st, struct net_idle *idle, bool worked, uint64_t now_us,
 		    uint64_t max_sleep_us);
+
+#endif
