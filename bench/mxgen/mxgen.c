@@ -35,6 +35,7 @@
 #include "dns.h"
 #include "hist.h"
 #include "net.h"
+#include "netjson.h"
 #include "smtp.h"
 
 #include <errno.h>
@@ -667,23 +668,10 @@ static int worker_main(void *arg)
 /* lib/net's view, for telling a dead link from a slow peer (after the workers stopped). */
 static void json_net(FILE *f)
 {
-	uint64_t rx = 0, tx = 0, drops = 0, arp_fail = 0, retrans = 0, rto = 0, estab = 0;
-	for (unsigned i = 0; i < dp.n_workers; i++) {
-		if (workers[i].st == NULL)
-			continue;
-		struct net_stats ns;
-		net_stack_get_stats(workers[i].st, &ns);
-		const struct tcp_stats *ts = net_stack_tcp_stats(workers[i].st);
-		rx += ns.rx_pkts, tx += ns.tx_pkts, drops += ns.tx_drops + ns.tx_nombuf;
-		arp_fail += ns.arp_resolve_failed;
-		retrans += ts->retransmits, rto += ts->rto_timeouts, estab += ts->conns_established;
-	}
-	fprintf(f,
-		"  \"net\": {\"rx_pkts\": %" PRIu64 ", \"tx_pkts\": %" PRIu64
-		", \"tx_drops\": %" PRIu64 ", \"arp_resolve_failed\": %" PRIu64
-		", \"tcp_established\": %" PRIu64 ", \"tcp_retransmits\": %" PRIu64
-		", \"tcp_rto_timeouts\": %" PRIu64 "},\n",
-		rx, tx, drops, arp_fail, estab, retrans, rto);
+	struct net_stack *stacks[MAX_WORKERS];
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		stacks[i] = workers[i].st;
+	bench_json_net(f, stacks, dp.n_workers);
 }
 
 struct totals {
