@@ -4,9 +4,9 @@
  * lib/queue decides (RESOLVE, CONNECT, SEND, CLOSE); this file executes
  * those decisions and reports back:
  *
- *   RESOLVE  -> dns_mail_lookup on this worker's resolver (lib/dns over
- *               lib/net UDP from a small block of bound source ports, the
- *               cache shared by all workers); no [dns] resolvers: tempfail.
+ *   RESOLVE  -> resolve_mail() on this worker's resolver (resolve.c: lib/dns
+ *               over lib/net, the cache shared by all workers); no [dns]
+ *               resolvers: tempfail.
  *   CONNECT  -> tcp_connect to each address of the route in turn; on
  *               on_connected an smtp_client reads the greeting, EHLO and,
  *               when offered, STARTTLS (lib/tls client, per-core session
@@ -39,6 +39,7 @@
  */
 #include "deliver.h"
 #include "queue.h"
+#include "resolve.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -56,14 +57,6 @@
 #define TLS_CACHE_CAPACITY 1024u
 #define REPLY_TEXT_MAX 600
 #define DSN_PENDING_MAX 4096u /* DSNs between spool commit and completion */
-/*
- * The resolver's UDP source ports: a block per worker, each bound with
- * udp_bind (lib/net keeps at most 64 binds per core, so the block is small;
- * a udp_bind_range in lib/net would allow RFC 5452's wide port spread).
- */
-#define DNS_PORT_BASE 40000u
-#define DNS_PORTS 32u
-#define DNS_DRAIN_US 3000000ull /* at shutdown, wait this long for lookups in flight */
 
 struct dsess {
 	struct deliver *dl;
@@ -129,18 +122,12 @@ struct deliver {
 	struct backlog *backlog, **backlog_tail;
 	uint64_t *finish_ids; /* recovered messages with nothing left to do */
 	size_t finish_n, finish_cap;
-	struct dns_resolver *dns;
-	unsigned dns_tid;
-	uint16_t dns_port_lo;
-	unsigned dns_ports_bound;
+	struct resolve *dns; /* NULL: no [dns] resolvers */
 	struct dsn_pending *dsn_pending;
 	unsigned dsn_pending_n;
 	uint64_t dsn_seq;
 	bool destroying;
 };
-
-/* The DNS cache all workers share (lock-free reads); NULL without [dns] resolvers. */
-static struct dns_cache *dns_shared;
 
 static int64_t wall_us(void)
 {
@@ -1078,92 +1065,21 @@ static void do_resolve(struct deliver *dl, uint64_t dest, const char *name)
 		return;
 	}
 	*rc = (struct resolve_ctx){.dl = dl, .dest = dest};
-	int err = dns_mail_lookup(dl->dns, name, resolved, rc);
+	int err = resolve_mail(dl->dns, name, resolved, rc);
 	if (err < 0) {
 		free(rc);
 		resolve_tempfail(dl, dest, err == -EINVAL ? "bad domain" : "DNS lookup table full");
 	}
 }
 
-static int dns_send(void *ctx, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt,
-		    size_t len, bool tcp)
-{
-	struct deliver *dl = ctx;
-	if (tcp)
-		return -EOPNOTSUPP; /* DNS over lib/net TCP: not yet; the resolver moves on */
-	return udp_send(dl->st, 0, src_port, server_ip, dl->conf->dns.resolver_port, pkt, len);
-}
-
-static const struct dns_resolver_ops deliver_dns_ops = {.send = dns_send};
-
-static void dns_udp_in(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
-		       const uint8_t *data, size_t len)
-{
-	struct deliver *dl = ctx;
-	(void)dst;
-	dns_resolver_input(dl->dns, src, sport, dport, data, len, false);
-}
-
-static int dns_setup(struct deliver *dl)
-{
-	if (dns_shared == NULL)
-		return 0;
-	int rc = dns_cache_register_thread(dns_shared, &dl->dns_tid);
-	if (rc != 0)
-		return rc;
-	dl->dns_port_lo = (uint16_t)(DNS_PORT_BASE + dl->worker * DNS_PORTS);
-	for (unsigned i = 0; i < DNS_PORTS; i++) {
-		rc = udp_bind(dl->st, (uint16_t)(dl->dns_port_lo + i), dns_udp_in, dl);
-		if (rc != 0)
-			return rc;
-		dl->dns_ports_bound++;
-	}
-	dl->dns = dns_resolver_create(dns_shared, dl->dns_tid, &deliver_dns_ops, dl,
-				      dl->dns_port_lo, (uint16_t)(dl->dns_port_lo + DNS_PORTS - 1));
-	return dl->dns != NULL ? 0 : -ENOMEM;
-}
-
-static void dns_teardown(struct deliver *dl)
-{
-	if (dl->dns != NULL) {
-		/* Lookups in flight hold state freed by their completion: let them end. */
-		uint64_t end = mx_now_us() + DNS_DRAIN_US;
-		while (dns_resolver_inflight(dl->dns) > 0 && mx_now_us() < end) {
-			net_stack_poll(dl->st, mx_now_us());
-			dns_resolver_poll(dl->dns, mx_now_us());
-		}
-		if (dns_resolver_inflight(dl->dns) > 0)
-			MX_WARN("worker %u: DNS lookups still in flight at shutdown", dl->worker);
-		else
-			dns_resolver_destroy(dl->dns);
-		dl->dns = NULL;
-	}
-	for (unsigned i = 0; i < dl->dns_ports_bound; i++)
-		udp_unbind(dl->st, (uint16_t)(dl->dns_port_lo + i));
-	dl->dns_ports_bound = 0;
-	if (dns_shared != NULL)
-		dns_cache_unregister_thread(dns_shared, dl->dns_tid);
-}
-
 int deliver_shared_init(const struct relay_config *conf)
 {
-	if (conf->dns.resolver_count == 0) {
-		MX_INFO("no [dns] resolvers: only address literals and a smarthost by address are "
-			"delivered");
-		return 0;
-	}
-	dns_shared = dns_cache_create(&conf->dns, "mxdeliver");
-	if (dns_shared == NULL) {
-		MX_ERR("deliver: cannot create the DNS cache");
-		return -ENOMEM;
-	}
-	return 0;
+	return resolve_shared_init(conf);
 }
 
 void deliver_shared_free(void)
 {
-	dns_cache_destroy(dns_shared);
-	dns_shared = NULL;
+	resolve_shared_free();
 }
 
 static void sess_free(struct deliver *dl, struct dsess *s)
@@ -1236,7 +1152,7 @@ unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
 	unsigned work = backlog_run(dl);
 
 	if (dl->dns != NULL)
-		dns_resolver_poll(dl->dns, now_us);
+		resolve_poll(dl->dns, now_us);
 	int n = queue_poll(dl->q, wall_us(), acts, ACTIONS_PER_POLL);
 	/*
 	 * Names and routes are valid only until the next call on the queue, and
@@ -1268,7 +1184,7 @@ unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
 	work += n > 0 ? (unsigned)n : 0;
 	work += sessions_run(dl, now_us);
 	if (dl->dns != NULL)
-		dns_cache_quiescent(dns_shared, dl->dns_tid); /* no cache entry held past here */
+		resolve_quiescent(dl->dns); /* no cache entry held past here */
 	return work;
 }
 
@@ -1310,15 +1226,12 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 		MX_ERR("deliver: smtp client: %s", err);
 		goto fail;
 	}
-	if (dns_setup(dl) != 0) {
-		MX_ERR("worker %u: cannot set up the DNS resolver", worker);
-		dns_teardown(dl);
+	if (resolve_create(conf, st, worker, &dl->dns) != 0)
 		goto fail;
-	}
 	dl->q = queue_create(&dl->qc, &deliver_queue_ops, dl);
 	if (dl->q == NULL) {
 		MX_ERR("deliver: cannot create the queue");
-		dns_teardown(dl);
+		resolve_destroy(dl->dns);
 		goto fail;
 	}
 	if (dl->qc.smarthost_set)
@@ -1341,7 +1254,7 @@ void deliver_destroy(struct deliver *dl)
 		sess_abort_tcp(s);
 		sess_free(dl, s);
 	}
-	dns_teardown(dl); /* completions see destroying: they only free their state */
+	resolve_destroy(dl->dns); /* completions see destroying: they only free their state */
 	queue_destroy(dl->q);
 	while (dl->backlog != NULL) {
 		struct backlog *b = dl->backlog;
