@@ -1337,4 +1337,40 @@ void deliver_stats_foreach(const struct deliver *dl,
 	fn(arg, "deliver_dsn_inject_failures", s->dsn_inject_failures);
 	fn(arg, "deliver_dsn_limit_hits", s->dsn_limit_hits);
 	fn(arg, "deliver_dsn_unknown_commits", s->dsn_unknown_commits);
+	if (dl->dns != NULL)
+		resolve_stats_foreach(dl->dns, fn, arg);
+}
+
+/* ---- control requests (on this worker's lcore) --------------------------------------------- */
+
+int deliver_ctl_queue(struct deliver *dl, FILE *out)
+{
+	(void)dl;
+	(void)out;
+	return -ENOSYS;
+}
+
+int deliver_ctl_show(struct deliver *dl, uint64_t id, FILE *out)
+{
+	(void)dl;
+	(void)id;
+	(void)out;
+	return -ENOSYS;
+}
+
+int deliver_ctl_flush(struct deliver *dl, const char *dest, FILE *out)
+{
+	(void)dl;
+	(void)dest;
+	(void)out;
+	return -ENOSYS;
+}
+
+int deliver_ctl_suspend(struct deliver *dl, const char *dest, bool suspend, FILE *out)
+{
+	(void)dl;
+	(void)dest;
+	(void)suspend;
+	(void)out;
+	return -ENOSYS;
 }

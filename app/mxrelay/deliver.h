@@ -18,6 +18,8 @@
 
 #include "relay.h"
 
+#include <stdio.h>
+
 struct deliver;
 
 /** Once, before the workers start: the shared DNS cache.  0 or -errno (logged). */
@@ -50,5 +52,22 @@ void deliver_destroy(struct deliver *dl);
 /** Every counter (queue_, smtpc_, deliver_ names). */
 void deliver_stats_foreach(const struct deliver *dl,
 			   void (*fn)(void *arg, const char *name, uint64_t value), void *arg);
+
+/*
+ * Control requests (mxctl queue / show / flush / suspend / resume).  They run
+ * on the worker's own lcore (control.c hands them over and waits), write
+ * human-readable lines to out, and return 0 or -errno: -ENOENT nothing by
+ * that id or name on this worker, -ENOSYS not available.
+ *
+ *   queue        one line per destination this worker owns: name, queued,
+ *                in flight, connections, state (ready, backoff until, suspended)
+ *   show ID      the message's envelope and the state of each recipient
+ *   flush DEST   retry now (DEST NULL: every destination)
+ *   suspend DEST / resume DEST   hold a destination's queue (messages stay)
+ */
+int deliver_ctl_queue(struct deliver *dl, FILE *out);
+int deliver_ctl_show(struct deliver *dl, uint64_t id, FILE *out);
+int deliver_ctl_flush(struct deliver *dl, const char *dest, FILE *out);
+int deliver_ctl_suspend(struct deliver *dl, const char *dest, bool suspend, FILE *out);
 
 #endif

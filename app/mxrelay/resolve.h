@@ -37,5 +37,12 @@ int resolve_mail(struct resolve *r, const char *domain, dns_mail_cb cb, void *ar
 /** Timers and retransmissions. */
 void resolve_poll(struct resolve *r, uint64_t now_us);
 /** End of a poll turn: no cache entry is held past this point (RCU). */
-void resolve_quiescent(struct resolve *r);
+void resolve_quiescent(struct resolve *r);/**
+ * Counters of this worker's resolver and the cache as seen from it (dns_
+ * names: hits, misses, coalesced, upstream queries, timeouts, stale served,
+ * evictions, ...).
+ */
+void resolve_stats_foreach(const struct resolve *r,
+			   void (*fn)(void *arg, const char *name, uint64_t value), void *arg);
+
 #endif
