@@ -22,15 +22,22 @@
  *               (odd spool cookie: smtpd_poll hands its completion back
  *               through deliver_commit_done) and then queued like any other.
  *
- * Single-owner path: every destination is queued on the core that accepted
- * the message, whatever queue_dest_owner() says (counted in
- * deliver_foreign_owner).  This machine runs one worker, so owner ==
- * accepting core.  The multi-core path still needs: one bounded MP/SC
- * rte_ring per worker carrying queue_desc pointers to the owner (a counter
- * when full, then a local retry list), and a second ring carrying results
- * (mark delivered/deferred/bounced, finish, body reads) back to the core
- * that owns the spool segment (spool_id_core()), because spool marks and
- * body reads must happen there.
+ * Owner cores.  Each destination has one owner worker (queue_dest_owner: a
+ * hash of its name), so its connection limits, pooled sessions and backoff
+ * live in one place.  The worker whose spool holds a message (its spool
+ * core, spool_id_core) splits it and hands each descriptor to the owner
+ * over the owner's mailbox, an MP/SC rte_ring.  Whatever must change the
+ * spool comes back the same way: recipient marks, the DSNs to inject (the
+ * spool core writes them, before the original's finish record, as in the
+ * single-core case) and "descriptor done".  The owner reads a foreign
+ * body straight from the segment file (spool_open_record checks it is
+ * still the message's record; one compacted away costs a deferral and a
+ * LOCATE/RELOC round trip for the new place).  A full ring keeps the
+ * message in an ordered per-target outbox (counted), never drops it.  A
+ * sleeping owner is woken (net_stack_wake) when it has not looked at its
+ * mailbox for a while.  At shutdown deliver_quiesce() aborts the sessions,
+ * flushes the outboxes, waits for every worker at a barrier and applies
+ * the marks that arrived, so the spool cores write them before closing.
  *
  * Nothing acknowledged is lost: a descriptor the queue cannot take stays on
  * a retry list; whatever is not delivered when the relay stops stays in the
@@ -42,11 +49,16 @@
 #include "resolve.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <rte_errno.h>
+#include <rte_ring.h>
 
 #define ACTIONS_PER_POLL 64
 #define CONNECT_TIMEOUT_US (30ull * 1000000)
@@ -57,6 +69,11 @@
 #define TLS_CACHE_CAPACITY 1024u
 #define REPLY_TEXT_MAX 600
 #define DSN_PENDING_MAX 4096u /* DSNs between spool commit and completion */
+#define DELIVER_MAX_WORKERS 64
+#define MBOX_SIZE 16384u	 /* messages waiting in a worker's mailbox */
+#define MBOX_BURST 256u		 /* taken per poll */
+#define MBOX_WAKE_AFTER_US 50u	 /* a mailbox not looked at for this long: wake its worker */
+#define QUIESCE_WAIT_US 2000000u /* shutdown barrier bound */
 
 struct dsess {
 	struct deliver *dl;
@@ -82,7 +99,52 @@ struct dsess {
 	struct smtp_client_rcpt *rcpts;
 	uint8_t *out;
 	size_t out_len;
+	int body_fd; /* another core's segment holding the txn's body, or -1 */
 	struct dsess *next, *prev;
+};
+
+/* What workers send each other (see the file comment). */
+enum dmsg_type {
+	DM_DESC = 1,  /* spool core -> owner: a descriptor to queue */
+	DM_DELIVERED, /* owner -> spool core: recipient marks */
+	DM_DEFERRED,
+	DM_BOUNCED,
+	DM_DONE,   /* owner -> spool core: a descriptor of the message is done */
+	DM_DSN,	   /* owner -> spool core: inject this DSN (rcpt NUL data) */
+	DM_LOCATE, /* owner -> spool core: where is the message now? */
+	DM_RELOC,  /* spool core -> owner: here (or status < 0) */
+};
+
+struct dmsg {
+	struct dmsg *next; /* in an outbox while the target's ring is full */
+	uint8_t type;
+	uint16_t from;
+	uint64_t msg_id;
+	union {
+		struct {
+			struct queue_desc *d;
+			int64_t not_before_us;
+		} desc;
+		struct {
+			uint32_t rcpt_index;
+			int64_t next_retry_s;
+		} mark;
+		uint16_t group_count;
+		struct {
+			uint64_t token; /* the owner's descriptor, opaque to the spool core */
+			int status;
+			struct spool_location loc;
+		} loc;
+	} u;
+	size_t len;  /* of data */
+	char data[]; /* DM_DEFERRED, DM_BOUNCED: text; DM_DSN: rcpt NUL message */
+};
+
+/* A descriptor whose body moved (compaction): its new place was asked for. */
+struct reloc_wait {
+	struct queue_desc *d;
+	uint64_t msg_id;
+	struct reloc_wait *next;
 };
 
 struct group {
@@ -98,7 +160,9 @@ struct backlog {
 };
 
 struct deliver_stats {
-	uint64_t accepted, recovered, split_failures, submit_deferred, backlog, foreign_owner;
+	uint64_t accepted, recovered, split_failures, submit_deferred, backlog;
+	uint64_t handoff_out, handoff_in, mbox_posted, mbox_received, mbox_full, outbox;
+	uint64_t remote_marks, remote_moved, relocated, remote_read_failures, quiesce_dropped;
 	uint64_t connects, connect_failures, tcp_refused, tcp_timeouts, sessions_open;
 	uint64_t resolve_tempfail, mark_failures, finish, group_missing, out_full;
 	uint64_t dsn_injected, dsn_inject_failures, dsn_limit_hits, dsn_unknown_commits;
@@ -126,8 +190,18 @@ struct deliver {
 	struct dsn_pending *dsn_pending;
 	unsigned dsn_pending_n;
 	uint64_t dsn_seq;
-	bool destroying;
+	struct dmsg *outbox[DELIVER_MAX_WORKERS], **outbox_tail[DELIVER_MAX_WORKERS];
+	uint64_t wake_mask; /* mailboxes posted to in this turn */
+	struct reloc_wait *relocs;
+	bool destroying, quiesced;
 };
+
+/* Shared by the workers: their mailboxes and stacks (for wake-ups). */
+static struct rte_ring *mbox[DELIVER_MAX_WORKERS];
+static struct net_stack *_Atomic mbox_stack[DELIVER_MAX_WORKERS];
+static _Atomic uint64_t mbox_seen_us[DELIVER_MAX_WORKERS];
+static unsigned mbox_workers;
+static atomic_uint quiesce_count;
 
 static int64_t wall_us(void)
 {
@@ -165,37 +239,204 @@ static int queue_message(struct deliver *dl, uint64_t id, const struct spool_env
 			 const struct spool_rcpt_status *st, const struct spool_location *loc,
 			 uint32_t flags);
 
+/* ---- mailboxes between workers ------------------------------------------------------- */
+
+/* Is message id in this worker's spool?  (One worker: always.) */
+static bool spool_local(const struct deliver *dl, uint64_t id)
+{
+	return dl->n_workers <= 1 || spool_id_core(id) == dl->worker;
+}
+
+static struct dmsg *dmsg_new(uint8_t type, uint64_t msg_id, size_t len)
+{
+	struct dmsg *m = malloc(sizeof(*m) + len);
+	if (m == NULL)
+		return NULL;
+	memset(m, 0, sizeof(*m));
+	m->type = type;
+	m->msg_id = msg_id;
+	m->len = len;
+	return m;
+}
+
+/* Send m to worker `to`, in order after anything still in its outbox. */
+static void post(struct deliver *dl, unsigned to, struct dmsg *m)
+{
+	m->from = (uint16_t)dl->worker;
+	m->next = NULL;
+	dl->stats.mbox_posted++;
+	if (dl->outbox[to] == NULL && rte_ring_mp_enqueue(mbox[to], m) == 0) {
+		dl->wake_mask |= 1ull << to;
+		return;
+	}
+	if (dl->outbox[to] == NULL)
+		dl->outbox_tail[to] = &dl->outbox[to];
+	*dl->outbox_tail[to] = m;
+	dl->outbox_tail[to] = &m->next;
+	dl->stats.mbox_full++;
+	dl->stats.outbox++;
+}
+
+static unsigned outbox_flush(struct deliver *dl)
+{
+	unsigned n = 0;
+	for (unsigned to = 0; to < mbox_workers; to++) {
+		while (dl->outbox[to] != NULL &&
+		       rte_ring_mp_enqueue(mbox[to], dl->outbox[to]) == 0) {
+			dl->outbox[to] = dl->outbox[to]->next;
+			dl->stats.outbox--;
+			dl->wake_mask |= 1ull << to;
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Wake the workers posted to that have not looked at their mailbox lately (asleep). */
+static void wake_peers(struct deliver *dl)
+{
+	uint64_t now = mx_now_us();
+	for (unsigned to = 0; dl->wake_mask != 0 && to < mbox_workers; to++) {
+		if (!(dl->wake_mask & (1ull << to)))
+			continue;
+		dl->wake_mask &= ~(1ull << to);
+		struct net_stack *st = atomic_load_explicit(&mbox_stack[to], memory_order_acquire);
+		uint64_t seen = atomic_load_explicit(&mbox_seen_us[to], memory_order_relaxed);
+		if (st != NULL && to != dl->worker && now - seen > MBOX_WAKE_AFTER_US)
+			net_stack_wake(st);
+	}
+}
+
+/* A mark for another core's message: text may be NULL. */
+static void post_mark(struct deliver *dl, uint8_t type, const struct queue_desc *d, uint32_t index,
+		      int64_t next_retry_s, const char *text)
+{
+	size_t tl = text ? strlen(text) + 1 : 0;
+	struct dmsg *m = dmsg_new(type, d->msg_id, tl);
+	if (m == NULL) {
+		/* Not written: the recipient is still queued in the spool; a restart retries it. */
+		dl->stats.mark_failures++;
+		return;
+	}
+	m->u.mark.rcpt_index = index;
+	m->u.mark.next_retry_s = next_retry_s;
+	if (tl)
+		memcpy(m->data, text, tl);
+	dl->stats.remote_marks++;
+	post(dl, spool_id_core(d->msg_id), m);
+}
+
+static void reloc_forget(struct deliver *dl, const struct queue_desc *d)
+{
+	for (struct reloc_wait **w = &dl->relocs; *w != NULL; w = &(*w)->next)
+		if ((*w)->d == d) {
+			struct reloc_wait *gone = *w;
+			*w = gone->next;
+			free(gone);
+			return;
+		}
+}
+
+/* The body of d is not where d->loc says: ask its spool core. */
+static void reloc_ask(struct deliver *dl, struct queue_desc *d)
+{
+	for (struct reloc_wait *w = dl->relocs; w != NULL; w = w->next)
+		if (w->d == d)
+			return; /* asked already */
+	struct reloc_wait *w = malloc(sizeof(*w));
+	struct dmsg *m = dmsg_new(DM_LOCATE, d->msg_id, 0);
+	if (w == NULL || m == NULL) {
+		free(w);
+		free(m);
+		return; /* the next attempt asks again */
+	}
+	*w = (struct reloc_wait){.d = d, .msg_id = d->msg_id, .next = dl->relocs};
+	dl->relocs = w;
+	m->u.loc.token = (uint64_t)(uintptr_t)d;
+	post(dl, spool_id_core(d->msg_id), m);
+}
+
+static void reloc_apply(struct deliver *dl, const struct dmsg *m)
+{
+	for (struct reloc_wait **w = &dl->relocs; *w != NULL; w = &(*w)->next) {
+		struct reloc_wait *r = *w;
+		if ((uint64_t)(uintptr_t)r->d != m->u.loc.token || r->msg_id != m->msg_id)
+			continue;
+		if (m->u.loc.status == 0) {
+			r->d->loc =
+				m->u.loc.loc; /* the queue's copy: the next attempt reads there */
+			dl->stats.relocated++;
+		}
+		*w = r->next;
+		free(r);
+		return;
+	}
+}
+
 /* ---- queue callbacks ---------------------------------------------------------------- */
 
-static void q_delivered(void *ctx, const struct queue_desc *d, uint32_t rcpt)
+/*
+ * Write a recipient's new state (DM_DELIVERED, DM_DEFERRED or DM_BOUNCED) to
+ * this worker's spool; a failure is counted and logged (the recipient stays
+ * queued in the spool, so a restart tries it again).
+ */
+static void mark_local(struct deliver *dl, uint8_t type, uint64_t id, uint32_t index,
+		       int64_t next_retry_s, const char *text, unsigned from)
 {
-	struct deliver *dl = ctx;
-	if (rcpt >= d->rcpt_count ||
-	    spool_mark_delivered(dl->spool, d->msg_id, d->rcpts[rcpt].index) != 0)
-		dl->stats.mark_failures++;
+	int rc = type == DM_DELIVERED ? spool_mark_delivered(dl->spool, id, index)
+		 : type == DM_DEFERRED
+			 ? spool_mark_deferred(dl->spool, id, index, next_retry_s, text)
+			 : spool_mark_bounced(dl->spool, id, index, text);
+	if (rc == 0)
+		return;
+	char id_str[SPOOL_ID_LEN + 1];
+	spool_id_format(id, id_str);
+	dl->stats.mark_failures++;
+	MX_WARN("%s: recipient %u: state from worker %u not written: %s", id_str, index, from,
+		strerror(-rc));
 }
 
-static void q_deferred(void *ctx, const struct queue_desc *d, uint32_t rcpt, int64_t next_retry_s,
+/* A recipient's new state (index: in the message's envelope) into the spool that holds it. */
+static void mark(struct deliver *dl, uint8_t type, const struct queue_desc *d, uint32_t index,
+		 int64_t next_retry_s, const char *text)
+{
+	if (spool_local(dl, d->msg_id))
+		mark_local(dl, type, d->msg_id, index, next_retry_s, text, dl->worker);
+	else
+		post_mark(dl, type, d, index, next_retry_s, text);
+}
+
+static void q_delivered(void *ctx, const struct queue_desc *d, uint32_t index)
+{
+	mark(ctx, DM_DELIVERED, d, index, 0, NULL);
+}
+
+static void q_deferred(void *ctx, const struct queue_desc *d, uint32_t index, int64_t next_retry_s,
 		       const char *reply)
 {
-	struct deliver *dl = ctx;
-	if (rcpt >= d->rcpt_count || spool_mark_deferred(dl->spool, d->msg_id, d->rcpts[rcpt].index,
-							 next_retry_s, reply) != 0)
-		dl->stats.mark_failures++;
+	mark(ctx, DM_DEFERRED, d, index, next_retry_s, reply);
 }
 
-static void q_bounced(void *ctx, const struct queue_desc *d, uint32_t rcpt, const char *reason)
+static void q_bounced(void *ctx, const struct queue_desc *d, uint32_t index, const char *reason)
 {
-	struct deliver *dl = ctx;
-	if (rcpt >= d->rcpt_count ||
-	    spool_mark_bounced(dl->spool, d->msg_id, d->rcpts[rcpt].index, reason) != 0)
-		dl->stats.mark_failures++;
+	mark(ctx, DM_BOUNCED, d, index, 0, reason);
 }
 
 static long q_read_body(void *ctx, const struct queue_desc *d, uint64_t off, void *buf, size_t len)
 {
 	struct deliver *dl = ctx;
-	return spool_read_body(dl->spool, d->msg_id, off, buf, len);
+	if (spool_local(dl, d->msg_id))
+		return spool_read_body(dl->spool, d->msg_id, off, buf, len);
+	/* A DSN quoting another core's message (the transaction path keeps its fd open). */
+	int fd = spool_open_record(dl->conf->spool.dir, &d->loc, d->msg_id);
+	if (fd < 0) {
+		dl->stats.remote_read_failures++;
+		reloc_ask(dl, (struct queue_desc *)d);
+		return fd;
+	}
+	long n = spool_pread_body(fd, &d->loc, off, buf, len);
+	close(fd);
+	return n;
 }
 
 /*
@@ -211,17 +452,17 @@ struct dsn_pending {
 	struct dsn_pending *next;
 };
 
-static int q_dsn_send(void *ctx, const struct queue_desc *d, const char *rcpt, const char *data,
+/* Write a DSN for message orig_id (log name) to rcpt into this worker's spool. */
+static int dsn_inject(struct deliver *dl, const char *orig_id, const char *rcpt, const char *data,
 		      size_t len)
 {
-	struct deliver *dl = ctx;
 	struct spool_msg *m = NULL;
 	struct dsn_pending *p;
 	int rc;
 
 	if (dl->dsn_pending_n >= DSN_PENDING_MAX) {
 		dl->stats.dsn_limit_hits++;
-		MX_WARN("%s: DSN to <%s> not queued: %u DSN commits pending", d->id_str, rcpt,
+		MX_WARN("%s: DSN to <%s> not queued: %u DSN commits pending", orig_id, rcpt,
 			DSN_PENDING_MAX);
 		return -ENOBUFS;
 	}
@@ -249,7 +490,7 @@ static int q_dsn_send(void *ctx, const struct queue_desc *d, const char *rcpt, c
 		spool_msg_abort(m);
 	if (rc != 0) {
 		dl->stats.dsn_inject_failures++;
-		MX_WARN("%s: DSN to <%s> not queued: %s", d->id_str, rcpt, strerror(-rc));
+		MX_WARN("%s: DSN to <%s> not queued: %s", orig_id, rcpt, strerror(-rc));
 		free(p->rcpt);
 		free(p);
 		return rc;
@@ -257,6 +498,23 @@ static int q_dsn_send(void *ctx, const struct queue_desc *d, const char *rcpt, c
 	p->next = dl->dsn_pending;
 	dl->dsn_pending = p;
 	dl->dsn_pending_n++;
+	return 0;
+}
+
+static int q_dsn_send(void *ctx, const struct queue_desc *d, const char *rcpt, const char *data,
+		      size_t len)
+{
+	struct deliver *dl = ctx;
+	if (spool_local(dl, d->msg_id))
+		return dsn_inject(dl, d->id_str, rcpt, data, len);
+	/* The original's spool core writes it, ahead of the original's finish record. */
+	size_t rl = strlen(rcpt) + 1;
+	struct dmsg *m = dmsg_new(DM_DSN, d->msg_id, rl + len);
+	if (m == NULL)
+		return -ENOMEM;
+	memcpy(m->data, rcpt, rl);
+	memcpy(m->data + rl, data, len);
+	post(dl, spool_id_core(d->msg_id), m);
 	return 0;
 }
 
@@ -301,14 +559,14 @@ bool deliver_commit_done(struct deliver *dl, const struct spool_completion *c)
 	return true;
 }
 
-static void q_desc_done(void *ctx, const struct queue_desc *d)
+/* One descriptor of message id (of group_count) is done: finish the message after the last. */
+static void group_done(struct deliver *dl, uint64_t id, uint16_t group_count)
 {
-	struct deliver *dl = ctx;
-	if (d->group_count <= 1) {
-		finish_msg(dl, d->msg_id);
+	if (group_count <= 1) {
+		finish_msg(dl, id);
 		return;
 	}
-	struct group **g = group_slot(dl, d->msg_id);
+	struct group **g = group_slot(dl, id);
 	if (*g == NULL) {
 		/* Not tracked (no memory at split): recovery finishes it at the next start. */
 		dl->stats.group_missing++;
@@ -319,7 +577,26 @@ static void q_desc_done(void *ctx, const struct queue_desc *d)
 	struct group *gone = *g;
 	*g = gone->next;
 	free(gone);
-	finish_msg(dl, d->msg_id);
+	finish_msg(dl, id);
+}
+
+static void q_desc_done(void *ctx, const struct queue_desc *d)
+{
+	struct deliver *dl = ctx;
+	if (dl->relocs != NULL)
+		reloc_forget(dl, d);
+	if (spool_local(dl, d->msg_id)) {
+		group_done(dl, d->msg_id, d->group_count);
+		return;
+	}
+	struct dmsg *m = dmsg_new(DM_DONE, d->msg_id, 0);
+	if (m == NULL) {
+		/* Not finished: recovery at the next start sees every recipient final. */
+		dl->stats.mark_failures++;
+		return;
+	}
+	m->u.group_count = d->group_count;
+	post(dl, spool_id_core(d->msg_id), m);
 }
 
 static const struct queue_ops deliver_queue_ops = {
@@ -356,16 +633,17 @@ static void backlog_add(struct deliver *dl, struct queue_desc *d, int64_t not_be
 /* The queue will never take d: it stays in the spool (recovered at the next start). */
 static void submit_refused(struct deliver *dl, struct queue_desc *d, int rc)
 {
+	if (dl->relocs != NULL)
+		reloc_forget(dl, d);
 	dl->stats.split_failures++;
 	MX_WARN("%s: the queue refused it for %s (%s); it stays in the spool", d->id_str, d->dest,
 		strerror(-rc));
 	queue_desc_free(d);
 }
 
-static void submit(struct deliver *dl, struct queue_desc *d, int64_t not_before_us)
+/* Queue d on this worker (its owner). */
+static void submit_local(struct deliver *dl, struct queue_desc *d, int64_t not_before_us)
 {
-	if (queue_dest_owner(d->dest, dl->n_workers) != dl->worker)
-		dl->stats.foreign_owner++; /* single-owner path: see the file comment */
 	if (dl->spool == NULL) {
 		/* Recovery, inside spool_open: a submit may bounce at once, which
 		 * writes to the spool.  Submit from the first deliver_poll. */
@@ -381,6 +659,25 @@ static void submit(struct deliver *dl, struct queue_desc *d, int64_t not_before_
 	}
 	dl->stats.submit_deferred++;
 	backlog_add(dl, d, not_before_us);
+}
+
+/* Hand d to its destination's owner worker (this one, or over the owner's mailbox). */
+static void submit(struct deliver *dl, struct queue_desc *d, int64_t not_before_us)
+{
+	unsigned owner = dl->n_workers > 1 ? queue_dest_owner(d->dest, dl->n_workers) : dl->worker;
+	if (owner == dl->worker || owner >= mbox_workers || mbox[owner] == NULL) {
+		submit_local(dl, d, not_before_us);
+		return;
+	}
+	struct dmsg *m = dmsg_new(DM_DESC, d->msg_id, 0);
+	if (m == NULL) {
+		submit_local(dl, d, not_before_us); /* delivered from here instead */
+		return;
+	}
+	m->u.desc.d = d;
+	m->u.desc.not_before_us = not_before_us;
+	dl->stats.handoff_out++;
+	post(dl, owner, m);
 }
 
 static unsigned backlog_run(struct deliver *dl)
@@ -526,6 +823,67 @@ void deliver_attach_spool(struct deliver *dl, struct spool *sp)
 	free(dl->finish_ids);
 	dl->finish_ids = NULL;
 	dl->finish_n = dl->finish_cap = 0;
+}
+
+/* ---- this worker's mailbox -------------------------------------------------------------- */
+
+static void inbox_one(struct deliver *dl, struct dmsg *m)
+{
+	dl->stats.mbox_received++;
+	switch (m->type) {
+	case DM_DESC:
+		dl->stats.handoff_in++;
+		if (dl->quiesced) {
+			/* Shutting down: it stays in its spool, recovered at the next start. */
+			queue_desc_free(m->u.desc.d);
+			dl->stats.quiesce_dropped++;
+			break;
+		}
+		submit_local(dl, m->u.desc.d, m->u.desc.not_before_us);
+		break;
+	case DM_DELIVERED:
+	case DM_DEFERRED:
+	case DM_BOUNCED:
+		mark_local(dl, m->type, m->msg_id, m->u.mark.rcpt_index, m->u.mark.next_retry_s,
+			   m->len ? m->data : NULL, m->from);
+		break;
+	case DM_DONE:
+		group_done(dl, m->msg_id, m->u.group_count);
+		break;
+	case DM_DSN: {
+		char id_str[SPOOL_ID_LEN + 1];
+		size_t rl = strnlen(m->data, m->len);
+		spool_id_format(m->msg_id, id_str);
+		if (rl < m->len)
+			dsn_inject(dl, id_str, m->data, m->data + rl + 1, m->len - rl - 1);
+		break;
+	}
+	case DM_LOCATE: {
+		struct dmsg *r = dmsg_new(DM_RELOC, m->msg_id, 0);
+		if (r == NULL)
+			break; /* the owner asks again at its next failure */
+		r->u.loc.token = m->u.loc.token;
+		r->u.loc.status = spool_locate(dl->spool, m->msg_id, &r->u.loc.loc);
+		post(dl, m->from, r);
+		break;
+	}
+	case DM_RELOC:
+		reloc_apply(dl, m);
+		break;
+	}
+	free(m);
+}
+
+static unsigned inbox_run(struct deliver *dl)
+{
+	void *objs[MBOX_BURST];
+	if (mbox[dl->worker] == NULL)
+		return 0;
+	atomic_store_explicit(&mbox_seen_us[dl->worker], mx_now_us(), memory_order_relaxed);
+	unsigned n = rte_ring_sc_dequeue_burst(mbox[dl->worker], objs, MBOX_BURST, NULL);
+	for (unsigned i = 0; i < n; i++)
+		inbox_one(dl, objs[i]);
+	return n;
 }
 
 /* ---- session transport ------------------------------------------------------------------ */
@@ -773,6 +1131,10 @@ static void c_ready(void *user)
 
 static void txn_clear(struct dsess *s)
 {
+	if (s->body_fd >= 0) {
+		close(s->body_fd);
+		s->body_fd = -1;
+	}
 	s->txn = NULL;
 	free(s->rcpts);
 	s->rcpts = NULL;
@@ -870,7 +1232,9 @@ static long body_read(void *user, uint64_t off, uint8_t *buf, size_t len)
 	struct dsess *s = user;
 	if (s->txn == NULL || s->dl->spool == NULL)
 		return -EIO;
-	long n = spool_read_body(s->dl->spool, s->txn->desc->msg_id, off, buf, len);
+	long n = s->body_fd >= 0
+			 ? spool_pread_body(s->body_fd, &s->txn->desc->loc, off, buf, len)
+			 : spool_read_body(s->dl->spool, s->txn->desc->msg_id, off, buf, len);
 	return n == 0 ? -EIO : n; /* the body ended before body_len: the record is damaged */
 }
 
@@ -910,6 +1274,7 @@ static struct dsess *sess_prepare(struct deliver *dl, const struct queue_action 
 	if (s == NULL)
 		return NULL;
 	s->dl = dl;
+	s->body_fd = -1;
 	s->handle = a->session;
 	s->route = *a->route;
 	if (s->route.host_count > DNS_MAIL_MAX_HOSTS)
@@ -945,7 +1310,8 @@ static struct dsess *find_sess(struct deliver *dl, uint64_t handle)
 	return NULL;
 }
 
-static void fail_txn(struct deliver *dl, uint64_t session, const struct queue_txn *t)
+static void fail_txn(struct deliver *dl, uint64_t session, const struct queue_txn *t,
+		     const char *why)
 {
 	struct queue_rcpt_result *res = calloc(t->rcpt_count ? t->rcpt_count : 1, sizeof(*res));
 	if (res == NULL) {
@@ -953,8 +1319,7 @@ static void fail_txn(struct deliver *dl, uint64_t session, const struct queue_tx
 		return;
 	}
 	for (uint32_t i = 0; i < t->rcpt_count; i++)
-		res[i] = (struct queue_rcpt_result){
-			.code = 451, .status = "4.3.0", .text = "451 4.3.0 local error sending"};
+		res[i] = (struct queue_rcpt_result){.code = 451, .status = "4.3.0", .text = why};
 	queue_txn_result(dl->q, session, res, t->rcpt_count, wall_us());
 	free(res);
 }
@@ -972,9 +1337,22 @@ static void do_send(struct deliver *dl, const struct queue_action *a)
 		}
 		return;
 	}
+	if (!spool_local(dl, d->msg_id)) {
+		/* Another core's message: read its record from here (see the file comment). */
+		int fd = spool_open_record(dl->conf->spool.dir, &d->loc, d->msg_id);
+		if (fd < 0) {
+			dl->stats.remote_moved++;
+			reloc_ask(dl, (struct queue_desc *)d);
+			fail_txn(dl, a->session, t,
+				 "451 4.3.0 message moved in the spool; will retry");
+			return;
+		}
+		s->body_fd = fd;
+	}
 	s->rcpts = calloc(t->rcpt_count ? t->rcpt_count : 1, sizeof(*s->rcpts));
 	if (s->rcpts == NULL) {
-		fail_txn(dl, a->session, t);
+		txn_clear(s);
+		fail_txn(dl, a->session, t, "451 4.3.0 local error sending");
 		return;
 	}
 	for (uint32_t i = 0; i < t->rcpt_count; i++) {
@@ -1008,7 +1386,7 @@ static void do_send(struct deliver *dl, const struct queue_action *a)
 		sess_down(s, "session lost before sending");
 		sess_abort_tcp(s);
 	} else {
-		fail_txn(dl, a->session, t);
+		fail_txn(dl, a->session, t, "451 4.3.0 local error sending");
 	}
 }
 
@@ -1072,13 +1450,45 @@ static void do_resolve(struct deliver *dl, uint64_t dest, const char *name)
 	}
 }
 
-int deliver_shared_init(const struct relay_config *conf)
+int deliver_shared_init(const struct relay_config *conf, unsigned n_workers)
 {
+	char name[RTE_RING_NAMESIZE];
+	if (n_workers > DELIVER_MAX_WORKERS) {
+		MX_ERR("deliver: %u workers, at most %u", n_workers, DELIVER_MAX_WORKERS);
+		return -EINVAL;
+	}
+	mbox_workers = n_workers;
+	atomic_store(&quiesce_count, 0);
+	for (unsigned i = 0; n_workers > 1 && i < n_workers; i++) {
+		snprintf(name, sizeof(name), "mxdl_mbox_%u", i);
+		mbox[i] = rte_ring_create(name, MBOX_SIZE, SOCKET_ID_ANY, RING_F_SC_DEQ);
+		if (mbox[i] == NULL) {
+			MX_ERR("deliver: mailbox ring of worker %u: %s", i,
+			       rte_strerror(rte_errno));
+			deliver_shared_free();
+			return -ENOMEM;
+		}
+	}
 	return resolve_shared_init(conf);
 }
 
 void deliver_shared_free(void)
 {
+	for (unsigned i = 0; i < DELIVER_MAX_WORKERS; i++) {
+		void *m;
+		if (mbox[i] == NULL)
+			continue;
+		/* Left by a worker that stopped first: everything is still in its spool. */
+		while (rte_ring_sc_dequeue(mbox[i], &m) == 0) {
+			struct dmsg *dm = m;
+			if (dm->type == DM_DESC)
+				queue_desc_free(dm->u.desc.d);
+			free(dm);
+		}
+		rte_ring_free(mbox[i]);
+		mbox[i] = NULL;
+	}
+	mbox_workers = 0;
 	resolve_shared_free();
 }
 
@@ -1090,6 +1500,8 @@ static void sess_free(struct deliver *dl, struct dsess *s)
 		dl->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
+	if (s->body_fd >= 0)
+		close(s->body_fd);
 	smtp_client_free(s->cl);
 	tls_conn_free(s->tls);
 	free(s->rcpts);
@@ -1149,7 +1561,8 @@ unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
 	struct queue_action acts[ACTIONS_PER_POLL];
 	char names[ACTIONS_PER_POLL][QUEUE_DEST_MAX];
 	struct dsess *pre[ACTIONS_PER_POLL];
-	unsigned work = backlog_run(dl);
+	unsigned work = inbox_run(dl);
+	work += backlog_run(dl);
 
 	if (dl->dns != NULL)
 		resolve_poll(dl->dns, now_us);
@@ -1183,6 +1596,9 @@ unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
 	}
 	work += n > 0 ? (unsigned)n : 0;
 	work += sessions_run(dl, now_us);
+	work += outbox_flush(dl);
+	if (dl->wake_mask != 0)
+		wake_peers(dl);
 	if (dl->dns != NULL)
 		resolve_quiescent(dl->dns); /* no cache entry held past here */
 	return work;
@@ -1202,6 +1618,10 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 	dl->worker = worker;
 	dl->n_workers = n_workers ? n_workers : 1;
 	dl->backlog_tail = &dl->backlog;
+	if (worker < DELIVER_MAX_WORKERS) {
+		atomic_store_explicit(&mbox_seen_us[worker], mx_now_us(), memory_order_relaxed);
+		atomic_store_explicit(&mbox_stack[worker], st, memory_order_release);
+	}
 	queue_config_defaults(&dl->qc);
 	if (queue_config_from_cfg(conf->cf, &dl->qc, err, sizeof(err)) != 0) {
 		MX_ERR("deliver: %s", err);
@@ -1244,15 +1664,65 @@ fail:
 	return NULL;
 }
 
-void deliver_destroy(struct deliver *dl)
+static void sessions_abort(struct deliver *dl)
 {
-	if (dl == NULL)
-		return;
 	dl->destroying = true; /* callbacks from here on do not talk to the queue */
 	while (dl->sessions != NULL) {
 		struct dsess *s = dl->sessions;
 		sess_abort_tcp(s);
 		sess_free(dl, s);
+	}
+}
+
+void deliver_quiesce(struct deliver *dl)
+{
+	if (dl == NULL || dl->quiesced)
+		return;
+	sessions_abort(dl); /* no result arrives any more: nothing new to post */
+	dl->quiesced = true;
+	uint64_t end = mx_now_us() + QUIESCE_WAIT_US;
+	while (mx_now_us() < end) {
+		outbox_flush(dl);
+		bool empty = true;
+		for (unsigned to = 0; to < mbox_workers; to++)
+			empty = empty && dl->outbox[to] == NULL;
+		if (empty)
+			break;
+		inbox_run(dl); /* room for others who wait on us */
+	}
+	if (dl->wake_mask != 0)
+		wake_peers(dl);
+	/* Barrier: after it, every worker's marks for this spool are in this mailbox. */
+	atomic_fetch_add(&quiesce_count, 1);
+	while (atomic_load(&quiesce_count) < mbox_workers && mx_now_us() < end)
+		inbox_run(dl);
+	while (inbox_run(dl) > 0)
+		;
+	if (atomic_load(&quiesce_count) < mbox_workers)
+		MX_WARN("worker %u: stopped before every worker flushed its marks; a restart "
+			"retries what they did not write",
+			dl->worker);
+}
+
+void deliver_destroy(struct deliver *dl)
+{
+	if (dl == NULL)
+		return;
+	sessions_abort(dl);
+	if (dl->worker < DELIVER_MAX_WORKERS)
+		atomic_store_explicit(&mbox_stack[dl->worker], NULL, memory_order_release);
+	for (unsigned to = 0; to < DELIVER_MAX_WORKERS; to++)
+		while (dl->outbox[to] != NULL) {
+			struct dmsg *m = dl->outbox[to];
+			dl->outbox[to] = m->next;
+			if (m->type == DM_DESC)
+				queue_desc_free(m->u.desc.d);
+			free(m);
+		}
+	while (dl->relocs != NULL) {
+		struct reloc_wait *w = dl->relocs;
+		dl->relocs = w->next;
+		free(w);
 	}
 	resolve_destroy(dl->dns); /* completions see destroying: they only free their state */
 	queue_destroy(dl->q);
@@ -1322,7 +1792,17 @@ void deliver_stats_foreach(const struct deliver *dl,
 	fn(arg, "deliver_split_failures", s->split_failures);
 	fn(arg, "deliver_submit_deferred", s->submit_deferred);
 	fn(arg, "deliver_backlog", s->backlog);
-	fn(arg, "deliver_foreign_owner", s->foreign_owner);
+	fn(arg, "deliver_handoff_out", s->handoff_out);
+	fn(arg, "deliver_handoff_in", s->handoff_in);
+	fn(arg, "deliver_mbox_posted", s->mbox_posted);
+	fn(arg, "deliver_mbox_received", s->mbox_received);
+	fn(arg, "deliver_mbox_full", s->mbox_full);
+	fn(arg, "deliver_outbox", s->outbox);
+	fn(arg, "deliver_remote_marks", s->remote_marks);
+	fn(arg, "deliver_remote_moved", s->remote_moved);
+	fn(arg, "deliver_relocated", s->relocated);
+	fn(arg, "deliver_remote_read_failures", s->remote_read_failures);
+	fn(arg, "deliver_quiesce_dropped", s->quiesce_dropped);
 	fn(arg, "deliver_connects", s->connects);
 	fn(arg, "deliver_connect_failures", s->connect_failures);
 	fn(arg, "deliver_tcp_refused", s->tcp_refused);
@@ -1373,4 +1853,11 @@ int deliver_ctl_suspend(struct deliver *dl, const char *dest, bool suspend, FILE
 	(void)suspend;
 	(void)out;
 	return -ENOSYS;
+}
+
+void deliver_reconfigure(struct deliver *dl, const struct relay_config *conf)
+{
+	/* queue limits: applied by the lead */
+	(void)dl;
+	(void)conf;
 }

@@ -22,8 +22,12 @@
 
 struct deliver;
 
-/** Once, before the workers start: the shared DNS cache.  0 or -errno (logged). */
-int deliver_shared_init(const struct relay_config *conf);
+/**
+ * Once, before the workers start: the workers' mailboxes (descriptors to a
+ * destination's owner worker, marks back to the spool's) and the shared
+ * DNS cache.  0 or -errno (logged).
+ */
+int deliver_shared_init(const struct relay_config *conf, unsigned n_workers);
 /** After the workers stopped. */
 void deliver_shared_free(void);
 
@@ -47,6 +51,21 @@ void deliver_recovered(struct deliver *dl, const struct spool_recovered *m);
 bool deliver_commit_done(struct deliver *dl, const struct spool_completion *c);
 /** One turn: queue actions, session timers.  Returns work done (for idle back-off). */
 unsigned deliver_poll(struct deliver *dl, uint64_t now_us);
+/**
+ * Stopping, on every worker before its spool closes: abort the sessions,
+ * send what is waiting for other workers, wait (bounded) until every worker
+ * did, and write the marks that came for this worker's spool.
+ */
+void deliver_quiesce(struct deliver *dl);
+/**
+ * Reload (on the worker, between two poll turns): conf is the new
+ * configuration generation; conf->queue holds the [queue] keys (per-
+ * destination limits, retry schedule).  conf stays valid until the next
+ * deliver_reconfigure() or deliver_destroy() (worker.c holds it).  Keys
+ * that need a restart (smarthost, outbound TLS, [dns]) carry their running
+ * values in conf.
+ */
+void deliver_reconfigure(struct deliver *dl, const struct relay_config *conf);
 /** Abort sessions and free; undelivered messages stay in the spool. */
 void deliver_destroy(struct deliver *dl);
 /** Every counter (queue_, smtpc_, deliver_ names). */

@@ -81,6 +81,7 @@ static int worker_main(void *arg)
 	 * spool close makes deliver's last state records durable.  deliver's
 	 * teardown touches neither the spool nor the queue's callbacks.
 	 */
+	deliver_quiesce(w->deliver);
 	smtpd_destroy(w->smtpd);
 	deliver_destroy(w->deliver);
 	/* Let the last replies and FINs leave. */
@@ -114,7 +115,7 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 	int rc = smtpd_shared_init(&shared, conf, n_workers);
 	if (rc != 0)
 		return rc;
-	rc = deliver_shared_init(conf);
+	rc = deliver_shared_init(conf, n_workers);
 	if (rc != 0)
 		return rc;
 	for (unsigned i = 0; i < n_workers; i++) {

@@ -161,11 +161,15 @@ void queue_desc_free(struct queue_desc *d);
 
 /* Callbacks run inside queue calls and must not call back into the queue. */
 struct queue_ops {
-	/* Per-recipient state changes: the lead appends them to the spool. */
-	void (*delivered)(void *ctx, const struct queue_desc *d, uint32_t rcpt);
-	void (*deferred)(void *ctx, const struct queue_desc *d, uint32_t rcpt, int64_t next_retry_s,
-			 const char *reply);
-	void (*bounced)(void *ctx, const struct queue_desc *d, uint32_t rcpt, const char *reason);
+	/*
+	 * Per-recipient state changes, to append to the spool.  index is the
+	 * recipient's place in the MESSAGE's envelope (queue_desc_rcpt.index,
+	 * what spool_mark_* take), not its position in d->rcpts.
+	 */
+	void (*delivered)(void *ctx, const struct queue_desc *d, uint32_t index);
+	void (*deferred)(void *ctx, const struct queue_desc *d, uint32_t index,
+			 int64_t next_retry_s, const char *reply);
+	void (*bounced)(void *ctx, const struct queue_desc *d, uint32_t index, const char *reason);
 	/** Original message bytes [off, off+len) (spool_read_body); bytes read or -errno. */
 	long (*read_body)(void *ctx, const struct queue_desc *d, uint64_t off, void *buf,
 			  size_t len);

@@ -272,6 +272,18 @@ int spool_rcpt_states(const struct spool *sp, uint64_t id, const struct spool_rc
  */
 long spool_read_body(struct spool *sp, uint64_t id, uint64_t off, void *buf, size_t len);
 
+/**
+ * Another core's message, from any thread (remote.c): open the segment of
+ * loc under dir and check that the record at loc->offset is message id's.
+ * Returns an fd (close() it), -ENOENT or -EBADMSG when the message is not
+ * there any more (compacted: spool_locate() on its core has the new place).
+ * The fd stays valid while the message is unfinished.
+ */
+int spool_open_record(const char *dir, const struct spool_location *loc, uint64_t id);
+/** Body bytes [off, off+len) of the record open on fd: count (short at the end) or -errno. */
+long spool_pread_body(int fd, const struct spool_location *loc, uint64_t off, void *buf,
+		      size_t len);
+
 /** Counters (a snapshot). */
 void spool_get_stats(const struct spool *sp, struct spool_stats *st);
 /** Percentile (0..100) of commit latency in microseconds from the histogram (bucket top). */
