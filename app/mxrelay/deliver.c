@@ -1823,41 +1823,225 @@ void deliver_stats_foreach(const struct deliver *dl,
 
 /* ---- control requests (on this worker's lcore) --------------------------------------------- */
 
+static const char *const dest_state_name[] = {"need-route", "resolving", "ready", "backoff"};
+
+/* Retry-waiting transactions of one destination, for `queue`. */
+struct waiting {
+	char name[QUEUE_DEST_MAX];
+	uint32_t rcpts, txns;
+	int64_t next_us;
+	bool listed; /* printed with its destination */
+};
+
+struct waiting_set {
+	struct waiting *w;
+	size_t n, cap;
+};
+
+static int waiting_add(void *arg, const char *dest, uint32_t rcpts, int64_t when)
+{
+	struct waiting_set *ws = arg;
+	for (size_t i = 0; i < ws->n; i++)
+		if (strcasecmp(ws->w[i].name, dest) == 0) {
+			ws->w[i].rcpts += rcpts;
+			ws->w[i].txns++;
+			if (when < ws->w[i].next_us)
+				ws->w[i].next_us = when;
+			return 0;
+		}
+	if (ws->n == ws->cap) {
+		size_t cap = ws->cap ? ws->cap * 2 : 64;
+		struct waiting *p = realloc(ws->w, cap * sizeof(*p));
+		if (p == NULL)
+			return -ENOMEM;
+		ws->w = p;
+		ws->cap = cap;
+	}
+	struct waiting *w = &ws->w[ws->n++];
+	snprintf(w->name, sizeof(w->name), "%s", dest);
+	w->rcpts = rcpts;
+	w->txns = 1;
+	w->next_us = when;
+	w->listed = false;
+	return 0;
+}
+
+struct dest_print {
+	FILE *out;
+	struct waiting_set *ws;
+	int64_t now;
+	unsigned worker;
+};
+
+static int dest_print(void *arg, const struct queue_dest_info *di)
+{
+	struct dest_print *p = arg;
+	uint32_t wr = 0;
+	int64_t next = 0;
+	for (size_t i = 0; i < p->ws->n; i++)
+		if (strcasecmp(p->ws->w[i].name, di->name) == 0) {
+			wr = p->ws->w[i].rcpts;
+			next = p->ws->w[i].next_us;
+			p->ws->w[i].listed = true;
+		}
+	fprintf(p->out,
+		"%s worker=%u state=%s queued=%" PRIu64 " waiting=%u in_flight=%" PRIu64
+		" conns=%u idle=%u sent=%" PRIu64 " deferred=%" PRIu64 " bounced=%" PRIu64,
+		di->name, p->worker,
+		di->suspended ? "suspended" : dest_state_name[di->state < 4 ? di->state : 0],
+		di->c.queued, wr, di->c.in_flight, di->sessions, di->idle_sessions, di->c.sent,
+		di->c.deferred, di->c.bounced);
+	if (wr > 0)
+		fprintf(p->out, " next_retry_in=%" PRId64 "s",
+			next > p->now ? (next - p->now + 999999) / 1000000 : 0);
+	if (di->state == QUEUE_DS_BACKOFF && di->backoff_until_us > p->now)
+		fprintf(p->out, " backoff_left=%" PRId64 "s",
+			(di->backoff_until_us - p->now + 999999) / 1000000);
+	fputc('\n', p->out);
+	return 0;
+}
+
 int deliver_ctl_queue(struct deliver *dl, FILE *out)
 {
-	(void)dl;
-	(void)out;
-	return -ENOSYS;
+	struct waiting_set ws = {0};
+	int64_t now = wall_us();
+	int rc = queue_retry_foreach(dl->q, waiting_add, &ws);
+	if (rc == 0) {
+		struct dest_print p = {.out = out, .ws = &ws, .now = now, .worker = dl->worker};
+		queue_dest_foreach(dl->q, dest_print, &p);
+		/* Destinations with nothing but deferred mail have no entry of their own. */
+		for (size_t i = 0; i < ws.n; i++)
+			if (!ws.w[i].listed)
+				fprintf(out,
+					"%s worker=%u state=waiting queued=0 waiting=%u "
+					"in_flight=0 "
+					"conns=0 idle=0 next_retry_in=%" PRId64 "s\n",
+					ws.w[i].name, dl->worker, ws.w[i].rcpts,
+					ws.w[i].next_us > now
+						? (ws.w[i].next_us - now + 999999) / 1000000
+						: 0);
+	}
+	free(ws.w);
+	return rc;
 }
+
+static const char *const rcpt_state_name[] = {"queued", "deferred", "delivered", "bounced"};
 
 int deliver_ctl_show(struct deliver *dl, uint64_t id, FILE *out)
 {
-	(void)dl;
-	(void)id;
-	(void)out;
-	return -ENOSYS;
+	struct spool_location loc;
+	struct spool_envelope *env = NULL;
+	const struct spool_rcpt_status *st;
+	uint32_t n;
+	char id_str[SPOOL_ID_LEN + 1];
+
+	if (!spool_local(dl, id) || dl->spool == NULL)
+		return -ENOENT;
+	int rc = spool_locate(dl->spool, id, &loc);
+	if (rc != 0)
+		return rc;
+	int fd = spool_open_record(dl->conf->spool.dir, &loc, id);
+	if (fd < 0)
+		return fd;
+	rc = spool_read_envelope(fd, &loc, &env);
+	close(fd);
+	if (rc != 0)
+		return rc;
+	rc = spool_rcpt_states(dl->spool, id, &st, &n);
+	if (rc != 0) {
+		free(env);
+		return rc;
+	}
+	spool_id_format(id, id_str);
+	time_t t = (time_t)(env->arrival_us / 1000000);
+	struct tm tm;
+	char when[32];
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	fprintf(out, "id: %s\nworker: %u\narrival: %s\nsize: %u\nsender: <%s>\n", id_str,
+		dl->worker, when, loc.body_len, env->sender ? env->sender : "");
+	fprintf(out, "client: %s helo %s\n", env->client_ip ? env->client_ip : "",
+		env->helo ? env->helo : "");
+	if (env->tls_version && env->tls_version[0])
+		fprintf(out, "tls: %s %s\n", env->tls_version,
+			env->tls_cipher ? env->tls_cipher : "");
+	if (env->auth_user && env->auth_user[0])
+		fprintf(out, "auth: %s\n", env->auth_user);
+	if (env->message_id && env->message_id[0])
+		fprintf(out, "message-id: %s\n", env->message_id);
+	for (uint32_t i = 0; i < env->rcpt_count && i < n; i++) {
+		char dest[QUEUE_DEST_MAX];
+		queue_dest_of(&dl->qc, env->rcpts[i].addr, dest);
+		fprintf(out, "rcpt %u: <%s> state=%s dest=%s owner=%u", i, env->rcpts[i].addr,
+			rcpt_state_name[st[i].state < 4 ? st[i].state : 0], dest,
+			dl->n_workers > 1 ? queue_dest_owner(dest, dl->n_workers) : dl->worker);
+		if (st[i].state == SPOOL_RCPT_DEFERRED)
+			fprintf(out, " next_retry=%" PRId64, st[i].next_retry_s);
+		if (st[i].text)
+			fprintf(out, " \"%s\"", st[i].text);
+		fputc('\n', out);
+	}
+	free(env);
+	return 0;
+}
+
+/* Does this worker own dest?  (Every worker is asked; only the owner acts.) */
+static bool owns(const struct deliver *dl, const char *dest)
+{
+	return dl->n_workers <= 1 || queue_dest_owner(dest, dl->n_workers) == dl->worker;
 }
 
 int deliver_ctl_flush(struct deliver *dl, const char *dest, FILE *out)
 {
-	(void)dl;
-	(void)dest;
-	(void)out;
-	return -ENOSYS;
+	if (dest != NULL && !owns(dl, dest))
+		return -ENOENT;
+	int n = queue_flush(dl->q, dest, wall_us());
+	if (n < 0)
+		return n;
+	fprintf(out, "worker %u: %s: %d to retry now\n", dl->worker, dest ? dest : "all", n);
+	return 0;
 }
 
 int deliver_ctl_suspend(struct deliver *dl, const char *dest, bool suspend, FILE *out)
 {
-	(void)dl;
-	(void)dest;
-	(void)suspend;
-	(void)out;
-	return -ENOSYS;
+	if (dest == NULL || dest[0] == 0 || strlen(dest) >= QUEUE_DEST_MAX)
+		return -EINVAL;
+	if (!owns(dl, dest))
+		return -ENOENT;
+	int rc = queue_suspend(dl->q, dest, suspend, wall_us());
+	if (rc != 0)
+		return rc;
+	MX_INFO("queue: destination %s %s by the operator", dest,
+		suspend ? "suspended" : "resumed");
+	fprintf(out, "worker %u: %s %s\n", dl->worker, dest, suspend ? "suspended" : "resumed");
+	return 0;
 }
 
 void deliver_reconfigure(struct deliver *dl, const struct relay_config *conf)
 {
-	/* queue limits: applied by the lead */
-	(void)dl;
-	(void)conf;
+	char err[512];
+	struct queue_config qc;
+
+	/* The old generation is freed after this returns: nothing may point into it. */
+	dl->conf = conf;
+	resolve_reconfigure(dl->dns, conf);
+	queue_config_defaults(&qc);
+	if (queue_config_from_cfg(conf->cf, &qc, err, sizeof(err)) != 0) {
+		/* The main lcore checked the file: cannot happen; keep the running limits. */
+		MX_ERR("worker %u: reload: %s", dl->worker, err);
+		return;
+	}
+	queue_reconfigure(dl->q, &qc);
+	/* Limits into our copy too (queue_split reads it); the rest needs a restart. */
+	struct queue_config keep = dl->qc;
+	dl->qc = qc;
+	dl->qc.max_destinations = keep.max_destinations;
+	dl->qc.max_transactions = keep.max_transactions;
+	dl->qc.max_sessions = keep.max_sessions;
+	dl->qc.smarthost_set = keep.smarthost_set;
+	dl->qc.smarthost_mx = keep.smarthost_mx;
+	dl->qc.smarthost_port = keep.smarthost_port;
+	memcpy(dl->qc.smarthost_host, keep.smarthost_host, sizeof(keep.smarthost_host));
+	memcpy(dl->qc.smarthost_name, keep.smarthost_name, sizeof(keep.smarthost_name));
+	memcpy(dl->qc.hostname, keep.hostname, sizeof(keep.hostname));
 }

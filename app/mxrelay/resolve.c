@@ -159,3 +159,10 @@ void resolve_stats_foreach(const struct resolve *r,
 	(void)fn;
 	(void)arg; /* the DNS counters are exported with the TCP transport (next change) */
 }
+
+void resolve_reconfigure(struct resolve *r, const struct relay_config *conf)
+{
+	/* [dns] keys need a restart (the reload keeps their values): only the pointer moves. */
+	if (r != NULL)
+		r->conf = conf;
+}

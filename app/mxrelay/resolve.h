@@ -45,4 +45,7 @@ void resolve_quiescent(struct resolve *r);/**
 void resolve_stats_foreach(const struct resolve *r,
 			   void (*fn)(void *arg, const char *name, uint64_t value), void *arg);
 
+/** Reload: conf is the new configuration generation (the old one is freed after). */
+void resolve_reconfigure(struct resolve *r, const struct relay_config *conf);
+
 #endif

@@ -265,6 +265,7 @@ struct queue_dest_info {
 	uint32_t idle_sessions;
 	int64_t backoff_until_us; /* 0 if none */
 	uint64_t backoff_us;	  /* current backoff step */
+	bool suspended;		  /* held (queue_suspend) */
 	struct queue_counters c;  /* per destination (totals-only fields zero) */
 };
 
@@ -305,6 +306,38 @@ void queue_get_counters(const struct queue *q, struct queue_counters *out);
 /** Call fn for every destination (for `mxctl queue`); stops when fn returns non-zero. */
 int queue_dest_foreach(const struct queue *q, int (*fn)(void *arg, const struct queue_dest_info *),
 		       void *arg);
+/**
+ * Every transaction waiting for its retry time (deferred, or submitted with
+ * a not_before): its destination name, recipients and due time.  Stops when
+ * fn returns non-zero.  For `mxctl queue`.
+ */
+int queue_retry_foreach(const struct queue *q,
+			int (*fn)(void *arg, const char *dest, uint32_t rcpts, int64_t when_us),
+			void *arg);
+/**
+ * Retry now (`mxctl flush`): the waiting transactions of dest (NULL: of
+ * every destination) become due and a destination's backoff ends (its
+ * length is kept, so a new failure still doubles it).  Returns how many
+ * transactions or destinations were woken, -ENOENT when dest is unknown
+ * here, -ENOMEM.
+ */
+int queue_flush(struct queue *q, const char *dest, int64_t now_us);
+/**
+ * Hold (suspend = true) or release a destination (`mxctl suspend/resume`):
+ * while held nothing is sent to it, its transactions wait in its FIFO and
+ * it is not forgotten when idle.  Holding creates it if needed.  0,
+ * -ENOSPC (destination table full), -ENOENT (release of an unknown one).
+ */
+int queue_suspend(struct queue *q, const char *dest, bool suspend, int64_t now_us);
+/**
+ * Reload: take the limits and schedules of c (connections, messages per
+ * connection, rate, recipients per transaction, backoff, idle timeout,
+ * connection age, route TTL, retry schedule, max_age, DSN sizes).  Table
+ * sizes (max_destinations, max_transactions, max_sessions), the smarthost
+ * and the hostname keep their values.  Transactions already split keep
+ * their recipients.
+ */
+void queue_reconfigure(struct queue *q, const struct queue_config *c);
 /**
  * Earliest timer (wall us), INT64_MAX if none, 0 if work waits for a poll now:
  * the owner loop may sleep until then.

@@ -109,6 +109,7 @@ struct qdest {
 	uint32_t idle_count;
 	uint32_t sessions, connecting;
 	bool has_route, mx;
+	bool suspended; /* held by the operator: nothing is dispatched */
 	int64_t route_until;
 	uint16_t port;
 	struct dns_mail_route route;
@@ -334,7 +335,8 @@ static void dest_dirty(struct queue *q, struct qdest *d)
  */
 static void dest_maybe_free(struct queue *q, struct qdest *d, int64_t now)
 {
-	if (d->fifo_len || d->sessions || d->state == QUEUE_DS_RESOLVING || ql_linked(&d->dirty))
+	if (d->fifo_len || d->sessions || d->state == QUEUE_DS_RESOLVING || ql_linked(&d->dirty) ||
+	    d->suspended)
 		return;
 	if (d->state == QUEUE_DS_BACKOFF && now < d->backoff_until) {
 		timer_arm(q, &d->timer, d->backoff_until);
@@ -821,6 +823,8 @@ static bool rate_take(struct queue *q, struct qdest *d, int64_t now, int64_t *wa
 static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue_action *out,
 		     unsigned max, unsigned *n)
 {
+	if (d->suspended)
+		return true; /* its FIFO waits for queue_suspend(false) */
 	if (d->state == QUEUE_DS_BACKOFF) {
 		if (now < d->backoff_until)
 			return true;
@@ -1389,6 +1393,7 @@ int queue_dest_foreach(const struct queue *q, int (*fn)(void *arg, const struct 
 		info.idle_sessions = d->idle_count;
 		info.backoff_until_us = d->backoff_until;
 		info.backoff_us = d->backoff_us;
+		info.suspended = d->suspended;
 		info.c = d->c;
 		rc = fn(arg, &info);
 		if (rc)
@@ -1412,4 +1417,112 @@ int64_t queue_next_timer(const struct queue *q)
 	if (!ql_empty(&q->dirty) || !ql_empty(&q->closing))
 		next = 0; /* work is waiting: poll now */
 	return next;
+}
+
+/* ---- operator requests ---------------------------------------------------------------- */
+
+static uint8_t kind_of_name(const struct queue *q, const char *name)
+{
+	if (q->cfg.smarthost_set && name_eq(name, q->cfg.smarthost_name))
+		return QUEUE_DEST_SMARTHOST;
+	return name[0] == '[' ? QUEUE_DEST_LITERAL : QUEUE_DEST_DOMAIN;
+}
+
+int queue_flush(struct queue *q, const char *dest, int64_t now)
+{
+	int n = 0;
+	bool found = dest == NULL;
+
+	/* Waiting transactions first: collect, since re-arming reorders the heap. */
+	struct qtxn **due = malloc((q->heap_len ? q->heap_len : 1) * sizeof(*due));
+	uint32_t nd = 0;
+	if (due == NULL)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < q->heap_len; i++) {
+		struct qtimer *tm = q->heap[i];
+		if (tm->kind != T_TXN || tm->when <= now)
+			continue;
+		struct qtxn *t = container_of(tm, struct qtxn, timer);
+		if (dest == NULL || name_eq(t->desc->dest, dest))
+			due[nd++] = t;
+	}
+	for (uint32_t i = 0; i < nd; i++) {
+		timer_cancel(q, &due[i]->timer);
+		if (timer_arm(q, &due[i]->timer, now) == 0)
+			n++;
+	}
+	free(due);
+	found = found || n > 0;
+	/* Destinations backing off: the backoff ends now (its length is kept). */
+	for (uint32_t i = 0; i < q->cfg.max_destinations; i++) {
+		struct qdest *d = q->dslot[i];
+		if (d == NULL || (dest != NULL && !name_eq(d->name, dest)))
+			continue;
+		found = true;
+		if (d->state == QUEUE_DS_BACKOFF) {
+			d->backoff_until = now;
+			d->state = d->has_route ? QUEUE_DS_READY : QUEUE_DS_NEED_ROUTE;
+			timer_cancel(q, &d->timer);
+		}
+		if (d->fifo_len) {
+			dest_dirty(q, d);
+			n++;
+		}
+	}
+	return found ? n : -ENOENT;
+}
+
+int queue_suspend(struct queue *q, const char *dest, bool suspend, int64_t now)
+{
+	struct qdest *d = suspend ? dest_get(q, dest, kind_of_name(q, dest)) : dest_find(q, dest);
+	if (d == NULL)
+		return suspend ? -ENOSPC : -ENOENT;
+	d->suspended = suspend;
+	if (!suspend) {
+		if (d->fifo_len)
+			dest_dirty(q, d);
+		else
+			dest_maybe_free(q, d, now);
+	}
+	return 0;
+}
+
+void queue_reconfigure(struct queue *q, const struct queue_config *c)
+{
+	/* Limits and schedules only: the tables keep the sizes they were made with. */
+	q->cfg.max_connections = c->max_connections;
+	q->cfg.msgs_per_connection = c->msgs_per_connection;
+	q->cfg.msgs_per_second = c->msgs_per_second;
+	q->cfg.rate_burst = c->rate_burst;
+	q->cfg.rcpts_per_txn = c->rcpts_per_txn;
+	q->cfg.backoff_initial_us = c->backoff_initial_us;
+	q->cfg.backoff_max_us = c->backoff_max_us;
+	q->cfg.idle_timeout_us = c->idle_timeout_us;
+	q->cfg.conn_max_age_us = c->conn_max_age_us;
+	q->cfg.route_ttl_us = c->route_ttl_us;
+	memcpy(q->cfg.retry_us, c->retry_us, sizeof(q->cfg.retry_us));
+	q->cfg.retry_count = c->retry_count;
+	q->cfg.max_age_us = c->max_age_us;
+	q->cfg.dsn_max_full_bytes = c->dsn_max_full_bytes;
+	q->cfg.dsn_max_header_bytes = c->dsn_max_header_bytes;
+	/* Destinations held back by the old connection limit may go on now. */
+	for (uint32_t i = 0; i < q->cfg.max_destinations; i++)
+		if (q->dslot[i] != NULL && q->dslot[i]->fifo_len)
+			dest_dirty(q, q->dslot[i]);
+}
+
+int queue_retry_foreach(const struct queue *q,
+			int (*fn)(void *arg, const char *dest, uint32_t rcpts, int64_t when_us),
+			void *arg)
+{
+	for (uint32_t i = 0; i < q->heap_len; i++) {
+		const struct qtimer *tm = q->heap[i];
+		if (tm->kind != T_TXN)
+			continue;
+		const struct qtxn *t = container_of(tm, struct qtxn, timer);
+		int rc = fn(arg, t->desc->dest, t->pub.rcpt_count, tm->when);
+		if (rc)
+			return rc;
+	}
+	return 0;
 }

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 int spool_open_record(const char *dir, const struct spool_location *loc, uint64_t id)
@@ -65,4 +66,29 @@ long spool_pread_body(int fd, const struct spool_location *loc, uint64_t off, vo
 		got += (size_t)n;
 	}
 	return (long)got;
+}
+
+int spool_read_envelope(int fd, const struct spool_location *loc, struct spool_envelope **out)
+{
+	if (loc->body_offset < SPOOL_REC_HDR || loc->body_offset > loc->length)
+		return -EBADMSG;
+	size_t len = loc->body_offset - SPOOL_REC_HDR;
+	uint8_t *buf = malloc(len ? len : 1);
+	if (buf == NULL)
+		return -ENOMEM;
+	size_t got = 0;
+	while (got < len) {
+		ssize_t n =
+			pread(fd, buf + got, len - got, (off_t)(loc->offset + SPOOL_REC_HDR + got));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			free(buf);
+			return n < 0 ? -errno : -EBADMSG;
+		}
+		got += (size_t)n;
+	}
+	int rc = spool_env_decode(buf, len, out);
+	free(buf);
+	return rc;
 }

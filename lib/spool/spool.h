@@ -283,6 +283,8 @@ int spool_open_record(const char *dir, const struct spool_location *loc, uint64_
 /** Body bytes [off, off+len) of the record open on fd: count (short at the end) or -errno. */
 long spool_pread_body(int fd, const struct spool_location *loc, uint64_t off, void *buf,
 		      size_t len);
+/** The envelope of the record open on fd (spool_env_decode: free() *out).  0 or -errno. */
+int spool_read_envelope(int fd, const struct spool_location *loc, struct spool_envelope **out);
 
 /** Counters (a snapshot). */
 void spool_get_stats(const struct spool *sp, struct spool_stats *st);

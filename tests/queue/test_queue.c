@@ -1469,6 +1469,103 @@ static int write_dsns(const char *dir)
 	return rc ? 1 : 0;
 }
 
+/* ---- operator requests: flush, suspend, reconfigure --------------------------------- */
+
+static int count_retry_cb(void *arg, const char *dest, uint32_t rcpts, int64_t when)
+{
+	int *n = arg;
+	(void)when;
+	if (strcmp(dest, "[192.0.2.10]") == 0)
+		*n += (int)rcpts;
+	return 0;
+}
+
+static void test_flush_retries_now(void)
+{
+	struct queue_config c;
+	struct queue_dest_info di;
+	cfg_init(&c);
+	struct queue *q = mkq(&c);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_LIT, 1, 0, 0, 1), 0, T0), 0);
+	pollq(q, T0);
+	uint64_t s = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_down(q, s, "refused", T0), 0);
+	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
+	CU_ASSERT_EQUAL(di.state, QUEUE_DS_BACKOFF);
+	int waiting = 0;
+	CU_ASSERT_EQUAL(queue_retry_foreach(q, count_retry_cb, &waiting), 0);
+	CU_ASSERT_EQUAL(waiting, 1);
+	CU_ASSERT_EQUAL(pollq(q, T0 + SEC), 0); /* still waiting for 60 s */
+	CU_ASSERT_EQUAL(queue_flush(q, "nosuch.example", T0 + SEC), -ENOENT);
+	CU_ASSERT(queue_flush(q, "[192.0.2.10]", T0 + SEC) >= 1);
+	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
+	CU_ASSERT_EQUAL(di.backoff_us, 60 * SEC); /* kept: a new failure doubles it */
+	CU_ASSERT_EQUAL(pollq(q, T0 + SEC), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	waiting = 0;
+	queue_retry_foreach(q, count_retry_cb, &waiting);
+	CU_ASSERT_EQUAL(waiting, 0);
+	/* flush of everything with nothing waiting: no error */
+	CU_ASSERT(queue_flush(q, NULL, T0 + SEC) >= 0);
+	queue_destroy(q);
+}
+
+static void test_suspend_resume(void)
+{
+	struct queue_config c;
+	struct queue_dest_info di;
+	cfg_init(&c);
+	struct queue *q = mkq(&c);
+	CU_ASSERT_EQUAL(queue_suspend(q, "[192.0.2.10]", false, T0), -ENOENT);
+	CU_ASSERT_EQUAL(queue_suspend(q, "[192.0.2.10]", true, T0), 0);
+	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
+	CU_ASSERT_TRUE(di.suspended);
+	CU_ASSERT_EQUAL(di.kind, QUEUE_DEST_LITERAL);
+	/* Held: kept while idle, and mail for it waits. */
+	CU_ASSERT_EQUAL(pollq(q, T0 + 3600 * SEC), 0);
+	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_LIT, 1, 0, 0, 1), 0, T0), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0 + 3600 * SEC), 0);
+	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
+	CU_ASSERT_EQUAL(di.fifo_len, 1);
+	/* Other destinations are not held. */
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_DOM, 1, 0, 0, 2), 0, T0), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0 + 3600 * SEC), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_RESOLVE), 1);
+	/* Released: the waiting message goes. */
+	CU_ASSERT_EQUAL(queue_suspend(q, "[192.0.2.10]", false, T0 + 3600 * SEC), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0 + 3600 * SEC), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	queue_destroy(q);
+}
+
+static void test_reconfigure_limits(void)
+{
+	struct queue_config c, c2;
+	cfg_init(&c);
+	c.max_connections = 2;
+	struct queue *q = mkq(&c);
+	for (int i = 0; i < 10; i++)
+		CU_ASSERT_EQUAL(
+			queue_submit(q, desc_for(&c, "s@f", ONE_LIT, 1, 0, 0, 10 + i), 0, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 2);
+	c2 = c;
+	c2.max_connections = 5;
+	CU_ASSERT_EQUAL(queue_config_set_retry(&c2, "7s"), 0);
+	queue_reconfigure(q, &c2);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 3); /* up to the new limit */
+	/* The new retry schedule applies to the next deferral. */
+	uint64_t s = R.act[0].session;
+	CU_ASSERT_EQUAL(queue_conn_up(q, s, "h", 1, 25, T0), 0);
+	pollq(q, T0);
+	const struct queue_action *a = need_act(QUEUE_ACT_SEND);
+	CU_ASSERT_EQUAL(result_all(q, a, 451, "451 4.3.0 later", T0), 0);
+	CU_ASSERT_EQUAL(R.next_retry_s, (T0 + 7 * SEC) / SEC);
+	queue_destroy(q);
+}
+
 static CU_TestInfo dest_tests[] = {
 	{"dest_domain_case", test_dest_domain_case},
 	{"dest_literal_invalid", test_dest_literal_invalid},
@@ -1509,6 +1606,9 @@ static CU_TestInfo sched_tests[] = {
 	{"counters_and_foreach", test_counters_and_foreach},
 	{"recovered_not_before", test_recovered_not_before},
 	{"expired_while_backed_off", test_expired_while_backed_off},
+	{"flush_retries_now", test_flush_retries_now},
+	{"suspend_resume", test_suspend_resume},
+	{"reconfigure_limits", test_reconfigure_limits},
 	CU_TEST_INFO_NULL,
 };
 
