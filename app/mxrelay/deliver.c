@@ -780,7 +780,9 @@ void deliver_accepted(struct deliver *dl, uint64_t id, const struct smtp_envelop
 		.rcpts = rcpts,
 		.rcpt_count = (uint32_t)env->rcpt_count,
 	};
-	rc = queue_message(dl, id, &se, NULL, &loc, 0);
+	uint32_t flags = (env->body == SMTP_BODY_8BITMIME ? QUEUE_DESC_F_8BITMIME : 0) |
+			 (env->smtputf8 ? QUEUE_DESC_F_SMTPUTF8 : 0);
+	rc = queue_message(dl, id, &se, NULL, &loc, flags);
 	free(rcpts);
 	if (rc < 0) {
 		dl->stats.split_failures++;
@@ -1324,6 +1326,23 @@ static void fail_txn(struct deliver *dl, uint64_t session, const struct queue_tx
 	free(res);
 }
 
+/*
+ * Any address with a non-ASCII byte needs SMTPUTF8 (RFC 6531 3.4).  This is
+ * also how a recovered message gets the flag back: the spool keeps the
+ * addresses, not the MAIL parameters.
+ */
+static bool desc_non_ascii(const struct queue_desc *d)
+{
+	for (const unsigned char *p = (const unsigned char *)(d->sender ? d->sender : ""); *p; p++)
+		if (*p >= 0x80)
+			return true;
+	for (uint32_t i = 0; i < d->rcpt_count; i++)
+		for (const unsigned char *p = (const unsigned char *)d->rcpts[i].addr; p && *p; p++)
+			if (*p >= 0x80)
+				return true;
+	return false;
+}
+
 static void do_send(struct deliver *dl, const struct queue_action *a)
 {
 	struct dsess *s = find_sess(dl, a->session);
@@ -1370,6 +1389,8 @@ static void do_send(struct deliver *dl, const struct queue_action *a)
 		       : d->ret == SPOOL_RET_HDRS ? SMTP_RET_HDRS
 						  : SMTP_RET_NONE,
 		.envid = d->envid,
+		.body_8bit = (d->flags & QUEUE_DESC_F_8BITMIME) != 0,
+		.smtputf8 = (d->flags & QUEUE_DESC_F_SMTPUTF8) != 0 || desc_non_ascii(d),
 		.body_len = d->body_len,
 		.body_read = body_read,
 		.body_user = s,

@@ -117,6 +117,8 @@ struct queue_desc_rcpt {
 
 #define QUEUE_DESC_F_RECOVERED 0x01 /* from spool recovery */
 #define QUEUE_DESC_F_DSN 0x02	    /* the message is itself a DSN (null sender) */
+#define QUEUE_DESC_F_8BITMIME 0x04  /* received with BODY=8BITMIME: send it so (RFC 6152) */
+#define QUEUE_DESC_F_SMTPUTF8 0x08  /* received with SMTPUTF8 (RFC 6531) */
 
 /**
  * What an accepting core hands to the owner core of a destination: one
