@@ -16,7 +16,7 @@
 
 static const char *const known_sections[] = {"eal", "port.", "tcp", "smtp", "tls", "relay",
 					     "dns", "spool", "queue", "dkim", "log",
-					     "control", NULL};
+					     "control", "tls_policy", NULL};
 
 /* Split a comma- or space-separated list; calls fn on each item. */
 static void list_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,

@@ -99,7 +99,11 @@ struct dsess {
 	struct smtp_client_rcpt *rcpts;
 	uint8_t *out;
 	size_t out_len;
-	int body_fd; /* another core's segment holding the txn's body, or -1 */
+	int body_fd;	     /* another core's segment holding the txn's body, or -1 */
+	enum tls_policy pol; /* this destination's ([tls_policy], else [tls] outbound) */
+	bool implicit_tls;   /* smarthost on 465: TLS before the greeting */
+	bool started;	     /* smtp_client_start() ran */
+	const struct smtp_client_conf *cc;
 	struct dsess *next, *prev;
 };
 
@@ -175,7 +179,8 @@ struct deliver {
 	struct spool *spool;
 	struct queue *q;
 	struct queue_config qc;
-	struct smtp_client_conf cc;
+	/* [smarthost with AUTH][enum tls_policy]: the client settings a session starts with */
+	struct smtp_client_conf cc[2][3];
 	struct smtp_client_stats cstats;
 	struct tls_client_ctx *tls;
 	struct tls_session_cache *tls_cache;
@@ -953,12 +958,26 @@ static void t_connected(struct tcp_conn *tc, void *user)
 	(void)tc;
 	s->connected = true;
 	if (s->cl == NULL &&
-	    smtp_client_new(&s->dl->cc, &sess_smtp_cb, s, &s->dl->cstats, &s->cl) != 0) {
+	    smtp_client_new(s->cc, &sess_smtp_cb, s, &s->dl->cstats, &s->cl) != 0) {
 		snprintf(s->reason, sizeof(s->reason), "out of memory");
 		sess_abort_tcp(s);
 		return;
 	}
-	smtp_client_start(s->cl, false);
+	if (!s->implicit_tls) {
+		s->started = true;
+		smtp_client_start(s->cl, false);
+		return;
+	}
+	/* RFC 8314: the handshake first; the client starts on it (l_done). */
+	const char *host = s->route.host_count > s->host_i ? s->route.hosts[s->host_i].name : "";
+	int rc = tls_client_conn_new(s->dl->tls, s->pol, host, s->port, s->dl->tls_cache,
+				     &sess_tls_ops, s, &s->dl->tls_stats, &s->tls);
+	if (rc == 0)
+		rc = tls_conn_start(s->tls);
+	if (rc != 0) {
+		snprintf(s->reason, sizeof(s->reason), "cannot start TLS: %s", strerror(-rc));
+		sess_abort_tcp(s);
+	}
 }
 
 static size_t t_data(struct tcp_conn *tc, void *user, const uint8_t *data, size_t len)
@@ -1056,8 +1075,14 @@ static void l_done(void *user, const struct tls_handshake_info *info)
 {
 	struct dsess *s = user;
 	(void)info;
-	if (s->cl != NULL)
+	if (s->cl == NULL)
+		return;
+	if (!s->started) {
+		s->started = true; /* implicit TLS: now the greeting */
+		smtp_client_start(s->cl, true);
+	} else {
 		smtp_client_tls_started(s->cl);
+	}
 }
 
 static void l_error(void *user, const char *reason)
@@ -1103,8 +1128,8 @@ static void c_starttls(void *user)
 	const char *host = s->route.host_count > s->host_i ? s->route.hosts[s->host_i].name : "";
 	int rc = -EINVAL;
 	if (dl->tls != NULL)
-		rc = tls_client_conn_new(dl->tls, dl->conf->tls_outbound, host, s->port,
-					 dl->tls_cache, &sess_tls_ops, s, &dl->tls_stats, &s->tls);
+		rc = tls_client_conn_new(dl->tls, s->pol, host, s->port, dl->tls_cache,
+					 &sess_tls_ops, s, &dl->tls_stats, &s->tls);
 	if (rc == 0)
 		rc = tls_conn_start(s->tls);
 	if (rc != 0) {
@@ -1270,6 +1295,22 @@ static bool connect_next(struct dsess *s)
 }
 
 /* A session for a CONNECT, route copied (no queue call: see deliver_poll).  NULL: no memory. */
+/* The TLS policy of a destination: its [tls_policy] rule, else [tls] outbound. */
+static enum tls_policy dest_policy(const struct deliver *dl, const char *dest)
+{
+	switch (queue_config_tls(&dl->qc, dest)) {
+	case QUEUE_TLS_NONE:
+		return TLS_POLICY_NONE;
+	case QUEUE_TLS_OPPORTUNISTIC:
+		return TLS_POLICY_OPPORTUNISTIC;
+	case QUEUE_TLS_VERIFY:
+		return TLS_POLICY_VERIFY;
+	case QUEUE_TLS_DEFAULT:
+		break;
+	}
+	return dl->conf->tls_outbound;
+}
+
 static struct dsess *sess_prepare(struct deliver *dl, const struct queue_action *a)
 {
 	struct dsess *s = calloc(1, sizeof(*s));
@@ -1284,6 +1325,14 @@ static struct dsess *sess_prepare(struct deliver *dl, const struct queue_action 
 	s->route.reason = NULL; /* points into the queue */
 	s->port = a->port ? a->port : 25;
 	snprintf(s->reason, sizeof(s->reason), "no address for %s", a->dest_name);
+	bool smart = dl->qc.smarthost_set && strcasecmp(a->dest_name, dl->qc.smarthost_name) == 0;
+	s->pol = dest_policy(dl, smart ? dl->qc.smarthost_host : a->dest_name);
+	s->implicit_tls = smart && dl->qc.smarthost_implicit_tls;
+	if (s->implicit_tls && s->pol == TLS_POLICY_NONE)
+		s->pol = TLS_POLICY_OPPORTUNISTIC; /* port 465 is TLS or nothing */
+	if (dl->tls == NULL)
+		s->pol = TLS_POLICY_NONE; /* cannot happen: the context exists when needed */
+	s->cc = &dl->cc[smart && dl->qc.smarthost_user[0]][s->pol];
 	return s;
 }
 
@@ -1648,10 +1697,10 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 		MX_ERR("deliver: %s", err);
 		goto fail;
 	}
-	smtp_client_conf_defaults(&dl->cc);
-	dl->cc.helo_name = dl->qc.hostname[0] ? dl->qc.hostname : "localhost";
-	dl->cc.tls = SMTP_CLIENT_TLS_NONE;
-	if (conf->tls_outbound != TLS_POLICY_NONE) {
+	bool need_tls = conf->tls_outbound != TLS_POLICY_NONE || dl->qc.smarthost_implicit_tls;
+	for (unsigned i = 0; i < dl->qc.tls_rule_count; i++)
+		need_tls = need_tls || dl->qc.tls_rules[i].policy != QUEUE_TLS_NONE;
+	if (need_tls) {
 		struct tls_client_conf tc = {.ca_file = conf->tls_ca_file[0] ? conf->tls_ca_file
 									     : NULL};
 		if (tls_client_ctx_create(&tc, &dl->tls, err, sizeof(err)) != 0 ||
@@ -1659,14 +1708,27 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 			MX_ERR("deliver: TLS client: %s", err);
 			goto fail;
 		}
-		dl->cc.tls = conf->tls_outbound == TLS_POLICY_VERIFY
-				     ? SMTP_CLIENT_TLS_REQUIRED
-				     : SMTP_CLIENT_TLS_OPPORTUNISTIC;
 	}
-	if (smtp_client_conf_check(&dl->cc, err, sizeof(err)) != 0) {
-		MX_ERR("deliver: smtp client: %s", err);
-		goto fail;
-	}
+	/* One client setting per (smarthost AUTH, policy); AUTH never goes to an MX. */
+	static const enum smtp_client_tls_policy cpol[3] = {
+		[TLS_POLICY_NONE] = SMTP_CLIENT_TLS_NONE,
+		[TLS_POLICY_OPPORTUNISTIC] = SMTP_CLIENT_TLS_OPPORTUNISTIC,
+		[TLS_POLICY_VERIFY] = SMTP_CLIENT_TLS_REQUIRED};
+	for (unsigned a = 0; a < 2; a++)
+		for (unsigned p = 0; p < 3; p++) {
+			struct smtp_client_conf *cc = &dl->cc[a][p];
+			smtp_client_conf_defaults(cc);
+			cc->helo_name = dl->qc.hostname[0] ? dl->qc.hostname : "localhost";
+			cc->tls = dl->tls != NULL ? cpol[p] : SMTP_CLIENT_TLS_NONE;
+			if (a == 1) {
+				cc->auth_user = dl->qc.smarthost_user;
+				cc->auth_pass = dl->qc.smarthost_pass;
+			}
+			if (smtp_client_conf_check(cc, err, sizeof(err)) != 0) {
+				MX_ERR("deliver: smtp client: %s", err);
+				goto fail;
+			}
+		}
 	if (resolve_create(conf, st, worker, &dl->dns) != 0)
 		goto fail;
 	dl->q = queue_create(&dl->qc, &deliver_queue_ops, dl);
@@ -2062,6 +2124,7 @@ void deliver_reconfigure(struct deliver *dl, const struct relay_config *conf)
 	dl->qc.smarthost_set = keep.smarthost_set;
 	dl->qc.smarthost_mx = keep.smarthost_mx;
 	dl->qc.smarthost_port = keep.smarthost_port;
+	dl->qc.smarthost_implicit_tls = keep.smarthost_implicit_tls;
 	memcpy(dl->qc.smarthost_host, keep.smarthost_host, sizeof(keep.smarthost_host));
 	memcpy(dl->qc.smarthost_name, keep.smarthost_name, sizeof(keep.smarthost_name));
 	memcpy(dl->qc.hostname, keep.hostname, sizeof(keep.hostname));

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core.h"
 #include "queue.h"
@@ -149,6 +150,102 @@ static const struct key_u64 keys[] = {
 	{"max_age", true, 60ull * 1000000, 365ull * 86400 * 1000000, OFF(max_age_us), false},
 };
 
+/* [relay] smarthost_user and the password from smarthost_password_file (not in the config). */
+static int read_smarthost_auth(struct cfg_file *cf, struct queue_config *c, char *err,
+			       size_t errlen)
+{
+	struct cfg_entry *u = cfg_get(cf, "relay", NULL, "smarthost_user");
+	struct cfg_entry *pf = cfg_get(cf, "relay", NULL, "smarthost_password_file");
+	if (u == NULL && pf == NULL)
+		return 0;
+	if (u == NULL || pf == NULL || !c->smarthost_set) {
+		struct cfg_entry *e = u ? u : pf;
+		snprintf(err, errlen,
+			 "%s:%d: [relay] smarthost_user and smarthost_password_file go together, "
+			 "with smarthost",
+			 cf->path, e->line);
+		return -EINVAL;
+	}
+	if (u->value[0] == 0 || strlen(u->value) >= sizeof(c->smarthost_user)) {
+		snprintf(err, errlen, "%s:%d: [relay] smarthost_user: bad length", cf->path,
+			 u->line);
+		return -EINVAL;
+	}
+	FILE *f = fopen(pf->value, "r");
+	if (f == NULL) {
+		snprintf(err, errlen, "%s:%d: [relay] smarthost_password_file %s: %s", cf->path,
+			 pf->line, pf->value, strerror(errno));
+		return -EINVAL;
+	}
+	char line[sizeof(c->smarthost_pass) + 2];
+	bool ok = fgets(line, sizeof(line), f) != NULL;
+	fclose(f);
+	size_t n = ok ? strcspn(line, "\r\n") : 0;
+	if (n == 0 || n >= sizeof(c->smarthost_pass)) {
+		snprintf(err, errlen, "%s:%d: [relay] smarthost_password_file %s: %s", cf->path,
+			 pf->line, pf->value,
+			 n ? "password too long" : "no password on its first line");
+		return -EINVAL;
+	}
+	snprintf(c->smarthost_user, sizeof(c->smarthost_user), "%s", u->value);
+	memcpy(c->smarthost_pass, line, n);
+	c->smarthost_pass[n] = 0;
+	return 0;
+}
+
+/* [tls_policy]: one "destination = none|opportunistic|verify" per line. */
+static int read_tls_rules(struct cfg_file *cf, struct queue_config *c, char *err, size_t errlen)
+{
+	static const char *const names[] = {"none", "opportunistic", "verify"};
+	c->tls_rule_count = 0;
+	for (size_t i = 0; i < cf->entry_count; i++) {
+		struct cfg_entry *e = &cf->entries[i];
+		if (strcmp(e->section, "tls_policy") != 0 || e->label != NULL)
+			continue;
+		e->used = true;
+		uint8_t pol = 0;
+		for (unsigned k = 0; k < 3; k++)
+			if (strcmp(e->value, names[k]) == 0)
+				pol = (uint8_t)(QUEUE_TLS_NONE + k);
+		if (pol == 0) {
+			snprintf(err, errlen,
+				 "%s:%d: [tls_policy] %s = %s: expected none, opportunistic or "
+				 "verify",
+				 cf->path, e->line, e->key, e->value);
+			return -EINVAL;
+		}
+		if (strlen(e->key) >= QUEUE_DEST_MAX) {
+			snprintf(err, errlen, "%s:%d: [tls_policy] %s: destination name too long",
+				 cf->path, e->line, e->key);
+			return -EINVAL;
+		}
+		if (c->tls_rule_count == QUEUE_TLS_RULES_MAX) {
+			snprintf(err, errlen, "%s:%d: [tls_policy]: more than %u destinations",
+				 cf->path, e->line, QUEUE_TLS_RULES_MAX);
+			return -EINVAL;
+		}
+		struct queue_tls_rule *r = &c->tls_rules[c->tls_rule_count++];
+		snprintf(r->dest, sizeof(r->dest), "%s", e->key);
+		r->policy = pol;
+	}
+	return 0;
+}
+
+enum queue_tls queue_config_tls(const struct queue_config *c, const char *dest)
+{
+	/* The last rule for a name wins, as for any repeated key. */
+	/* Config keys cannot hold brackets: an address literal's rule is the bare address. */
+	size_t len = strlen(dest);
+	bool lit = len > 2 && dest[0] == '[' && dest[len - 1] == ']';
+	for (unsigned i = c->tls_rule_count; i-- > 0;) {
+		const char *r = c->tls_rules[i].dest;
+		if (strcasecmp(r, dest) == 0 ||
+		    (lit && strlen(r) == len - 2 && strncasecmp(r, dest + 1, len - 2) == 0))
+			return (enum queue_tls)c->tls_rules[i].policy;
+	}
+	return QUEUE_TLS_DEFAULT;
+}
+
 int queue_config_from_cfg(struct cfg_file *cf, struct queue_config *c, char *err, size_t errlen)
 {
 	struct cfg_entry *e;
@@ -194,6 +291,10 @@ int queue_config_from_cfg(struct cfg_file *cf, struct queue_config *c, char *err
 			 cf->path, e->line);
 		return -EINVAL;
 	}
+	if (c->smarthost_set)
+		c->smarthost_implicit_tls = c->smarthost_port == 465;
+	if (read_smarthost_auth(cf, c, err, errlen) != 0 || read_tls_rules(cf, c, err, errlen) != 0)
+		return -EINVAL;
 	if ((e = cfg_get(cf, "smtp", NULL, "hostname"))) {
 		if (strlen(e->value) == 0 || strlen(e->value) >= sizeof(c->hostname)) {
 			snprintf(err, errlen, "%s:%d: [smtp] hostname: bad length", cf->path,

@@ -35,7 +35,8 @@ struct queue;
 
 #define QUEUE_DEST_MAX 264 /* "[host]:port" of a smarthost, or a domain, with NUL */
 #define QUEUE_RETRY_STEPS_MAX 16
-#define QUEUE_REPLY_MAX 512 /* remote reply text kept per recipient */
+#define QUEUE_REPLY_MAX 512    /* remote reply text kept per recipient */
+#define QUEUE_TLS_RULES_MAX 64 /* [tls_policy] entries */
 
 /* ---- configuration --------------------------------------------------------- */
 
@@ -65,15 +66,36 @@ struct queue_config {
 	uint16_t smarthost_port; /* default 25 */
 	char smarthost_host[256];
 	char smarthost_name[QUEUE_DEST_MAX]; /* the destination name (as configured) */
+	bool smarthost_implicit_tls;	     /* port 465: TLS from the first byte (RFC 8314) */
+	char smarthost_user[256];	     /* [relay] smarthost_user: AUTH, or "" */
+	char smarthost_pass[256];	     /* from [relay] smarthost_password_file */
+	/* [tls_policy] DEST = none|opportunistic|verify: per-destination TLS */
+	struct queue_tls_rule {
+		char dest[QUEUE_DEST_MAX];
+		uint8_t policy; /* enum queue_tls */
+	} tls_rules[QUEUE_TLS_RULES_MAX];
+	unsigned tls_rule_count;
 };
+
+/** queue_config_tls(): the TLS policy of a destination. */
+enum queue_tls {
+	QUEUE_TLS_DEFAULT = 0, /* no rule: [tls] outbound applies */
+	QUEUE_TLS_NONE,
+	QUEUE_TLS_OPPORTUNISTIC,
+	QUEUE_TLS_VERIFY,
+};
+/** The [tls_policy] rule for dest (a destination name, case-insensitive), or DEFAULT. */
+enum queue_tls queue_config_tls(const struct queue_config *c, const char *dest);
 
 void queue_config_defaults(struct queue_config *c);
 /**
  * Read [queue] (retry, max_age, max_connections, messages_per_connection,
  * rate, rate_burst, recipients_per_transaction, backoff_initial, backoff_max,
  * idle_timeout, connection_reuse_time_limit, route_ttl, dsn_max_full_size,
- * max_destinations, max_transactions, max_sessions), [relay] smarthost and
- * [smtp] hostname over c.  0 or -EINVAL with "file:line: message" in err.
+ * max_destinations, max_transactions, max_sessions), [relay] smarthost,
+ * smarthost_user and smarthost_password_file (the file is read here),
+ * [tls_policy] and [smtp] hostname over c.  0 or -EINVAL with
+ * "file:line: message" in err.
  */
 int queue_config_from_cfg(struct cfg_file *cf, struct queue_config *c, char *err, size_t errlen);
 /** Set the smarthost from "[host]:port", "host:port" or "host".  0 or -EINVAL. */

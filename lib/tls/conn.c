@@ -554,6 +554,10 @@ int tls_client_conn_new(struct tls_client_ctx *ctx, enum tls_policy policy, cons
 	    (policy != TLS_POLICY_OPPORTUNISTIC && policy != TLS_POLICY_VERIFY))
 		return -EINVAL;
 	hl = strlen(host);
+	if (hl > 2 && host[0] == '[' && host[hl - 1] == ']') {
+		host++; /* an address literal "[192.0.2.10]": the address itself */
+		hl -= 2;
+	}
 	if (hl > 0 && host[hl - 1] == '.')
 		hl--; /* "mx.example.com." from DNS: match without the root dot */
 	if (hl == 0 || hl >= sizeof(name))

@@ -534,6 +534,8 @@ static void test_verify_untrusted_ca(void)
 static void test_verify_ip_literal(void)
 {
 	expect_verify_failure(CERT_EC, "192.0.2.1", "mismatch");
+	/* The queue names a literal destination "[192.0.2.1]": checked as the address too. */
+	expect_verify_failure(CERT_EC, "[192.0.2.1]", "mismatch");
 }
 
 static void test_opportunistic_ignores(void)
