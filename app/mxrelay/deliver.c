@@ -91,6 +91,7 @@ struct dsess {
 	bool try_next;	 /* the current attempt failed before up: next address */
 	bool reap;	 /* free at the next poll */
 	bool input_held; /* TLS took less than offered */
+	bool close_pending; /* a CLOSE: tell the queue when the connection is gone */
 	uint64_t connect_deadline_us;
 	char reason[640]; /* why the last attempt failed */
 	/* the transaction in flight */
@@ -1463,9 +1464,12 @@ static void do_send(struct deliver *dl, const struct queue_action *a)
 static void do_close(struct deliver *dl, const struct queue_action *a)
 {
 	struct dsess *s = find_sess(dl, a->session);
-	if (s == NULL)
+	if (s == NULL) {
+		queue_conn_closed(dl->q, a->session, wall_us()); /* nothing of ours left */
 		return;
+	}
 	s->qdone = true; /* the handle is dead */
+	s->close_pending = true;
 	if (s->cl != NULL && smtp_client_is_ready(s->cl))
 		smtp_client_quit(s->cl); /* closed -> tcp_close -> t_closed -> reap */
 	else if (s->tc != NULL)
@@ -1604,6 +1608,8 @@ static unsigned sessions_run(struct deliver *dl, uint64_t now)
 		}
 		if (s->reap && s->tc == NULL) {
 			sess_down(s, s->reason[0] ? s->reason : "connection closed");
+			if (s->close_pending && !dl->destroying)
+				queue_conn_closed(dl->q, s->handle, wall_us());
 			sess_free(dl, s);
 			work++;
 			continue;

@@ -229,7 +229,8 @@ struct queue_txn {
 /*
  * Every RESOLVE must be answered with queue_route_result() (DNS_MAIL_TEMPFAIL
  * when the lookup cannot even start), every CONNECT with queue_conn_up() or
- * queue_conn_down(), every SEND with queue_txn_result() or queue_conn_down().
+ * queue_conn_down(), every SEND with queue_txn_result() or queue_conn_down(),
+ * every CLOSE with queue_conn_closed() once the connection is gone.
  * dest_name and route are valid until the next call on the queue (copy the
  * route to connect); txn stays valid until its session reports back.
  */
@@ -322,6 +323,12 @@ int queue_conn_up(struct queue *q, uint64_t session, const char *host, uint32_t 
  * (its running transaction is deferred).  reason is logged and kept.
  */
 int queue_conn_down(struct queue *q, uint64_t session, const char *reason, int64_t now_us);
+/**
+ * After a CLOSE: the transport has closed the connection (QUIT answered, or
+ * aborted).  Until then the session counts against the destination's
+ * max_connections.  0, or -ENOENT (not a session waiting for this).
+ */
+int queue_conn_closed(struct queue *q, uint64_t session, int64_t now_us);
 /** Result of a SEND: n == txn->rcpt_count results.  The session is idle again. */
 int queue_txn_result(struct queue *q, uint64_t session, const struct queue_rcpt_result *res,
 		     unsigned n, int64_t now_us);

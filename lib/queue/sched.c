@@ -82,7 +82,12 @@ struct qtxn {
 	int64_t dispatched_us;
 };
 
-enum { S_FREE = 0, S_CONNECTING, S_IDLE, S_BUSY, S_CLOSING };
+/*
+ * S_CLOSING: decided, its CLOSE action not out yet; S_QUITTING: CLOSE given,
+ * the transport still says QUIT and closes TCP (queue_conn_closed ends it).
+ * Both still count against the destination's max_connections.
+ */
+enum { S_FREE = 0, S_CONNECTING, S_IDLE, S_BUSY, S_CLOSING, S_QUITTING };
 
 struct qsession {
 	uint32_t gen;
@@ -363,7 +368,8 @@ static struct qsession *sess_by_handle(struct queue *q, uint64_t h)
 {
 	uint32_t slot = (uint32_t)h, gen = (uint32_t)(h >> 32);
 	if (slot >= q->cfg.max_sessions || q->sess[slot].state == S_FREE ||
-	    q->sess[slot].state == S_CLOSING || q->sess[slot].gen != gen)
+	    q->sess[slot].state == S_CLOSING || q->sess[slot].state == S_QUITTING ||
+	    q->sess[slot].gen != gen)
 		return NULL;
 	return &q->sess[slot];
 }
@@ -382,19 +388,15 @@ static void sess_unidle(struct qsession *s)
 	s->dest->idle_count--;
 }
 
-/* Detach s from its destination and queue a CLOSE action for it. */
+/*
+ * Queue a CLOSE action for s.  It keeps its place in the destination's
+ * connection count until the transport reports the connection gone
+ * (queue_conn_closed): a QUIT still on the wire is still a connection to
+ * the receiving server, and a new one must not take its place yet.
+ */
 static void sess_close(struct queue *q, struct qsession *s)
 {
-	struct qdest *d = s->dest;
-
 	sess_unidle(s);
-	if (d) {
-		d->sessions--;
-		d->c.conns_open--;
-		dest_dirty(q, d);
-	}
-	q->c.conns_open--;
-	s->dest = NULL;
 	s->state = S_CLOSING;
 	ql_add_tail(&q->closing, &s->link);
 }
@@ -991,7 +993,7 @@ int queue_poll(struct queue *q, int64_t now, struct queue_action *out, unsigned 
 		ql_del(&s->link);
 		out[n++] = (struct queue_action){.type = QUEUE_ACT_CLOSE,
 						 .session = sess_handle(q, s)};
-		sess_release(q, s);
+		s->state = S_QUITTING;
 	}
 	/* Closing sessions made destinations dirty again: free the idle ones. */
 	return (int)n;
@@ -1524,5 +1526,21 @@ int queue_retry_foreach(const struct queue *q,
 		if (rc)
 			return rc;
 	}
+	return 0;
+}
+
+int queue_conn_closed(struct queue *q, uint64_t session, int64_t now)
+{
+	uint32_t slot = (uint32_t)session, gen = (uint32_t)(session >> 32);
+	if (slot >= q->cfg.max_sessions || q->sess[slot].gen != gen ||
+	    q->sess[slot].state != S_QUITTING)
+		return -ENOENT;
+	struct qsession *s = &q->sess[slot];
+	struct qdest *d = s->dest;
+	d->sessions--;
+	CNT(q, d, conns_open, -1);
+	sess_release(q, s);
+	dest_dirty(q, d); /* its slot is free: waiting mail may connect, or it may be forgotten */
+	(void)now;
 	return 0;
 }

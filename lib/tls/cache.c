@@ -4,13 +4,17 @@
  *
  * A fixed array of entries (capacity from config), a chained hash over them
  * and an LRU list; all indexes are 32-bit.  One cache per core, used only
- * by that core's connections: no locks.  Entries are replaced by every new
- * session of their destination, evicted least recently used first when
- * full, and dropped when their session has expired or is no longer
- * resumable (checked at lookup and by tls_session_cache_expire()).  A TLS
- * 1.2 session is reused by every reconnection; a TLS 1.3 entry is taken out
- * by the connection that resumes it (tickets are single-use, RFC 8446 C.4)
- * and that connection's fresh ticket takes its place.
+ * by that core's connections: no locks.  Entries are evicted least
+ * recently used first when full, and dropped when their session has
+ * expired or is no longer resumable (checked at lookup and by
+ * tls_session_cache_expire()).
+ *
+ * A TLS 1.2 session is reused by every reconnection: one entry per
+ * destination, replaced by each new session.  TLS 1.3 tickets are
+ * single-use (RFC 8446 C.4): the connection that resumes takes its entry
+ * out, so a destination keeps up to TLS_CACHE_TICKETS_PER_DEST tickets (a
+ * server sends one or more per handshake) and a burst of pooled
+ * reconnections resumes instead of falling back to full handshakes.
  */
 #include "tls_internal.h"
 
@@ -20,6 +24,7 @@
 
 #define NIL UINT32_MAX
 #define CACHE_MAX_CAPACITY (1u << 20)
+#define TLS_CACHE_TICKETS_PER_DEST 16
 
 struct cache_entry {
 	char key[TLS_CACHE_KEY_MAX];
@@ -184,26 +189,44 @@ static int64_t session_expiry(SSL_SESSION *sess)
 	return exp;
 }
 
+/* The next entry of key after i in its bucket chain (i = NIL: the first, the newest). */
+static uint32_t find_next(const struct tls_session_cache *c, const char *key, uint64_t h,
+			  uint32_t i)
+{
+	i = i == NIL ? c->buckets[h & c->bucket_mask] : c->entries[i].chain;
+	for (; i != NIL; i = c->entries[i].chain)
+		if (c->entries[i].hash == h && strcmp(c->entries[i].key, key) == 0)
+			return i;
+	return NIL;
+}
+
 SSL_SESSION *tls_cache_lookup(struct tls_session_cache *c, const char *key, bool need_verified,
 			      int64_t now_s)
 {
 	uint64_t h = key_hash(key);
-	uint32_t i = find(c, key, h);
-	SSL_SESSION *sess;
+	uint32_t i = NIL, next;
+	SSL_SESSION *sess = NULL;
+	bool skipped = false;
 
-	if (i == NIL) {
-		c->stats.misses++;
-		return NULL;
+	/* Newest first (a bucket chain is in insertion order, newest at the head). */
+	for (i = find_next(c, key, h, NIL); i != NIL; i = next) {
+		next = find_next(c, key, h, i);
+		if (c->entries[i].expires_s <= now_s ||
+		    !SSL_SESSION_is_resumable(c->entries[i].sess)) {
+			remove_entry(c, i);
+			c->stats.expired++;
+			continue;
+		}
+		if (need_verified && !c->entries[i].verified) {
+			skipped = true;
+			continue;
+		}
+		sess = c->entries[i].sess;
+		break;
 	}
-	sess = c->entries[i].sess;
-	if (c->entries[i].expires_s <= now_s || !SSL_SESSION_is_resumable(sess)) {
-		remove_entry(c, i);
-		c->stats.expired++;
-		c->stats.misses++;
-		return NULL;
-	}
-	if (need_verified && !c->entries[i].verified) {
-		c->stats.unverified_skipped++;
+	if (sess == NULL) {
+		if (skipped)
+			c->stats.unverified_skipped++;
 		c->stats.misses++;
 		return NULL;
 	}
@@ -236,6 +259,20 @@ int tls_cache_store(struct tls_session_cache *c, const char *key, SSL_SESSION *s
 		return -ENAMETOOLONG;
 	if (exp <= now_s)
 		return -ETIME;
+	if (SSL_SESSION_get_protocol_version(sess) >= TLS1_3_VERSION) {
+		/* Another ticket: a new entry; past the bound, the destination's oldest goes. */
+		unsigned n = 0;
+		uint32_t oldest = NIL;
+		for (uint32_t k = find_next(c, key, h, NIL); k != NIL; k = find_next(c, key, h, k)) {
+			n++;
+			oldest = k;
+		}
+		if (n >= TLS_CACHE_TICKETS_PER_DEST) {
+			remove_entry(c, oldest);
+			c->stats.evictions++;
+		}
+		i = NIL;
+	}
 	if (i != NIL) {
 		e = &c->entries[i];
 		SSL_SESSION_free(e->sess);
@@ -285,9 +322,9 @@ size_t tls_session_cache_expire(struct tls_session_cache *c, int64_t now_s)
 
 void tls_cache_forget(struct tls_session_cache *c, const char *key)
 {
-	uint32_t i = find(c, key, key_hash(key));
+	uint32_t i;
 
-	if (i != NIL)
+	while ((i = find(c, key, key_hash(key))) != NIL)
 		remove_entry(c, i);
 }
 
@@ -312,6 +349,6 @@ int tls_session_cache_remove(struct tls_session_cache *c, const char *host, uint
 	i = find(c, key, key_hash(key));
 	if (i == NIL)
 		return -ENOENT;
-	remove_entry(c, i);
+	tls_cache_forget(c, key);
 	return 0;
 }

@@ -541,8 +541,15 @@ static void test_msgs_per_connection(void)
 	const struct queue_action *cl = find_act(QUEUE_ACT_CLOSE);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(cl);
 	CU_ASSERT_EQUAL(cl->session, first);
-	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1); /* a fresh connection for the third */
+	/* The old one still says QUIT: it counts against max_connections = 1. */
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0);
 	CU_ASSERT_EQUAL(queue_conn_up(q, first, "h", 1, 25, T0), -ENOENT);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.conns_open, 1);
+	CU_ASSERT_EQUAL(queue_conn_closed(q, first, T0), 0);
+	CU_ASSERT_EQUAL(queue_conn_closed(q, first, T0), -ENOENT); /* once */
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1); /* now a fresh one for the third */
 	queue_get_counters(q, &k);
 	CU_ASSERT_EQUAL(k.sessions_reused, 1);
 	CU_ASSERT_EQUAL(k.conns_opened, 2);
@@ -1039,9 +1046,11 @@ static void test_limits_txn_dest_session(void)
 	pollq(q, T0);
 	struct queue_action a = *need_act(QUEUE_ACT_SEND);
 	CU_ASSERT_EQUAL(result_all(q, &a, 250, "250 ok", T0), 0);
-	pollq(q, T0 + 5 * SEC); /* idle close frees the slot ... */
+	pollq(q, T0 + 5 * SEC); /* idle close ... */
 	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 1);
-	pollq(q, T0 + 5 * SEC); /* ... for the other destination */
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0); /* ... the slot is still in use */
+	CU_ASSERT_EQUAL(queue_conn_closed(q, need_act(QUEUE_ACT_CLOSE)->session, T0 + 5 * SEC), 0);
+	pollq(q, T0 + 5 * SEC); /* ... now it is free, for the other destination */
 	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
 	queue_destroy(q);
 }
@@ -1415,7 +1424,10 @@ static void test_counters_and_foreach(void)
 	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
 	CU_ASSERT_EQUAL(di.idle_sessions, 1);
 	CU_ASSERT_EQUAL(di.c.deferred, 1);
-	pollq(q, T0 + 5 * SEC); /* idle close; destination freed */
+	pollq(q, T0 + 5 * SEC); /* idle close: the destination waits for the transport */
+	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
+	CU_ASSERT_EQUAL(queue_conn_closed(q, need_act(QUEUE_ACT_CLOSE)->session, T0 + 5 * SEC), 0);
+	pollq(q, T0 + 5 * SEC); /* closed: destination freed */
 	CU_ASSERT_FALSE(dest_info(q, "[192.0.2.10]", &di));
 	queue_get_counters(q, &k);
 	CU_ASSERT_EQUAL(k.dests, 0);

@@ -491,6 +491,41 @@ static void test_cache_lru_and_expiry(void)
 	tls_server_ctx_free(s);
 }
 
+/*
+ * TLS 1.3 tickets are single-use: the cache keeps several per destination
+ * (bounded), so pooled reconnections that start together all resume.
+ */
+static void test_cache_tickets_per_destination(void)
+{
+	struct tls_server_conf sc = {.num_tickets = 20};
+	struct tls_server_ctx *s = make_server(CERT_EC, &sc);
+	struct tls_client_ctx *c = make_client(NULL);
+	struct tls_session_cache *cache;
+
+	CU_ASSERT_EQUAL_FATAL(tls_session_cache_create(64, &cache), 0);
+	reset_stats();
+	connect_pair(s, c, TLS_POLICY_VERIFY, TLS_PKI_HOST, cache);
+	pair_pump(&srv, &cli, 0);
+	CU_ASSERT_FALSE(cli.info.resumed);
+	/* 20 tickets from one handshake; 16 kept for the destination. */
+	CU_ASSERT_EQUAL(tls_session_cache_count(cache), 16);
+	CU_ASSERT_EQUAL(tls_session_cache_stats(cache)->evictions, 4);
+	/* Each resumption uses one ticket and gets one back: they all resume. */
+	for (int i = 0; i < 8; i++) {
+		connect_pair(s, c, TLS_POLICY_VERIFY, TLS_PKI_HOST, cache);
+		pair_pump(&srv, &cli, 0);
+		CU_ASSERT_TRUE(cli.info.resumed);
+	}
+	CU_ASSERT_EQUAL(tls_session_cache_count(cache), 16);
+	/* Another destination is untouched by that bound. */
+	CU_ASSERT_EQUAL(tls_session_cache_remove(cache, TLS_PKI_HOST, 25), 0);
+	CU_ASSERT_EQUAL(tls_session_cache_count(cache), 0);
+	done_pair();
+	tls_session_cache_free(cache);
+	tls_client_ctx_free(c);
+	tls_server_ctx_free(s);
+}
+
 /* ---- verification policy ----------------------------------------------------------- */
 
 static void expect_verify_failure(unsigned certs, const char *host, const char *want_error)
@@ -991,6 +1026,7 @@ static CU_TestInfo tls_tests[] = {
 	{"verify: wrong name", test_verify_wrong_name},
 	{"verify: untrusted CA", test_verify_untrusted_ca},
 	{"verify: IP literal", test_verify_ip_literal},
+	{"cache: several TLS 1.3 tickets per destination", test_cache_tickets_per_destination},
 	{"opportunistic ignores name and CA", test_opportunistic_ignores},
 	{"ECDSA and RSA certificates", test_ecdsa_and_rsa},
 	{"backpressure", test_backpressure},

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# deliver_postfix_mx.sh - Postfix 3.7 as the destination MX (issue 6, "Tests"):
+# a private Postfix instance (its own config_directory, queue_directory and
+# master, every service unchained, logging to its own maillog) listens on the
+# host side of the TAP, 10.77.71.1:25, offers STARTTLS with a demo
+# certificate for mx.pf.test and delivers pf.test mail into a maildir
+# (virtual(8)).  unbound on 10.77.71.1:53 serves "pf.test MX 10 mx.pf.test".
+# The relay takes K messages for u<i>@pf.test and delivers them with
+# messages_per_connection = 5, so several connections are opened:
+#   - every message lands once in the maildir, body byte-exact (SHA-256,
+#     line ends compared as LF: the maildir stores LF);
+#   - Postfix logs a TLS connection for every session of the relay, and
+#     each message carries Postfix's "(using TLSv1.x ...)" Received header;
+#   - the relay's counters show resumed TLS handshakes;
+#   - one status=sent line per message, and the spool ends empty.
+# Exit 0 pass, 77 skip.
+. "$(dirname "$0")/common.bash"
+need_root_tap
+[ -x "$PY" ] || skip "no $PY"
+command -v postfix >/dev/null || skip "postfix not installed"
+command -v unbound >/dev/null || skip "unbound not installed"
+id postfix >/dev/null 2>&1 || skip "no postfix user"
+N=71 IF=mxt71 H=10.77.71.2 S=10.77.71.1
+M=$BUILD/tools/mxspool/mxspool
+K=${MX_PF_N:-40}
+T0=$(date +%s)
+val() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
+PF_DOMAINS=pf.test
+. "$ROOT/tests/integration/postfix.bash"
+trap 'pf_stop; cleanup' EXIT
+
+"$ROOT/lib/tls/gen-demo-cert.sh" "$TMP/tls" mx.pf.test >/dev/null 2>&1 ||
+	fail "cannot make a demo certificate"
+
+write_config "$TMP/r.conf" $IF $N "
+[smtp]
+hostname = relay.mxrelay.test
+listen = 25
+[relay]
+allow_networks = 10.77.$N.0/24
+[tls]
+outbound = opportunistic
+[dns]
+resolvers = $S
+[spool]
+dir = $TMP/spool
+[queue]
+retry = 2s
+backoff_initial = 1s
+backoff_max = 2s
+messages_per_connection = 5
+[control]
+socket = $TMP/control.sock
+http_listen ="
+start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
+R=$LAST_PID
+wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
+for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
+grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay not running"; }
+
+cat >"$TMP/unbound.conf" <<CONF
+server:
+	interface: $S
+	port: 53
+	access-control: 10.77.$N.0/24 allow
+	do-daemonize: no
+	username: ""
+	chroot: ""
+	directory: "$TMP"
+	pidfile: ""
+	use-syslog: no
+	logfile: ""
+	do-ip6: no
+	local-zone: "pf.test." static
+	local-data: "pf.test. 60 IN MX 10 mx.pf.test."
+	local-data: "mx.pf.test. 60 IN A $S"
+remote-control:
+	control-enable: no
+CONF
+start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
+for _ in $(seq 50); do ss -lun | grep -q "$S:53 " && break; sleep 0.1; done
+ss -lun | grep -q "$S:53 " || { cat "$TMP/unbound.log"; fail "unbound did not start"; }
+
+# ---- the private Postfix instance (postfix.bash) ----------------------------------------
+pf_setup "$S:25     inet  n       -       n       -       20      smtpd" "
+mydomain = pf.test
+myorigin = \$myhostname
+inet_interfaces = $S
+mynetworks = 10.77.$N.0/24
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_tls_cert_file = $TMP/tls/relay.crt
+smtpd_tls_key_file = $TMP/tls/relay.key
+smtpd_tls_security_level = may
+smtpd_tls_loglevel = 1
+smtpd_tls_received_header = yes
+smtpd_tls_session_cache_timeout = 3600s"
+pf_start "$S:25"
+
+# ---- K messages through the relay -------------------------------------------------------
+timeout 60 $PY - "$H" "$K" >"$TMP/sent" <<'PYEOF' || { tail -20 "$TMP/relay.log"; fail "sending"; }
+import hashlib, os, smtplib, sys
+host, k = sys.argv[1], int(sys.argv[2])
+c = smtplib.SMTP(host, 25, timeout=20)
+for i in range(k):
+    lines = [os.urandom(20 + (i * 11) % 60).hex() for _ in range(1 + i % 30)]
+    if i % 3 == 0:
+        lines.insert(1, ".a line that starts with a dot")
+    body = "\r\n".join(lines) + "\r\n"
+    c.sendmail("dev@fleet.test", [f"u{i}@pf.test"],
+               (f"From: dev@fleet.test\r\nTo: u{i}@pf.test\r\nSubject: pf {i}\r\n"
+                f"X-Probe: pf-{i}\r\n\r\n" + body).encode())
+    print(f"pf-{i}", hashlib.sha256(body.replace("\r\n", "\n").encode()).hexdigest())
+c.quit()
+PYEOF
+
+for _ in $(seq 600); do
+	[ "$(find "$PF/mail/box/new" -type f 2>/dev/null | wc -l)" -ge "$K" ] && break
+	sleep 0.1
+done
+sleep 1
+n=$(find "$PF/mail/box/new" -type f 2>/dev/null | wc -l)
+[ "$n" -ge "$K" ] || {
+	tail -10 "$TMP/relay.log"
+	tail -20 "$PF/maillog"
+	fail "$n of $K messages in Postfix's maildir"
+}
+$PY - "$TMP/sent" "$PF/mail/box/new" <<'PYEOF' || fail "maildir contents"
+import hashlib, os, re, sys
+want = dict(l.split() for l in open(sys.argv[1]))
+got, notls = {}, 0
+for f in os.listdir(sys.argv[2]):
+    raw = open(os.path.join(sys.argv[2], f), "rb").read().replace(b"\r\n", b"\n")
+    head, _, body = raw.partition(b"\n\n")
+    m = re.search(rb"^X-Probe: (\S+)$", head, re.M)
+    # Postfix's own Received header names the TLS the relay's session used.
+    if not re.search(rb"^Received: from relay\.mxrelay\.test .*\n(\s.*\n)*?\s+\(using TLSv1\.[23] ",
+                     head, re.M):
+        notls += 1
+    got.setdefault(m.group(1).decode() if m else "none", []).append(hashlib.sha256(body).hexdigest())
+bad = [k for k in want if got.get(k) != [want[k]]] + [k for k in got if k not in want]
+print(f"{len(want)} sent, {sum(map(len, got.values()))} in the maildir, {notls} without TLS, "
+      f"bad: {bad[:10]}")
+sys.exit(1 if bad or notls else 0)
+PYEOF
+
+"$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
+opened=$(val "$TMP/stats" queue_conns_opened)
+full=$(val "$TMP/stats" tls_client_handshakes_full)
+res=$(val "$TMP/stats" tls_client_handshakes_resumed)
+pf_tls=$(grep -c "TLS connection established from .*\[$H\]" "$PF/maillog")
+pf_conn=$(grep -c "postfix/smtpd.*: connect from .*\[$H\]" "$PF/maillog")
+grep -m1 "TLS connection established from" "$PF/maillog"
+echo "relay: $opened connections, TLS $full full + $res resumed; postfix: $pf_conn connections, $pf_tls with TLS"
+sent=$(grep -c "to=<u[0-9]*@pf.test>, relay=mx.pf.test\[$S\]:25, .*status=sent" "$TMP/relay.log")
+[ "$sent" = "$K" ] || fail "$sent status=sent lines, expected $K"
+[ "$pf_conn" -ge 2 ] || fail "postfix saw $pf_conn connections: messages_per_connection = 5 should force more"
+[ "$pf_tls" = "$pf_conn" ] || fail "$pf_tls of $pf_conn connections used TLS"
+[ -n "$res" ] && [ "$res" -ge 1 ] || fail "no resumed TLS handshake (full: $full)"
+[ $((full + res)) -ge "$pf_tls" ] || fail "relay counted $((full + res)) handshakes, postfix $pf_tls"
+stop_pid $R || fail "relay did not stop cleanly"
+"$M" "$TMP/spool" count >"$TMP/count"
+grep -q "^messages 0$" "$TMP/count" || { cat "$TMP/count"; fail "spool not empty"; }
+echo "Postfix MX: ok ($(($(date +%s) - T0)) s)"
