@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const known_sections[] = {"eal", "port.", "tcp", "smtp", "tls", "relay",
-					     "dns", "spool", "queue", "dkim", "log",
-					     "control", "tls_policy", NULL};
+static const char *const known_sections[] = {"eal",   "port.",	 "tcp",	       "smtp",	"tls",
+					     "relay", "dns",	 "spool",      "queue", "dkim",
+					     "log",   "control", "tls_policy", NULL};
 
 /* Split a comma- or space-separated list; calls fn on each item. */
 static void list_key(struct cfg_file *cf, struct cfg_report *r, const char *sect, const char *key,
@@ -77,7 +77,8 @@ static void parse_control(struct cfg_file *cf, struct relay_config *rc, struct c
 	cfg_key_str(cf, r, "control", "socket", c->socket, sizeof(c->socket));
 	cfg_key_str(cf, r, "control", "http_listen", c->http_listen, sizeof(c->http_listen));
 	e = cfg_get(cf, "control", NULL, "http_listen");
-	if (e != NULL && c->http_listen[0] && control_parse_listen(c->http_listen, &addr, &port) != 0)
+	if (e != NULL && c->http_listen[0] &&
+	    control_parse_listen(c->http_listen, &addr, &port) != 0)
 		cfg_error(r, cf, e->line, "http_listen = %s: expected A.B.C.D:port or empty",
 			  e->value);
 	cfg_key_u64(cf, r, "control", "max_clients", 1, 1024, &c->max_clients);
@@ -130,7 +131,8 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	cfg_key_duration(cf, r, "smtp", "auth_block_time", 1000000, 86400000000ull,
 			 &rc->auth_block_us);
 	rc->shutdown_timeout_us = 10000000;
-	cfg_key_duration(cf, r, "smtp", "shutdown_timeout", 0, 3600000000ull, &rc->shutdown_timeout_us);
+	cfg_key_duration(cf, r, "smtp", "shutdown_timeout", 0, 3600000000ull,
+			 &rc->shutdown_timeout_us);
 	cfg_key_str(cf, r, "smtp", "users", rc->users_file, sizeof(rc->users_file));
 
 	cfg_key_str(cf, r, "tls", "cert", rc->tls_cert, sizeof(rc->tls_cert));
@@ -153,11 +155,11 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 			rc->retry_us[rc->n_retry++] = dflt[i] * 1000000ull;
 	}
 	rc->max_age_us = 5ull * 86400 * 1000000;
-	cfg_key_duration(cf, r, "queue", "max_age", 60000000ull, 60ull * 86400 * 1000000, &rc->max_age_us);
-	/* lib/queue reads [queue] itself (deliver.c); here for --check-config and unknown keys. */
-	struct queue_config qc;
-	queue_config_defaults(&qc);
-	rc_lib = queue_config_from_cfg(cf, &qc, err, sizeof(err));
+	cfg_key_duration(cf, r, "queue", "max_age", 60000000ull, 60ull * 86400 * 1000000,
+			 &rc->max_age_us);
+	/* lib/queue's own reading of [queue]: deliver.c takes it at start and on reload. */
+	queue_config_defaults(&rc->queue);
+	rc_lib = queue_config_from_cfg(cf, &rc->queue, err, sizeof(err));
 	lib_error(r, cf, rc_lib, err);
 
 	/* [dkim "domain"]: every key file is loaded now, so a bad one is reported here. */
@@ -190,4 +192,101 @@ void relay_config_free(struct relay_config *rc)
 	rc->dkim = NULL;
 	cfg_free(rc->cf);
 	rc->cf = NULL;
+}
+
+/* ---- reload ----------------------------------------------------------------------- */
+
+/* Sections whose every key needs a restart, by prefix ("port." covers port.0, port.1, ...). */
+static const char *const restart_sections[] = {"eal", "port.",	 "tcp", "spool",
+					       "dns", "control", NULL};
+/* Single keys that need a restart, as "section.key". */
+static const char *const restart_keys[] = {"smtp.listen", "smtp.shutdown_timeout", "tls.ca_file",
+					   "tls.outbound", "relay.smarthost", "log.file",
+					   /* lib/queue's table sizes (deliver.c keeps them) */
+					   "queue.max_destinations", "queue.max_transactions",
+					   "queue.max_sessions", NULL};
+
+static bool needs_restart(const struct cfg_entry *e)
+{
+	char full[128];
+	for (int i = 0; restart_sections[i]; i++) {
+		size_t n = strlen(restart_sections[i]);
+		if (restart_sections[i][n - 1] == '.'
+			    ? strncmp(e->section, restart_sections[i], n) == 0
+			    : strcmp(e->section, restart_sections[i]) == 0)
+			return true;
+	}
+	snprintf(full, sizeof(full), "%s.%s", e->section, e->key);
+	for (int i = 0; restart_keys[i]; i++)
+		if (strcmp(full, restart_keys[i]) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The last entry of cf with e's section, label and key, as cfg_get() would
+ * pick it, without marking it used (cf may be the running configuration).
+ */
+static const struct cfg_entry *same_entry(const struct cfg_file *cf, const struct cfg_entry *e)
+{
+	const struct cfg_entry *found = NULL;
+	for (size_t i = 0; i < cf->entry_count; i++) {
+		const struct cfg_entry *o = &cf->entries[i];
+		if (strcmp(o->section, e->section) == 0 && strcmp(o->key, e->key) == 0 &&
+		    !o->label == !e->label && (o->label == NULL || strcmp(o->label, e->label) == 0))
+			found = o;
+	}
+	return found;
+}
+
+unsigned relay_config_keep_restart_keys(const struct relay_config *run, struct relay_config *next,
+					struct cfg_report *notes, struct cfg_report *errors)
+{
+	unsigned before = notes->count;
+
+	for (size_t i = 0; i < next->cf->entry_count; i++) {
+		const struct cfg_entry *e = &next->cf->entries[i];
+		if (!needs_restart(e) || same_entry(next->cf, e) != e)
+			continue; /* an earlier duplicate: the last one counts */
+		const struct cfg_entry *o = same_entry(run->cf, e);
+		if (o == NULL || strcmp(o->value, e->value) != 0)
+			cfg_error(notes, next->cf, e->line, "[%s] %s %s: needs a restart (ignored)",
+				  e->section, e->key, o == NULL ? "added" : "changed");
+	}
+	for (size_t i = 0; i < run->cf->entry_count; i++) {
+		const struct cfg_entry *o = &run->cf->entries[i];
+		if (needs_restart(o) && same_entry(next->cf, o) == NULL)
+			cfg_error(notes, next->cf, 0, "[%s] %s removed: needs a restart (ignored)",
+				  o->section, o->key);
+	}
+	/* 465 and 587 listen only with a certificate: it may change, not go. */
+	if (run->tls_cert[0] && !next->tls_cert[0]) {
+		const struct cfg_entry *e = cfg_get(next->cf, "tls", NULL, "cert");
+		cfg_error(errors, next->cf, e ? e->line : 0,
+			  "[tls] cert: the running relay has a certificate; removing it needs a "
+			  "restart");
+	} else if (!run->tls_cert[0] && next->tls_cert[0]) {
+		const struct cfg_entry *e = cfg_get(next->cf, "tls", NULL, "cert");
+		cfg_error(notes, next->cf, e ? e->line : 0,
+			  "[tls] cert added: STARTTLS, 465 and 587 need a restart (ignored)");
+		next->tls_cert[0] = next->tls_key[0] = '\0';
+	}
+	/* What the workers read from a configuration after they started. */
+	memcpy(next->listen, run->listen, sizeof(next->listen));
+	next->n_listen = run->n_listen;
+	next->shutdown_timeout_us = run->shutdown_timeout_us;
+	memcpy(next->tls_ca_file, run->tls_ca_file, sizeof(next->tls_ca_file));
+	next->tls_outbound = run->tls_outbound;
+	memcpy(next->smarthost, run->smarthost, sizeof(next->smarthost));
+	next->dns = run->dns;
+	next->control = run->control;
+	memcpy(next->log_file, run->log_file, sizeof(next->log_file));
+	next->queue.smarthost_set = run->queue.smarthost_set;
+	next->queue.smarthost_mx = run->queue.smarthost_mx;
+	next->queue.smarthost_port = run->queue.smarthost_port;
+	memcpy(next->queue.smarthost_host, run->queue.smarthost_host,
+	       sizeof(next->queue.smarthost_host));
+	memcpy(next->queue.smarthost_name, run->queue.smarthost_name,
+	       sizeof(next->queue.smarthost_name));
+	return notes->count - before;
 }

@@ -2,8 +2,11 @@
  * control.c - the relay's management plane, served by the main lcore only.
  *
  *   control socket  Unix SOCK_STREAM at [control] socket: one request line
- *                   per connection ("status", "stats", "stats json", "help"),
- *                   one reply, then close.  tools/mxctl is its client.
+ *                   per connection ("status", "stats", "stats json", "help",
+ *                   "reload", "queue", "show", "flush", "suspend", "resume",
+ *                   "dns lookup", "dns flush"), one reply, then close.
+ *                   tools/mxctl is its client.  A reply that starts with
+ *                   "error:" is a failure (mxctl exits 1).
  *   Prometheus      GET /metrics over HTTP/1.0 at [control] http_listen, text
  *                   exposition format 0.0.4.  This is a KERNEL TCP socket on
  *                   purpose: it belongs to the management network, never to
@@ -17,8 +20,19 @@
  * workers_stats_foreach() on the main lcore only: telemetry callbacks run
  * on EAL's telemetry thread, so they ask the main lcore for a fresh
  * snapshot through an eventfd and wait (bounded) for it.
+ *
+ * Reload (control_reload: SIGHUP or "reload") reads the file again, builds
+ * a new configuration generation and publishes it to the workers
+ * (worker.c); a file with any error changes nothing.  Queue commands run
+ * on the workers' own lcores through their mailboxes (workers_call) and
+ * the answers are joined here.  DNS commands read the shared cache
+ * (resolve.c) directly: lookups are lock-free, with the main lcore
+ * registered as a reader of its own.
  */
 #include "control.h"
+#include "deliver.h"
+#include "resolve.h"
+#include "smtpd.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -30,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -51,6 +66,9 @@
 #define CTL_REPLY_MAX (8u << 20)
 #define CTL_CLIENT_TIMEOUT_US 5000000ull
 #define CTL_TEL_WAIT_MS 1000
+#define CTL_CALL_TIMEOUT_US 2000000ull /* a worker's answer to a queue command */
+#define CTL_MAX_ARGS 4
+#define CTL_ARG_MAX 256
 
 /* ---- counters of every worker, by name ---- */
 
@@ -234,6 +252,7 @@ struct client {
 struct ctl_counters {
 	uint64_t requests, errors, refused_full, timeouts, too_long, http_requests, http_not_found,
 		telemetry_requests;
+	uint64_t reloads_ok, reloads_failed, worker_timeouts;
 };
 
 static struct {
@@ -252,6 +271,7 @@ static struct {
 	pthread_cond_t cond;
 	uint64_t tel_asked, tel_done;
 	bool tel_registered, tel_closed;
+	uint64_t last_reclaim_us;
 } ctl = {
 	.unix_fd = -1,
 	.http_fd = -1,
@@ -326,6 +346,14 @@ static void reply_status(struct obuf *o)
 	ob_printf(o, "control_timeouts %llu\n", (unsigned long long)ctl.ctr.timeouts);
 	ob_printf(o, "control_too_long %llu\n", (unsigned long long)ctl.ctr.too_long);
 	ob_printf(o, "telemetry_requests %llu\n", (unsigned long long)ctl.ctr.telemetry_requests);
+	uint64_t gen;
+	workers_config(&gen);
+	ob_printf(o, "config_generation %llu\n", (unsigned long long)gen);
+	ob_printf(o, "config_generation_workers %llu\n",
+		  (unsigned long long)workers_generation_acked());
+	ob_printf(o, "config_generations_held %u\n", workers_generations_held());
+	ob_printf(o, "reloads_ok %llu\n", (unsigned long long)ctl.ctr.reloads_ok);
+	ob_printf(o, "reloads_failed %llu\n", (unsigned long long)ctl.ctr.reloads_failed);
 	pthread_mutex_unlock(&ctl.lock);
 }
 
@@ -333,7 +361,22 @@ static void reply_stats(struct obuf *o, bool json)
 {
 	pthread_mutex_lock(&ctl.lock);
 	table_collect(&tab);
+	/* Relay-wide counters of the main lcore, ahead of the workers' sums. */
+	uint64_t gen;
+	workers_config(&gen);
+	const struct {
+		const char *name;
+		uint64_t value;
+	} own[] = {
+		{"config_generation", gen},
+		{"reloads_ok", ctl.ctr.reloads_ok},
+		{"reloads_failed", ctl.ctr.reloads_failed},
+		{"control_worker_timeouts", ctl.ctr.worker_timeouts},
+	};
+	const unsigned n_own = sizeof(own) / sizeof(own[0]);
 	if (!json) {
+		for (unsigned i = 0; i < n_own; i++)
+			ob_printf(o, "%s %llu\n", own[i].name, (unsigned long long)own[i].value);
 		for (unsigned i = 0; i < tab.n_names; i++)
 			ob_printf(o, "%s %llu\n", tab.names[i], (unsigned long long)tab.total[i]);
 		for (unsigned w = 0; w < tab.n_workers; w++)
@@ -343,6 +386,8 @@ static void reply_stats(struct obuf *o, bool json)
 	} else {
 		/* Counter names are [a-z0-9_] (workers_stats_foreach): no escaping needed. */
 		ob_printf(o, "{\"total\":{");
+		for (unsigned i = 0; i < n_own; i++)
+			ob_printf(o, "\"%s\":%llu,", own[i].name, (unsigned long long)own[i].value);
 		for (unsigned i = 0; i < tab.n_names; i++)
 			ob_printf(o, "%s\"%s\":%llu", i ? "," : "", tab.names[i],
 				  (unsigned long long)tab.total[i]);
@@ -363,48 +408,525 @@ static const char help_text[] =
 	"status              version, uptime, workers, ports, listeners, open sessions, spool\n"
 	"stats               every counter: totals, then worker.N.name per worker\n"
 	"stats json          the same as {\"total\":{...},\"workers\":[{...}]}\n"
-	"help                this text\n"
-	"not available yet:  queue, show, flush, suspend, resume, dns, reload\n";
+	"reload              read the configuration file again (as SIGHUP does)\n"
+	"queue [DEST]        destinations and their queues (or one)\n"
+	"show ID             one message: envelope and recipients' state\n"
+	"flush [DEST]        retry now (every destination, or one)\n"
+	"suspend DEST        hold a destination's queue; resume DEST lets it go\n"
+	"dns lookup NAME [TYPE]  the shared DNS cache's entry (TYPE: A, AAAA, MX, ...)\n"
+	"dns flush [NAME]    drop NAME (all types) or everything from the DNS cache\n"
+	"help                this text\n";
 
-/* Commands of later parts of the relay: named so operators get a clear answer. */
-static const char *const later_cmds[] = {"queue",  "show", "flush",  "suspend",
-					 "resume", "dns",  "reload", NULL};
+/* ---- reload ---- */
+
+/* Each line of text as "prefix line" to the log (at level lvl) and the reply. */
+static void lines_out(struct obuf *o, const char *text, const char *prefix, bool error)
+{
+	const char *p = text;
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		int n = nl ? (int)(nl - p) : (int)strlen(p);
+		if (error)
+			MX_ERR("%s%.*s", prefix, n, p);
+		else
+			MX_WARN("%s%.*s", prefix, n, p);
+		if (o != NULL)
+			ob_printf(o, "%.*s\n", n, p);
+		p += n + (nl != NULL);
+	}
+}
+
+static int reload(const char *why, struct obuf *o)
+{
+	uint64_t gen;
+	const struct relay_config *run = workers_config(&gen);
+	struct relay_config *next = calloc(1, sizeof(*next));
+	struct smtpd_shared *g = NULL;
+	struct cfg_report rep = {0}, notes = {0};
+	char err[600];
+	const char *path = ctl.config_path;
+
+	if (run == NULL || path == NULL || next == NULL) {
+		free(next);
+		ctl.ctr.reloads_failed++;
+		MX_ERR("reload (%s): %s", why, next == NULL ? "out of memory" : "not running");
+		if (o != NULL)
+			ob_printf(o, "error: reload: %s\n",
+				  next == NULL ? "out of memory" : "the relay is not running");
+		return -EINVAL;
+	}
+	MX_INFO("reload (%s): reading %s", why, path);
+	if (relay_config_load(path, workers_count(), next, &rep) == 0)
+		relay_config_keep_restart_keys(run, next, &notes, &rep);
+	if (rep.count == 0) {
+		g = calloc(1, sizeof(*g));
+		if (g == NULL)
+			cfg_error(&rep, next->cf, -1, "out of memory");
+		else if (smtpd_shared_init(g, next, workers_count(), err, sizeof(err)) != 0)
+			cfg_error(&rep, next->cf, 0, "%s", err);
+	}
+	if (rep.count == 0) {
+		g->own_conf = next;
+		int rc = workers_publish(g);
+		if (rc != 0) {
+			cfg_error(&rep, next->cf, -1,
+				  "too many older configurations are still in use by open "
+				  "connections; try again later");
+			g->own_conf = NULL;
+		}
+	}
+	if (rep.count != 0) {
+		if (g != NULL)
+			smtpd_shared_free(g);
+		free(g);
+		relay_config_free(next);
+		free(next);
+		ctl.ctr.reloads_failed++;
+		MX_ERR("reload (%s) refused: %u error(s); configuration generation %llu stays in "
+		       "force",
+		       why, rep.count, (unsigned long long)gen);
+		if (o != NULL)
+			ob_printf(o,
+				  "error: reload refused: %u error(s); the running configuration "
+				  "(generation %llu) stays in force\n",
+				  rep.count, (unsigned long long)gen);
+		lines_out(o, rep.text, "reload: ", true);
+		return -EINVAL;
+	}
+	ctl.ctr.reloads_ok++;
+	mx_log_set_level(next->log_level);
+	MX_INFO("reload (%s): configuration generation %llu in force for new connections; "
+		"open ones keep theirs",
+		why, (unsigned long long)g->generation);
+	if (o != NULL)
+		ob_printf(o,
+			  "reloaded: configuration generation %llu (new connections; open ones "
+			  "keep theirs)\n",
+			  (unsigned long long)g->generation);
+	lines_out(o, notes.text, "reload: ", false);
+	return 0;
+}
+
+int control_reload(const char *why)
+{
+	return reload(why, NULL);
+}
+
+/* ---- queue commands: asked of the workers ---- */
+
+static const char *const cmd_verbs[] = {"queue", "show", "flush", "suspend", "resume"};
+enum { CMD_QUEUE, CMD_SHOW, CMD_FLUSH, CMD_SUSPEND, CMD_RESUME };
+
+static int call_queue(struct deliver *dl, unsigned w, const char *arg, FILE *out)
+{
+	(void)w;
+	(void)arg;
+	return deliver_ctl_queue(dl, out);
+}
+
+static int call_show(struct deliver *dl, unsigned w, const char *arg, FILE *out)
+{
+	uint64_t id;
+	(void)w;
+	if (spool_id_parse(arg, &id) != 0)
+		return -EINVAL;
+	return deliver_ctl_show(dl, id, out);
+}
+
+static int call_flush(struct deliver *dl, unsigned w, const char *arg, FILE *out)
+{
+	(void)w;
+	return deliver_ctl_flush(dl, arg[0] ? arg : NULL, out);
+}
+
+static int call_suspend(struct deliver *dl, unsigned w, const char *arg, FILE *out)
+{
+	(void)w;
+	return deliver_ctl_suspend(dl, arg, true, out);
+}
+
+static int call_resume(struct deliver *dl, unsigned w, const char *arg, FILE *out)
+{
+	(void)w;
+	return deliver_ctl_suspend(dl, arg, false, out);
+}
+
+/* Keep the lines of text whose first word is dest (mxctl queue DEST). */
+static size_t filter_dest(struct obuf *o, const char *text, const char *dest)
+{
+	size_t kept = 0, dlen = strlen(dest);
+	for (const char *p = text; *p;) {
+		const char *nl = strchr(p, '\n');
+		size_t n = nl ? (size_t)(nl - p) : strlen(p);
+		if (n >= dlen && strncasecmp(p, dest, dlen) == 0 &&
+		    (n == dlen || p[dlen] == ' ' || p[dlen] == '\t')) {
+			ob_printf(o, "%.*s\n", (int)n, p);
+			kept++;
+		}
+		p += n + (nl != NULL);
+	}
+	return kept;
+}
+
+static const char *call_error(int rc)
+{
+	switch (rc) {
+	case -ENODEV:
+		return "not running";
+	case -EBUSY:
+		return "still busy with an earlier request";
+	case -ETIMEDOUT:
+		return "no answer within 2 s";
+	case -E2BIG:
+		return "argument too long";
+	default:
+		return strerror(-rc);
+	}
+}
+
+static void reply_queue_cmd(int cmd, const char *arg, struct obuf *o)
+{
+	static const worker_call_fn fns[] = {call_queue, call_show, call_flush, call_suspend,
+					     call_resume};
+	struct worker_answer ans[64];
+	unsigned n = workers_count() < 64 ? workers_count() : 64;
+	uint64_t mask = n == 64 ? ~0ull : (1ull << n) - 1;
+	const char *verb = cmd_verbs[cmd];
+	unsigned ok = 0, nosys = 0, noent = 0, inval = 0, failed = 0;
+	struct obuf body = {0}, errs = {0};
+
+	if (cmd == CMD_SHOW) {
+		uint64_t id;
+		if (spool_id_parse(arg, &id) != 0) {
+			ob_printf(o,
+				  "error: show: '%s' is not a message ID (12 characters, as in "
+				  "\"queued as ID\")\n",
+				  arg);
+			ctl.ctr.errors++;
+			return;
+		}
+		/* The message lives in the spool of the worker that accepted it. */
+		if (spool_id_core(id) < n)
+			mask = 1ull << spool_id_core(id);
+	}
+	workers_call(mask, fns[cmd], arg, CTL_CALL_TIMEOUT_US, ans);
+	for (unsigned w = 0; w < n; w++) {
+		if (!(mask >> w & 1))
+			continue;
+		int rc = ans[w].rc;
+		if (rc == 0) {
+			ok++;
+			if (ans[w].text != NULL) {
+				if (cmd == CMD_QUEUE && arg[0])
+					filter_dest(&body, ans[w].text, arg);
+				else
+					ob_printf(&body, "%s", ans[w].text);
+			}
+		} else if (rc == -ENOSYS) {
+			nosys++;
+		} else if (rc == -ENOENT) {
+			noent++;
+		} else if (rc == -EINVAL) {
+			inval++;
+			if (ans[w].text != NULL)
+				ob_printf(&errs, "%s", ans[w].text);
+		} else {
+			failed++;
+			if (rc == -ETIMEDOUT)
+				ctl.ctr.worker_timeouts++;
+			ob_printf(&errs, "worker %u: %s\n", w, call_error(rc));
+		}
+		free(ans[w].text);
+	}
+	if (failed > 0) {
+		ob_printf(o, "error: %s: %u worker(s) did not answer%s\n", verb, failed,
+			  ok ? "; the answers of the others follow" : "");
+		if (errs.p)
+			ob_printf(o, "%s", errs.p);
+		if (body.p)
+			ob_printf(o, "%s", body.p);
+		ctl.ctr.errors++;
+	} else if (ok == 0 && nosys > 0) {
+		ob_printf(o, "error: %s is not available yet\n", verb);
+		ctl.ctr.errors++;
+	} else if (ok == 0 && inval > 0) {
+		ob_printf(o, "error: %s: bad argument '%s'\n%s", verb, arg, errs.p ? errs.p : "");
+		ctl.ctr.errors++;
+	} else if (ok == 0 || (cmd == CMD_QUEUE && arg[0] && body.len == 0)) {
+		if (cmd == CMD_SHOW)
+			ob_printf(o, "error: show: no message %s in the queue\n", arg);
+		else
+			ob_printf(o, "error: %s: no destination '%s' in the queue\n", verb, arg);
+		ctl.ctr.errors++;
+	} else if (body.len == 0) {
+		ob_printf(o, "%s\n", cmd == CMD_QUEUE ? "queue empty" : "ok");
+	} else {
+		ob_printf(o, "%s", body.p);
+	}
+	if (body.full || errs.full)
+		o->full = true;
+	free(body.p);
+	free(errs.p);
+}
+
+/* ---- DNS cache ---- */
+
+static const struct {
+	const char *name;
+	uint16_t type;
+} dns_types[] = {
+	{"A", DNS_T_A},	  {"NS", DNS_T_NS},   {"CNAME", DNS_T_CNAME}, {"SOA", DNS_T_SOA},
+	{"MX", DNS_T_MX}, {"TXT", DNS_T_TXT}, {"AAAA", DNS_T_AAAA},   {"TLSA", DNS_T_TLSA},
+};
+
+static const char *dns_type_str(uint16_t type, char *buf, size_t cap)
+{
+	for (size_t i = 0; i < sizeof(dns_types) / sizeof(dns_types[0]); i++)
+		if (dns_types[i].type == type)
+			return dns_types[i].name;
+	snprintf(buf, cap, "TYPE%u", type);
+	return buf;
+}
+
+/* "MX", "mx", "TYPE15" or "15".  0 or -EINVAL. */
+static int dns_type_parse(const char *s, uint16_t *type)
+{
+	for (size_t i = 0; i < sizeof(dns_types) / sizeof(dns_types[0]); i++)
+		if (strcasecmp(s, dns_types[i].name) == 0) {
+			*type = dns_types[i].type;
+			return 0;
+		}
+	if (strncasecmp(s, "TYPE", 4) == 0)
+		s += 4;
+	uint64_t v;
+	if (cfg_parse_u64(s, 1, 65535, &v) != 0)
+		return -EINVAL;
+	*type = (uint16_t)v;
+	return 0;
+}
+
+/* Printable text of cache data: names came off the wire (hostile until proven otherwise). */
+static void ob_safe(struct obuf *o, const char *s)
+{
+	for (; s != NULL && *s; s++)
+		ob_printf(o, "%c", *s > 0x20 && *s < 0x7f ? *s : '?');
+}
+
+static void dns_print_rr(struct obuf *o, const struct dns_rr *rr)
+{
+	char tb[16];
+	ob_printf(o, "  ");
+	ob_safe(o, rr->name);
+	ob_printf(o, " %s ", dns_type_str(rr->type, tb, sizeof(tb)));
+	switch (rr->type) {
+	case DNS_T_A:
+		ob_printf(o, "%u.%u.%u.%u", rr->a >> 24, (rr->a >> 16) & 255, (rr->a >> 8) & 255,
+			  rr->a & 255);
+		break;
+	case DNS_T_AAAA: {
+		char txt[INET6_ADDRSTRLEN];
+		ob_printf(o, "%s", inet_ntop(AF_INET6, rr->aaaa, txt, sizeof(txt)) ? txt : "?");
+		break;
+	}
+	case DNS_T_MX:
+		ob_printf(o, "%u ", rr->mx.pref);
+		ob_safe(o, rr->mx.host);
+		break;
+	case DNS_T_CNAME:
+	case DNS_T_NS:
+		ob_safe(o, rr->target);
+		break;
+	case DNS_T_SOA:
+		ob_safe(o, rr->soa.mname);
+		ob_printf(o, " ");
+		ob_safe(o, rr->soa.rname);
+		ob_printf(o, " %u", rr->soa.serial);
+		break;
+	default:
+		ob_printf(o, "(%u bytes)", rr->raw.len);
+		break;
+	}
+	ob_printf(o, "\n");
+}
+
+static const char *dns_status_str(uint8_t st)
+{
+	static const char *const names[] = {"ok", "nodata (negative)", "nxdomain (negative)",
+					    "cname", "tempfail"};
+	return st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
+}
+
+static void dns_print_entry(struct obuf *o, const struct dns_entry *e, uint64_t now)
+{
+	char tb[16];
+	ob_safe(o, e->name);
+	ob_printf(o, " %s %s", dns_type_str(e->type, tb, sizeof(tb)), dns_status_str(e->status));
+	if (now < e->expire_us)
+		ob_printf(o, " ttl %u left %llu s", e->ttl,
+			  (unsigned long long)((e->expire_us - now + 999999) / 1000000));
+	else
+		ob_printf(o, " ttl %u expired %llu s ago", e->ttl,
+			  (unsigned long long)((now - e->expire_us) / 1000000));
+	if (e->stale || now >= e->expire_us)
+		ob_printf(o, " stale%s",
+			  now < e->stale_until_us ? " (may be served)" : " (not served)");
+	if (e->ad)
+		ob_printf(o, " ad");
+	if (e->canon != NULL && e->name != NULL && strcmp(e->canon, e->name) != 0) {
+		ob_printf(o, " canonical ");
+		ob_safe(o, e->canon);
+	}
+	ob_printf(o, " records %u\n", e->rr_count);
+	for (unsigned i = 0; i < e->rr_count; i++)
+		dns_print_rr(o, &e->rr[i]);
+}
+
+static struct dns_cache *dns_cache_for_ctl(struct obuf *o)
+{
+	struct dns_cache *c = resolve_shared_cache();
+	if (c == NULL) {
+		ob_printf(o, "error: dns: no DNS cache ([dns] resolvers is not set)\n");
+		ctl.ctr.errors++;
+	}
+	return c;
+}
+
+static void reply_dns(int argc, char argv[][CTL_ARG_MAX], struct obuf *o)
+{
+	if (argc >= 3 && argc <= 4 && strcmp(argv[1], "lookup") == 0) {
+		uint16_t type = DNS_T_MX;
+		if (argc == 4 && dns_type_parse(argv[3], &type) != 0) {
+			ob_printf(o, "error: dns lookup: unknown type '");
+			ob_safe(o, argv[3]);
+			ob_printf(o, "' (A, AAAA, MX, CNAME, NS, TXT, SOA, TLSA or a number)\n");
+			ctl.ctr.errors++;
+			return;
+		}
+		struct dns_cache *c = dns_cache_for_ctl(o);
+		unsigned reader;
+		if (c == NULL)
+			return;
+		/*
+		 * The main lcore reads the cache lock-free like a worker, so it
+		 * needs a reader id of its own, only for this request: a reader
+		 * that stays registered without reporting quiescent states
+		 * would hold back every reclamation in the cache.
+		 */
+		if (dns_cache_register_thread(c, &reader) != 0) {
+			ob_printf(o, "error: dns: no reader slot left in the cache\n");
+			ctl.ctr.errors++;
+			return;
+		}
+		/* Without a type: what mail routing asks (MX, then the hosts' addresses). */
+		static const uint16_t route_types[] = {DNS_T_MX, DNS_T_A, DNS_T_AAAA, DNS_T_CNAME};
+		const uint16_t *types = argc == 4 ? &type : route_types;
+		unsigned n_types = argc == 4 ? 1 : 4, found = 0;
+		uint64_t now = mx_now_us();
+		for (unsigned i = 0; i < n_types; i++) {
+			const struct dns_entry *e =
+				dns_cache_lookup(c, reader, argv[2], types[i], now);
+			if (e == NULL)
+				continue;
+			dns_print_entry(o, e, now);
+			found++;
+		}
+		dns_cache_unregister_thread(c, reader); /* the entries may be freed from now on */
+		if (found == 0) {
+			ob_safe(o, argv[2]);
+			ob_printf(o, " %s: not in the cache\n",
+				  argc == 4 ? argv[3] : "MX/A/AAAA/CNAME");
+		}
+		return;
+	}
+	if (argc >= 2 && argc <= 3 && strcmp(argv[1], "flush") == 0) {
+		struct dns_cache *c = dns_cache_for_ctl(o);
+		if (c == NULL)
+			return;
+		int n = dns_cache_flush(c, argc == 3 ? argv[2] : NULL);
+		if (n < 0) {
+			ob_printf(o, "error: dns flush: '");
+			ob_safe(o, argv[2]);
+			ob_printf(o, "' is not a domain name\n");
+			ctl.ctr.errors++;
+			return;
+		}
+		ob_printf(o, "flushed %d entr%s\n", n, n == 1 ? "y" : "ies");
+		MX_INFO("control: dns flush %s: %d entries", argc == 3 ? argv[2] : "(all)", n);
+		return;
+	}
+	ob_printf(o, "error: usage: dns lookup NAME [TYPE] | dns flush [NAME]\n");
+	ctl.ctr.errors++;
+}
 
 /* Answer one control request line (NUL-terminated, without its newline). */
 static void control_answer(const char *line, struct obuf *o)
 {
-	char cmd[32], arg[32], extra[2];
-	int n;
+	char argv[CTL_MAX_ARGS + 1][CTL_ARG_MAX];
+	int argc = 0;
+	const char *p = line;
 
 	ctl.ctr.requests++;
-	cmd[0] = arg[0] = '\0';
-	n = sscanf(line, " %31s %31s %1s", cmd, arg, extra);
-	if (n <= 0) {
-		ob_printf(o, "error: empty request (try help)\n");
-	} else if (strcmp(cmd, "help") == 0 && n == 1) {
-		ob_printf(o, "%s", help_text);
-		return;
-	} else if (strcmp(cmd, "status") == 0 && n == 1) {
-		reply_status(o);
-		return;
-	} else if (strcmp(cmd, "stats") == 0 && (n == 1 || (n == 2 && !strcmp(arg, "json")))) {
-		reply_stats(o, n == 2);
-		return;
-	} else if (strcmp(cmd, "stats") == 0 || strcmp(cmd, "status") == 0 ||
-		   strcmp(cmd, "help") == 0) {
-		ob_printf(o, "error: bad arguments to '%s' (try help)\n", cmd);
-	} else {
-		for (int i = 0; later_cmds[i]; i++)
-			if (strcmp(cmd, later_cmds[i]) == 0) {
-				ob_printf(o, "error: %s is not available yet\n", cmd);
+	for (;;) {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\0')
+			break;
+		size_t n = strcspn(p, " \t");
+		if (argc == CTL_MAX_ARGS + 1 || n >= CTL_ARG_MAX) {
+			ob_printf(o, "error: too many or too long arguments (try help)\n");
+			ctl.ctr.errors++;
+			return;
+		}
+		memcpy(argv[argc], p, n);
+		argv[argc++][n] = '\0';
+		p += n;
+	}
+	for (int i = 0; i < argc; i++)
+		for (char *q = argv[i]; *q; q++)
+			if (*q < 0x21 || *q > 0x7e) {
+				ob_printf(o, "error: request has non-printable bytes (try help)\n");
 				ctl.ctr.errors++;
 				return;
 			}
-		/* Echo at most 31 printable bytes of what was asked. */
-		for (char *p = cmd; *p; p++)
-			if (*p < 0x21 || *p > 0x7e)
-				*p = '?';
-		ob_printf(o, "error: unknown command '%s' (try help)\n", cmd);
+	const char *cmd = argc > 0 ? argv[0] : "";
+	if (argc == 0) {
+		ob_printf(o, "error: empty request (try help)\n");
+	} else if (strcmp(cmd, "help") == 0 && argc == 1) {
+		ob_printf(o, "%s", help_text);
+		return;
+	} else if (strcmp(cmd, "status") == 0 && argc == 1) {
+		reply_status(o);
+		return;
+	} else if (strcmp(cmd, "stats") == 0 &&
+		   (argc == 1 || (argc == 2 && !strcmp(argv[1], "json")))) {
+		reply_stats(o, argc == 2);
+		return;
+	} else if (strcmp(cmd, "reload") == 0 && argc == 1) {
+		reload("mxctl", o);
+		return;
+	} else if (strcmp(cmd, "dns") == 0) {
+		reply_dns(argc, argv, o);
+		return;
+	} else if ((strcmp(cmd, "queue") == 0 || strcmp(cmd, "flush") == 0) && argc <= 2) {
+		reply_queue_cmd(cmd[0] == 'q' ? CMD_QUEUE : CMD_FLUSH, argc == 2 ? argv[1] : "", o);
+		return;
+	} else if (strcmp(cmd, "show") == 0 && argc == 2) {
+		reply_queue_cmd(CMD_SHOW, argv[1], o);
+		return;
+	} else if ((strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0) && argc == 2) {
+		reply_queue_cmd(cmd[0] == 's' ? CMD_SUSPEND : CMD_RESUME, argv[1], o);
+		return;
+	} else {
+		bool known = false;
+		static const char *const others[] = {"help", "status", "stats", "reload", NULL};
+		for (int i = 0; others[i]; i++)
+			known = known || strcmp(cmd, others[i]) == 0;
+		for (int i = 0; i < 5; i++)
+			known = known || strcmp(cmd, cmd_verbs[i]) == 0;
+		if (known)
+			ob_printf(o, "error: bad arguments to '%s' (try help)\n", cmd);
+		else
+			ob_printf(o, "error: unknown command '%s' (try help)\n", cmd);
 	}
 	ctl.ctr.errors++;
 }
@@ -444,6 +966,17 @@ static void reply_metrics(struct obuf *o)
 	prom_family(o, "mxrelay_control_timeouts_total", "counter",
 		    "control and HTTP clients closed after 5 s without a request");
 	ob_printf(o, "mxrelay_control_timeouts_total %llu\n", (unsigned long long)ctl.ctr.timeouts);
+	uint64_t gen;
+	workers_config(&gen);
+	prom_family(o, "mxrelay_config_generation", "gauge",
+		    "configuration generation in force (1 at start, one more per reload)");
+	ob_printf(o, "mxrelay_config_generation %llu\n", (unsigned long long)gen);
+	prom_family(o, "mxrelay_reloads_ok_total", "counter", "configuration reloads applied");
+	ob_printf(o, "mxrelay_reloads_ok_total %llu\n", (unsigned long long)ctl.ctr.reloads_ok);
+	prom_family(o, "mxrelay_reloads_failed_total", "counter",
+		    "configuration reloads refused (the running configuration stayed)");
+	ob_printf(o, "mxrelay_reloads_failed_total %llu\n",
+		  (unsigned long long)ctl.ctr.reloads_failed);
 	for (unsigned i = 0; i < tab.n_names; i++) {
 		const char *name = tab.names[i];
 		bool gauge = stat_is_gauge(name);
@@ -924,6 +1457,10 @@ int control_poll(int timeout_ms)
 	if (poll(pfd, n, timeout_ms) < 0)
 		return 0;
 	uint64_t now = mx_now_us();
+	if (now - ctl.last_reclaim_us > 1000000) {
+		ctl.last_reclaim_us = now;
+		workers_reclaim(); /* configurations replaced by a reload */
+	}
 	for (unsigned i = 0; i < n; i++) {
 		struct client *c = who[i];
 		if (c == NULL) {

@@ -36,6 +36,15 @@ int control_start(const struct relay_config *conf, const struct net_dataplane *d
  */
 int control_poll(int timeout_ms);
 
+/**
+ * Reload (SIGHUP; mxctl reload does the same and gets the text): read the
+ * configuration file again.  Any error (logged as file:line) keeps the
+ * running configuration; otherwise new connections get the new one
+ * (policy, users, limits, certificate, DKIM keys, queue limits) and keys
+ * that need a restart are logged and ignored.  0 or -EINVAL.
+ */
+int control_reload(const char *why);
+
 /** Close every client and listener and remove the control socket. */
 void control_stop(void);
 

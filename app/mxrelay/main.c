@@ -8,6 +8,9 @@
  * (net_dataplane_start: EAL options come from [eal] args), launches one
  * worker per remaining lcore and then only does control work: signals and
  * periodic counters.  Workers run to completion (worker.c).
+ *
+ * Signals: SIGTERM/SIGINT drain and stop; SIGHUP reloads the configuration
+ * file (control_reload; a bad file changes nothing).
  */
 #include "control.h"
 #include "relay.h"
@@ -25,10 +28,17 @@
 #include <rte_lcore.h>
 
 static volatile sig_atomic_t got_signal;
+static volatile sig_atomic_t got_hup;
 
 static void on_signal(int sig)
 {
 	got_signal = sig;
+}
+
+static void on_hup(int sig)
+{
+	(void)sig;
+	got_hup = 1;
 }
 
 static void usage(FILE *f)
@@ -104,6 +114,10 @@ int main(int argc, char **argv)
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);
+	/* sigaction without SA_RESTART: a SIGHUP ends control_poll's wait at once. */
+	struct sigaction hup = {.sa_handler = on_hup};
+	sigemptyset(&hup.sa_mask);
+	sigaction(SIGHUP, &hup, NULL);
 	if (workers_start(&conf, &dp) != 0) {
 		MX_ERR("startup failed: workers");
 		net_dataplane_stop(&dp);
@@ -112,8 +126,13 @@ int main(int argc, char **argv)
 	/* Control plane (control.c): the main loop waits in poll() for requests. */
 	control_start(&conf, &dp, path);
 	MX_INFO("mxrelay running (%s)", path);
-	while (!got_signal)
+	while (!got_signal) {
 		control_poll(100);
+		if (got_hup) {
+			got_hup = 0;
+			control_reload("SIGHUP");
+		}
+	}
 	MX_INFO("signal %d: draining: new connections get 421, open sessions have %llu s",
 		(int)got_signal, (unsigned long long)(conf.shutdown_timeout_us / 1000000));
 	got_signal = 0;

@@ -1,12 +1,21 @@
 /*
  * resolve.c - the relay's DNS: the cache all workers share and one stub
- * resolver per worker whose queries go out over that worker's lib/net UDP.
+ * resolver per worker whose queries go out over that worker's lib/net.
  *
- * Each worker binds a small block of source ports (lib/net keeps at most
- * 64 UDP binds per core); replies to those ports reach the worker that
- * asked on a single-worker relay.  TCP (answers with TC set) is not carried
- * yet: the resolver moves on to the next server and the lookup fails
- * temporarily, so the message is deferred, never misrouted.
+ * UDP: every worker binds the same range of RESOLVE_UDP_PORTS source ports
+ * with one udp_bind_range() (bindings are per core).  The resolver draws
+ * each query's port at random from the range (RFC 5452 9.2) but only among
+ * the ports whose reply from that server the port's flow steering (RSS or
+ * the software dispatcher) hands back to this worker (udp_port_steers_here),
+ * so with n workers each has about RESOLVE_UDP_PORTS / n ports per server.
+ *
+ * TCP (RFC 7766, when an answer came truncated): one lib/net connection per
+ * query to the server's port, the query and the answer framed with the
+ * 2-byte length of RFC 1035 4.2.2; the answer may span any number of
+ * segments and is handed whole to dns_resolver_input(tcp = true), then the
+ * connection is closed.  At most RESOLVE_TCP_MAX connections per worker,
+ * each aborted after the resolver's per-try timeout; every way one ends
+ * has a counter (resolve_stats_foreach).
  */
 #include "resolve.h"
 
@@ -14,9 +23,34 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define DNS_PORT_BASE 40000u
-#define DNS_PORTS 32u
-#define DNS_DRAIN_US 3000000ull /* at shutdown, wait this long for lookups in flight */
+#define RESOLVE_UDP_LO 20000u
+#define RESOLVE_UDP_PORTS 8192u	       /* per worker before steering: a few thousand after it */
+#define RESOLVE_TCP_MAX 16	       /* DNS-over-TCP connections per worker */
+#define RESOLVE_TCP_QUERY_MAX 514      /* 2-byte length + the resolver's 512-byte query */
+#define RESOLVE_TCP_SLACK_US 500000ull /* past the resolver's try timeout, abort */
+#define DNS_DRAIN_US 3000000ull	       /* at shutdown, wait this long for lookups in flight */
+
+/* One DNS-over-TCP exchange; tc == NULL: the slot is free. */
+struct resolve_tcp {
+	struct resolve *r;
+	struct tcp_conn *tc;
+	uint32_t server;
+	uint16_t qport; /* the resolver's source port of this try: how it matches the answer */
+	bool answered;
+	uint64_t deadline_us;
+	uint8_t query[RESOLVE_TCP_QUERY_MAX];
+	size_t qlen, qsent;
+	uint8_t lenbuf[2];
+	size_t have;  /* answer octets received, length prefix included */
+	size_t need;  /* message length from the prefix (0: not known yet) */
+	uint8_t *ans; /* need octets, allocated once the prefix is in */
+};
+
+struct resolve_counters {
+	uint64_t udp_send_failures;
+	uint64_t tcp_queries, tcp_answers, tcp_limit, tcp_connect_failures, tcp_timeouts, tcp_short,
+		tcp_bad_length, tcp_nomem;
+};
 
 struct resolve {
 	const struct relay_config *conf;
@@ -25,8 +59,11 @@ struct resolve {
 	struct dns_resolver *dns;
 	unsigned tid;
 	bool registered;
-	uint16_t port_lo;
-	unsigned ports_bound;
+	bool udp_bound;
+	uint64_t now_us;
+	unsigned tcp_open;
+	struct resolve_tcp tcp[RESOLVE_TCP_MAX];
+	struct resolve_counters ctr;
 };
 
 /* The DNS cache all workers share (lock-free reads); NULL without [dns] resolvers. */
@@ -58,16 +95,194 @@ struct dns_cache *resolve_shared_cache(void)
 	return shared;
 }
 
-static int udp_out(void *ctx, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt, size_t len,
+/* ---- DNS over TCP (RFC 7766, RFC 1035 4.2.2) ------------------------------------------- */
+
+static void tcp_slot_clear(struct resolve_tcp *x)
+{
+	free(x->ans);
+	x->ans = NULL;
+	x->tc = NULL;
+	x->have = x->need = x->qlen = x->qsent = 0;
+	x->answered = false;
+}
+
+static void t_push(struct resolve_tcp *x)
+{
+	while (x->tc != NULL && x->qsent < x->qlen) {
+		ssize_t n = tcp_send(x->tc, x->query + x->qsent, x->qlen - x->qsent);
+		if (n <= 0)
+			return; /* full: on_writable follows; error: on_closed follows */
+		x->qsent += (size_t)n;
+	}
+}
+
+static void t_connected(struct tcp_conn *tc, void *user)
+{
+	(void)tc;
+	t_push(user);
+}
+
+static void t_writable(struct tcp_conn *tc, void *user)
+{
+	(void)tc;
+	t_push(user);
+}
+
+static size_t t_data(struct tcp_conn *tc, void *user, const uint8_t *data, size_t len)
+{
+	struct resolve_tcp *x = user;
+	struct resolve *r = x->r;
+	size_t used = 0;
+
+	if (x->answered)
+		return len; /* one query per connection: anything after the answer is dropped */
+	while (used < len && x->have < 2) {
+		x->lenbuf[x->have++] = data[used++];
+		if (x->have == 2) {
+			x->need = (size_t)x->lenbuf[0] << 8 | x->lenbuf[1];
+			if (x->need < 12) { /* not even a DNS header */
+				r->ctr.tcp_bad_length++;
+				tcp_abort(tc); /* on_closed clears the slot */
+				return len;
+			}
+			x->ans = malloc(x->need);
+			if (x->ans == NULL) {
+				r->ctr.tcp_nomem++;
+				tcp_abort(tc);
+				return len;
+			}
+		}
+	}
+	size_t take = len - used;
+	if (take > x->need - (x->have - 2))
+		take = x->need - (x->have - 2);
+	if (take > 0) {
+		memcpy(x->ans + (x->have - 2), data + used, take);
+		x->have += take;
+		used += take;
+	}
+	if (x->have < 2 || x->have - 2 < x->need)
+		return used;
+	x->answered = true;
+	r->ctr.tcp_answers++;
+	/* The resolver may send again from here (even over TCP): this slot stays busy. */
+	dns_resolver_input(r->dns, x->server, r->conf->dns.resolver_port, x->qport, x->ans, x->need,
+			   true);
+	if (x->tc != NULL)
+		tcp_close(x->tc);
+	return len;
+}
+
+static void t_peer_closed(struct tcp_conn *tc, void *user)
+{
+	struct resolve_tcp *x = user;
+	if (!x->answered)
+		x->r->ctr.tcp_short++; /* the resolver's try times out and moves on */
+	tcp_close(tc);
+}
+
+static void t_closed(struct tcp_conn *tc, void *user, enum tcp_close_reason why)
+{
+	struct resolve_tcp *x = user;
+	struct resolve *r = x->r;
+	(void)tc;
+	if (!x->answered && why != TCP_CLOSE_ABORTED && why != TCP_CLOSE_NORMAL) {
+		if (why == TCP_CLOSE_TIMEOUT)
+			r->ctr.tcp_timeouts++;
+		else
+			r->ctr.tcp_connect_failures++; /* refused or reset */
+	}
+	tcp_slot_clear(x);
+	r->tcp_open--;
+}
+
+static const struct tcp_conn_ops resolve_tcp_ops = {
+	.on_connected = t_connected,
+	.on_data = t_data,
+	.on_writable = t_writable,
+	.on_peer_closed = t_peer_closed,
+	.on_closed = t_closed,
+};
+
+static int tcp_query(struct resolve *r, uint32_t server, uint16_t qport, const uint8_t *pkt,
+		     size_t len)
+{
+	struct resolve_tcp *x = NULL;
+
+	if (len + 2 > RESOLVE_TCP_QUERY_MAX)
+		return -EMSGSIZE;
+	for (unsigned i = 0; i < RESOLVE_TCP_MAX; i++) {
+		if (r->tcp[i].tc != NULL && r->tcp[i].qport == qport && !r->tcp[i].answered)
+			tcp_abort(r->tcp[i].tc); /* an older try on this port: superseded */
+		if (x == NULL && r->tcp[i].tc == NULL)
+			x = &r->tcp[i];
+	}
+	if (x == NULL) {
+		r->ctr.tcp_limit++;
+		return -EBUSY; /* the resolver counts a failed try and moves on */
+	}
+	tcp_slot_clear(x);
+	x->r = r;
+	x->server = server;
+	x->qport = qport;
+	x->query[0] = (uint8_t)(len >> 8);
+	x->query[1] = (uint8_t)len;
+	memcpy(x->query + 2, pkt, len);
+	x->qlen = len + 2;
+	x->deadline_us = r->now_us + r->conf->dns.timeout_us + RESOLVE_TCP_SLACK_US;
+	struct tcp_conn *tc =
+		tcp_connect(r->st, 0, 0, server, r->conf->dns.resolver_port, &resolve_tcp_ops, x);
+	if (tc == NULL) {
+		int err = errno ? errno : EIO;
+		r->ctr.tcp_connect_failures++;
+		return -err;
+	}
+	x->tc = tc;
+	r->tcp_open++;
+	r->ctr.tcp_queries++;
+	net_stack_kick_timers(r->st); /* sent on this poll turn, even from outside a callback */
+	return 0;
+}
+
+static void tcp_timers(struct resolve *r, uint64_t now_us)
+{
+	for (unsigned i = 0; i < RESOLVE_TCP_MAX; i++) {
+		struct resolve_tcp *x = &r->tcp[i];
+		if (x->tc != NULL && now_us >= x->deadline_us) {
+			r->ctr.tcp_timeouts++;
+			tcp_abort(x->tc);
+		}
+	}
+}
+
+static void tcp_abort_all(struct resolve *r)
+{
+	for (unsigned i = 0; i < RESOLVE_TCP_MAX; i++)
+		if (r->tcp[i].tc != NULL)
+			tcp_abort(r->tcp[i].tc);
+}
+
+/* ---- the resolver's transport ------------------------------------------------------------ */
+
+static int dns_out(void *ctx, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt, size_t len,
 		   bool tcp)
 {
 	struct resolve *r = ctx;
 	if (tcp)
-		return -EOPNOTSUPP; /* DNS over lib/net TCP: not yet; the resolver moves on */
-	return udp_send(r->st, 0, src_port, server_ip, r->conf->dns.resolver_port, pkt, len);
+		return tcp_query(r, server_ip, src_port, pkt, len);
+	int rc = udp_send(r->st, 0, src_port, server_ip, r->conf->dns.resolver_port, pkt, len);
+	if (rc < 0)
+		r->ctr.udp_send_failures++;
+	return rc;
 }
 
-static const struct dns_resolver_ops resolve_ops = {.send = udp_out};
+static bool dns_port_ok(void *ctx, uint32_t server_ip, uint16_t src_port)
+{
+	struct resolve *r = ctx;
+	return udp_port_steers_here(r->st, src_port, server_ip, r->conf->dns.resolver_port);
+}
+
+static const struct dns_resolver_ops resolve_ops = {.send = dns_out, .port_ok = dns_port_ok};
 
 static void udp_in(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
 		   const uint8_t *data, size_t len)
@@ -80,6 +295,7 @@ static void udp_in(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16
 int resolve_create(const struct relay_config *conf, struct net_stack *st, unsigned worker,
 		   struct resolve **out)
 {
+	const uint16_t lo = RESOLVE_UDP_LO, hi = RESOLVE_UDP_LO + RESOLVE_UDP_PORTS - 1;
 	*out = NULL;
 	if (shared == NULL)
 		return 0;
@@ -89,23 +305,21 @@ int resolve_create(const struct relay_config *conf, struct net_stack *st, unsign
 	r->conf = conf;
 	r->st = st;
 	r->worker = worker;
+	r->now_us = mx_now_us();
 	int rc = dns_cache_register_thread(shared, &r->tid);
 	if (rc != 0)
 		goto fail;
 	r->registered = true;
-	r->port_lo = (uint16_t)(DNS_PORT_BASE + worker * DNS_PORTS);
-	for (unsigned i = 0; i < DNS_PORTS; i++) {
-		rc = udp_bind(st, (uint16_t)(r->port_lo + i), udp_in, r);
-		if (rc != 0)
-			goto fail;
-		r->ports_bound++;
-	}
-	r->dns = dns_resolver_create(shared, r->tid, &resolve_ops, r, r->port_lo,
-				     (uint16_t)(r->port_lo + DNS_PORTS - 1));
+	rc = udp_bind_range(st, lo, hi, udp_in, r);
+	if (rc != 0)
+		goto fail;
+	r->udp_bound = true;
+	r->dns = dns_resolver_create(shared, r->tid, &resolve_ops, r, lo, hi);
 	if (r->dns == NULL) {
 		rc = -ENOMEM;
 		goto fail;
 	}
+	dns_resolver_poll(r->dns, r->now_us); /* its clock: a lookup before the first poll */
 	*out = r;
 	return 0;
 fail:
@@ -122,16 +336,21 @@ void resolve_destroy(struct resolve *r)
 		/* Lookups in flight hold state freed by their completion: let them end. */
 		uint64_t end = mx_now_us() + DNS_DRAIN_US;
 		while (dns_resolver_inflight(r->dns) > 0 && mx_now_us() < end) {
-			net_stack_poll(r->st, mx_now_us());
-			dns_resolver_poll(r->dns, mx_now_us());
+			r->now_us = mx_now_us();
+			net_stack_poll(r->st, r->now_us);
+			tcp_timers(r, r->now_us);
+			dns_resolver_poll(r->dns, r->now_us);
 		}
+		tcp_abort_all(r); /* their callbacks point at r */
 		if (dns_resolver_inflight(r->dns) > 0)
 			MX_WARN("worker %u: DNS lookups still in flight at shutdown", r->worker);
 		else
 			dns_resolver_destroy(r->dns);
 	}
-	for (unsigned i = 0; i < r->ports_bound; i++)
-		udp_unbind(r->st, (uint16_t)(r->port_lo + i));
+	tcp_abort_all(r);
+	if (r->udp_bound)
+		udp_unbind_range(r->st, RESOLVE_UDP_LO,
+				 (uint16_t)(RESOLVE_UDP_LO + RESOLVE_UDP_PORTS - 1));
 	if (r->registered)
 		dns_cache_unregister_thread(shared, r->tid);
 	free(r);
@@ -144,6 +363,8 @@ int resolve_mail(struct resolve *r, const char *domain, dns_mail_cb cb, void *ar
 
 void resolve_poll(struct resolve *r, uint64_t now_us)
 {
+	r->now_us = now_us;
+	tcp_timers(r, now_us);
 	dns_resolver_poll(r->dns, now_us);
 }
 
@@ -155,9 +376,54 @@ void resolve_quiescent(struct resolve *r)
 void resolve_stats_foreach(const struct resolve *r,
 			   void (*fn)(void *arg, const char *name, uint64_t value), void *arg)
 {
-	(void)r;
-	(void)fn;
-	(void)arg; /* the DNS counters are exported with the TCP transport (next change) */
+	struct dns_counters c;
+	uint64_t malformed = 0;
+
+	/* lib/dns keeps these per thread: each worker reports its own. */
+	dns_resolver_counters(r->dns, &c);
+	for (unsigned i = 0; i < DNS_MAL__COUNT; i++)
+		malformed += c.malformed[i];
+	fn(arg, "dns_hits", c.hits);
+	fn(arg, "dns_misses", c.misses);
+	fn(arg, "dns_negative_hits", c.negative_hits);
+	fn(arg, "dns_coalesced", c.coalesced);
+	fn(arg, "dns_upstream_queries", c.upstream_queries);
+	fn(arg, "dns_timeouts", c.timeouts);
+	fn(arg, "dns_servfail", c.servfail);
+	fn(arg, "dns_stale_served", c.stale_served);
+	fn(arg, "dns_prefetches", c.prefetches);
+	fn(arg, "dns_evictions", c.evictions);
+	fn(arg, "dns_truncated_retries", c.tcp_retries);
+	fn(arg, "dns_mismatched", c.mismatched);
+	fn(arg, "dns_mismatch_id", c.mismatch_id);
+	fn(arg, "dns_mismatch_addr", c.mismatch_addr);
+	fn(arg, "dns_mismatch_port", c.mismatch_port);
+	fn(arg, "dns_mismatch_question", c.mismatch_question);
+	fn(arg, "dns_malformed", malformed);
+	fn(arg, "dns_inflight_full", c.inflight_full);
+	fn(arg, "dns_pending_full", c.pending_full);
+	fn(arg, "dns_notify_drops", c.notify_drops);
+	fn(arg, "dns_reclaim_full", c.reclaim_full);
+	fn(arg, "dns_port_busy", c.port_busy);
+	/* The transport's own, per worker. */
+	fn(arg, "dns_udp_send_failures", r->ctr.udp_send_failures);
+	fn(arg, "dns_tcp_queries", r->ctr.tcp_queries);
+	fn(arg, "dns_tcp_answers", r->ctr.tcp_answers);
+	fn(arg, "dns_tcp_limit", r->ctr.tcp_limit);
+	fn(arg, "dns_tcp_connect_failures", r->ctr.tcp_connect_failures);
+	fn(arg, "dns_tcp_timeouts", r->ctr.tcp_timeouts);
+	fn(arg, "dns_tcp_short", r->ctr.tcp_short);
+	fn(arg, "dns_tcp_bad_length", r->ctr.tcp_bad_length);
+	fn(arg, "dns_tcp_nomem", r->ctr.tcp_nomem);
+	fn(arg, "dns_tcp_open", r->tcp_open);
+	/* Machine-wide: reported once, by worker 0, so sums over workers stay right. */
+	if (r->worker == 0) {
+		struct dns_counters all;
+		dns_cache_counters(shared, &all);
+		fn(arg, "dns_cache_entries", all.entries);
+		fn(arg, "dns_cache_entries_allocated", all.entries_allocated);
+		fn(arg, "dns_cache_entries_freed", all.entries_freed);
+	}
 }
 
 void resolve_reconfigure(struct resolve *r, const struct relay_config *conf)

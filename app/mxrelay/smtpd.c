@@ -33,9 +33,11 @@
 #define SIGNER_POOL 32 /* idle DKIM signers kept per worker */
 #define CLIENT_SETS 1024 /* per-client table: sets of CLIENT_WAYS entries, per worker */
 #define CLIENT_WAYS 8
+#define HELD_GENS 8 /* replaced configurations a worker may still need (reload) */
 
 struct smtpd_conn {
 	struct smtpd *d;
+	struct smtpd_shared *gen; /* accepted under it; held until conn_free */
 	const struct smtp_server_conf *conf;
 	struct tcp_conn *tc;
 	struct smtp_session *s;
@@ -60,7 +62,16 @@ struct smtpd_conn {
 };
 
 struct smtpd {
-	const struct smtpd_shared *sh;
+	struct smtpd_shared *sh; /* current generation (held): new connections use it */
+	/*
+	 * Replaced generations still held by this worker: DKIM signers of
+	 * messages begun under one may come back to the pool (signer_put), and
+	 * the pool matches them by domain pointer, so those domains must stay
+	 * allocated until no such signer is left (see gens_release()).
+	 */
+	struct smtpd_shared *held[HELD_GENS];
+	unsigned n_held;
+	uint64_t reconf_retry_us; /* smtpd_reconfigure() said -EBUSY: not before this */
 	struct net_stack *st;
 	unsigned worker;
 	struct spool *spool;
@@ -316,7 +327,8 @@ static const struct tls_conn_ops conn_tls_ops = {
 
 static int start_tls(struct smtpd_conn *c)
 {
-	int rc = tls_server_conn_new(c->d->sh->tls, &conn_tls_ops, c, &c->d->tls_stats, &c->tls);
+	/* The connection's own generation: its certificate until it ends. */
+	int rc = tls_server_conn_new(c->gen->tls, &conn_tls_ops, c, &c->d->tls_stats, &c->tls);
 	if (rc == 0)
 		rc = tls_conn_start(c->tls);
 	return rc;
@@ -365,22 +377,33 @@ static void signer_put(struct smtpd *d, const struct dkim_domain *dom, struct dk
 }
 
 /*
- * Pick the signing domain when the message starts: the envelope sender's
- * domain if it is configured, else [dkim] default_domain.  (The From:
- * header is not known yet; fleets sign with one domain, so the default
- * covers them.)
+ * The signing domain follows [dkim] domain_from (lib/dkim, dkim_table_choose):
+ * by default the From: header's domain (DMARC alignment), else the envelope
+ * sender's, else [dkim] default_domain.  From: is only known once the header
+ * block has streamed in, so the message starts with the signer of the
+ * envelope/default choice (or, when neither has a key, of the first domain,
+ * only to buffer the header block) and sign_finish() moves it to the signer
+ * of the From: domain if that differs (dkim_sign_move()).
  */
+/* The envelope sender's domain in buf, or NULL (null sender, no domain). */
+static const char *sign_envelope_domain(struct smtpd_conn *c, char *buf, size_t cap)
+{
+	const struct smtp_envelope *env = smtp_session_envelope(c->s);
+	if (dkim_address_domain(env->mail_from.text, env->mail_from.len, buf, cap) > 0)
+		return buf;
+	return NULL;
+}
+
 static void sign_begin(struct smtpd_conn *c)
 {
 	const struct dkim_table *t = c->d->sh->conf->dkim;
 	if (t == NULL || t->count == 0)
 		return;
-	const struct smtp_envelope *env = smtp_session_envelope(c->s);
 	char dom[256];
-	const char *env_dom = NULL;
-	if (dkim_address_domain(env->mail_from.text, env->mail_from.len, dom, sizeof(dom)) > 0)
-		env_dom = dom;
-	const struct dkim_domain *d = dkim_table_choose(t, NULL, env_dom);
+	const struct dkim_domain *d =
+		dkim_table_choose(t, NULL, sign_envelope_domain(c, dom, sizeof(dom)));
+	if (d == NULL && t->domain_from == DKIM_FROM_HEADER)
+		d = &t->domains[0]; /* provisional: the From: domain decides at the end */
 	if (d == NULL)
 		return;
 	c->signer = signer_take(c->d, d);
@@ -407,6 +430,42 @@ static int sign_finish(struct smtpd_conn *c)
 	size_t len;
 	if (c->signer == NULL)
 		return 0;
+	const struct dkim_table *t = c->d->sh->conf->dkim;
+	if (t->domain_from == DKIM_FROM_HEADER) {
+		char env[256], from[256];
+		const char *env_dom = sign_envelope_domain(c, env, sizeof(env));
+		const struct dkim_domain *env_choice = dkim_table_choose(t, NULL, env_dom);
+		const struct dkim_domain *want = env_choice;
+		if (dkim_sign_from_domain(c->signer, from, sizeof(from)) > 0)
+			want = dkim_table_choose(t, from, env_dom);
+		if (want == NULL) {
+			/* provisional signer, and no domain of ours in From: either */
+			sign_end(c);
+			return 0;
+		}
+		if (want != c->signer_dom) {
+			struct dkim_signer *sg = signer_take(c->d, want);
+			int mrc = sg != NULL ? dkim_sign_move(sg, c->signer) : -ENOMEM;
+			if (mrc == 0) {
+				signer_put(c->d, c->signer_dom, c->signer);
+				c->signer = sg;
+				c->signer_dom = want;
+			} else {
+				signer_put(c->d, want, sg);
+				MX_WARN("%s: DKIM: cannot sign as From: domain %s (%s); %s",
+					spool_msg_id_str(c->msg), want->domain,
+					mrc == -EXDEV ? "its body canonicalization differs"
+						      : strerror(-mrc),
+					env_choice != NULL ? "signing as the envelope domain"
+							   : "not signed");
+				if (env_choice == NULL) {
+					c->d->stats.dkim_failed++;
+					sign_end(c);
+					return c->d->sh->conf->dkim_defer ? -EAGAIN : 0;
+				}
+			}
+		}
+	}
 	int rc = dkim_sign_final(c->signer, &hdr, &len);
 	if (rc == 0)
 		rc = spool_msg_prepend(c->msg, hdr, len);
@@ -633,6 +692,7 @@ static void conn_free(struct smtpd_conn *c)
 	smtp_session_free(c->s);
 	tls_conn_free(c->tls);
 	free(c->out);
+	smtpd_shared_put(c->gen);
 	free(c);
 	d->stats.open--;
 }
@@ -665,6 +725,7 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 	if (c == NULL)
 		return -1;
 	c->d = d;
+	c->gen = d->sh;
 	c->conf = conf;
 	c->tc = tc;
 	c->client_ip = raddr;
@@ -675,9 +736,12 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 	}
 	if (smtp_session_new(conf, &conn_smtp_cb, c, &d->smtp_stats, raddr,
 			     ((uint64_t)d->worker << 48) | ++d->session_seq, &c->s) != 0) {
+		if (c->counted)
+			ce->conns--;
 		free(c);
 		return -1;
 	}
+	smtpd_shared_get(c->gen);
 	c->next = d->live;
 	if (d->live != NULL)
 		d->live->prev = c;
@@ -707,7 +771,7 @@ struct spool *smtpd_spool(struct smtpd *d)
 	return d->spool;
 }
 
-struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w,
+struct smtpd *smtpd_create(struct smtpd_shared *sh, struct net_stack *st, unsigned w,
 			   struct deliver *dl)
 {
 	struct smtpd *d = calloc(1, sizeof(*d));
@@ -715,6 +779,7 @@ struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, 
 	if (d == NULL)
 		return NULL;
 	d->sh = sh;
+	smtpd_shared_get(sh);
 	d->st = st;
 	d->worker = w;
 	d->dl = dl;
@@ -725,6 +790,8 @@ struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, 
 	int rc = spool_open(&sh->conf->spool, w, recovered, d, &rs, &d->spool);
 	if (rc != 0) {
 		MX_ERR("worker %u: spool %s: %s", w, sh->conf->spool.dir, strerror(-rc));
+		smtpd_shared_put(sh);
+		free(d->clients);
 		free(d);
 		return NULL;
 	}
@@ -743,11 +810,83 @@ struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, 
 		if (rc != 0) {
 			MX_ERR("worker %u: listen on %u: %s", w, sh->conf->listen[i], strerror(-rc));
 			spool_close(d->spool);
+			smtpd_shared_put(sh);
+			free(d->clients);
 			free(d);
 			return NULL;
 		}
 	}
 	return d;
+}
+
+/* ---- reload ------------------------------------------------------------------------ */
+
+/* dom is one of the current generation's DKIM domains. */
+static bool dom_current(const struct smtpd *d, const struct dkim_domain *dom)
+{
+	const struct dkim_table *t = d->sh->conf->dkim;
+	uintptr_t p = (uintptr_t)dom;
+	return t != NULL && t->count > 0 && p >= (uintptr_t)t->domains &&
+	       p < (uintptr_t)(t->domains + t->count);
+}
+
+/*
+ * Once no message in progress signs with a replaced generation's key, its
+ * pooled signers are freed and the worker lets go of those generations.
+ * Runs with the timeout scan while the worker holds any.
+ */
+static void gens_release(struct smtpd *d)
+{
+	for (struct smtpd_conn *c = d->live; c != NULL; c = c->next)
+		if (c->signer != NULL && !dom_current(d, c->signer_dom))
+			return;
+	for (unsigned i = 0; i < d->n_signers;) {
+		if (dom_current(d, d->signers[i].dom)) {
+			i++;
+			continue;
+		}
+		dkim_signer_free(d->signers[i].s);
+		d->signers[i] = d->signers[--d->n_signers];
+	}
+	for (unsigned i = 0; i < d->n_held; i++)
+		smtpd_shared_put(d->held[i]);
+	d->n_held = 0;
+}
+
+/* A message is being signed: sign_finish() reads the worker's current DKIM table. */
+static bool signing(const struct smtpd *d)
+{
+	for (const struct smtpd_conn *c = d->live; c != NULL; c = c->next)
+		if (c->signer != NULL)
+			return true;
+	return false;
+}
+
+int smtpd_reconfigure(struct smtpd *d, struct smtpd_shared *sh)
+{
+	if (sh == d->sh)
+		return 0;
+	uint64_t now = mx_now_us();
+	if (now < d->reconf_retry_us)
+		return -EBUSY;
+	if (d->n_held == HELD_GENS)
+		gens_release(d);
+	/*
+	 * Without any DKIM table in the new generation, messages being signed
+	 * would find none when they end: they finish under the old one first.
+	 */
+	if (d->n_held == HELD_GENS || (sh->conf->dkim == NULL && signing(d))) {
+		d->reconf_retry_us = now + 10000;
+		return -EBUSY;
+	}
+	smtpd_shared_get(sh);
+	d->held[d->n_held++] = d->sh;
+	d->sh = sh;
+	d->max_conns = sh->conf->max_connections / sh->n_workers + 1;
+	d->max_conns_per_ip =
+		(sh->conf->max_connections_per_ip + sh->n_workers - 1) / sh->n_workers;
+	gens_release(d); /* at once when nothing is being signed */
+	return 0;
 }
 
 static void log_queued(struct smtpd_conn *c, const struct spool_completion *done)
@@ -805,6 +944,8 @@ unsigned smtpd_poll(struct smtpd *d, uint64_t now_us)
 	}
 	if (now_us >= d->next_scan_us) {
 		d->next_scan_us = now_us + TIMEOUT_SCAN_US;
+		if (d->n_held > 0)
+			gens_release(d);
 		for (struct smtpd_conn *c = d->live; c != NULL; c = c->next)
 			if (!c->tcp_gone && !smtp_session_is_closed(c->s) &&
 			    smtp_session_deadline(c->s) <= now_us) {
@@ -851,6 +992,9 @@ void smtpd_destroy(struct smtpd *d)
 	spool_close(d->spool);
 	for (unsigned i = 0; i < d->n_signers; i++)
 		dkim_signer_free(d->signers[i].s);
+	for (unsigned i = 0; i < d->n_held; i++)
+		smtpd_shared_put(d->held[i]);
+	smtpd_shared_put(d->sh);
 	free(d->clients);
 	free(d);
 }
@@ -862,10 +1006,10 @@ void smtpd_get_stats(const struct smtpd *d, struct smtpd_stats *out)
 
 /* ---- shared set-up ------------------------------------------------------------------ */
 
-int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
-		      unsigned n_workers)
+int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf, unsigned n_workers,
+		      char *err, size_t errlen)
 {
-	char err[512];
+	char why[512];
 	memset(sh, 0, sizeof(*sh));
 	sh->conf = conf;
 	sh->n_workers = n_workers;
@@ -873,14 +1017,15 @@ int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
 		struct tls_server_conf tc = {.cert_count = 1};
 		tc.cert_file[0] = conf->tls_cert;
 		tc.key_file[0] = conf->tls_key;
-		if (tls_server_ctx_create(&tc, &sh->tls, err, sizeof(err)) != 0) {
-			MX_ERR("TLS: %s", err);
-			return -EINVAL;
+		if (tls_server_ctx_create(&tc, &sh->tls, why, sizeof(why)) != 0) {
+			snprintf(err, errlen, "[tls] cert %s, key %s: %s", conf->tls_cert,
+				 conf->tls_key, why);
+			goto fail;
 		}
 	}
-	if (conf->users_file[0] && smtp_cred_load(conf->users_file, &sh->users, err, sizeof(err))) {
-		MX_ERR("users: %s", err);
-		return -EINVAL;
+	if (conf->users_file[0] && smtp_cred_load(conf->users_file, &sh->users, why, sizeof(why))) {
+		snprintf(err, errlen, "[smtp] users: %s", why);
+		goto fail;
 	}
 	for (unsigned i = 0; i < conf->n_listen; i++) {
 		struct smtp_server_conf *lc = &sh->listener_conf[i];
@@ -897,6 +1042,25 @@ int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
 			lc->listener = SMTP_LISTENER_RELAY;
 			break;
 		}
+		if (smtp_server_conf_check(lc, why, sizeof(why)) != 0) {
+			snprintf(err, errlen, "[smtp]: %s", why);
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	MX_ERR("%s", err);
+	smtpd_shared_free(sh);
+	memset(sh, 0, sizeof(*sh));
+	return -EINVAL;
+}
+
+/* At start only: what listens, and how. */
+void smtpd_shared_log(const struct smtpd_shared *sh)
+{
+	const struct relay_config *conf = sh->conf;
+	for (unsigned i = 0; i < conf->n_listen; i++) {
+		const struct smtp_server_conf *lc = &sh->listener_conf[i];
 		if (lc->listener != SMTP_LISTENER_RELAY && sh->tls == NULL)
 			MX_WARN("port %u needs TLS ([tls] cert and key): not listening",
 				conf->listen[i]);
@@ -906,18 +1070,31 @@ int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
 				: lc->listener == SMTP_LISTENER_SUBMISSION ? "submission, AUTH required"
 									    : "implicit TLS",
 				lc->listener == SMTP_LISTENER_RELAY && sh->tls ? ", STARTTLS" : "");
-		if (smtp_server_conf_check(lc, err, sizeof(err)) != 0) {
-			MX_ERR("smtp: %s", err);
-			return -EINVAL;
-		}
 	}
-	return 0;
 }
 
 void smtpd_shared_free(struct smtpd_shared *sh)
 {
 	tls_server_ctx_free(sh->tls);
+	sh->tls = NULL;
 	smtp_cred_free(sh->users);
+	sh->users = NULL;
+	if (sh->own_conf != NULL) {
+		relay_config_free(sh->own_conf);
+		free(sh->own_conf);
+		sh->own_conf = NULL;
+	}
+}
+
+void smtpd_shared_get(struct smtpd_shared *sh)
+{
+	__atomic_add_fetch(&sh->refs, 1, __ATOMIC_RELAXED);
+}
+
+void smtpd_shared_put(struct smtpd_shared *sh)
+{
+	/* Release: the main lcore frees it after reading 0 with acquire. */
+	__atomic_sub_fetch(&sh->refs, 1, __ATOMIC_RELEASE);
 }
 
 void smtpd_stats_foreach(const struct smtpd *d,

@@ -7,21 +7,42 @@
 
 #include "relay.h"
 
-/** Built once by the main lcore, shared read-only by the workers. */
+/**
+ * One configuration generation: built by the main lcore (at start, then at
+ * every reload), immutable once published, shared read-only by the workers.
+ * Each connection holds the generation it was accepted under until it ends
+ * (its policy, limits and TLS context stay those), each worker the one it
+ * runs new connections with; refs counts both.  The main lcore frees a
+ * replaced generation once every worker moved past it and refs is 0
+ * (worker.c).
+ */
 struct smtpd_shared {
 	const struct relay_config *conf;
 	struct smtp_server_conf listener_conf[RELAY_MAX_LISTEN];
 	struct tls_server_ctx *tls; /* NULL: no certificate, no STARTTLS/465/587 */
 	struct smtp_cred_db *users; /* NULL: no AUTH */
 	unsigned n_workers;
+	uint64_t generation;	       /* 1 at start, one more per reload */
+	uint32_t refs;		       /* atomic: connections and workers holding it */
+	struct relay_config *own_conf; /* freed with the generation (NULL: the caller's) */
 };
 
 struct smtpd;
 
-/** Load certificates and users, build per-listener configurations.  0 or -errno (logged). */
-int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf,
-		      unsigned n_workers);
+/**
+ * Load certificates and users, build per-listener configurations.  0 or
+ * -errno with the reason in err ("file: message"; also logged).  On error
+ * whatever was loaded is freed again.
+ */
+int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf, unsigned n_workers,
+		      char *err, size_t errlen);
+/** Log the listeners (once, at start). */
+void smtpd_shared_log(const struct smtpd_shared *sh);
+/** Free what smtpd_shared_init loaded, and own_conf; not sh itself. */
 void smtpd_shared_free(struct smtpd_shared *sh);
+/** Take and drop a reference (any lcore). */
+void smtpd_shared_get(struct smtpd_shared *sh);
+void smtpd_shared_put(struct smtpd_shared *sh);
 
 struct deliver;
 /**
@@ -29,8 +50,15 @@ struct deliver;
  * newly committed messages go to dl (deliver.c; NULL: nobody delivers).
  * NULL on failure (logged).
  */
-struct smtpd *smtpd_create(const struct smtpd_shared *sh, struct net_stack *st, unsigned w,
+struct smtpd *smtpd_create(struct smtpd_shared *sh, struct net_stack *st, unsigned w,
 			   struct deliver *dl);
+/**
+ * On the worker: new connections use generation sh from now on (policy,
+ * users, per-client limits, certificate, DKIM keys); open ones keep
+ * theirs.  -EBUSY: too many older generations are still in use on this
+ * worker (DKIM signers of messages in progress): try again later.
+ */
+int smtpd_reconfigure(struct smtpd *d, struct smtpd_shared *sh);
 /** The worker's spool (for deliver_attach_spool). */
 struct spool *smtpd_spool(struct smtpd *d);
 /** One turn: spool completions, timeouts.  Returns work done (for idle back-off). */

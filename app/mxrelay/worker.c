@@ -8,6 +8,8 @@
 #include "deliver.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -23,8 +25,18 @@ struct worker {
 	struct deliver *deliver;
 	struct net_idle idle;
 	struct net_dataplane *dp;
-	volatile int ready;   /* 1 running, -1 failed */
+	volatile int ready;    /* 1 running, -1 failed */
 	volatile bool drained; /* draining and no SMTP connection left */
+	/* reload and control requests (end of this file) */
+	struct smtpd_shared *gen; /* the configuration generation this worker runs */
+	uint64_t gen_seen;	  /* its number, acknowledged to the main lcore */
+	struct worker_mailbox {
+		uint32_t state; /* MB_IDLE, MB_POSTED by main, MB_DONE by the worker */
+		worker_call_fn fn;
+		char arg[WORKER_CALL_ARG_MAX];
+		int rc;
+		char *text;
+	} box;
 };
 
 static struct worker workers[64];
@@ -32,7 +44,11 @@ static unsigned n_workers;
 static volatile int stopping;
 static volatile int draining;
 static int spool_lock_fd = -1;
-static struct smtpd_shared shared;
+static struct smtpd_shared shared; /* generation 1; reloads make more (end of file) */
+
+static struct smtpd_shared *current_gen; /* published by the main lcore */
+static void worker_control(struct worker *w);
+static void gens_free_all(void);
 
 static int worker_main(void *arg)
 {
@@ -61,10 +77,13 @@ static int worker_main(void *arg)
 		return -1;
 	}
 	deliver_attach_spool(w->deliver, smtpd_spool(w->smtpd));
+	w->gen = &shared;
+	w->gen_seen = shared.generation;
 	w->ready = 1;
 	bool drain_started = false;
 	while (!stopping) {
 		uint64_t now = mx_now_us();
+		worker_control(w);
 		if (draining && !drain_started) {
 			smtpd_drain(w->smtpd);
 			drain_started = true;
@@ -112,9 +131,12 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 						     : strerror(-spool_lock_fd));
 		return spool_lock_fd;
 	}
-	int rc = smtpd_shared_init(&shared, conf, n_workers);
+	int rc = smtpd_shared_init(&shared, conf, n_workers, err, sizeof(err));
 	if (rc != 0)
 		return rc;
+	shared.generation = 1;
+	current_gen = &shared;
+	smtpd_shared_log(&shared);
 	rc = deliver_shared_init(conf, n_workers);
 	if (rc != 0)
 		return rc;
@@ -157,6 +179,7 @@ void workers_stop(void)
 {
 	stopping = 1;
 	rte_eal_mp_wait_lcore();
+	gens_free_all();
 	smtpd_shared_free(&shared);
 	deliver_shared_free();
 	spool_dir_unlock(spool_lock_fd);
@@ -192,4 +215,170 @@ void workers_stats_foreach(worker_stat_fn fn, void *arg)
 unsigned workers_count(void)
 {
 	return n_workers;
+}
+
+/* ---- configuration generations (reload) ------------------------------------------
+ *
+ * An epoch scheme: the main lcore publishes a new generation's pointer
+ * (workers_publish); each worker picks it up at the top of its loop and
+ * acknowledges by storing its number in gen_seen.  A replaced generation
+ * is freed by the main lcore (workers_reclaim) only once every worker
+ * acknowledged a newer one, so none can still be about to take a
+ * reference, and its reference count (connections accepted under it,
+ * workers holding it) dropped to zero.
+ */
+
+#define RETIRED_MAX 16
+
+static struct smtpd_shared *retired[RETIRED_MAX];
+static unsigned n_retired;
+
+unsigned workers_reclaim(void)
+{
+	unsigned freed = 0;
+	for (unsigned i = 0; i < n_retired;) {
+		struct smtpd_shared *g = retired[i];
+		bool acked = true;
+		for (unsigned k = 0; k < n_workers; k++)
+			acked = acked && __atomic_load_n(&workers[k].gen_seen, __ATOMIC_ACQUIRE) >
+						 g->generation;
+		if (!acked || __atomic_load_n(&g->refs, __ATOMIC_ACQUIRE) != 0) {
+			i++;
+			continue;
+		}
+		smtpd_shared_free(g);
+		if (g != &shared)
+			free(g);
+		retired[i] = retired[--n_retired];
+		freed++;
+	}
+	return freed;
+}
+
+int workers_publish(struct smtpd_shared *g)
+{
+	workers_reclaim();
+	if (n_retired == RETIRED_MAX)
+		return -EBUSY;
+	g->generation = current_gen->generation + 1;
+	retired[n_retired++] = current_gen;
+	__atomic_store_n(&current_gen, g, __ATOMIC_RELEASE);
+	return 0;
+}
+
+const struct relay_config *workers_config(uint64_t *generation)
+{
+	if (generation != NULL)
+		*generation = current_gen != NULL ? current_gen->generation : 0;
+	return current_gen != NULL ? current_gen->conf : NULL;
+}
+
+unsigned workers_generations_held(void)
+{
+	return n_retired;
+}
+
+uint64_t workers_generation_acked(void)
+{
+	uint64_t low = UINT64_MAX;
+	for (unsigned k = 0; k < n_workers; k++) {
+		uint64_t g = __atomic_load_n(&workers[k].gen_seen, __ATOMIC_ACQUIRE);
+		low = g < low ? g : low;
+	}
+	return n_workers ? low : 0;
+}
+
+/* After the workers stopped: every generation but the first (freed by workers_stop). */
+static void gens_free_all(void)
+{
+	for (unsigned i = 0; i < n_retired; i++)
+		if (retired[i] != &shared) {
+			smtpd_shared_free(retired[i]);
+			free(retired[i]);
+		}
+	n_retired = 0;
+	if (current_gen != NULL && current_gen != &shared) {
+		smtpd_shared_free(current_gen);
+		free(current_gen);
+	}
+	current_gen = &shared;
+}
+
+/* ---- control requests: a mailbox per worker -------------------------------------- */
+
+enum { MB_IDLE, MB_POSTED, MB_DONE };
+
+/* Top of the worker loop: a new generation, a control request. */
+static void worker_control(struct worker *w)
+{
+	struct smtpd_shared *g = __atomic_load_n(&current_gen, __ATOMIC_ACQUIRE);
+	if (g != w->gen && smtpd_reconfigure(w->smtpd, g) == 0) {
+		deliver_reconfigure(w->deliver, g->conf);
+		w->gen = g;
+		__atomic_store_n(&w->gen_seen, g->generation, __ATOMIC_RELEASE);
+	}
+	if (__atomic_load_n(&w->box.state, __ATOMIC_ACQUIRE) != MB_POSTED)
+		return;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	w->box.rc = out != NULL ? w->box.fn(w->deliver, w->index, w->box.arg, out) : -ENOMEM;
+	if (out != NULL)
+		fclose(out);
+	w->box.text = text;
+	__atomic_store_n(&w->box.state, MB_DONE, __ATOMIC_RELEASE);
+}
+
+void workers_call(uint64_t mask, worker_call_fn fn, const char *arg, uint64_t timeout_us,
+		  struct worker_answer *ans)
+{
+	uint64_t posted = 0;
+	size_t arg_len = arg != NULL ? strlen(arg) : 0;
+
+	for (unsigned k = 0; k < n_workers && k < 64; k++) {
+		struct worker *w = &workers[k];
+		if (!(mask >> k & 1))
+			continue;
+		ans[k] = (struct worker_answer){.rc = -ENODEV};
+		if (w->ready != 1 || stopping)
+			continue;
+		uint32_t st = __atomic_load_n(&w->box.state, __ATOMIC_ACQUIRE);
+		if (st == MB_DONE) { /* the answer of a request that timed out earlier */
+			free(w->box.text);
+			w->box.text = NULL;
+			st = MB_IDLE;
+		}
+		if (st != MB_IDLE) {
+			ans[k].rc = -EBUSY;
+			continue;
+		}
+		if (arg_len >= sizeof(w->box.arg)) {
+			ans[k].rc = -E2BIG;
+			continue;
+		}
+		w->box.fn = fn;
+		memcpy(w->box.arg, arg != NULL ? arg : "", arg_len + 1);
+		w->box.rc = 0;
+		w->box.text = NULL;
+		__atomic_store_n(&w->box.state, MB_POSTED, __ATOMIC_RELEASE);
+		posted |= 1ull << k;
+		ans[k].rc = -ETIMEDOUT;
+	}
+	/* Workers look at their mailbox every loop turn, at worst after an idle sleep. */
+	for (uint64_t end = mx_now_us() + timeout_us; posted != 0;) {
+		for (unsigned k = 0; k < n_workers && k < 64; k++) {
+			struct worker *w = &workers[k];
+			if (!(posted >> k & 1) ||
+			    __atomic_load_n(&w->box.state, __ATOMIC_ACQUIRE) != MB_DONE)
+				continue;
+			ans[k].rc = w->box.rc;
+			ans[k].text = w->box.text;
+			w->box.text = NULL;
+			__atomic_store_n(&w->box.state, MB_IDLE, __ATOMIC_RELEASE);
+			posted &= ~(1ull << k);
+		}
+		if (posted == 0 || mx_now_us() >= end)
+			break;
+		rte_delay_us_sleep(200);
+	}
 }

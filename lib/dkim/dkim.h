@@ -78,6 +78,20 @@ unsigned dkim_key_bits(const struct dkim_key *key);
 int dkim_key_txt_record(const struct dkim_key *key, char *out, size_t outlen);
 void dkim_key_free(struct dkim_key *key);
 
+#define DKIM_RECORD_TESTING 0x1 /* t=y: verifiers may treat failures as unsigned */
+
+/**
+ * Check a published key record (the TXT data at selector._domainkey.domain,
+ * its strings joined) against key, as a verifier would read it (RFC 6376
+ * 3.6.1, RFC 8463 4).  *flags gets DKIM_RECORD_TESTING for t=y.  Returns 0
+ * when it publishes this key, -EINVAL (malformed: tag-list, v=, p= missing
+ * or not a key), -EKEYREVOKED (empty p=), -EKEYREJECTED (k= of another type,
+ * or another key), -EPROTONOSUPPORT (h= without sha256, s= without email);
+ * why gets a sentence.
+ */
+int dkim_key_record_check(const struct dkim_key *key, const char *txt, size_t len, unsigned *flags,
+			  char *why, size_t whylen);
+
 /* ---- signer ------------------------------------------------------------- */
 
 struct dkim_signer_config {
@@ -98,6 +112,12 @@ struct dkim_signer_config {
 	bool body_length_tag;	 /* add l= (default false: l= invites appended content) */
 	uint32_t expire_after_s; /* x = t + this; 0 means no x= */
 	size_t max_header_bytes; /* header block bound; default 64 KiB */
+	/* Also hash the body in the other canonicalisation (relaxed and simple
+	 * both), so that dkim_sign_move() can hand the message to a signer of
+	 * either kind after body bytes have streamed; costs a second body hash.
+	 * dkim_table_load() sets it when domains differ in body canonicalisation
+	 * and the From: header picks the domain. */
+	bool hash_both_bodies;
 };
 
 struct dkim_signer_stats {
@@ -163,6 +183,35 @@ int dkim_choose_domain(const char *const *domains, size_t count, int default_ind
  */
 int dkim_address_domain(const char *value, size_t len, char *out, size_t outlen);
 
+/**
+ * The domain of the first mailbox of an RFC 5322 From: field value (3.6.2,
+ * mailbox-list), lowercased: display names, comments, quoted strings, folding
+ * (CRLF WSP), obsolete routes and group syntax ("Fleet: a@x.example;") are
+ * understood.  Returns its length, -ENOENT when the first usable mailbox has
+ * no DNS domain (empty group only, domain literal, no '@'), -ENOSPC.
+ */
+int dkim_from_domain(const char *value, size_t len, char *out, size_t outlen);
+
+/**
+ * The From: domain of the message being signed (see dkim_from_domain()),
+ * read from the first From: field of the buffered header block.  Call it once
+ * the header block is complete (at the latest just before dkim_sign_final()).
+ * Returns its length, -ENOENT (no From: field or no domain in it), -ENOSPC,
+ * -EINVAL (no message in progress).
+ */
+int dkim_sign_from_domain(const struct dkim_signer *s, char *out, size_t outlen);
+
+/**
+ * Hand the message in progress in src over to dst (a signer of another
+ * domain), so that dst signs it: the buffered header block, the body hash and
+ * the canonicaliser's state move; src becomes idle.  This is how the From:
+ * domain, known only after the header block, picks the key.  Returns 0, or
+ * -EXDEV when body bytes were hashed with another body canonicalisation than
+ * dst's (and src was not made with hash_both_bodies), -EMSGSIZE when the header block exceeds dst's
+ * bound, -EINVAL when no message is in progress in src, src's error code if src failed, -EIO.
+ */
+int dkim_sign_move(struct dkim_signer *dst, struct dkim_signer *src);
+
 /* ---- configuration: [dkim "domain"] sections ------------------------------ */
 
 struct cfg_file;
@@ -178,16 +227,28 @@ struct dkim_domain {
 	struct dkim_signer_config config; /* points into this structure */
 };
 
+/* [dkim] domain_from: where the signing domain comes from. */
+enum dkim_domain_from {
+	DKIM_FROM_HEADER = 0, /* From: header, else envelope sender, else default (DMARC) */
+	DKIM_FROM_ENVELOPE,   /* envelope sender, else default */
+	DKIM_FROM_DEFAULT,    /* always [dkim] default_domain */
+};
+
 struct dkim_table {
 	struct dkim_domain *domains;
 	size_t count;
 	const char **names; /* domains[i].domain, for dkim_choose_domain() */
 	int default_index;  /* [dkim] default_domain, or -1 */
+	enum dkim_domain_from domain_from;
+	/* [dkim] public_addr: the relay's address as receivers see it (SPF), for
+	 * `mxdkim check`; 0 when not set (then [port.0] addr is assumed). */
+	uint32_t public_addr; /* IPv4, host order */
 };
 
 /**
- * Read every [dkim "example.com"] section and [dkim] default_domain, load the
- * keys.  Keys of a domain section:
+ * Read every [dkim "example.com"] section and [dkim] default_domain,
+ * domain_from (header | envelope | default) and public_addr, load the keys.
+ * Keys of a domain section:
  *	selector = s1			(required)
  *	key = /etc/mxrelay/dkim/example.com.pem	(required)
  *	algorithm = rsa-sha256 | ed25519-sha256 | rsa-sha256+ed25519-sha256
@@ -199,7 +260,11 @@ struct dkim_table {
  */
 int dkim_table_load(struct cfg_file *cf, struct dkim_table **out, struct cfg_report *r);
 void dkim_table_free(struct dkim_table *t);
-/** The domain to sign with (see dkim_choose_domain), or NULL. */
+/**
+ * The domain to sign with, following t->domain_from (see dkim_choose_domain;
+ * from_domain is ignored unless domain_from = header, envelope_domain when it
+ * is default), or NULL.
+ */
 const struct dkim_domain *dkim_table_choose(const struct dkim_table *t, const char *from_domain,
 					    const char *envelope_domain);
 

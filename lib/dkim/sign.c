@@ -76,6 +76,10 @@ struct dkim_signer {
 	EVP_MD *sha256;
 	EVP_MD_CTX *body_md, *hdr_md, *tmp_md;
 	struct dkim_body_canon body;
+	/* hash_both_bodies: the body in the other canonicalisation, for dkim_sign_move() */
+	EVP_MD_CTX *alt_md;
+	struct dkim_body_canon alt_body;
+	bool alt_valid; /* alt_body holds this message (false after a move from a one-way signer) */
 
 	/* message state */
 	enum sign_state state;
@@ -257,6 +261,8 @@ int dkim_signer_create(const struct dkim_signer_config *c, struct dkim_signer **
 	s->body_md = EVP_MD_CTX_new();
 	s->hdr_md = EVP_MD_CTX_new();
 	s->tmp_md = EVP_MD_CTX_new();
+	if (c->hash_both_bodies && !(s->alt_md = EVP_MD_CTX_new()))
+		goto out_free;
 	if (!s->hbuf || !s->fields || !s->used || !s->scratch || !s->out || !s->sha256 ||
 	    !s->body_md || !s->hdr_md || !s->tmp_md) {
 		ERR_clear_error();
@@ -305,6 +311,7 @@ void dkim_signer_free(struct dkim_signer *s)
 		EVP_PKEY_free(s->algs[i].pkey);
 	}
 	EVP_MD_CTX_free(s->body_md);
+	EVP_MD_CTX_free(s->alt_md);
 	EVP_MD_CTX_free(s->hdr_md);
 	EVP_MD_CTX_free(s->tmp_md);
 	EVP_MD_free(s->sha256);
@@ -344,6 +351,14 @@ int dkim_sign_begin(struct dkim_signer *s, int64_t now)
 		return fail(s, -EIO, "OpenSSL: SHA-256 init failed");
 	}
 	dkim_body_canon_init(&s->body, s->body_relaxed, body_sink, s->body_md);
+	if (s->alt_md) {
+		if (!EVP_DigestInit_ex(s->alt_md, s->sha256, NULL)) {
+			ERR_clear_error();
+			return fail(s, -EIO, "OpenSSL: SHA-256 init failed");
+		}
+		dkim_body_canon_init(&s->alt_body, !s->body_relaxed, body_sink, s->alt_md);
+		s->alt_valid = true;
+	}
 	return 0;
 }
 
@@ -398,8 +413,11 @@ int dkim_sign_update(struct dkim_signer *s, const void *data, size_t len)
 		p += used;
 		len -= used;
 	}
-	if (len)
+	if (len) {
 		dkim_body_canon_update(&s->body, p, len);
+		if (s->alt_md)
+			dkim_body_canon_update(&s->alt_body, p, len);
+	}
 	return 0;
 }
 
@@ -690,6 +708,102 @@ int dkim_sign_final(struct dkim_signer *s, const char **hdr, size_t *hdr_len)
 ossl_err:
 	ERR_clear_error();
 	return fail(s, -EIO, "OpenSSL: digest failed");
+}
+
+int dkim_sign_from_domain(const struct dkim_signer *s, char *out, size_t outlen)
+{
+	if (s->state != ST_HEADERS && s->state != ST_BODY && s->state != ST_DONE)
+		return -EINVAL;
+	const char *h = (const char *)s->hbuf;
+	size_t n = s->hlen;
+	/* Fields start at the block's start or after LF when no WSP follows (RFC 5322 2.2.3). */
+	for (size_t i = 0; i < n;) {
+		const char *lf = memchr(h + i, '\n', n - i);
+		size_t line_end = lf ? (size_t)(lf - h) + 1 : n;
+		size_t name_end = i;
+		while (name_end < line_end && h[name_end] != ':')
+			name_end++;
+		size_t nl = name_end - i;
+		while (nl > 0 && (h[i + nl - 1] == ' ' || h[i + nl - 1] == '\t'))
+			nl--;
+		if (name_end < line_end && nl == 4 && strncasecmp(h + i, "From", 4) == 0) {
+			/* the value runs over continuation lines to the next field */
+			size_t end = line_end;
+			while (end < n && (h[end] == ' ' || h[end] == '\t')) {
+				lf = memchr(h + end, '\n', n - end);
+				end = lf ? (size_t)(lf - h) + 1 : n;
+			}
+			return dkim_from_domain(h + name_end + 1, end - name_end - 1, out, outlen);
+		}
+		i = line_end;
+	}
+	return -ENOENT;
+}
+
+int dkim_sign_move(struct dkim_signer *dst, struct dkim_signer *src)
+{
+	if (src->state == ST_ERROR)
+		return src->err_code;
+	if (src->state != ST_HEADERS && src->state != ST_BODY)
+		return -EINVAL;
+	if (dst == src)
+		return 0;
+	/*
+	 * Body bytes already canonicalised cannot be redone (no second pass): dst
+	 * takes the body state of its own canonicalisation, src's main one or, with
+	 * hash_both_bodies, its alternate one.
+	 */
+	const struct dkim_body_canon *from_body = &src->body;
+	EVP_MD_CTX *from_md = src->body_md;
+	bool body_started =
+		src->state == ST_BODY && (src->body.length > 0 || src->body.cr_pending ||
+					  src->body.wsp_pending || src->body.crlf_pending);
+	if (body_started && dst->body_relaxed != src->body_relaxed) {
+		if (!src->alt_md || !src->alt_valid)
+			return -EXDEV;
+		from_body = &src->alt_body;
+		from_md = src->alt_md;
+	}
+	if (src->hlen > dst->max_header_bytes + 2)
+		return -EMSGSIZE;
+	int rc = dkim_sign_begin(dst, src->t);
+	if (rc)
+		return rc;
+	memcpy(dst->hbuf, src->hbuf, src->hlen);
+	dst->hlen = src->hlen;
+	dst->eoh = src->eoh;
+	dst->state = src->state;
+	if (body_started) {
+		/* carry the canonicaliser's pending state and the hash */
+		dst->body = *from_body;
+		dst->body.sink = body_sink;
+		dst->body.sink_arg = dst->body_md;
+		if (!EVP_MD_CTX_copy_ex(dst->body_md, from_md)) {
+			ERR_clear_error();
+			return fail(dst, -EIO, "OpenSSL: digest copy failed");
+		}
+		if (dst->alt_md) {
+			/* dst may be moved on again: its other canonicalisation too */
+			const struct dkim_body_canon *ab =
+				from_body == &src->body ? &src->alt_body : &src->body;
+			EVP_MD_CTX *amd = from_md == src->body_md ? src->alt_md : src->body_md;
+			if (!src->alt_md || !src->alt_valid) {
+				/* dst cannot be moved on to the other kind */
+				dst->alt_valid = false;
+				goto done;
+			}
+			dst->alt_body = *ab;
+			dst->alt_body.sink = body_sink;
+			dst->alt_body.sink_arg = dst->alt_md;
+			if (!EVP_MD_CTX_copy_ex(dst->alt_md, amd)) {
+				ERR_clear_error();
+				return fail(dst, -EIO, "OpenSSL: digest copy failed");
+			}
+		}
+	}
+done:
+	src->state = ST_IDLE;
+	return 0;
 }
 
 const char *dkim_signer_error(const struct dkim_signer *s)

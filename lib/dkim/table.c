@@ -245,6 +245,40 @@ int dkim_table_load(struct cfg_file *cf, struct dkim_table **out, struct cfg_rep
 			rc = -EINVAL;
 		}
 	}
+	if ((e = cfg_get(cf, "dkim", NULL, "domain_from"))) {
+		if (strcmp(e->value, "header") == 0) {
+			t->domain_from = DKIM_FROM_HEADER;
+		} else if (strcmp(e->value, "envelope") == 0) {
+			t->domain_from = DKIM_FROM_ENVELOPE;
+		} else if (strcmp(e->value, "default") == 0) {
+			t->domain_from = DKIM_FROM_DEFAULT;
+			if (!cfg_get(cf, "dkim", NULL, "default_domain")) {
+				cfg_error(r, cf, e->line,
+					  "domain_from = default needs default_domain");
+				rc = -EINVAL;
+			}
+		} else {
+			cfg_error(r, cf, e->line,
+				  "domain_from = %s: expected header, envelope or default",
+				  e->value);
+			rc = -EINVAL;
+		}
+	}
+	/*
+	 * With the From: header choosing, a message may move between domains after
+	 * its body started streaming (dkim_sign_move()): when the domains do not all
+	 * canonicalise bodies alike, every signer hashes the body both ways.
+	 */
+	bool mixed = false;
+	for (size_t j = 1; j < t->count; j++)
+		mixed |= t->domains[j].config.body_canon != t->domains[0].config.body_canon;
+	for (size_t j = 0; j < t->count; j++)
+		t->domains[j].config.hash_both_bodies = mixed && t->domain_from == DKIM_FROM_HEADER;
+	if ((e = cfg_get(cf, "dkim", NULL, "public_addr")) &&
+	    cfg_parse_ipv4(e->value, &t->public_addr)) {
+		cfg_error(r, cf, e->line, "public_addr = %s: expected an IPv4 address", e->value);
+		rc = -EINVAL;
+	}
 	if (rc) {
 		dkim_table_free(t);
 		return rc;
@@ -256,6 +290,10 @@ int dkim_table_load(struct cfg_file *cf, struct dkim_table **out, struct cfg_rep
 const struct dkim_domain *dkim_table_choose(const struct dkim_table *t, const char *from_domain,
 					    const char *envelope_domain)
 {
+	if (t->domain_from != DKIM_FROM_HEADER)
+		from_domain = NULL;
+	if (t->domain_from == DKIM_FROM_DEFAULT)
+		envelope_domain = NULL;
 	int i = dkim_choose_domain(t->names, t->count, t->default_index, from_domain,
 				   envelope_domain);
 	return i < 0 ? NULL : &t->domains[i];

@@ -233,6 +233,7 @@ struct dns_counters {
 	uint64_t mismatched; /* responses dropped by RFC 5452 matching */
 	uint64_t mismatch_id, mismatch_addr, mismatch_port, mismatch_question;
 	uint64_t inflight_full, pending_full, notify_drops, reclaim_full;
+	uint64_t port_busy; /* no free source port the transport accepted: try skipped */
 	uint64_t malformed[DNS_MAL__COUNT];
 	/* machine-wide, not per core */
 	uint64_t entries, entries_allocated, entries_freed;
@@ -310,6 +311,12 @@ struct dns_resolver_ops {
 	/** Send one query (bare DNS message) to @server_ip:port from local @src_port. */
 	int (*send)(void *ctx, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt,
 		    size_t len, bool tcp);
+	/**
+	 * Optional: may a UDP query to @server_ip leave from @src_port?  The relay
+	 * says no to ports whose replies its flow steering would hand to another
+	 * core.  NULL: every port of [port_lo, port_hi].
+	 */
+	bool (*port_ok)(void *ctx, uint32_t server_ip, uint16_t src_port);
 };
 
 /**
@@ -348,6 +355,12 @@ void dns_resolver_input(struct dns_resolver *r, uint32_t from_ip, uint16_t from_
 void dns_resolver_poll(struct dns_resolver *r, uint64_t now_us);
 /** Upstream queries in flight owned by this resolver, and client requests waiting. */
 unsigned dns_resolver_inflight(const struct dns_resolver *r);
+/**
+ * This resolver's thread's counters (its slot of the cache's per-thread
+ * counters); the machine-wide fields (entries, entries_allocated,
+ * entries_freed) are left 0: dns_cache_counters() has them.
+ */
+void dns_resolver_counters(const struct dns_resolver *r, struct dns_counters *out);
 unsigned dns_resolver_pending(const struct dns_resolver *r);
 
 /* ---- mail routing (RFC 5321 5.1) ------------------------------------------- */

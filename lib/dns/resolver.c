@@ -252,6 +252,15 @@ unsigned dns_resolver_inflight(const struct dns_resolver *r)
 	return r->inflight;
 }
 
+void dns_resolver_counters(const struct dns_resolver *r, struct dns_counters *out)
+{
+	const uint64_t *f = (const uint64_t *)r->ctr;
+	uint64_t *o = (uint64_t *)out;
+	for (size_t i = 0; i < sizeof(*out) / sizeof(uint64_t); i++)
+		o[i] = __atomic_load_n(&f[i], __ATOMIC_RELAXED);
+	out->entries = out->entries_allocated = out->entries_freed = 0;
+}
+
 unsigned dns_resolver_pending(const struct dns_resolver *r)
 {
 	return r->pending;
@@ -272,17 +281,26 @@ static void release_port(struct dns_resolver *r, struct txn *t)
 	t->port = 0;
 }
 
+/*
+ * A random free port of the range (RFC 5452 9.2) that the transport accepts
+ * for this server.  PICK_PORT_DRAWS bounds the work: with n cores steering
+ * by flow hash about 1/n of the ports fit, so a miss is (1 - 1/n)^64.
+ */
+#define PICK_PORT_DRAWS 64
+
 static int pick_port(struct dns_resolver *r, struct txn *t)
 {
 	uint32_t span = (uint32_t)r->port_hi - r->port_lo + 1;
-	for (int i = 0; i < 16; i++) {
+	for (int i = 0; i < PICK_PORT_DRAWS; i++) {
 		uint16_t p = (uint16_t)(r->port_lo + dns_resolver_random(r) % span);
-		if (r->port_map[p - r->port_lo] == 0) {
+		if (r->port_map[p - r->port_lo] == 0 &&
+		    (t->tcp || r->ops->port_ok == NULL || r->ops->port_ok(r->ctx, t->server, p))) {
 			r->port_map[p - r->port_lo] = txn_index(r, t) + 1;
 			t->port = p;
 			return 0;
 		}
 	}
+	r->ctr->port_busy++;
 	return -EBUSY;
 }
 

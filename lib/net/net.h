@@ -118,9 +118,27 @@ void tcp_conn_endpoints(const struct tcp_conn *c, uint32_t *laddr, uint16_t *lpo
 typedef void (*udp_recv_fn)(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
 			    const uint8_t *data, size_t len);
 
-/** Receive datagrams for dport on this core.  0 or -errno (-EADDRINUSE). */
+/**
+ * Receive datagrams for dport on this core.  0 or -errno: -EADDRINUSE,
+ * -ENOSPC (all 64 binds of this core taken), -EINVAL (port 0).
+ */
 int udp_bind(struct net_stack *st, uint16_t port, udp_recv_fn fn, void *ctx);
+/**
+ * One bind for every port of lo..hi (a resolver's source ports, RFC 5452):
+ * one of the 64 binds of this core, demultiplexed in O(1).  0 or -errno:
+ * -EADDRINUSE if any port of the range is bound, -ENOSPC, -EINVAL.
+ */
+int udp_bind_range(struct net_stack *st, uint16_t lo, uint16_t hi, udp_recv_fn fn, void *ctx);
 int udp_unbind(struct net_stack *st, uint16_t port);
+/** Remove the bind made with exactly lo..hi.  0 or -ENOENT. */
+int udp_unbind_range(struct net_stack *st, uint16_t lo, uint16_t hi);
+/**
+ * Does a reply from raddr:rport to local port lport reach this core?  True
+ * on one worker; with several, by the port's flow steering (RSS or software
+ * dispatch), so a resolver draws only source ports whose replies come back
+ * to the core that asked (as tcp_connect() does for ephemeral ports).
+ */
+bool udp_port_steers_here(struct net_stack *st, uint16_t lport, uint32_t raddr, uint16_t rport);
 /** Send one datagram; src 0 = the stack's address.  0 or -errno. */
 int udp_send(struct net_stack *st, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,
 	     const void *data, size_t len);

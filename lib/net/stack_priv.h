@@ -19,7 +19,7 @@
 #define NET_DISPATCH_RING 4096
 #define NET_ARP_ENTRIES 1024 /* power of two */
 #define NET_ARP_PENDING 16   /* packets held per unresolved entry */
-#define NET_UDP_BINDS 64
+#define NET_UDP_BINDS 64     /* binds per core; one bind may cover a port range */
 
 /* A port, shared read-only by all workers once set up (rings excepted). */
 struct net_port {
@@ -53,8 +53,9 @@ struct net_arp_entry {
 	struct rte_mbuf *pending[NET_ARP_PENDING];
 };
 
+/* Ports lo..hi (lo == hi for a single port); fn == NULL: a free slot. */
 struct net_udp_bind {
-	uint16_t port;
+	uint16_t lo, hi;
 	udp_recv_fn fn;
 	void *ctx;
 };
@@ -87,7 +88,8 @@ struct net_stack_priv {
 	uint64_t arp_next_scan_us;
 	uint64_t tcp_deadline_us;
 	struct net_udp_bind udp[NET_UDP_BINDS];
-	unsigned n_udp;
+	unsigned n_udp;			  /* slots in use */
+	uint8_t udp_slot[UINT16_MAX + 1]; /* port -> slot + 1 (0: unbound): O(1) demux */
 	uint64_t icmp_tokens, icmp_last_us;
 	uint16_t ip_id;
 	bool from_ring; /* processing frames another worker dispatched */

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/encoder.h>
@@ -835,47 +836,121 @@ static void test_field_limits(void)
 
 /* ---- keys ---------------------------------------------------------------- */
 
-static void test_key_errors(void)
+/* Each bad key: its own code, "path: reason", no key returned. */
+static void test_key_missing(void)
 {
-	struct dkim_key *k = NULL;
+	struct dkim_key *k = (struct dkim_key *)&k; /* must be reset to NULL */
 	char err[512], path[300];
 	path_in_tmp(path, sizeof(path), "missing.pem");
 	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -ENOENT);
-	CU_ASSERT_PTR_NOT_NULL(strstr(err, "not found"));
 	CU_ASSERT_PTR_NULL(k);
-	CU_ASSERT_EQUAL(dkim_key_load(tmpdir, DKIM_ALG_ANY, &k, err, sizeof(err)), -EISDIR);
+	char want[400];
+	snprintf(want, sizeof(want), "%s: key file not found", path);
+	CU_ASSERT_STRING_EQUAL(err, want);
+}
+
+static void test_key_not_a_key(void)
+{
+	struct dkim_key *k = NULL;
+	char err[512], path[300];
 	path_in_tmp(path, sizeof(path), "garbage.pem");
 	write_file(path,
 		   "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n");
 	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -EINVAL);
 	CU_ASSERT_PTR_NOT_NULL(strstr(err, "not a PEM private key"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, path));
 	path_in_tmp(path, sizeof(path), "empty.pem");
 	write_file(path, "");
 	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -EINVAL);
-	/* wrong type for the configured algorithm */
+	/* a public key is not a private key */
+	path_in_tmp(path, sizeof(path), "public.pem");
+	EVP_PKEY *ed = rfc8463_pkey();
+	FILE *fp = fopen(path, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(fp);
+	CU_ASSERT_EQUAL(PEM_write_PUBKEY(fp, ed), 1);
+	fclose(fp);
+	EVP_PKEY_free(ed);
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_PTR_NULL(k);
+}
+
+static void test_key_unreadable(void)
+{
+	struct dkim_key *k = NULL;
+	char err[512], path[300];
+	/* a directory */
+	CU_ASSERT_EQUAL(dkim_key_load(tmpdir, DKIM_ALG_ANY, &k, err, sizeof(err)), -EISDIR);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "is a directory, not a key file"));
+	/* no read permission: as root, in a child that gives up root first */
+	path_in_tmp(path, sizeof(path), "noperm.pem");
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "cp '%s' '%s' && chmod 000 '%s'", ed_path, path, path);
+	CU_ASSERT_EQUAL_FATAL(system(cmd), 0);
+	chmod(tmpdir, 0755); /* the child must reach the file to be refused by its mode */
+	pid_t pid = fork();
+	CU_ASSERT_FATAL(pid >= 0);
+	if (pid == 0) {
+		if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+			_exit(10);
+		int rc = dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err));
+		_exit(rc == -EACCES && strstr(err, "cannot open key file: Permission denied") ? 0
+											      : 11);
+	}
+	int status = 0;
+	CU_ASSERT_EQUAL(waitpid(pid, &status, 0), pid);
+	CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	chmod(tmpdir, 0700);
+}
+
+static void test_key_wrong_type(void)
+{
+	struct dkim_key *k = NULL;
+	char err[512], path[300];
 	CU_ASSERT_EQUAL(dkim_key_load(ed_path, DKIM_ALG_RSA_SHA256, &k, err, sizeof(err)),
 			-EKEYREJECTED);
 	CU_ASSERT_PTR_NOT_NULL(strstr(err, "Ed25519 key, but the algorithm is rsa-sha256"));
 	CU_ASSERT_EQUAL(dkim_key_load(rsa_path, DKIM_ALG_ED25519_SHA256, &k, err, sizeof(err)),
 			-EKEYREJECTED);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "RSA key, but the algorithm is ed25519-sha256"));
 	/* neither RSA nor Ed25519 */
 	EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
 	path_in_tmp(path, sizeof(path), "ec.pem");
 	CU_ASSERT(write_pkey(ec, path, "PrivateKeyInfo"));
 	EVP_PKEY_free(ec);
 	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -EKEYREJECTED);
-	/* RSA size bounds */
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "neither RSA nor Ed25519"));
+	CU_ASSERT_PTR_NULL(k);
+}
+
+static void test_key_rsa_size(void)
+{
+	struct dkim_key *k = NULL;
+	char err[512], path[300];
 	EVP_PKEY *small = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)768);
 	path_in_tmp(path, sizeof(path), "small.pem");
 	CU_ASSERT(write_pkey(small, path, "PrivateKeyInfo"));
 	EVP_PKEY_free(small);
 	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_RSA_SHA256, &k, err, sizeof(err)), -ERANGE);
-	CU_ASSERT_PTR_NOT_NULL(strstr(err, "768 bits"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "RSA key of 768 bits; allowed 1024 to 4096"));
+	/* 1024 is the floor (RFC 8301 3.2): accepted */
+	EVP_PKEY *floor = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
+	path_in_tmp(path, sizeof(path), "floor.pem");
+	CU_ASSERT(write_pkey(floor, path, "type-specific"));
+	EVP_PKEY_free(floor);
+	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_RSA_SHA256, &k, err, sizeof(err)), 0);
+	CU_ASSERT(k != NULL && dkim_key_bits(k) == 1024);
+	dkim_key_free(k);
 	EVP_PKEY *big = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)4104);
 	path_in_tmp(path, sizeof(path), "big.pem");
 	CU_ASSERT(write_pkey(big, path, "PrivateKeyInfo"));
 	EVP_PKEY_free(big);
 	CU_ASSERT_EQUAL(dkim_key_load(path, DKIM_ALG_ANY, &k, err, sizeof(err)), -ERANGE);
+}
+
+static void test_key_generate(void)
+{
+	struct dkim_key *k = NULL;
+	char err[512], path[300];
 	CU_ASSERT_EQUAL(dkim_key_generate(DKIM_ALG_RSA_SHA256, 512, &k, err, sizeof(err)), -ERANGE);
 	/* generate, write (0600, no overwrite), load back */
 	CU_ASSERT_EQUAL_FATAL(dkim_key_generate(DKIM_ALG_ED25519_SHA256, 0, &k, err, sizeof(err)),
@@ -893,6 +968,87 @@ static void test_key_errors(void)
 	CU_ASSERT_STRING_EQUAL(r1, r2);
 	dkim_key_free(k);
 	dkim_key_free(k2);
+}
+
+/* A published record against the configured key, as `mxdkim check` reads it. */
+static int rec_check(const struct dkim_key *key, const char *txt, unsigned *flags)
+{
+	char why[256];
+	unsigned f;
+	int rc = dkim_key_record_check(key, txt, strlen(txt), flags ? flags : &f, why, sizeof(why));
+	CU_ASSERT(rc == 0 || why[0] != '\0'); /* every refusal says why */
+	return rc;
+}
+
+static void test_key_record(void)
+{
+	char rsa_rec[2048], ed_rec[256], buf[4096], err[256];
+	unsigned flags;
+	CU_ASSERT_FATAL(dkim_key_txt_record(rsa_key, rsa_rec, sizeof(rsa_rec)) > 0);
+	CU_ASSERT_FATAL(dkim_key_txt_record(ed_key, ed_rec, sizeof(ed_rec)) > 0);
+	const char *rsa_p = strstr(rsa_rec, "p=") + 2, *ed_p = strstr(ed_rec, "p=") + 2;
+	CU_ASSERT_EQUAL(rec_check(rsa_key, rsa_rec, &flags), 0);
+	CU_ASSERT_EQUAL(flags, 0);
+	CU_ASSERT_EQUAL(rec_check(ed_key, ed_rec, NULL), 0);
+	/* the RFC 8463 Appendix A record of this very key */
+	CU_ASSERT_EQUAL(
+		rec_check(
+			ed_key,
+			"v=DKIM1; k=ed25519; p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=", NULL),
+		0);
+	/* FWS around tags and inside p=, no v=, k= defaulting to rsa, a final ';' */
+	int n = snprintf(buf, sizeof(buf), " k = rsa ;\r\n\tp=%.40s \r\n %s ;", rsa_p, rsa_p + 40);
+	CU_ASSERT_FATAL(n > 0 && (size_t)n < sizeof(buf));
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), 0);
+	snprintf(buf, sizeof(buf), "p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), 0);
+	CU_ASSERT_EQUAL(rec_check(ed_key, buf, NULL), -EKEYREJECTED); /* k= defaults to rsa */
+	snprintf(buf, sizeof(buf), "v=DKIM1; k=ed25519; p=%s", ed_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), -EKEYREJECTED);
+	/* another key of the right type */
+	struct dkim_key *other;
+	CU_ASSERT_EQUAL_FATAL(
+		dkim_key_generate(DKIM_ALG_ED25519_SHA256, 0, &other, err, sizeof(err)), 0);
+	CU_ASSERT_FATAL(dkim_key_txt_record(other, buf, sizeof(buf)) > 0);
+	CU_ASSERT_EQUAL(rec_check(ed_key, buf, NULL), -EKEYREJECTED);
+	dkim_key_free(other);
+	/* revoked, malformed, not for us */
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "v=DKIM1; k=rsa; p=", NULL), -EKEYREVOKED);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "v=DKIM1; p= ;", NULL), -EKEYREVOKED);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "v=DKIM1; k=rsa", NULL), -EINVAL);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "hello world", NULL), -EINVAL);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "", NULL), -EINVAL);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "=x; p=abcd", NULL), -EINVAL);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "v=DKIM1; k=rsa; p=!!!!", NULL), -EINVAL);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "v=DKIM1; k=rsa; p=abc", NULL), -EINVAL);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, "v=DKIM1; k=rsa; p=QUJDRA==", NULL), -EINVAL);
+	CU_ASSERT_EQUAL(rec_check(ed_key, "v=DKIM1; k=ed25519; p=QUJDRA==", NULL), -EINVAL);
+	snprintf(buf, sizeof(buf), "k=rsa; v=DKIM1; p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), -EINVAL); /* v= not first */
+	snprintf(buf, sizeof(buf), "v=DKIM2; p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), -EINVAL);
+	snprintf(buf, sizeof(buf), "v=DKIM1; p=%s; p=%s", rsa_p, rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), -EINVAL); /* duplicate tag */
+	/* h=, s=, t= */
+	snprintf(buf, sizeof(buf), "v=DKIM1; h=sha1; p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), -EPROTONOSUPPORT);
+	snprintf(buf, sizeof(buf), "v=DKIM1; h=sha1 : SHA256; p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), 0);
+	snprintf(buf, sizeof(buf), "v=DKIM1; s=tlsrpt; p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), -EPROTONOSUPPORT);
+	snprintf(buf, sizeof(buf), "v=DKIM1; s=email:tlsrpt; p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, NULL), 0);
+	snprintf(buf, sizeof(buf), "v=DKIM1; t=s:y; p=%s", rsa_p);
+	CU_ASSERT_EQUAL(rec_check(rsa_key, buf, &flags), 0);
+	CU_ASSERT_EQUAL(flags, DKIM_RECORD_TESTING);
+	/* bounded: a huge record is refused, not copied */
+	char *huge = malloc(20000);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(huge);
+	memset(huge, 'A', 19999);
+	memcpy(huge, "p=", 2);
+	huge[19999] = '\0';
+	CU_ASSERT_EQUAL(rec_check(rsa_key, huge, NULL), -EINVAL);
+	free(huge);
 }
 
 /* ---- signing domain ------------------------------------------------------ */
@@ -925,6 +1081,220 @@ static void test_choose_domain(void)
 	CU_ASSERT_EQUAL(dkim_address_domain(v, strlen(v), d, sizeof(d)), -ENOENT);
 	v = "a@very-long-domain.example.com";
 	CU_ASSERT_EQUAL(dkim_address_domain(v, strlen(v), d, 8), -ENOSPC);
+}
+
+/* From: values a device or a mail client may send, and the domain DMARC would take. */
+static void test_from_domain(void)
+{
+	static const struct {
+		const char *value, *want; /* want NULL: -ENOENT */
+	} cases[] = {
+		{"Joe SixPack <joe@football.example.com>", "football.example.com"},
+		{" joe@Example.COM", "example.com"},
+		{"\"Doe, John\" <j@doe.example>", "doe.example"},
+		{"\"a@evil.example\" <x@good.example>", "good.example"},
+		{"\"quote \\\" <a@evil.example>\" <q@good.example>", "good.example"},
+		{"(sent by a@evil.example) x@good.example", "good.example"},
+		{"x@good.example (Joe <joe@evil.example>)", "good.example"},
+		{"Joe (nested (a@evil.example) \\) c) <joe@good.example>", "good.example"},
+		{"\r\n\t\"Camera 3\"\r\n\t<cam3@fleet.example>\r\n", "fleet.example"},
+		{"first@one.example, second@two.example", "one.example"},
+		{"A <a@one.example>, B <b@two.example>", "one.example"},
+		{"Fleet: dev1@fleet.example, dev2@other.example;", "fleet.example"},
+		{"Fleet:\r\n dev1@fleet.example;", "fleet.example"},
+		{"Fleet: Dev 1 <dev1@fleet.example>;, b@other.example", "fleet.example"},
+		{"undisclosed-recipients:;", NULL},
+		{"Empty:;, real@after.example", "after.example"},
+		{"<@route1.example,@route2.example:user@final.example>", "final.example"},
+		{"\"weird@local\"@quoted.example", "quoted.example"},
+		{"user@example . com", "example.com"},
+		{"user@example.com.", "example.com"},
+		{"=?utf-8?q?Caf=C3=A9?= <cafe@fleet.example>", "fleet.example"},
+		{"a@b.example <c@angle.example>", "angle.example"},
+		{"Joe <joe@open.example", "open.example"},
+		{"user@[192.0.2.1]", NULL},
+		{"user@[192.0.2.1], other@second.example", NULL},
+		{"no address at all", NULL},
+		{"", NULL},
+		{"user@", NULL},
+		{"user@bad..example", NULL},
+		{"user@ex/ample.com", NULL},
+		{"user@.example", NULL},
+		{"(unterminated a@evil.example", NULL},
+		{"\"unterminated a@evil.example", NULL},
+		{"<>", NULL},
+		{"@", NULL},
+		{"\\", NULL},
+		{"a@b\\", "b"},
+	};
+	char d[256];
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *v = cases[i].value;
+		memset(d, 'X', sizeof(d));
+		int rc = dkim_from_domain(v, strlen(v), d, sizeof(d));
+		bool ok = cases[i].want ? rc == (int)strlen(cases[i].want) &&
+						  strcmp(d, cases[i].want) == 0
+					: rc == -ENOENT;
+		CU_ASSERT(ok);
+		if (!ok)
+			fprintf(stderr, "From: '%s': rc %d '%s', want '%s'\n", v, rc,
+				rc > 0 ? d : "", cases[i].want ? cases[i].want : "-ENOENT");
+	}
+	const char *v = "a@very-long-domain.example.com";
+	CU_ASSERT_EQUAL(dkim_from_domain(v, strlen(v), d, 8), -ENOSPC);
+	CU_ASSERT_EQUAL(dkim_from_domain(v, strlen(v), d, 0), -ENOSPC);
+	/* the length bounds the read: the domain stops where len does */
+	CU_ASSERT_EQUAL(dkim_from_domain(v, 10, d, sizeof(d)), 8);
+	CU_ASSERT_STRING_EQUAL(d, "very-lon");
+}
+
+static struct dkim_signer *domain_signer2(const char *domain, struct dkim_key *rsa,
+					  struct dkim_key *ed, enum dkim_canon bc, bool both)
+{
+	struct dkim_signer_config c;
+	struct dkim_signer *s = NULL;
+	char err[256];
+	dkim_signer_config_init(&c);
+	c.hash_both_bodies = both;
+	c.domain = domain;
+	c.selector = "s1";
+	c.rsa_key = rsa;
+	c.ed25519_key = ed;
+	c.body_canon = bc;
+	CU_ASSERT_EQUAL(dkim_signer_create(&c, &s, err, sizeof(err)), 0);
+	return s;
+}
+
+static struct dkim_signer *domain_signer(const char *domain, struct dkim_key *rsa,
+					 struct dkim_key *ed, enum dkim_canon bc)
+{
+	return domain_signer2(domain, rsa, ed, bc, false);
+}
+
+/* The From: domain is read from the buffered header block; the message moves to its signer. */
+static void test_sign_from_and_move(void)
+{
+	const char *msg = "Received: from cam by relay\r\n"
+			  "X-From: spoof@evil.example\r\n"
+			  "From : \"Camera, 3\"\r\n"
+			  "\t<cam3@Fleet.Example> (gate)\r\n"
+			  "To: ops@example.net\r\n"
+			  "From: second@evil.example\r\n"
+			  "Subject: motion\r\n"
+			  "\r\n"
+			  "frame   1022 \r\n\r\n\r\n";
+	size_t len = strlen(msg), hdr_end = strstr(msg, "\r\n\r\n") - msg + 4;
+	struct dkim_signer *a =
+		domain_signer("envelope.example", rsa_key, NULL, DKIM_CANON_RELAXED);
+	struct dkim_signer *b = domain_signer("fleet.example", NULL, ed_key, DKIM_CANON_RELAXED);
+	struct dkim_signer *c = domain_signer("simple.example", rsa_key, NULL, DKIM_CANON_SIMPLE);
+	CU_ASSERT_FATAL(a != NULL && b != NULL && c != NULL);
+	char d[256], out[8192];
+	const char *hdr;
+	size_t hdr_len;
+	CU_ASSERT_EQUAL(dkim_sign_from_domain(a, d, sizeof(d)), -EINVAL); /* not started */
+	CU_ASSERT_EQUAL(dkim_sign_move(b, a), -EINVAL);
+
+	/* every split point: feed, move after the header block, finish on b, verify */
+	for (size_t split = 1; split < len; split += 3) {
+		CU_ASSERT_EQUAL_FATAL(dkim_sign_begin(a, 1528637909), 0);
+		CU_ASSERT_EQUAL(dkim_sign_update(a, msg, split), 0);
+		if (split >= hdr_end) {
+			CU_ASSERT_EQUAL(dkim_sign_from_domain(a, d, sizeof(d)), 13);
+			CU_ASSERT_STRING_EQUAL(d, "fleet.example");
+		}
+		/* simple body canonicalisation cannot take over a relaxed body in progress */
+		int want_c = split > hdr_end ? -EXDEV : 0;
+		int rc = dkim_sign_move(c, a);
+		CU_ASSERT_EQUAL(rc, want_c);
+		struct dkim_signer *from = rc == 0 ? c : a;
+		CU_ASSERT_EQUAL(dkim_sign_move(b, from), 0);
+		CU_ASSERT_EQUAL(dkim_sign_update(from, "x", 1), -EINVAL); /* idle now */
+		CU_ASSERT_EQUAL(dkim_sign_update(b, msg + split, len - split), 0);
+		CU_ASSERT_EQUAL_FATAL(dkim_sign_final(b, &hdr, &hdr_len), 0);
+		CU_ASSERT_PTR_NOT_NULL(strstr(hdr, "d=fleet.example;"));
+		CU_ASSERT_PTR_NOT_NULL(strstr(hdr, "a=ed25519-sha256;"));
+		CU_ASSERT_PTR_NOT_NULL(strstr(hdr, "t=1528637909;"));
+		snprintf(out, sizeof(out), "%.*s", (int)hdr_len, hdr);
+		CU_ASSERT_EQUAL(verify_all(out, msg, 1), 0);
+	}
+	/* signers that hash the body both ways move across canonicalisations mid-body */
+	struct dkim_signer *a2 =
+		domain_signer2("envelope.example", rsa_key, NULL, DKIM_CANON_RELAXED, true);
+	struct dkim_signer *c2 =
+		domain_signer2("simple.example", NULL, ed_key, DKIM_CANON_SIMPLE, true);
+	CU_ASSERT_FATAL(a2 != NULL && c2 != NULL);
+	for (size_t split = 1; split < len; split += 5) {
+		for (int last = 0; last < 2; last++) {
+			CU_ASSERT_EQUAL_FATAL(dkim_sign_begin(a2, 1528637909), 0);
+			CU_ASSERT_EQUAL(dkim_sign_update(a2, msg, split), 0);
+			CU_ASSERT_EQUAL(dkim_sign_move(c2, a2), 0); /* relaxed -> simple */
+			CU_ASSERT_EQUAL(dkim_sign_update(c2, msg + split, (len - split) / 2), 0);
+			struct dkim_signer *fin = c2;
+			if (last) {
+				/* and on to a one-way relaxed signer: the alternate hash again */
+				CU_ASSERT_EQUAL(dkim_sign_move(b, c2), 0);
+				fin = b;
+			}
+			size_t done = split + (len - split) / 2;
+			CU_ASSERT_EQUAL(dkim_sign_update(fin, msg + done, len - done), 0);
+			CU_ASSERT_EQUAL_FATAL(dkim_sign_final(fin, &hdr, &hdr_len), 0);
+			CU_ASSERT_PTR_NOT_NULL(
+				strstr(hdr, last ? "c=relaxed/relaxed;" : "c=relaxed/simple;"));
+			snprintf(out, sizeof(out), "%.*s", (int)hdr_len, hdr);
+			CU_ASSERT_EQUAL(verify_all(out, msg, 1), 0);
+		}
+	}
+	/* a one-way signer's message moved into a both-ways one cannot go on to the other kind */
+	if (hdr_end + 2 < len) {
+		CU_ASSERT_EQUAL_FATAL(dkim_sign_begin(b, 1), 0);
+		CU_ASSERT_EQUAL(dkim_sign_update(b, msg, hdr_end + 2), 0);
+		CU_ASSERT_EQUAL(dkim_sign_move(a2, b), 0);
+		CU_ASSERT_EQUAL(dkim_sign_move(c2, a2), -EXDEV);
+	}
+	dkim_signer_free(a2);
+	dkim_signer_free(c2);
+	/* a header block larger than the destination's bound */
+	struct dkim_signer_config cfg;
+	char err[256];
+	struct dkim_signer *small;
+	dkim_signer_config_init(&cfg);
+	cfg.domain = "small.example";
+	cfg.selector = "s1";
+	cfg.rsa_key = rsa_key;
+	cfg.max_header_bytes = 1024;
+	CU_ASSERT_EQUAL_FATAL(dkim_signer_create(&cfg, &small, err, sizeof(err)), 0);
+	char *big = malloc(4096);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(big);
+	int n = snprintf(big, 4096, "From: a@b.example\r\nX-Pad: %02000d\r\n\r\nbody\r\n", 0);
+	CU_ASSERT_EQUAL(dkim_sign_begin(a, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(a, big, (size_t)n), 0);
+	CU_ASSERT_EQUAL(dkim_sign_move(small, a), -EMSGSIZE);
+	/* a failed source passes its error on */
+	CU_ASSERT_EQUAL(dkim_sign_begin(small, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(small, big, (size_t)n), -EMSGSIZE);
+	CU_ASSERT_EQUAL(dkim_sign_move(a, small), -EMSGSIZE);
+	free(big);
+	/* no From: field; From: without a usable domain */
+	const char *nofrom = "To: a@b.example\r\nX-From: c@d.example\r\n\r\nx\r\n";
+	CU_ASSERT_EQUAL(dkim_sign_begin(a, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(a, nofrom, strlen(nofrom)), 0);
+	CU_ASSERT_EQUAL(dkim_sign_from_domain(a, d, sizeof(d)), -ENOENT);
+	const char *group = "From: undisclosed:;\r\n\r\nx\r\n";
+	CU_ASSERT_EQUAL(dkim_sign_begin(a, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(a, group, strlen(group)), 0);
+	CU_ASSERT_EQUAL(dkim_sign_from_domain(a, d, sizeof(d)), -ENOENT);
+	/* the header block without its blank line yet (still in the header state) */
+	const char *partial = "Subject: s\r\nFrom: Dev <dev@Part.Example>\r\nTo: x@y.example\r\n";
+	CU_ASSERT_EQUAL(dkim_sign_begin(a, 1), 0);
+	CU_ASSERT_EQUAL(dkim_sign_update(a, partial, strlen(partial)), 0);
+	CU_ASSERT_EQUAL(dkim_sign_from_domain(a, d, sizeof(d)), 12);
+	CU_ASSERT_STRING_EQUAL(d, "part.example");
+	CU_ASSERT_EQUAL(dkim_sign_from_domain(a, d, 5), -ENOSPC);
+	dkim_signer_free(small);
+	dkim_signer_free(a);
+	dkim_signer_free(b);
+	dkim_signer_free(c);
 }
 
 /* ---- configuration table -------------------------------------------------- */
@@ -963,6 +1333,8 @@ static void test_table(void)
 	CU_ASSERT_TRUE(d->config.body_length_tag);
 	CU_ASSERT_EQUAL(d->config.expire_after_s, 7 * 86400);
 	CU_ASSERT_EQUAL(d->config.max_header_bytes, 32768);
+	/* only header canonicalisations differ: one body hash is enough */
+	CU_ASSERT_FALSE(d->config.hash_both_bodies);
 	d = dkim_table_choose(t, "other.org", "nope.net");
 	CU_ASSERT(d && strcmp(d->domain, "fleet.example") == 0);
 	/* a signer from the table signs and verifies (dual) */
@@ -1004,6 +1376,91 @@ static void test_table(void)
 	cfg_free(cf);
 }
 
+/* [dkim] domain_from: header (default), envelope, default. */
+static void test_table_domain_from(void)
+{
+	static const struct {
+		const char *policy;
+		const char *from, *env, *want; /* want NULL: no domain */
+	} cases[] = {
+		{"", "b.example", "a.example", "b.example"},
+		{"", "other.example", "a.example", "a.example"},
+		{"", "other.example", "other.example", "c.example"},
+		{"domain_from = header\n", "b.example", NULL, "b.example"},
+		{"domain_from = envelope\n", "b.example", "a.example", "a.example"},
+		{"domain_from = envelope\n", "b.example", NULL, "c.example"},
+		{"domain_from = default\n", "b.example", "a.example", "c.example"},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[2048], err[256];
+		struct cfg_file *cf;
+		struct cfg_report r = {0};
+		struct dkim_table *t;
+		snprintf(text, sizeof(text),
+			 "[dkim]\ndefault_domain = c.example\n%s"
+			 "[dkim \"a.example\"]\nselector = s\nkey = %s\n"
+			 "[dkim \"b.example\"]\nselector = s\nkey = %s\n"
+			 "[dkim \"c.example\"]\nselector = s\nkey = %s\n",
+			 cases[i].policy, rsa_path, rsa_path, rsa_path);
+		CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
+		CU_ASSERT_EQUAL_FATAL(dkim_table_load(cf, &t, &r), 0);
+		const struct dkim_domain *d = dkim_table_choose(t, cases[i].from, cases[i].env);
+		CU_ASSERT(d != NULL && strcmp(d->domain, cases[i].want) == 0);
+		CU_ASSERT(d != NULL && !d->config.hash_both_bodies); /* all relaxed */
+		dkim_table_free(t);
+		cfg_free(cf);
+	}
+	/* public_addr, for mxdkim check */
+	{
+		char err[256];
+		struct cfg_file *cf;
+		struct cfg_report r = {0};
+		struct dkim_table *t;
+		CU_ASSERT_EQUAL_FATAL(cfg_parse_string("[dkim]\npublic_addr = 203.0.113.5\n",
+						       "t.conf", &cf, err, sizeof(err)),
+				      0);
+		CU_ASSERT_EQUAL_FATAL(dkim_table_load(cf, &t, &r), 0);
+		CU_ASSERT_EQUAL(t->public_addr, 0xcb007105u);
+		CU_ASSERT_EQUAL(t->domain_from, DKIM_FROM_HEADER);
+		dkim_table_free(t);
+		cfg_free(cf);
+	}
+	/* body canonicalisations differ: with domain_from = header every signer hashes both */
+	for (int envelope = 0; envelope < 2; envelope++) {
+		char text[1024], err[256];
+		struct cfg_file *cf;
+		struct cfg_report r = {0};
+		struct dkim_table *t;
+		snprintf(text, sizeof(text),
+			 "[dkim]\n%s[dkim \"a.example\"]\nselector = s\nkey = %s\n"
+			 "[dkim \"b.example\"]\nselector = s\nkey = %s\n"
+			 "canonicalization = simple/simple\n",
+			 envelope ? "domain_from = envelope\n" : "", rsa_path, rsa_path);
+		CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
+		CU_ASSERT_EQUAL_FATAL(dkim_table_load(cf, &t, &r), 0);
+		CU_ASSERT_EQUAL(t->domains[0].config.hash_both_bodies, !envelope);
+		CU_ASSERT_EQUAL(t->domains[1].config.hash_both_bodies, !envelope);
+		dkim_table_free(t);
+		cfg_free(cf);
+	}
+	const char *bad[] = {"[dkim]\ndomain_from = from\n", "[dkim]\ndomain_from = default\n",
+			     "[dkim]\npublic_addr = 203.0.113\n"};
+	const char *msg[] = {"t.conf:2: domain_from = from: expected header, envelope or default",
+			     "t.conf:2: domain_from = default needs default_domain",
+			     "t.conf:2: public_addr = 203.0.113: expected an IPv4 address"};
+	for (int i = 0; i < 3; i++) {
+		char err[256];
+		struct cfg_file *cf;
+		struct cfg_report r = {0};
+		struct dkim_table *t;
+		CU_ASSERT_EQUAL_FATAL(cfg_parse_string(bad[i], "t.conf", &cf, err, sizeof(err)), 0);
+		CU_ASSERT_EQUAL(dkim_table_load(cf, &t, &r), -EINVAL);
+		CU_ASSERT_PTR_NULL(t);
+		CU_ASSERT_PTR_NOT_NULL(strstr(r.text, msg[i]));
+		cfg_free(cf);
+	}
+}
+
 static CU_TestInfo canon_tests[] = {
 	{"rfc6376_3_4_6_example", test_rfc6376_example},
 	{"body_cases", test_body_cases},
@@ -1022,8 +1479,17 @@ static CU_TestInfo sign_tests[] = {
 	{"tags_and_options", test_tags_and_options},
 	{"unsignable", test_unsignable},
 	{"field_limits", test_field_limits},
-	{"key_errors", test_key_errors},
+	{"key_missing", test_key_missing},
+	{"key_not_a_key", test_key_not_a_key},
+	{"key_unreadable", test_key_unreadable},
+	{"key_wrong_type", test_key_wrong_type},
+	{"key_rsa_size", test_key_rsa_size},
+	{"key_generate", test_key_generate},
+	{"key_record", test_key_record},
 	{"choose_domain", test_choose_domain},
+	{"from_domain", test_from_domain},
+	{"sign_from_and_move", test_sign_from_and_move},
+	{"config_domain_from", test_table_domain_from},
 	{"config_table", test_table},
 	CU_TEST_INFO_NULL,
 };

@@ -518,6 +518,71 @@ static void test_coalescing_threads(void)
 	dns_cache_destroy(c);
 }
 
+/* The transport's port filter (the relay's flow steering): even ports for S0, odd for S1. */
+static int port_filter_mode; /* 0: parity by server, 1: refuse every port */
+static bool parity_port_ok(void *ctx, uint32_t server_ip, uint16_t src_port)
+{
+	(void)ctx;
+	if (port_filter_mode == 1)
+		return false;
+	return (src_port & 1) == (server_ip == S0 ? 0 : 1);
+}
+
+static const struct dns_resolver_ops filtered_ops = {.send = fake_send, .port_ok = parity_port_ok};
+
+static void test_port_filter(void)
+{
+	struct env *e = env_default();
+	struct result res = {0};
+	const struct dns_entry *hit;
+	char name[64];
+
+	/* Replace the resolver by one whose transport filters ports. */
+	dns_resolver_destroy(e->r);
+	e->r = dns_resolver_create(e->c, e->tid, &filtered_ops, &e->f, PORT_LO, PORT_HI);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(e->r);
+	dns_resolver_poll(e->r, e->now);
+	port_filter_mode = 0;
+	for (int i = 0; i < 40; i++) {
+		snprintf(name, sizeof(name), "p%d.example", i);
+		CU_ASSERT_EQUAL(dns_resolve(e->r, name, DNS_T_A, result_cb, &res, &hit), 0);
+	}
+	CU_ASSERT_EQUAL_FATAL(e->f.count, 40);
+	/* Every try times out once: the retries go to S1, on odd ports. */
+	env_advance(e, e->conf.timeout_us);
+	CU_ASSERT_EQUAL_FATAL(e->f.count, 80);
+	unsigned distinct = 0;
+	for (unsigned i = 0; i < e->f.count; i++) {
+		CU_ASSERT_EQUAL(e->f.q[i].server, i < 40 ? S0 : S1);
+		CU_ASSERT_EQUAL(e->f.q[i].port & 1, i < 40 ? 0 : 1);
+		CU_ASSERT(e->f.q[i].port >= PORT_LO && e->f.q[i].port <= PORT_HI);
+		if (i > 0 && e->f.q[i].port != e->f.q[i - 1].port)
+			distinct++;
+	}
+	CU_ASSERT(distinct > 70); /* still random, not one port */
+	struct dns_counters mine;
+	dns_resolver_counters(e->r, &mine);
+	CU_ASSERT_EQUAL(mine.upstream_queries, 80);
+	CU_ASSERT_EQUAL(mine.timeouts, 40);
+	CU_ASSERT_EQUAL(mine.port_busy, 0);
+	CU_ASSERT_EQUAL(mine.entries, 0); /* machine-wide: not a thread's */
+	/* Over TCP the transport picks its own port: TC is followed whatever the filter says. */
+	fake_answer(&e->f, e->r, 40, DNS_F_TC, NULL, 0, NULL, 0);
+	CU_ASSERT_EQUAL_FATAL(e->f.count, 81);
+	CU_ASSERT(e->f.q[80].tcp);
+	/* No port acceptable: the try is skipped and counted; all skipped -> TEMPFAIL. */
+	port_filter_mode = 1;
+	res = (struct result){0};
+	CU_ASSERT_EQUAL(dns_resolve(e->r, "nowhere.example", DNS_T_A, result_cb, &res, &hit), 0);
+	CU_ASSERT_EQUAL(res.calls, 1);
+	CU_ASSERT_EQUAL(res.status, DNS_TEMPFAIL);
+	dns_resolver_counters(e->r, &mine);
+	CU_ASSERT_EQUAL(mine.port_busy, 4); /* 2 servers x 2 attempts */
+	CU_ASSERT_EQUAL(env_ctr(e).port_busy, 4);
+	port_filter_mode = 0;
+	env_free(e);
+}
+
 CU_TestInfo dns_resolver_tests[] = {
 	{"basic_query_and_hit", test_basic_query_and_hit},
 	{"anti_spoofing", test_anti_spoofing},
@@ -531,5 +596,6 @@ CU_TestInfo dns_resolver_tests[] = {
 	{"bounds_and_local_coalescing", test_bounds_and_local_coalescing},
 	{"tlsa_cached_and_no_resolvers", test_tlsa_cached_and_no_resolvers},
 	{"coalescing_threads", test_coalescing_threads},
+	{"port_filter", test_port_filter},
 	CU_TEST_INFO_NULL,
 };

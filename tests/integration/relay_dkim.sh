@@ -4,17 +4,25 @@
 # side) carries DKIM-Signature fields (rsa-sha256 and ed25519-sha256, dual)
 # that dkimpy verifies against the keys' published records; a message from
 # another sender domain is signed with [dkim] default_domain; a tampered
-# copy fails.
+# copy fails.  The signing domain follows the From: header (domain_from =
+# header, the default): mail whose From: is in brand.test is signed d=brand.test
+# whatever its envelope sender, with brand.test's own key and canonicalization
+# (when the body canonicalization differs from the envelope domain's, the
+# body is already hashed: it is signed as the envelope domain, with a warning).
+# OpenDKIM (opendkim -t, keys from TestPublicKeys) verifies every message too
+# when it is installed.
 . "$(dirname "$0")/common.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 $PY -c 'import dkim, nacl' 2>/dev/null || skip "python3-dkim or python3-nacl missing"
-N=36 IF=mxt36 H=10.77.36.2 S=10.77.36.1
+N=78 IF=mxt78 H=10.77.78.2 S=10.77.78.1
 D=$BUILD/tools/mxdkim/mxdkim
 "$D" genkey --algorithm rsa-sha256 --bits 2048 --out "$TMP/rsa.pem" >/dev/null || fail "genkey rsa"
 "$D" genkey --algorithm ed25519-sha256 --out "$TMP/ed.pem" >/dev/null || fail "genkey ed25519"
 "$D" txt --key "$TMP/rsa.pem" --selector s1r --domain fleet.test >"$TMP/rsa.txt" || fail "txt rsa"
 "$D" txt --key "$TMP/ed.pem" --selector s1e --domain fleet.test >"$TMP/ed.txt" || fail "txt ed25519"
+"$D" genkey --algorithm ed25519-sha256 --out "$TMP/brand.pem" >/dev/null || fail "genkey brand"
+"$D" txt --key "$TMP/brand.pem" --selector b1 --domain brand.test >"$TMP/brand.txt" || fail "txt brand"
 write_relay_config "$TMP/r.conf" $IF $N "[relay]
 smarthost = [$S]:25
 [queue]
@@ -27,6 +35,16 @@ key = $TMP/rsa.pem
 algorithm = rsa-sha256+ed25519-sha256
 ed25519_selector = s1e
 ed25519_key = $TMP/ed.pem
+[dkim \"brand.test\"]
+selector = b1
+key = $TMP/brand.pem
+algorithm = ed25519-sha256
+canonicalization = simple/relaxed
+[dkim \"simple.test\"]
+selector = b1
+key = $TMP/brand.pem
+algorithm = ed25519-sha256
+canonicalization = simple/simple
 [dkim]
 default_domain = fleet.test"
 "$BUILD/app/mxrelay/mxrelay" --check-config "$TMP/r.conf" || fail "config"
@@ -49,18 +67,32 @@ for i in range(4):
                 "temperature above threshold\r\n.dot line\r\n\r\n" % (i, i, i, i)).encode())
 c.sendmail("camera@elsewhere.test", ["ops@fleet.test"],
            b"From: camera@elsewhere.test\r\nTo: ops@fleet.test\r\nSubject: motion\r\n\r\nmotion\r\n")
+# From: decides: envelope in fleet.test or elsewhere, From: (folded, display name) in brand.test
+c.sendmail("thermostat-9@fleet.test", ["ops@fleet.test"],
+           b"From: \"Brand, Inc. (alerts)\"\r\n\t<Alerts@Brand.TEST>\r\nTo: ops@fleet.test\r\n"
+           b"X-Expect-D: brand.test\r\nSubject: brand 1\r\n\r\nbranded alert  \r\n")
+c.sendmail("camera@elsewhere.test", ["ops@fleet.test"],
+           b"From: Brand Devices: cam@brand.test, other@fleet.test;\r\nTo: ops@fleet.test\r\n"
+           b"X-Expect-D: brand.test\r\nSubject: brand 2\r\n\r\nmotion\r\n")
+# From: in simple.test, whose body canonicalization differs from the envelope
+# domain's: the body was already hashed relaxed, so it is signed as fleet.test
+c.sendmail("thermostat-8@fleet.test", ["ops@fleet.test"],
+           b"From: dev@simple.test\r\nTo: ops@fleet.test\r\n"
+           b"X-Expect-D: fleet.test\r\nSubject: simple\r\n\r\nmotion\r\n")
 c.quit()
 PYEOF
-for _ in $(seq 100); do [ "$(ls "$TMP/sink" | wc -l)" -ge 5 ] && break; sleep 0.1; done
-[ "$(ls "$TMP/sink" | wc -l)" = 5 ] || { tail -5 "$TMP/relay.log"; fail "expected 5 messages at the sink"; }
+for _ in $(seq 100); do [ "$(ls "$TMP/sink" | wc -l)" -ge 8 ] && break; sleep 0.1; done
+[ "$(ls "$TMP/sink" | wc -l)" = 8 ] || { tail -5 "$TMP/relay.log"; fail "expected 8 messages at the sink"; }
+mkdir -p "$TMP/signed"
 
-$PY - "$TMP/sink" "$TMP/rsa.txt" "$TMP/ed.txt" <<'PYEOF' || fail "DKIM verification"
+$PY - "$TMP/sink" "$TMP/rsa.txt" "$TMP/ed.txt" "$TMP/brand.txt" "$TMP/signed" <<'PYEOF' || fail "DKIM verification"
 import dkim, os, re, sys
-sink, rsa_txt, ed_txt = sys.argv[1:4]
+sink, rsa_txt, ed_txt, brand_txt, signed = sys.argv[1:6]
 def record(path):
     # mxdkim txt prints: name IN TXT "..." "..." ; join the quoted strings
     return "".join(re.findall(r'"([^"]*)"', open(path).read())).encode()
-keys = {b"s1r._domainkey.fleet.test.": record(rsa_txt), b"s1e._domainkey.fleet.test.": record(ed_txt)}
+keys = {b"s1r._domainkey.fleet.test.": record(rsa_txt), b"s1e._domainkey.fleet.test.": record(ed_txt),
+        b"b1._domainkey.brand.test.": record(brand_txt)}
 def dnsfunc(name, timeout=5):
     return keys.get(name if name.endswith(b".") else name + b".")
 ok = 0
@@ -76,22 +108,53 @@ for f in sorted(os.listdir(sink)):
     while lines[i].startswith((b"\t", b" ")):
         i += 1
     msg = b"\r\n".join(lines[i:])
-    sigs = [l for l in lines[i:] if l.startswith(b"DKIM-Signature:")]
-    assert len(sigs) == 2, (f, sigs)
-    assert b"a=rsa-sha256" in msg and b"a=ed25519-sha256" in msg
+    head = msg.split(b"\r\n\r\n", 1)[0]
+    fields = re.findall(rb"(?ims)^DKIM-Signature:.*?(?=\r\n[^ \t])", head + b"\r\nX")
+    m = re.search(rb"(?im)^X-Expect-D: *(\S+)", head)
+    want_d = m.group(1) if m else b"fleet.test"
+    ds = [re.search(rb"\bd=([^;]+);", re.sub(rb"\s", b"", fl)).group(1) for fl in fields]
+    assert ds == [want_d] * len(ds), (f, "signed as", ds, "wanted", want_d)
+    if want_d == b"fleet.test":
+        assert len(fields) == 2, (f, fields)
+        assert b"a=rsa-sha256" in msg and b"a=ed25519-sha256" in msg
+    else:
+        # brand.test's own key (ed25519 only) and canonicalization
+        assert len(fields) == 1 and b"a=ed25519-sha256" in fields[0], (f, fields)
+        assert b"c=simple/relaxed" in fields[0], (f, fields)
     d = dkim.DKIM(msg)
-    for n in range(2):
+    for n in range(len(fields)):
         assert d.verify(idx=n, dnsfunc=dnsfunc), (f, n, "does not verify")
-    bad = msg.replace(b"motion", b"MOTION").replace(b"threshold", b"THRESHOLD")
+    bad = msg.replace(b"motion", b"MOTION").replace(b"threshold", b"THRESHOLD").replace(b"branded", b"BRANDED")
     try:
         tampered_ok = dkim.DKIM(bad).verify(idx=0, dnsfunc=dnsfunc)
     except dkim.ValidationError:
         tampered_ok = False   # dkimpy raises on a body hash mismatch
     assert not tampered_ok, (f, "tampered copy verifies")
+    open(os.path.join(signed, "%s.%d.eml" % (want_d.decode(), ok)), "wb").write(msg)
     ok += 1
-print("verified", ok, "messages, both signatures each")
-assert ok == 5
+print("verified", ok, "messages with dkimpy, every signature of each")
+assert ok == 8
 PYEOF
+# OpenDKIM, a second verifier, on the same messages (keys given locally)
+if command -v opendkim >/dev/null || [ -x /usr/sbin/opendkim ]; then
+	OPENDKIM=$(command -v opendkim || echo /usr/sbin/opendkim)
+	cat "$TMP/rsa.txt" "$TMP/ed.txt" "$TMP/brand.txt" |
+		sed -e 's/\. IN TXT / /' -e 's/" "//g' -e 's/"//g' >"$TMP/od.keys"
+	printf 'Mode v\nSyslog no\nTestPublicKeys %s\n' "$TMP/od.keys" >"$TMP/od.conf"
+	for f in "$TMP"/signed/*.eml; do
+		want=2
+		case $f in */brand.test.*) want=1 ;; esac
+		timeout 30 "$OPENDKIM" -x "$TMP/od.conf" -t "$f" -vv >"$TMP/od.out" 2>&1
+		[ "$(grep -o 'dkim=pass' "$TMP/od.out" | wc -l)" = $want ] &&
+			! grep -qE 'dkim=(fail|neutral|permerror)' "$TMP/od.out" ||
+			{ cat "$TMP/od.out"; fail "OpenDKIM does not verify $(basename "$f")"; }
+	done
+	echo "OpenDKIM verified $(ls "$TMP"/signed/*.eml | wc -l) messages"
+else
+	echo "note: opendkim not installed; OpenDKIM cross-check not run"
+fi
+grep -q "cannot sign as From: domain simple.test (its body canonicalization differs); signing as the envelope domain" "$TMP/relay.log" ||
+	{ grep DKIM "$TMP/relay.log"; fail "no warning for the simple.test fallback"; }
 stop_pid $R || fail "relay did not stop cleanly"
 signed=$(grep -c "DKIM signing" "$TMP/relay.log" || true)
 [ "$signed" = 0 ] || { grep "DKIM" "$TMP/relay.log"; fail "signing failures logged"; }

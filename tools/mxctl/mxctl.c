@@ -1,7 +1,12 @@
 /*
  * mxctl - ask the running relay over its control socket.
  *
- *	mxctl [-s SOCKET] [-t SECONDS] status | stats [json] | help | ...
+ *	mxctl [-s SOCKET] [-t SECONDS] COMMAND [ARGS...]
+ *
+ *	status | stats [json] | help
+ *	reload                        read the configuration file again
+ *	queue [DEST] | show ID | flush [DEST] | suspend DEST | resume DEST
+ *	dns lookup NAME [TYPE] | dns flush [NAME]
  *
  * The words are sent as one request line; the relay's reply is printed as
  * is.  Exit status: 0 success, 1 the relay answered "error: ...", 2 no
@@ -26,7 +31,9 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: mxctl [-s SOCKET] [-t SECONDS] COMMAND [ARGS...]\n"
-		"       commands: status, stats, stats json, help\n"
+		"       commands: status, stats [json], help, reload,\n"
+		"                 queue [DEST], show ID, flush [DEST], suspend DEST, resume DEST,\n"
+		"                 dns lookup NAME [TYPE], dns flush [NAME]\n"
 		"       socket default: %s\n",
 		DEFAULT_SOCKET);
 }

@@ -13,8 +13,14 @@
  *	--selector goes with the n-th --key (one selector serves both).  Bare LF line
  *	ends in the input are turned into CRLF, and the output uses CRLF.
  *
- * Exit status: 0 ok, 1 signing or key error (message on stderr), 2 usage.
+ *   mxdkim check --config FILE [--resolver IP[:PORT]] [--relay-ip IP] DOMAIN
+ *	checks DOMAIN's published DKIM, SPF and DMARC records against the
+ *	relay's configuration (check.c); one OK/WARN/FAIL line per finding.
+ *
+ * Exit status: 0 ok, 1 signing or key error or a FAIL finding (message on
+ * stderr), 2 usage.
  */
+#include "check.h"
 #include "dkim.h"
 
 #include <errno.h>
@@ -35,7 +41,9 @@ static void usage(void)
 		"       mxdkim sign --key FILE [--key FILE] --selector S [--selector S] --domain "
 		"D\n"
 		"              [--algorithm A] [--canon H/B] [--time T] [--expire S] [--length]\n"
-		"              [--headers From:To:...] [--no-oversign] < message > signed\n");
+		"              [--headers From:To:...] [--no-oversign] < message > signed\n"
+		"       mxdkim check --config FILE [--resolver IP[:PORT]] [--relay-ip IP] "
+		"DOMAIN\n");
 	exit(2);
 }
 
@@ -287,6 +295,9 @@ int main(int argc, char **argv)
 		{"length", no_argument, NULL, 'l'},
 		{"headers", required_argument, NULL, 'H'},
 		{"no-oversign", no_argument, NULL, 'N'},
+		{"config", required_argument, NULL, 'C'},
+		{"resolver", required_argument, NULL, 'R'},
+		{"relay-ip", required_argument, NULL, 'I'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -295,7 +306,7 @@ int main(int argc, char **argv)
 	const char *cmd = argv[1];
 	struct sign_opts o = {.t = -1};
 	unsigned bits = 0;
-	const char *out = NULL;
+	const char *out = NULL, *config = NULL, *resolver = NULL, *relay_ip = NULL;
 	char *end;
 	int ch;
 	optind = 2;
@@ -348,9 +359,23 @@ int main(int argc, char **argv)
 		case 'N':
 			o.no_oversign = true;
 			break;
+		case 'C':
+			config = optarg;
+			break;
+		case 'R':
+			resolver = optarg;
+			break;
+		case 'I':
+			relay_ip = optarg;
+			break;
 		default:
 			usage();
 		}
+	}
+	if (strcmp(cmd, "check") == 0) {
+		if (!config || optind + 1 != argc)
+			usage();
+		return mxdkim_check(config, resolver, relay_ip, argv[optind]);
 	}
 	if (optind != argc)
 		usage();
