@@ -147,8 +147,20 @@ static bool stat_is_max(const char *name)
 /* A level that goes up and down (Prometheus gauge), not a count of events. */
 static bool stat_is_gauge(const char *name)
 {
-	static const char *const gauges[] = {"smtpd_open", "spool_live_messages",
-					     "spool_used_bytes", "spool_segments", NULL};
+	static const char *const gauges[] = {"smtpd_open",
+					     "spool_live_messages",
+					     "spool_used_bytes",
+					     "spool_segments",
+					     "queue_queued",
+					     "queue_in_flight",
+					     "queue_conns_open",
+					     "queue_dests",
+					     "deliver_sessions_open",
+					     "deliver_backlog",
+					     "deliver_outbox",
+					     "dns_cache_entries",
+					     "dns_tcp_open",
+					     NULL};
 	for (int i = 0; gauges[i]; i++)
 		if (strcmp(name, gauges[i]) == 0)
 			return true;
@@ -942,6 +954,67 @@ static void prom_family(struct obuf *o, const char *metric, const char *type, co
  * whole, mxrelay_worker_<name>[_total]{worker="N"} per worker, so that
  * sum(mxrelay_worker_x_total) == mxrelay_x_total without double counting.
  */
+#define CTL_METRIC_DESTS 1000 /* destinations exported with their own series */
+
+/*
+ * Queue depth per destination: each worker's `mxctl queue` lines ("NAME
+ * worker=N state=S queued=N waiting=N in_flight=N conns=N ..."), as gauges
+ * labelled by destination.  Bounded: the first CTL_METRIC_DESTS lines.
+ */
+static void metrics_destinations(struct obuf *o)
+{
+	static const char *const fields[] = {"queued", "waiting", "in_flight", "conns"};
+	static const char *const help[] = {"recipients waiting in the destination's queue",
+					   "recipients deferred, waiting for their retry time",
+					   "recipients in a transaction now",
+					   "connections open or connecting"};
+	struct worker_answer ans[64];
+	unsigned n = workers_count() < 64 ? workers_count() : 64;
+	uint64_t mask = n == 64 ? ~0ull : (1ull << n) - 1;
+
+	workers_call(mask, call_queue, "", 2000000, ans);
+	for (unsigned f = 0; f < 4; f++) {
+		unsigned lines = 0;
+		ob_printf(o,
+			  "# HELP mxrelay_destination_%s %s\n# TYPE mxrelay_destination_%s gauge\n",
+			  fields[f], help[f], fields[f]);
+		for (unsigned w = 0; w < n; w++) {
+			for (const char *p = ans[w].rc == 0 ? ans[w].text : NULL; p && *p;) {
+				const char *nl = strchr(p, '\n');
+				size_t len = nl ? (size_t)(nl - p) : strlen(p);
+				char line[512], key[24];
+				const char *v;
+				if (len < sizeof(line) && lines < CTL_METRIC_DESTS) {
+					memcpy(line, p, len);
+					line[len] = 0;
+					snprintf(key, sizeof(key), " %s=", fields[f]);
+					char *sp = strchr(line, ' ');
+					if (sp != NULL && (v = strstr(line, key)) != NULL) {
+						*sp = 0;
+						bool clean =
+							true; /* names are DNS names or literals */
+						for (char *c = line; *c; c++)
+							clean = clean && *c != '"' && *c != '\\';
+						if (clean) {
+							ob_printf(o,
+								  "mxrelay_destination_%s{"
+								  "destination=\"%s\","
+								  "worker=\"%u\"} %llu\n",
+								  fields[f], line, w,
+								  strtoull(v + strlen(key), NULL,
+									   10));
+							lines++;
+						}
+					}
+				}
+				p += len + (nl != NULL);
+			}
+		}
+	}
+	for (unsigned w = 0; w < n; w++)
+		free(ans[w].text);
+}
+
 static void reply_metrics(struct obuf *o)
 {
 	char metric[CTL_NAME_LEN + 32];
@@ -996,6 +1069,7 @@ static void reply_metrics(struct obuf *o)
 				  (unsigned long long)tab.val[w][i]);
 	}
 	pthread_mutex_unlock(&ctl.lock);
+	metrics_destinations(o);
 }
 
 static void http_reply(struct obuf *o, int code, const char *reason, const struct obuf *body,

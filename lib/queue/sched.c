@@ -887,7 +887,8 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 			CNT(q, d, conn_limit_hits, 1);
 			return true; /* a session coming back idle or closing wakes us */
 		}
-		if (!d->has_route || now >= d->route_until) {
+		/* Strict: a route TTL of 0 still serves the dispatch that asked for it. */
+		if (!d->has_route || now > d->route_until) {
 			if (d->state != QUEUE_DS_RESOLVING) {
 				d->state = QUEUE_DS_RESOLVING;
 				out[*n] =
@@ -971,14 +972,11 @@ int queue_poll(struct queue *q, int64_t now, struct queue_action *out, unsigned 
 				dest_maybe_free(q, d, now);
 		}
 	}
-	/* Idle sessions, oldest first: idle timeout or connection age. */
-	while (!ql_empty(&q->idle)) {
-		struct qsession *s = container_of(q->idle.next, struct qsession, glink);
-		if (now < s->idle_since_us + (int64_t)q->cfg.idle_timeout_us &&
-		    now < s->up_us + (int64_t)q->cfg.conn_max_age_us)
-			break;
-		sess_close(q, s);
-	}
+	/*
+	 * Dispatch before the idle timeout: an idle session whose destination
+	 * has mail waiting takes it (with idle_timeout = 0 a session would
+	 * otherwise be closed before it could ever be used).
+	 */
 	while (!ql_empty(&q->dirty) && n < max) {
 		struct qdest *d = container_of(q->dirty.next, struct qdest, dirty);
 		ql_del(&d->dirty);
@@ -987,6 +985,14 @@ int queue_poll(struct queue *q, int64_t now, struct queue_action *out, unsigned 
 			break;
 		}
 		dest_maybe_free(q, d, now);
+	}
+	/* Idle sessions, oldest first: idle timeout or connection age. */
+	while (!ql_empty(&q->idle)) {
+		struct qsession *s = container_of(q->idle.next, struct qsession, glink);
+		if (now < s->idle_since_us + (int64_t)q->cfg.idle_timeout_us &&
+		    now < s->up_us + (int64_t)q->cfg.conn_max_age_us)
+			break;
+		sess_close(q, s);
 	}
 	while (!ql_empty(&q->closing) && n < max) {
 		struct qsession *s = container_of(q->closing.next, struct qsession, link);

@@ -122,6 +122,10 @@ assert values.get('mxrelay_worker_smtp_messages_accepted_total{worker="0"}') == 
 assert values.get("mxrelay_spool_live_messages") == 20
 assert values.get("mxrelay_workers") == 1
 assert values.get("mxrelay_tcp_passive_opens_total", 0) >= 20
+# Queue depth per destination: fleet.test has no route (no [dns]): its 20 wait.
+dest = {k: v for k, v in values.items() if 'destination="fleet.test"' in k}
+held = sum(v for k, v in dest.items() if k.startswith(("mxrelay_destination_queued", "mxrelay_destination_waiting")))
+assert held == 20, dest
 print("/metrics: %d samples, %d families, mxrelay_smtp_messages_accepted_total 20" % (n, len(typed)))
 PYEOF
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://$HTTP/nothing-here")

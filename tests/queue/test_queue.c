@@ -1578,6 +1578,47 @@ static void test_reconfigure_limits(void)
 	queue_destroy(q);
 }
 
+/* route_ttl = 0 and idle_timeout = 0 are allowed: they must deliver, not spin. */
+static void test_zero_route_ttl_and_idle(void)
+{
+	struct queue_config c;
+	struct dns_mail_route route = {0};
+	cfg_init(&c);
+	c.route_ttl_us = 0;
+	c.idle_timeout_us = 0;
+	struct queue *q = mkq(&c);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_DOM, 1, 0, 0, 1), 0, T0), 0);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_DOM, 1, 0, 0, 2), 0, T0), 0);
+	pollq(q, T0);
+	uint64_t dest = need_act(QUEUE_ACT_RESOLVE)->dest;
+	route.result = DNS_MAIL_OK;
+	route.host_count = 1;
+	snprintf(route.hosts[0].name, sizeof(route.hosts[0].name), "mx.example.com");
+	route.hosts[0].addr_count = 1;
+	route.hosts[0].addrs[0] = 0xc0000205;
+	CU_ASSERT_EQUAL(queue_route_result(q, dest, &route, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_RESOLVE), 0);
+	CU_ASSERT(count_act(QUEUE_ACT_CONNECT) >= 1);
+	uint64_t sess = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_up(q, sess, "mx.example.com", 0xc0000205, 25, T0 + 1), 0);
+	pollq(q, T0 + 2);
+	struct queue_action a = *need_act(QUEUE_ACT_SEND);
+	CU_ASSERT_EQUAL(a.session, sess);
+	CU_ASSERT_EQUAL(result_all(q, &a, 250, "250 ok", T0 + 3), 0);
+	/* Idle with mail waiting: it takes the next message before any idle close. */
+	pollq(q, T0 + 4);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 0);
+	a = *need_act(QUEUE_ACT_SEND);
+	CU_ASSERT_EQUAL(a.session, sess);
+	CU_ASSERT_EQUAL(result_all(q, &a, 250, "250 ok", T0 + 5), 0);
+	CU_ASSERT_EQUAL(R.delivered, 2);
+	/* Nothing waits now: closed at once. */
+	pollq(q, T0 + 6);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 1);
+	queue_destroy(q);
+}
+
 static CU_TestInfo dest_tests[] = {
 	{"dest_domain_case", test_dest_domain_case},
 	{"dest_literal_invalid", test_dest_literal_invalid},
@@ -1621,6 +1662,7 @@ static CU_TestInfo sched_tests[] = {
 	{"flush_retries_now", test_flush_retries_now},
 	{"suspend_resume", test_suspend_resume},
 	{"reconfigure_limits", test_reconfigure_limits},
+	{"zero_route_ttl_and_idle", test_zero_route_ttl_and_idle},
 	CU_TEST_INFO_NULL,
 };
 
