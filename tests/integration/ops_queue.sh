@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# ops_queue.sh - an operator working a stuck destination with mxctl, on a
+# relay with two workers (the destination's owner answers; `show` goes to
+# the message's spool worker):
+#   1. 3 messages to u<i>@[10.77.83.1] while nothing listens there: the first
+#      is deferred and the destination backs off (retry and backoff: 1 h);
+#   2. `mxctl queue` lists the destination with its 3 recipients waiting and
+#      `mxctl show ID` the recipient as deferred, with the reply;
+#   3. `mxctl suspend [10.77.83.1]`: listed as suspended; smtp-sink starts and
+#      `mxctl flush` retries, but nothing is delivered while it is held;
+#   4. `mxctl resume [10.77.83.1]`: all 3 delivered at once (no waiting for
+#      the 1 h retry); `mxctl queue` has nothing left for it.
+# Exit 0 pass, 77 skip.
+. "$(dirname "$0")/common.bash"
+need_root_tap
+command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
+N=83 IF=mxt83 H=10.77.83.2 S=10.77.83.1
+CTL=$BUILD/tools/mxctl/mxctl
+D="[$S]"
+
+MX_LCORES="${MX_LCORES:---lcores=0@0,1@1,2@0}" write_config "$TMP/r.conf" $IF $N "
+[smtp]
+hostname = relay.mxrelay.test
+listen = 25
+[relay]
+allow_networks = 10.77.$N.0/24
+[spool]
+dir = $TMP/spool
+[queue]
+retry = 1h
+backoff_initial = 1h
+backoff_max = 1h
+[control]
+socket = $TMP/control.sock
+http_listen ="
+start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
+R=$LAST_PID
+wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
+for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
+grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay did not start"; }
+
+timeout 30 $PY - "$H" "$S" <<'PYEOF' || fail "sending"
+import smtplib, sys
+host, s = sys.argv[1:3]
+for i in range(3):  # one connection each: both workers may accept
+    c = smtplib.SMTP(host, 25, timeout=20)
+    c.sendmail("dev@fleet.test", [f"u{i}@[{s}]"],
+               f"From: dev@fleet.test\r\nSubject: q {i}\r\nX-Probe: q-{i}\r\n\r\nbody {i}\r\n".encode())
+    c.quit()
+PYEOF
+# The first attempt is refused and deferred; the destination then backs off
+# and the other two wait in its queue (logged when they are tried).
+for _ in $(seq 100); do grep -q "to=<u0@.*status=deferred" "$TMP/relay.log" && break; sleep 0.1; done
+grep -q "to=<u0@.*status=deferred" "$TMP/relay.log" || { tail "$TMP/relay.log"; fail "not deferred"; }
+
+# field LINE KEY: the value of key=value in a `mxctl queue` line.
+field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
+
+"$CTL" -s "$TMP/control.sock" queue >"$TMP/q1" || { cat "$TMP/q1"; fail "mxctl queue"; }
+cat "$TMP/q1"
+line=$(grep -F "$D " "$TMP/q1") || fail "queue: $D not listed"
+[ "$(( $(field "$line" queued) + $(field "$line" waiting) ))" = 3 ] || fail "queue: not 3 waiting: $line"
+"$CTL" -s "$TMP/control.sock" queue "$D" | grep -qF "$D " || fail "queue $D"
+
+id=$(grep -o "[0-9A-V]\{12\}: to=<u0@" "$TMP/relay.log" | head -1 | cut -c1-12)
+[ -n "$id" ] || fail "no queue ID for u0"
+"$CTL" -s "$TMP/control.sock" show "$id" >"$TMP/show" || { cat "$TMP/show"; fail "mxctl show $id"; }
+cat "$TMP/show"
+grep -qF "rcpt 0: <u0@$D> state=deferred" "$TMP/show" || fail "show: u0 not deferred"
+grep -q "^sender: <dev@fleet.test>" "$TMP/show" || fail "show: sender"
+
+"$CTL" -s "$TMP/control.sock" suspend "$D" | grep -q "suspended" || fail "suspend"
+"$CTL" -s "$TMP/control.sock" queue "$D" | grep -q "state=suspended" || fail "queue: not suspended"
+chmod o+x "$TMP"
+mkdir -p "$TMP/d" && chmod 777 "$TMP/d"
+start_bg "$TMP/sink.log" smtp-sink -u nobody -d "$TMP/d/%H%M%S." $S:25 100
+for _ in $(seq 50); do ss -ltn | grep -q "$S:25 " && break; sleep 0.1; done
+"$CTL" -s "$TMP/control.sock" flush >"$TMP/flush" || { cat "$TMP/flush"; fail "flush"; }
+sleep 2
+[ "$(find "$TMP/d" -type f | wc -l)" = 0 ] || fail "delivered while suspended"
+"$CTL" -s "$TMP/control.sock" queue "$D" | grep -q "state=suspended" || fail "suspension lost"
+echo "suspended: flush delivered nothing"
+
+"$CTL" -s "$TMP/control.sock" resume "$D" | grep -q "resumed" || fail "resume"
+for _ in $(seq 100); do [ "$(find "$TMP/d" -type f | wc -l)" -ge 3 ] && break; sleep 0.1; done
+n=$(find "$TMP/d" -type f | wc -l)
+[ "$n" = 3 ] || { tail "$TMP/relay.log"; fail "$n of 3 delivered after resume"; }
+sleep 0.5
+"$CTL" -s "$TMP/control.sock" queue >"$TMP/q2" || fail "mxctl queue after"
+if line=$(grep -F "$D " "$TMP/q2"); then
+	[ "$(( $(field "$line" queued) + $(field "$line" waiting) + $(field "$line" in_flight) ))" = 0 ] ||
+		fail "queue after delivery: $line"
+fi
+stop_pid $R || fail "relay did not stop cleanly"
+echo "mxctl queue / show / suspend / flush / resume: ok"
