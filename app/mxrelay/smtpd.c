@@ -443,7 +443,8 @@ static int sign_finish(struct smtpd_conn *c)
 			sign_end(c);
 			return 0;
 		}
-		if (want != c->signer_dom) {
+		/* (a signer that already failed reports its error below, as it is) */
+		if (want != c->signer_dom && dkim_signer_error(c->signer)[0] == '\0') {
 			struct dkim_signer *sg = signer_take(c->d, want);
 			int mrc = sg != NULL ? dkim_sign_move(sg, c->signer) : -ENOMEM;
 			if (mrc == 0) {
