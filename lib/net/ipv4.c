@@ -10,6 +10,7 @@
  * payload, fills the L4 checksum (or leaves it to the NIC), routes
  * (connected subnet, else the port's gateway) and resolves the next hop.
  */
+#include "cksum.h"
 #include "stack_priv.h"
 
 #include <errno.h>
@@ -47,7 +48,9 @@ static bool l4_cksum_ok(const struct rte_mbuf *m, const struct rte_ipv4_hdr *ip,
 		return true;
 	if (f == RTE_MBUF_F_RX_L4_CKSUM_BAD)
 		return false;
-	return rte_ipv4_udptcp_cksum_verify(ip, l4) == 0;
+	/* Pseudo-header plus segment must sum to all ones (RFC 1071). */
+	size_t l4len = rte_be_to_cpu_16(ip->total_length) - rte_ipv4_hdr_len(ip);
+	return net_csum_fold(net_csum(l4, l4len, rte_ipv4_phdr_cksum(ip, 0))) == 0xffff;
 }
 
 void net_ipv4_input(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rte_mbuf *m)
@@ -83,7 +86,8 @@ void net_ipv4_input(struct net_stack_priv *sp, struct net_port_ctx *pc, struct r
 		sp->stats.ip_not_us++;
 		goto drop;
 	}
-	if (rte_be_to_cpu_16(ip->fragment_offset) & (RTE_IPV4_HDR_MF_FLAG | RTE_IPV4_HDR_OFFSET_MASK)) {
+	if (rte_be_to_cpu_16(ip->fragment_offset) &
+	    (RTE_IPV4_HDR_MF_FLAG | RTE_IPV4_HDR_OFFSET_MASK)) {
 		sp->stats.ip_frags++;
 		goto drop;
 	}
@@ -166,7 +170,7 @@ int net_ipv4_output(struct net_stack_priv *sp, uint32_t src, uint32_t dst, uint8
 	ip->src_addr = rte_cpu_to_be_32(src ? src : pc->port->addr);
 	ip->dst_addr = rte_cpu_to_be_32(dst);
 	ip->hdr_checksum = 0;
-	memcpy(l4, payload, len);
+	uint64_t sum = net_csum_copy(l4, payload, len, 0); /* the checksum pass is the copy */
 
 	unaligned_uint16_t *l4_cksum = NULL;
 	if (proto == IPPROTO_TCP && len >= sizeof(struct rte_tcp_hdr))
@@ -185,8 +189,9 @@ int net_ipv4_output(struct net_stack_priv *sp, uint32_t src, uint32_t dst, uint8
 	} else {
 		ip->hdr_checksum = rte_ipv4_cksum(ip);
 		if (l4_cksum != NULL) {
-			*l4_cksum = 0;
-			*l4_cksum = rte_ipv4_udptcp_cksum(ip, l4);
+			/* The field was zero in payload; an all-zero UDP sum is sent as ones. */
+			uint16_t c = (uint16_t)~net_csum_fold(sum + rte_ipv4_phdr_cksum(ip, 0));
+			*l4_cksum = c == 0 && proto == IPPROTO_UDP ? 0xffff : c;
 		}
 	}
 	net_arp_output(sp, pc, nh, m);
