@@ -4,6 +4,12 @@
 # config for it, starts the program under test in the background and
 # cleans up on exit.  Nothing here talks to any address outside the
 # script's own TAP subnet.
+#
+#   write_config / write_relay_config / write_delivery_config   relay configs
+#   start_relay LOG CONF, stop_relay, wait_log REGEX SECONDS [COUNT]
+#   start_bg, stop_pid, wait_iface, wait_listen, wait_files    processes, waits
+#   mxstat FILE NAME, spool_expect SPOOL N                      counters, spool
+# peers.bash adds the peer servers (unbound, smtp-sink), postfix.bash Postfix.
 
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -73,8 +79,31 @@ stop_pid() {
 	return $rc
 }
 
-# stat FILE NAME: a "name value" counter from a netsvc stats dump.
-stat() { awk -v k="$2" '$1 == k { print $2 }' "$1"; }
+# wait_listen ADDR:PORT [tcp|udp] [SECONDS]: until something listens there
+# (bounded, 5 s unless told); returns 1 if nothing does.
+wait_listen() {
+	local o=-ltn
+	[ "${2:-tcp}" = udp ] && o=-lun
+	for _ in $(seq $((${3:-5} * 10))); do
+		ss $o | grep -q "$1 " && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# wait_files DIR COUNT SECONDS: until DIR (made or not yet) holds at least COUNT
+# files (bounded); returns 1 if it does not.
+wait_files() {
+	for _ in $(seq $(($3 * 10))); do
+		[ "$(find "$1" -type f 2>/dev/null | wc -l)" -ge "$2" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# mxstat FILE NAME: the value of a "name value" counter line, as written by
+# mxctl stats / status and by netsvc's stats dump.
+mxstat() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
 
 # write_relay_config FILE IFACE N [extra ini]: a relay on 10.77.N.2 with TLS
 # (a demo certificate made in $TMP/tls), AUTH users in $TMP/users, spool in
@@ -103,4 +132,73 @@ dir = $TMP/spool
 socket = $TMP/control.sock
 http_listen =
 $extra"
+}
+
+# write_delivery_config FILE IFACE N [extra ini]: a relay on 10.77.N.2 taking
+# mail on port 25 from 10.77.N.0/24 and delivering it: spool in $TMP/spool,
+# control socket $TMP/control.sock, retry every 2 s with a 1-2 s backoff.
+# The extra text follows; a section given again adds keys, a key given again
+# wins (lib/core's reader takes the last one).
+write_delivery_config() {
+	local f=$1 ifc=$2 n=$3 extra=${4:-}
+	write_config "$f" "$ifc" "$n" "
+[smtp]
+hostname = relay.mxrelay.test
+listen = 25
+[relay]
+allow_networks = 10.77.$n.0/24
+[spool]
+dir = $TMP/spool
+[queue]
+retry = 2s
+backoff_initial = 1s
+backoff_max = 2s
+[control]
+socket = $TMP/control.sock
+http_listen =
+$extra"
+}
+
+# start_relay LOG CONF: mxrelay on CONF (from write_config) in the background;
+# waits until its TAP carries the host address and it logs "mxrelay running"
+# (bounded), and fails showing LOG if not.  Sets R (the pid) and RLOG (LOG).
+start_relay() {
+	local ifc host
+	RLOG=$1
+	ifc=$(sed -n 's/.*--vdev=net_tap[0-9]*,iface=\([^ ,]*\).*/\1/p' "$2" | head -1)
+	host=$(sed -n 's|^host_addr = \([0-9.]*\)/.*|\1|p' "$2" | head -1)
+	[ -n "$ifc" ] && [ -n "$host" ] || fail "start_relay: no TAP iface or host_addr in $2"
+	: >"$RLOG" # start_bg truncates it in the child: no stale log read meanwhile
+	start_bg "$RLOG" "$BUILD/app/mxrelay/mxrelay" --config "$2"
+	R=$LAST_PID
+	wait_iface "$ifc" "$host" || { cat "$RLOG"; fail "TAP did not come up"; }
+	for _ in $(seq 100); do
+		grep -q "mxrelay running" "$RLOG" && return 0
+		sleep 0.1
+	done
+	cat "$RLOG"
+	fail "relay not running"
+}
+
+# stop_relay: SIGTERM the relay of start_relay; fails (with the log's tail)
+# unless it exits 0.
+stop_relay() { stop_pid "$R" || { tail -20 "$RLOG"; fail "relay did not stop cleanly"; }; }
+
+# wait_log REGEX SECONDS [COUNT]: until the relay's log (RLOG) has COUNT lines
+# (default 1) matching the extended REGEX (bounded); returns 1 if not.
+wait_log() {
+	for _ in $(seq $(($2 * 10))); do
+		[ "$(grep -cE "$1" "$RLOG")" -ge "${3:-1}" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# spool_expect SPOOL N: the spool holds N messages (mxspool count, shown);
+# fails otherwise.  The count stays in $TMP/count.
+spool_expect() {
+	"$BUILD/tools/mxspool/mxspool" "$1" count | tee "$TMP/count"
+	local left
+	left=$(awk '$1 == "messages" { print $2 }' "$TMP/count")
+	[ "$left" = "$2" ] || fail "spool holds ${left:-no} message(s), expected $2"
 }

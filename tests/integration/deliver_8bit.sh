@@ -9,34 +9,18 @@
 # and 10.77.81.3 (started with -8); Python's smtpd with SMTPUTF8 on
 # 10.77.81.4 records the MAIL parameters it gets.  Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 N=81 IF=mxt81 H=10.77.81.2 S=10.77.81.1 S2=10.77.81.3 S3=10.77.81.4
 
-write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
-[spool]
-dir = $TMP/spool
-[queue]
-retry = 2s
-[control]
-socket =
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
+write_delivery_config "$TMP/r.conf" $IF $N
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 ip addr add $S2/24 dev $IF || fail "second host address"
 ip addr add $S3/24 dev $IF || fail "third host address"
 
-chmod o+x "$TMP" # smtp-sink writes as nobody
-mkdir -p "$TMP/d1" "$TMP/d2" && chmod 777 "$TMP/d1" "$TMP/d2"
-start_bg "$TMP/sink1.log" smtp-sink -u nobody -d "$TMP/d1/%H%M%S." $S:25 100
-start_bg "$TMP/sink2.log" smtp-sink -8 -u nobody -d "$TMP/d2/%H%M%S." $S2:25 100
+start_smtp_sink $S:25 "$TMP/d1"
+start_smtp_sink $S2:25 "$TMP/d2" -8
 cat >"$TMP/u8sink.py" <<'PYEOF'
 import asyncore, smtpd, sys, warnings
 warnings.simplefilter("ignore")
@@ -49,10 +33,7 @@ Sink((sys.argv[1], 25), None, decode_data=False, enable_SMTPUTF8=True)
 asyncore.loop(timeout=0.5)
 PYEOF
 start_bg "$TMP/u8sink.log" $PY "$TMP/u8sink.py" $S3 "$TMP/u8.txt"
-for _ in $(seq 50); do
-	ss -ltn | grep -q "$S2:25 " && ss -ltn | grep -q "$S:25 " && ss -ltn | grep -q "$S3:25 " && break
-	sleep 0.1
-done
+wait_listen $S3:25 || { cat "$TMP/u8sink.log"; fail "the SMTPUTF8 sink did not start"; }
 
 timeout 30 $PY - "$H" "$S" "$S2" "$S3" <<'PYEOF' || fail "sending"
 import smtplib, sys
@@ -97,5 +78,5 @@ print("BODY=8BITMIME and SMTPUTF8 passed on; an MX without them -> 5.6.3 / 5.6.7
 PYEOF
 grep -q "status=bounced.*5.6.3" "$TMP/relay.log" || fail "no 5.6.3 bounce in the log"
 grep -q "status=bounced.*5.6.7" "$TMP/relay.log" || fail "no 5.6.7 bounce in the log"
-stop_pid $R || fail "relay did not stop cleanly"
+stop_relay
 echo "8BITMIME / SMTPUTF8 delivery: ok"

@@ -7,43 +7,18 @@
 # sender's sink: one multipart/report per original, naming the recipient,
 # and nothing is left in the spool.  Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 N=51 IF=mxt51 H=10.77.51.2 S=10.77.51.1 B=10.77.51.3
-M=$BUILD/tools/mxspool/mxspool
 K=4
 
-write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
-[spool]
-dir = $TMP/spool
-[queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-[control]
-socket =
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
+write_delivery_config "$TMP/r.conf" $IF $N
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 ip addr add $B/24 dev $IF || fail "cannot add $B"
 
-chmod o+x "$TMP" # smtp-sink writes as nobody
-sink() { # ADDR DIR [options]
-	mkdir -p "$2" && chmod 777 "$2"
-	smtp-sink -u nobody -d "$2/%H%M%S." "${@:3}" $1:25 100 >"$TMP/sink-$1.log" 2>&1 &
-	PIDS+=($!)
-	for _ in $(seq 50); do ss -ltn | grep -q "$1:25 " && return 0; sleep 0.1; done
-	fail "smtp-sink on $1 did not start"
-}
-sink $S "$TMP/rejects" -f RCPT
-sink $B "$TMP/dsn"
+start_smtp_sink $S:25 "$TMP/rejects" -f RCPT
+start_smtp_sink $B:25 "$TMP/dsn"
 
 timeout 30 $PY - "$H" "$K" "$S" "$B" <<'PYEOF' || fail "sending"
 import smtplib, sys
@@ -55,10 +30,7 @@ for i in range(k):
 c.quit()
 PYEOF
 
-for _ in $(seq 200); do
-	[ "$(find "$TMP/dsn" -type f | wc -l)" -ge $K ] && break
-	sleep 0.1
-done
+wait_files "$TMP/dsn" $K 20
 sleep 0.5
 grep -m1 "status=bounced" "$TMP/relay.log"
 b=$(grep -c "status=bounced" "$TMP/relay.log")
@@ -85,8 +57,6 @@ assert len(os.listdir(d)) == k, f"{len(os.listdir(d))} DSNs, expected {k}"
 assert seen == set(range(k)), f"DSNs name {sorted(seen)}"
 print(f"{k} DSNs, multipart/report, Action: failed, one per bounced recipient")
 PYEOF
-stop_pid $R || fail "relay did not stop cleanly"
-"$M" "$TMP/spool" count | tee "$TMP/count"
-left=$(awk '$1 == "messages" {print $2}' "$TMP/count")
-[ "$left" = 0 ] || fail "spool still holds $left message(s)"
+stop_relay
+spool_expect "$TMP/spool" 0
 echo "bounce and DSN delivery: ok"

@@ -8,63 +8,24 @@
 # smtp-sink on 10.77.52.1:25 takes the mail; every message arrives exactly
 # once and the spool ends empty.  Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 command -v unbound >/dev/null || skip "unbound not installed"
 N=52 IF=mxt52 H=10.77.52.2 S=10.77.52.1
-M=$BUILD/tools/mxspool/mxspool
 K=5
 
-write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
+write_delivery_config "$TMP/r.conf" $IF $N "
 [dns]
-resolvers = $S
-[spool]
-dir = $TMP/spool
-[queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-[control]
-socket =
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-
-cat >"$TMP/unbound.conf" <<CONF
-server:
-	interface: $S
-	port: 53
-	access-control: 10.77.$N.0/24 allow
-	do-daemonize: no
-	username: ""
-	chroot: ""
-	directory: "$TMP"
-	pidfile: ""
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
+resolvers = $S"
+start_relay "$TMP/relay.log" "$TMP/r.conf"
+start_unbound $S $N <<ZONE
 	local-zone: "fleet.test." static
 	local-data: "fleet.test. 60 IN MX 10 mx1.fleet.test."
 	local-data: "mx1.fleet.test. 60 IN A $S"
 	local-data: "imp.fleet.test. 60 IN A $S"
-remote-control:
-	control-enable: no
-CONF
-start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
-for _ in $(seq 50); do ss -lun | grep -q "$S:53 " && break; sleep 0.1; done
-ss -lun | grep -q "$S:53 " || { cat "$TMP/unbound.log"; fail "unbound did not start"; }
-
-chmod o+x "$TMP" # smtp-sink writes as nobody
-mkdir -p "$TMP/d" && chmod 777 "$TMP/d"
-start_bg "$TMP/sink.log" smtp-sink -u nobody -d "$TMP/d/%H%M%S." $S:25 100
-for _ in $(seq 50); do ss -ltn | grep -q "$S:25 " && break; sleep 0.1; done
+ZONE
+start_smtp_sink $S:25 "$TMP/d"
 
 timeout 30 $PY - "$H" "$K" <<'PYEOF' || fail "sending"
 import smtplib, sys
@@ -77,10 +38,7 @@ for dom in ("fleet.test", "imp.fleet.test", "nx.fleet.test"):
 c.quit()
 PYEOF
 
-for _ in $(seq 200); do
-	[ "$(find "$TMP/d" -type f | wc -l)" -ge $((3 * K)) ] && break
-	sleep 0.1
-done
+wait_files "$TMP/d" $((3 * K)) 20
 sleep 0.5
 grep -m1 "u0@fleet.test.*status=sent" "$TMP/relay.log" || { tail -20 "$TMP/relay.log"; fail "no MX delivery"; }
 grep -m1 "u0@imp.fleet.test.*status=sent" "$TMP/relay.log" || fail "no implicit-MX delivery"
@@ -102,8 +60,6 @@ assert sorted(probes) == want, f"probes {sorted(probes)}"
 assert dsns == k, f"{dsns} DSNs, expected {k}"
 print(f"{len(probes)} messages delivered once each through MX and implicit MX, {dsns} DSNs")
 PYEOF
-stop_pid $R || fail "relay did not stop cleanly"
-"$M" "$TMP/spool" count | tee "$TMP/count"
-left=$(awk '$1 == "messages" {print $2}' "$TMP/count")
-[ "$left" = 0 ] || fail "spool still holds $left message(s)"
+stop_relay
+spool_expect "$TMP/spool" 0
 echo "DNS delivery: ok"

@@ -19,13 +19,13 @@
 #                   upstream query, a third after it exactly one
 # Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 command -v unbound >/dev/null || skip "unbound not installed"
 command -v nsd >/dev/null || skip "nsd not installed"
 N=67 IF=mxt67 H=10.77.67.2 S=10.77.67.1
 B=10.77.67.11 C=10.77.67.12 DOWN=10.77.67.10 BLACKHOLE=10.77.67.99
-M=$BUILD/tools/mxspool/mxspool
 CTL=$BUILD/tools/mxctl/mxctl
 SOCK=$TMP/control.sock
 Z=nsd.test
@@ -50,11 +50,7 @@ idle_timeout = 1s
 [control]
 socket = $SOCK
 http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay did not start"; }
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 for a in $DOWN $B $C; do ip addr add $a/32 dev $IF || fail "cannot add $a to $IF"; done
 
 # ---- the zone, served by nsd ------------------------------------------------
@@ -110,23 +106,10 @@ zone:
 	zonefile: "$Z.zone"
 CONF
 start_bg "$TMP/nsd.out" nsd -d -c "$TMP/nsd.conf"
-for _ in $(seq 50); do ss -lun | grep -q "$S:5300 " && break; sleep 0.1; done
-ss -lun | grep -q "$S:5300 " || { cat "$TMP/nsd.out" "$TMP/nsd.log" 2>/dev/null; fail "nsd did not start"; }
+wait_listen $S:5300 udp || { cat "$TMP/nsd.out" "$TMP/nsd.log" 2>/dev/null; fail "nsd did not start"; }
 
 # ---- unbound recursing for the relay ------------------------------------------
-cat >"$TMP/unbound.conf" <<CONF
-server:
-	interface: $S
-	port: 53
-	access-control: 10.77.$N.0/24 allow
-	do-daemonize: no
-	username: ""
-	chroot: ""
-	directory: "$TMP"
-	pidfile: ""
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
+start_unbound $S $N <<CONF
 	local-zone: "test." nodefault
 	domain-insecure: "$Z"
 	minimal-responses: yes
@@ -134,23 +117,9 @@ server:
 stub-zone:
 	name: "$Z"
 	stub-addr: $S@5300
-remote-control:
-	control-enable: no
 CONF
-start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
-for _ in $(seq 50); do ss -lun | grep -q "$S:53 " && break; sleep 0.1; done
-ss -lun | grep -q "$S:53 " || { cat "$TMP/unbound.log"; fail "unbound did not start"; }
-
-chmod o+x "$TMP" # smtp-sink writes as nobody
-for a in B C; do
-	mkdir -p "$TMP/$a" && chmod 777 "$TMP/$a"
-	eval "addr=\$$a"
-	start_bg "$TMP/sink$a.log" smtp-sink -u nobody -d "$TMP/$a/%H%M%S." $addr:25 100
-done
-for a in $B $C; do
-	for _ in $(seq 50); do ss -ltn | grep -q "$a:25 " && break; sleep 0.1; done
-	ss -ltn | grep -q "$a:25 " || fail "smtp-sink on $a did not start"
-done
+start_smtp_sink $B:25 "$TMP/B"
+start_smtp_sink $C:25 "$TMP/C"
 
 # val NAME: a total from mxctl stats.
 val() { "$CTL" -s "$SOCK" stats | awk -v k="$1" '$1 == k { print $2; exit }'; }
@@ -165,11 +134,6 @@ c.sendmail("dev@imp.nsd.test", [f"u@{dom}"],
 c.quit()
 PYEOF
 }
-# wait_log PATTERN [tenths]: until the relay log has a line matching PATTERN.
-wait_log() {
-	for _ in $(seq "${2:-150}"); do grep -qE "$1" "$TMP/relay.log" && return 0; sleep 0.1; done
-	return 1
-}
 # probe DIR TAG: does the sink in DIR hold the message tagged TAG?
 probe() { grep -lq "^X-Probe: $2\$" "$TMP/$1"/* 2>/dev/null; }
 
@@ -178,30 +142,30 @@ for d in multi imp null nx cn cdom dead big; do send $d.$Z "$d"; done
 # Eight more destinations (implicit MX by a wildcard), spread over the workers.
 for i in 1 2 3 4 5 6 7 8; do send d$i.many.$Z "many$i"; done
 
-wait_log "to=<u@multi\.$Z>.*status=sent" || { grep -E "multi|u@|warn|err" "$TMP/relay.log"; fail "multi: not sent"; }
+wait_log "to=<u@multi\.$Z>.*status=sent" 15 || { grep -E "multi|u@|warn|err" "$TMP/relay.log"; fail "multi: not sent"; }
 grep -E "to=<u@multi\.$Z>.*relay=mxb\.$Z\[$B\]:25.*status=sent" "$TMP/relay.log" >/dev/null ||
 	fail "multi: not delivered by the MX 20 host after MX 10 was down"
 echo "MX preferences: MX 10 down, MX 20 took it"
-wait_log "to=<u@imp\.$Z>.*relay=imp\.$Z\[$C\]:25.*status=sent" || fail "implicit MX: not sent to $C"
+wait_log "to=<u@imp\.$Z>.*relay=imp\.$Z\[$C\]:25.*status=sent" 15 || fail "implicit MX: not sent to $C"
 echo "implicit MX: delivered"
-wait_log "to=<u@null\.$Z>.*dsn=5\.1\.10, status=bounced" ||
+wait_log "to=<u@null\.$Z>.*dsn=5\.1\.10, status=bounced" 15 ||
 	{ grep "null" "$TMP/relay.log"; fail "Null MX: no 5.1.10 bounce"; }
 echo "Null MX: bounced 5.1.10"
-wait_log "to=<u@nx\.$Z>.*status=bounced" || fail "NXDOMAIN: not bounced"
+wait_log "to=<u@nx\.$Z>.*status=bounced" 15 || fail "NXDOMAIN: not bounced"
 echo "NXDOMAIN: bounced"
-wait_log "to=<u@cn\.$Z>.*relay=[^ ]*\[$C\]:25.*status=sent" || fail "CNAME'd MX target: not sent"
+wait_log "to=<u@cn\.$Z>.*relay=[^ ]*\[$C\]:25.*status=sent" 15 || fail "CNAME'd MX target: not sent"
 echo "MX target behind a CNAME: delivered"
-wait_log "to=<u@cdom\.$Z>.*relay=mxb\.$Z\[$B\]:25.*status=sent" ||
+wait_log "to=<u@cdom\.$Z>.*relay=mxb\.$Z\[$B\]:25.*status=sent" 15 ||
 	fail "domain CNAME to multi: not delivered by multi's MX 20"
 echo "domain CNAME: delivered through the target's MX"
-wait_log "to=<u@big\.$Z>.*relay=[^ ]*\[$C\]:25.*status=sent" || fail "big MX answer: not sent"
+wait_log "to=<u@big\.$Z>.*relay=[^ ]*\[$C\]:25.*status=sent" 15 || fail "big MX answer: not sent"
 tcpq=$(val dns_tcp_queries)
 tcpa=$(val dns_tcp_answers)
 tr=$(val dns_truncated_retries)
 [ "${tcpq:-0}" -ge 1 ] && [ "${tcpa:-0}" -ge 1 ] && [ "${tr:-0}" -ge 1 ] ||
 	fail "big MX: dns_tcp_queries=$tcpq dns_tcp_answers=$tcpa dns_truncated_retries=$tr"
 echo "truncated answer: asked again over TCP ($tcpq TCP queries), delivered"
-wait_log "to=<u@dead\.$Z>.*status=deferred" 200 || { grep dead "$TMP/relay.log"; fail "dead: not deferred"; }
+wait_log "to=<u@dead\.$Z>.*status=deferred" 20 || { grep dead "$TMP/relay.log"; fail "dead: not deferred"; }
 grep -E "to=<u@dead\.$Z>.*status=bounced" "$TMP/relay.log" && fail "dead: bounced, not deferred"
 t=$(val dns_timeouts)
 sf=$(val dns_servfail)
@@ -209,7 +173,7 @@ sf=$(val dns_servfail)
 echo "silent authoritative server: deferred (dns_timeouts $t, dns_servfail $sf)"
 
 for i in 1 2 3 4 5 6 7 8; do
-	wait_log "to=<u@d$i\.many\.$Z>.*relay=[^ ]*\[$C\]:25.*status=sent" || fail "d$i.many: not sent"
+	wait_log "to=<u@d$i\.many\.$Z>.*relay=[^ ]*\[$C\]:25.*status=sent" 15 || fail "d$i.many: not sent"
 done
 echo "eight more implicit-MX destinations: delivered"
 # Both DSNs (Null MX, NXDOMAIN) reach the sender's domain (sink C), the
@@ -245,19 +209,19 @@ PYEOF
 # lib/queue's own route cache has expired and no idle session is reused, so
 # the resolver is asked for every message and what is measured is its cache.
 send ttl.$Z ttl1
-wait_log "to=<u@ttl\.$Z>.*status=sent" || fail "ttl: first message not sent"
+wait_log "to=<u@ttl\.$Z>.*status=sent" 15 || fail "ttl: first message not sent"
 q1=$(val dns_upstream_queries)
 h1=$(val dns_hits)
 sleep 1.6
 send ttl.$Z ttl2
-for _ in $(seq 100); do [ "$(grep -cE "to=<u@ttl\.$Z>.*status=sent" "$TMP/relay.log")" -ge 2 ] && break; sleep 0.1; done
+wait_log "to=<u@ttl\.$Z>.*status=sent" 10 2
 q2=$(val dns_upstream_queries)
 h2=$(val dns_hits)
 [ "$q2" = "$q1" ] || fail "ttl: a message within the TTL made $((q2 - q1)) upstream queries"
 [ "$h2" -gt "$h1" ] || fail "ttl: the second message was not answered from the DNS cache"
 sleep 4.2 # the MX (TTL 4) expires; mxc's A (TTL 300) does not
 send ttl.$Z ttl3
-for _ in $(seq 100); do [ "$(grep -cE "to=<u@ttl\.$Z>.*status=sent" "$TMP/relay.log")" -ge 3 ] && break; sleep 0.1; done
+wait_log "to=<u@ttl\.$Z>.*status=sent" 10 3
 [ "$(grep -cE "to=<u@ttl\.$Z>.*status=sent" "$TMP/relay.log")" = 3 ] || fail "ttl: not 3 sent"
 q3=$(val dns_upstream_queries)
 [ $((q3 - q2)) = 1 ] || fail "ttl: $((q3 - q2)) upstream queries after expiry, expected 1"
@@ -265,13 +229,13 @@ echo "TTL: a cache hit within the TTL, one upstream query after it (upstream $q1
 
 "$CTL" -s "$SOCK" stats | grep -E "^dns_" >"$TMP/dns.stats"
 for k in dns_hits dns_misses dns_upstream_queries dns_cache_entries; do
-	v=$(awk -v k=$k '$1 == k {print $2}' "$TMP/dns.stats")
+	v=$(mxstat "$TMP/dns.stats" $k)
 	[ -n "$v" ] && [ "$v" -gt 0 ] || fail "stats: $k = '$v'"
 done
 for k in dns_coalesced dns_stale_served dns_evictions dns_tcp_timeouts dns_malformed; do
 	grep -q "^$k " "$TMP/dns.stats" || fail "stats: no $k"
 done
-[ "$(awk '$1 == "dns_mismatched" {print $2}' "$TMP/dns.stats")" = 0 ] ||
+[ "$(mxstat "$TMP/dns.stats" dns_mismatched)" = 0 ] ||
 	fail "replies dropped by RFC 5452 matching: a reply reached the wrong worker?"
 tr '\n' ' ' <"$TMP/dns.stats" | fold -w 160
 echo
@@ -281,17 +245,15 @@ workers=$("$CTL" -s "$SOCK" status | awk '$1 == "workers" {print $2}')
 if [ "${workers:-1}" -ge 2 ]; then
 	"$CTL" -s "$SOCK" stats >"$TMP/all.stats"
 	for w in 0 1; do
-		v=$(awk -v k=worker.$w.dns_upstream_queries '$1 == k {print $2}' "$TMP/all.stats")
-		t=$(awk -v k=worker.$w.dns_timeouts '$1 == k {print $2}' "$TMP/all.stats")
+		v=$(mxstat "$TMP/all.stats" worker.$w.dns_upstream_queries)
+		t=$(mxstat "$TMP/all.stats" worker.$w.dns_timeouts)
 		[ -n "$v" ] && [ "$v" -gt "${t:-0}" ] ||
 			fail "worker $w: no upstream DNS query answered ($v queries, $t timeouts)"
 		echo "worker $w: $v upstream queries, $t timeouts"
 	done
 fi
 
-stop_pid $R || fail "relay did not stop cleanly"
-"$M" "$TMP/spool" count | tee "$TMP/count"
-left=$(awk '$1 == "messages" {print $2}' "$TMP/count")
-[ "$left" = 1 ] || fail "spool holds $left message(s), expected the deferred one only"
+stop_relay
+spool_expect "$TMP/spool" 1 # the deferred one only
 grep -E "runtime error|Sanitizer" "$TMP/relay.log" && fail "sanitizer report in the relay's log"
 echo "DNS with nsd: ok"

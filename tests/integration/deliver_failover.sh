@@ -16,59 +16,29 @@
 #        2s) delivers each message once, byte-exact.
 # The spool ends empty.  Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 [ -x "$PY" ] || skip "no $PY"
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 command -v unbound >/dev/null || skip "unbound not installed"
 N=74 IF=mxt74 H=10.77.74.2 S=10.77.74.1 DOWN=10.77.74.3 T=10.77.74.4 G421=10.77.74.5
 GONE=10.77.74.9 # no host: nothing answers ARP
-M=$BUILD/tools/mxspool/mxspool
 K=5
 T0=$(date +%s)
-val() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
 
-write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
+write_delivery_config "$TMP/r.conf" $IF $N "
 [tls]
 outbound = opportunistic
 [dns]
 resolvers = $S
-[spool]
-dir = $TMP/spool
 [queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-idle_timeout = 1s
-[control]
-socket = $TMP/control.sock
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay not running"; }
+idle_timeout = 1s"
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 ip addr add $DOWN/24 dev $IF || fail "cannot add $DOWN"
 ip addr add $T/24 dev $IF || fail "cannot add $T"
 ip addr add $G421/24 dev $IF || fail "cannot add $G421"
 
-cat >"$TMP/unbound.conf" <<CONF
-server:
-	interface: $S
-	port: 53
-	access-control: 10.77.$N.0/24 allow
-	do-daemonize: no
-	username: ""
-	chroot: ""
-	directory: "$TMP"
-	pidfile: ""
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
+start_unbound $S $N <<ZONE
 	local-zone: "fo.test." static
 	local-data: "fo.test. 60 IN MX 10 mx1.fo.test."
 	local-data: "fo.test. 60 IN MX 20 mx2.fo.test."
@@ -85,23 +55,9 @@ server:
 	local-zone: "tf.test." static
 	local-data: "tf.test. 60 IN MX 10 mx.tf.test."
 	local-data: "mx.tf.test. 60 IN A $T"
-remote-control:
-	control-enable: no
-CONF
-start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
-for _ in $(seq 50); do ss -lun | grep -q "$S:53 " && break; sleep 0.1; done
-ss -lun | grep -q "$S:53 " || { cat "$TMP/unbound.log"; fail "unbound did not start"; }
+ZONE
 
-chmod o+x "$TMP" # smtp-sink writes as nobody
-sink() { # ADDR DIR [options]: prints nothing, sets SINK_PID
-	mkdir -p "$2" && chmod 777 "$2"
-	smtp-sink -u nobody -d "$2/%H%M%S." "${@:3}" $1:25 100 >>"$TMP/sink-$1.log" 2>&1 &
-	PIDS+=($!)
-	SINK_PID=$!
-	for _ in $(seq 50); do ss -ltn | grep -q "$1:25 " && return 0; sleep 0.1; done
-	fail "smtp-sink on $1 did not start"
-}
-sink $S "$TMP/mx2"
+start_smtp_sink $S:25 "$TMP/mx2"
 ss -ltn | grep -q "$DOWN:25 " && fail "something listens on $DOWN:25"
 
 # send DOMAIN FIRST COUNT: "probe sha256" lines to $TMP/sent-DOMAIN
@@ -120,53 +76,23 @@ c.quit()
 PYEOF
 }
 
-# check SENT DIR: every probe once, body byte-exact (smtp-sink dumps with LF line ends and
-# one more empty line at the end: both sides are compared with LF).
-check() {
-	[ -n "${MX_DEBUG_KEEP:-}" ] && cp -r "$2" "$1" "$MX_DEBUG_KEEP/"
-	$PY - "$1" "$2" <<'PYEOF' || fail "messages in $2 do not match"
-import hashlib, os, re, sys
-want = dict(l.split() for l in open(sys.argv[1]))
-got = {}
-for f in os.listdir(sys.argv[2]):
-    raw = open(os.path.join(sys.argv[2], f), "rb").read().replace(b"\r\n", b"\n")
-    head, _, body = raw.partition(b"\n\n")
-    if body.endswith(b"\n\n"):
-        body = body[:-1]
-    m = re.search(rb"^X-Probe: (\S+)", head, re.M)
-    got.setdefault(m.group(1).decode() if m else "none", []).append(
-        hashlib.sha256(body).hexdigest())
-bad = [k for k in want if got.get(k) != [want[k]]] + [k for k in got if k not in want]
-print(f"{len(want)} sent, {sum(map(len, got.values()))} received, bad: {bad}")
-sys.exit(1 if bad else 0)
-PYEOF
-}
-
-wait_files() { # DIR COUNT SECONDS
-	for _ in $(seq $(($3 * 10))); do
-		[ "$(find "$1" -type f | wc -l)" -ge "$2" ] && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 # ---- 1. the preferred MX is down: delivered through the second ------------------------
 send fo.test 0 $K
 wait_files "$TMP/mx2" $K 30 || { tail -20 "$TMP/relay.log"; fail "fo.test mail not delivered"; }
 sleep 0.5
-check "$TMP/sent-fo.test" "$TMP/mx2"
+check_dumps "$TMP/sent-fo.test" "$TMP/mx2" || fail "messages in $TMP/mx2 do not match"
 grep "u0@fo.test" "$TMP/relay.log" | head -3
 n=$(grep -c "to=<u[0-9]*@fo.test>.*relay=mx2.fo.test\[$S\]:25.*status=sent" "$TMP/relay.log")
 [ "$n" = $K ] || { grep "fo.test" "$TMP/relay.log" | tail; fail "$n status=sent via mx2, expected $K"; }
 grep -q "fo.test.*status=deferred" "$TMP/relay.log" && fail "fo.test deferred although mx2 was up"
 "$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
-refused=$(val "$TMP/stats" deliver_tcp_refused)
+refused=$(mxstat "$TMP/stats" deliver_tcp_refused)
 echo "connections refused by mx1: $refused"
 [ -n "$refused" ] && [ "$refused" -ge 1 ] || fail "mx1 was never tried"
 echo "MX failover: ok"
 
 # ---- 1b. the preferred MX greets with 421 (RFC 5321 3.8): the next MX takes it --------------
-sink $G421 "$TMP/g421" -Q CONNECT
+start_smtp_sink $G421:25 "$TMP/g421" -Q CONNECT
 send fo2.test 0 $K
 wait_files "$TMP/mx2" $((2 * K)) 30 || { grep fo2.test "$TMP/relay.log" | tail; fail "fo2.test mail not delivered"; }
 sleep 0.5
@@ -182,16 +108,13 @@ n=$(grep -c "to=<u[0-9]*@fo3.test>.*relay=mx2.fo.test\[$S\]:25.*status=sent" "$T
 [ "$n" = 2 ] || { grep "fo3.test" "$TMP/relay.log" | tail; fail "$n fo3.test status=sent via mx2, expected 2"; }
 echo "MX failover after a connect timeout: ok ($(($(date +%s) - T0)) s)"
 cat "$TMP"/sent-fo.test "$TMP"/sent-fo2.test "$TMP"/sent-fo3.test >"$TMP/sent-mx2"
-check "$TMP/sent-mx2" "$TMP/mx2"
+check_dumps "$TMP/sent-mx2" "$TMP/mx2" || fail "messages in $TMP/mx2 do not match"
 
 # ---- 2. a 4xx defers, the retry delivers ------------------------------------------------
-sink $T "$TMP/tf" -r RCPT
+start_smtp_sink $T:25 "$TMP/tf" -r RCPT
 TF=$SINK_PID
 send tf.test 0 $K
-for _ in $(seq 100); do
-	[ "$(grep -c "tf.test.*status=deferred" "$TMP/relay.log")" -ge $K ] && break
-	sleep 0.1
-done
+wait_log "tf.test.*status=deferred" 10 $K
 grep -m1 "tf.test.*status=deferred" "$TMP/relay.log"
 d=$(grep "to=<u[0-9]*@tf.test>.*relay=mx.tf.test\[$T\]:25.*status=deferred" "$TMP/relay.log" |
 	grep -c "(.*4[0-9][0-9]")
@@ -199,16 +122,15 @@ d=$(grep "to=<u[0-9]*@tf.test>.*relay=mx.tf.test\[$T\]:25.*status=deferred" "$TM
 [ "$(find "$TMP/tf" -type f | wc -l)" = 0 ] || fail "the 4xx sink took a message"
 kill $TF
 for _ in $(seq 50); do ss -ltn | grep -q "$T:25 " || break; sleep 0.1; done
-sink $T "$TMP/tf"
+start_smtp_sink $T:25 "$TMP/tf"
 wait_files "$TMP/tf" $K 30 || { grep "tf.test" "$TMP/relay.log" | tail; fail "deferred mail not delivered on retry"; }
 sleep 0.5
-check "$TMP/sent-tf.test" "$TMP/tf"
+check_dumps "$TMP/sent-tf.test" "$TMP/tf" || fail "messages in $TMP/tf do not match"
 n=$(grep -c "to=<u[0-9]*@tf.test>.*status=sent" "$TMP/relay.log")
 [ "$n" = $K ] || fail "$n status=sent for tf.test, expected $K"
 grep -m1 "tf.test.*status=sent" "$TMP/relay.log"
 echo "4xx deferral and retry: ok"
 
-stop_pid $R || fail "relay did not stop cleanly"
-"$M" "$TMP/spool" count >"$TMP/count"
-grep -q "^messages 0$" "$TMP/count" || { cat "$TMP/count"; fail "spool not empty"; }
+stop_relay
+spool_expect "$TMP/spool" 0
 echo "failover: ok ($(($(date +%s) - T0)) s)"

@@ -11,68 +11,25 @@
 # to the other and received some, marks went back, and after a clean stop
 # the spools of both workers are empty (every finish record was written).
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 command -v unbound >/dev/null || skip "unbound not installed"
 N=80 IF=mxt80 H=10.77.80.2 S=10.77.80.1
-M=$BUILD/tools/mxspool/mxspool
 CTL=$BUILD/tools/mxctl/mxctl
 C=16 K=15 # clients, messages each
 
-MX_LCORES="--lcores=0@0,1@1,2@0" write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
+MX_LCORES="--lcores=0@0,1@1,2@0" write_delivery_config "$TMP/r.conf" $IF $N "
 [dns]
-resolvers = $S
-[spool]
-dir = $TMP/spool
-[queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-[control]
-socket = $TMP/control.sock
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay did not start"; }
-
-{
-	cat <<CONF
-server:
-	interface: $S
-	port: 53
-	access-control: 10.77.$N.0/24 allow
-	do-daemonize: no
-	username: ""
-	chroot: ""
-	directory: "$TMP"
-	pidfile: ""
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
+resolvers = $S"
+start_relay "$TMP/relay.log" "$TMP/r.conf"
+start_unbound $S $N <<ZONE
 	local-zone: "fleet.test." static
 	local-data: "fleet.test. 60 IN MX 10 mx.fleet.test."
 	local-data: "mx.fleet.test. 60 IN A $S"
-CONF
-	for d in $(seq 0 11); do
-		printf '\tlocal-data: "d%s.fleet.test. 60 IN MX 10 mx.fleet.test."\n' "$d"
-	done
-	printf 'remote-control:\n\tcontrol-enable: no\n'
-} >"$TMP/unbound.conf"
-start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
-for _ in $(seq 50); do ss -lun | grep -q "$S:53 " && break; sleep 0.1; done
-ss -lun | grep -q "$S:53 " || { cat "$TMP/unbound.log"; fail "unbound did not start"; }
-
-chmod o+x "$TMP" # smtp-sink writes as nobody
-mkdir -p "$TMP/d" && chmod 777 "$TMP/d"
-start_bg "$TMP/sink.log" smtp-sink -u nobody -d "$TMP/d/%H%M%S." $S:25 100
-for _ in $(seq 50); do ss -ltn | grep -q "$S:25 " && break; sleep 0.1; done
+$(for d in $(seq 0 11); do printf '\tlocal-data: "d%s.fleet.test. 60 IN MX 10 mx.fleet.test."\n' "$d"; done)
+ZONE
+start_smtp_sink $S:25 "$TMP/d"
 
 timeout 60 $PY - "$H" "$C" "$K" <<'PYEOF' || fail "sending"
 import smtplib, sys, threading
@@ -97,10 +54,7 @@ if errors:
 PYEOF
 
 want=$((C * K * 4)) # 3 recipients in 3 SMTP transactions (one per domain) + 1 DSN per message
-for _ in $(seq 300); do
-	[ "$(find "$TMP/d" -type f | wc -l)" -ge $want ] && break
-	sleep 0.1
-done
+wait_files "$TMP/d" $want 30
 sleep 1
 timeout 30 $PY - "$TMP/d" "$C" "$K" <<'PYEOF' || { tail -30 "$TMP/relay.log"; fail "delivered messages"; }
 import os, re, sys, collections
@@ -129,19 +83,16 @@ print(f"{len(got)} recipients delivered once each, {len(dsns)} DSNs")
 PYEOF
 
 "$CTL" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
-val() { awk -v k="$2" '$1 == k { print $2 }' "$1"; }
 for w in 0 1; do
 	for k in deliver_handoff_out deliver_handoff_in deliver_remote_marks smtp_messages_accepted; do
-		v=$(val "$TMP/stats" worker.$w.$k)
+		v=$(mxstat "$TMP/stats" worker.$w.$k)
 		echo "worker $w $k = $v"
 		[ -n "$v" ] && [ "$v" -gt 0 ] || fail "worker $w: $k = '$v', expected > 0"
 	done
 done
-[ "$(val "$TMP/stats" deliver_mark_failures)" = 0 ] || { grep -E "deliver_|spool_" "$TMP/stats" | grep -v " 0$"; grep -iE "warn|error" "$TMP/relay.log" | head; fail "mark failures"; }
-[ "$(val "$TMP/stats" deliver_outbox)" = 0 ] || fail "outbox not empty"
+[ "$(mxstat "$TMP/stats" deliver_mark_failures)" = 0 ] || { grep -E "deliver_|spool_" "$TMP/stats" | grep -v " 0$"; grep -iE "warn|error" "$TMP/relay.log" | head; fail "mark failures"; }
+[ "$(mxstat "$TMP/stats" deliver_outbox)" = 0 ] || fail "outbox not empty"
 
-stop_pid $R || { tail -20 "$TMP/relay.log"; fail "relay did not stop cleanly"; }
-"$M" "$TMP/spool" count | tee "$TMP/count"
-left=$(awk '$1 == "messages" {print $2}' "$TMP/count")
-[ "$left" = 0 ] || fail "spool still holds $left message(s)"
+stop_relay
+spool_expect "$TMP/spool" 0
 echo "hand-off between workers: ok"

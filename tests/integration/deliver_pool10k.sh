@@ -19,39 +19,20 @@ N=73 IF=mxt73 H=10.77.73.2 S=10.77.73.1
 M=$BUILD/tools/mxspool/mxspool
 K=${MX_POOL_N:-10000}
 T0=$(date +%s)
-val() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
 openssl version >/dev/null 2>&1 || skip "openssl not installed"
 
 "$ROOT/lib/tls/gen-demo-cert.sh" "$TMP/tls" sink.mxrelay.test >/dev/null 2>&1 ||
 	fail "cannot make a demo certificate"
-write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
+write_delivery_config "$TMP/r.conf" $IF $N "
 [tls]
 outbound = opportunistic
 [spool]
-dir = $TMP/spool
-durability = none
-[queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-[control]
-socket = $TMP/control.sock
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay not running"; }
+durability = none"
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 
 start_bg "$TMP/sink.log" $PY "$ROOT/tests/integration/deliver_tls_sink.py" $S 25 \
 	"$TMP/tls/relay.crt" "$TMP/tls/relay.key" "$TMP/got" "$TMP/sink.json" 240
-for _ in $(seq 50); do ss -ltn | grep -q "$S:25 " && break; sleep 0.1; done
-ss -ltn | grep -q "$S:25 " || { cat "$TMP/sink.log"; fail "TLS sink did not start"; }
+wait_listen $S:25 || { cat "$TMP/sink.log"; fail "TLS sink did not start"; }
 
 # The kernel's view too: established connections to the sink, sampled every 50 ms
 # (bounded: 240 s) into $TMP/ss.samples.
@@ -136,9 +117,9 @@ print(f"{len(want)} sent, {sum(len(v) for v in got.values())} received, {bad} ba
 sys.exit(1 if bad else 0)
 PYEOF
 
-opened=$(val "$TMP/stats" queue_conns_opened) reused=$(val "$TMP/stats" queue_sessions_reused)
-full=$(val "$TMP/stats" tls_client_handshakes_full)
-res=$(val "$TMP/stats" tls_client_handshakes_resumed)
+opened=$(mxstat "$TMP/stats" queue_conns_opened) reused=$(mxstat "$TMP/stats" queue_sessions_reused)
+full=$(mxstat "$TMP/stats" tls_client_handshakes_full)
+res=$(mxstat "$TMP/stats" tls_client_handshakes_resumed)
 read -r s_conns s_peak s_tls s_res s_sni < <($PY -c '
 import json, sys
 s = json.load(open(sys.argv[1]))

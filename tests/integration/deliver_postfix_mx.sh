@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deliver_postfix_mx.sh - Postfix 3.7 as the destination MX (issue 6, "Tests"):
 # a private Postfix instance (its own config_directory, queue_directory and
-# master, every service unchained, logging to its own maillog) listens on the
+# master, every service unchrooted, logging to its own maillog) listens on the
 # host side of the TAP, 10.77.71.1:25, offers STARTTLS with a demo
 # certificate for mx.pf.test and delivers pf.test mail into a maildir
 # (virtual(8)).  unbound on 10.77.71.1:53 serves "pf.test MX 10 mx.pf.test".
@@ -15,16 +15,15 @@
 #   - one status=sent line per message, and the spool ends empty.
 # Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 [ -x "$PY" ] || skip "no $PY"
 command -v postfix >/dev/null || skip "postfix not installed"
 command -v unbound >/dev/null || skip "unbound not installed"
 id postfix >/dev/null 2>&1 || skip "no postfix user"
 N=71 IF=mxt71 H=10.77.71.2 S=10.77.71.1
-M=$BUILD/tools/mxspool/mxspool
 K=${MX_PF_N:-40}
 T0=$(date +%s)
-val() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
 PF_DOMAINS=pf.test
 . "$ROOT/tests/integration/postfix.bash"
 trap 'pf_stop; cleanup' EXIT
@@ -32,54 +31,19 @@ trap 'pf_stop; cleanup' EXIT
 "$ROOT/lib/tls/gen-demo-cert.sh" "$TMP/tls" mx.pf.test >/dev/null 2>&1 ||
 	fail "cannot make a demo certificate"
 
-write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
+write_delivery_config "$TMP/r.conf" $IF $N "
 [tls]
 outbound = opportunistic
 [dns]
 resolvers = $S
-[spool]
-dir = $TMP/spool
 [queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-messages_per_connection = 5
-[control]
-socket = $TMP/control.sock
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay not running"; }
-
-cat >"$TMP/unbound.conf" <<CONF
-server:
-	interface: $S
-	port: 53
-	access-control: 10.77.$N.0/24 allow
-	do-daemonize: no
-	username: ""
-	chroot: ""
-	directory: "$TMP"
-	pidfile: ""
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
+messages_per_connection = 5"
+start_relay "$TMP/relay.log" "$TMP/r.conf"
+start_unbound $S $N <<ZONE
 	local-zone: "pf.test." static
 	local-data: "pf.test. 60 IN MX 10 mx.pf.test."
 	local-data: "mx.pf.test. 60 IN A $S"
-remote-control:
-	control-enable: no
-CONF
-start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
-for _ in $(seq 50); do ss -lun | grep -q "$S:53 " && break; sleep 0.1; done
-ss -lun | grep -q "$S:53 " || { cat "$TMP/unbound.log"; fail "unbound did not start"; }
+ZONE
 
 # ---- the private Postfix instance (postfix.bash) ----------------------------------------
 pf_setup "$S:25     inet  n       -       n       -       20      smtpd" "
@@ -113,10 +77,7 @@ for i in range(k):
 c.quit()
 PYEOF
 
-for _ in $(seq 600); do
-	[ "$(find "$PF/mail/box/new" -type f 2>/dev/null | wc -l)" -ge "$K" ] && break
-	sleep 0.1
-done
+wait_files "$PF/mail/box/new" "$K" 60
 sleep 1
 n=$(find "$PF/mail/box/new" -type f 2>/dev/null | wc -l)
 [ "$n" -ge "$K" ] || {
@@ -144,9 +105,9 @@ sys.exit(1 if bad or notls else 0)
 PYEOF
 
 "$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
-opened=$(val "$TMP/stats" queue_conns_opened)
-full=$(val "$TMP/stats" tls_client_handshakes_full)
-res=$(val "$TMP/stats" tls_client_handshakes_resumed)
+opened=$(mxstat "$TMP/stats" queue_conns_opened)
+full=$(mxstat "$TMP/stats" tls_client_handshakes_full)
+res=$(mxstat "$TMP/stats" tls_client_handshakes_resumed)
 pf_tls=$(grep -c "TLS connection established from .*\[$H\]" "$PF/maillog")
 pf_conn=$(grep -c "postfix/smtpd.*: connect from .*\[$H\]" "$PF/maillog")
 grep -m1 "TLS connection established from" "$PF/maillog"
@@ -157,7 +118,6 @@ sent=$(grep -c "to=<u[0-9]*@pf.test>, relay=mx.pf.test\[$S\]:25, .*status=sent" 
 [ "$pf_tls" = "$pf_conn" ] || fail "$pf_tls of $pf_conn connections used TLS"
 [ -n "$res" ] && [ "$res" -ge 1 ] || fail "no resumed TLS handshake (full: $full)"
 [ $((full + res)) -ge "$pf_tls" ] || fail "relay counted $((full + res)) handshakes, postfix $pf_tls"
-stop_pid $R || fail "relay did not stop cleanly"
-"$M" "$TMP/spool" count >"$TMP/count"
-grep -q "^messages 0$" "$TMP/count" || { cat "$TMP/count"; fail "spool not empty"; }
+stop_relay
+spool_expect "$TMP/spool" 0
 echo "Postfix MX: ok ($(($(date +%s) - T0)) s)"

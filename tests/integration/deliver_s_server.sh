@@ -22,6 +22,7 @@
 # is reported on the last line, not counted as a failure.
 # Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 [ -x "$PY" ] || skip "no $PY"
 command -v unbound >/dev/null || skip "unbound not installed"
@@ -58,48 +59,22 @@ cert mx-bad.vs.test "DNS:elsewhere.test" || fail "cannot make a certificate"
 cert mx-self.vs.test "DNS:mx-self.vs.test" self || fail "cannot make a certificate"
 openssl verify -CAfile "$C/ca.crt" "$C/mx-good.vs.test.crt" >/dev/null || fail "test PKI broken"
 
-relay_conf() { # EXTRA
-	write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
+relay_conf() { # EXTRA: more [relay] keys
+	write_delivery_config "$TMP/r.conf" $IF $N "
 [relay]
-allow_networks = 10.77.$N.0/24
 $1
 [tls]
 outbound = verify
 ca_file = $C/ca.crt
 [dns]
 resolvers = $S
-[spool]
-dir = $TMP/spool
 [queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-idle_timeout = 1s
-[control]
-socket = $TMP/control.sock
-http_listen ="
-}
-start_relay() {
-	: >"$TMP/relay.log"
-	start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-	R=$LAST_PID
-	wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-	for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-	grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay not running"; }
-}
-listen_wait() { # ADDR:PORT [tcp|udp]
-	local o=-ltn
-	[ "${2:-tcp}" = udp ] && o=-lun
-	for _ in $(seq 50); do ss $o | grep -q "$1 " && return 0; sleep 0.1; done
-	fail "nothing listens on $1"
+idle_timeout = 1s"
 }
 peer() { # MODE ADDR PORT CERTNAME DIR
 	mkdir -p "$5"
 	start_bg "$5.log" $PY "$DRV" "$1" "$2" "$3" "$C/$4.crt" "$C/$4.key" "$5" 150
-	listen_wait "$2:$3"
+	wait_listen "$2:$3" || fail "nothing listens on $2:$3"
 }
 # send RCPT PROBE: one message, "probe sha256" appended to $TMP/sent
 send() {
@@ -130,31 +105,11 @@ for f in os.listdir(sys.argv[2]):
 sys.exit(0 if hits == [want] else 1)
 PYEOF
 }
-wait_log() { # REGEX SECONDS
-	for _ in $(seq $(($2 * 10))); do
-		grep -Eq "$1" "$TMP/relay.log" && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
 relay_conf ""
-start_relay
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 ip addr add $BAD/24 dev $IF && ip addr add $SELF/24 dev $IF && ip addr add $PLAIN/24 dev $IF ||
 	fail "cannot add host addresses"
-cat >"$TMP/unbound.conf" <<CONF
-server:
-	interface: $S
-	port: 53
-	access-control: 10.77.$N.0/24 allow
-	do-daemonize: no
-	username: ""
-	chroot: ""
-	directory: "$TMP"
-	pidfile: ""
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
+start_unbound $S $N <<ZONE
 	local-zone: "vs.test." static
 	local-data: "good.vs.test. 60 IN MX 10 mx-good.vs.test."
 	local-data: "mx-good.vs.test. 60 IN A $S"
@@ -164,17 +119,11 @@ server:
 	local-data: "mx-self.vs.test. 60 IN A $SELF"
 	local-data: "plain.vs.test. 60 IN MX 10 mx-plain.vs.test."
 	local-data: "mx-plain.vs.test. 60 IN A $PLAIN"
-remote-control:
-	control-enable: no
-CONF
-start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
-listen_wait $S:53 udp
+ZONE
 peer starttls $S 25 mx-good.vs.test "$TMP/good"
 peer starttls $BAD 25 mx-bad.vs.test "$TMP/bad"
 peer starttls $SELF 25 mx-self.vs.test "$TMP/self"
-chmod o+x "$TMP" && mkdir -p "$TMP/plain" && chmod 777 "$TMP/plain"
-start_bg "$TMP/plain.log" smtp-sink -u nobody -d "$TMP/plain/%H%M%S." $PLAIN:25 100
-listen_wait $PLAIN:25
+start_smtp_sink $PLAIN:25 "$TMP/plain"
 : >"$TMP/sent"
 
 # ---- 1. verified: delivered ----------------------------------------------------------------
@@ -225,13 +174,13 @@ if wait_log "to=<u5@\[$S\]>.*status=(sent|deferred|bounced)" 20; then
 else
 	LATE+=("5. literal u5@[$S]: no delivery attempt logged")
 fi
-stop_pid $R || fail "relay did not stop cleanly"
+stop_relay
 
 # ---- 6. smarthost on 465, implicit TLS ------------------------------------------------------------
 # The spool still holds the deferred mail of 2-5; a fresh spool keeps this part apart.
 rm -rf "$TMP/spool"
 relay_conf "smarthost = [$S]:465"
-start_relay
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 peer implicit $S 465 mx-good.vs.test "$TMP/i465"
 send u6@example.com implicit
 MISSING=
@@ -251,7 +200,7 @@ else
 		LATE+=("6. smarthost [$S]:465 (implicit TLS): not delivered in 15 s")
 	fi
 fi
-stop_pid $R || fail "relay did not stop cleanly"
+stop_relay
 
 if [ ${#LATE[@]} -gt 0 ]; then
 	printf '%s\n' "${LATE[@]}"

@@ -71,10 +71,7 @@ retry = 1m
 [control]
 socket =
 http_listen ="
-	start_bg "$TMP/$name.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/$name.conf"
-	R=$LAST_PID
-	wait_iface $IF $S || { cat "$TMP/$name.log"; fail "$name: TAP did not come up"; }
-	for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/$name.log" && break; sleep 0.2; done
+	start_relay "$TMP/$name.log" "$TMP/$name.conf"
 	# Postfix binds the TAP's host address: it starts once the first relay made it.  The
 	# listeners outlive the TAP between runs and serve again when it comes back.
 	[ "$PF_UP" = 1 ] || pf_start "$S:587" "$S:465"
@@ -98,7 +95,7 @@ for case in 587 465; do
 	[ "$n" = $K ] || { tail -5 "$TMP/s$case.log"; tail -20 "$PF/maillog"; fail "$case: $n of $K delivered"; }
 	sent=$(grep -c "relay=$S\[$S\]:$case, .*status=sent" "$TMP/s$case.log")
 	[ "$sent" = $K ] || fail "$case: $sent status=sent lines"
-	stop_pid $R || fail "$case: relay did not stop cleanly"
+	stop_relay
 	echo "port $case: $K messages delivered through the smarthost"
 done
 auth=$(grep -c "sasl_method=PLAIN, sasl_username=fleet" "$PF/maillog")
@@ -109,10 +106,10 @@ grep -m1 "sasl_username=fleet" "$PF/maillog"
 grep -q "relay=$S\[$S\]:465" "$TMP/s465.log" || fail "no delivery over 465"
 
 run bad "[$S]:587" "$TMP/pass.bad"
-for _ in $(seq 100); do grep -q "status=deferred" "$TMP/bad.log" && break; sleep 0.1; done
+wait_log "status=deferred" 10
 grep -m1 "status=deferred" "$TMP/bad.log" || { tail -10 "$TMP/bad.log"; fail "wrong password: not deferred"; }
 grep -q "status=deferred.*535" "$TMP/bad.log" || fail "wrong password: no 535 in the deferral"
 grep -q "status=bounced" "$TMP/bad.log" && fail "wrong password bounced mail"
 [ "$(delivered bad)" = 0 ] || fail "delivered with a wrong password"
-stop_pid $R || fail "bad: relay did not stop cleanly"
+stop_relay
 echo "smarthost with AUTH (587 STARTTLS, 465 implicit TLS, wrong password deferred): ok"

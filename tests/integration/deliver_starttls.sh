@@ -9,34 +9,17 @@
 . "$(dirname "$0")/common.bash"
 need_root_tap
 N=53 IF=mxt53 H=10.77.53.2 S=10.77.53.1
-M=$BUILD/tools/mxspool/mxspool
 K=8
-val() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
 
 "$ROOT/lib/tls/gen-demo-cert.sh" "$TMP/tls" >/dev/null 2>&1 || fail "cannot make a demo certificate"
-write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
+write_delivery_config "$TMP/r.conf" $IF $N "
 [relay]
-allow_networks = 10.77.$N.0/24
 smarthost = [$S]:2526
 [tls]
 outbound = opportunistic
-[spool]
-dir = $TMP/spool
 [queue]
-retry = 2s
-backoff_initial = 1s
-backoff_max = 2s
-messages_per_connection = 2
-[control]
-socket = $TMP/control.sock
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
+messages_per_connection = 2"
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 
 cat >"$TMP/sink.py" <<'PYEOF'
 import os, socket, ssl, sys, threading
@@ -100,8 +83,7 @@ while True:
 PYEOF
 mkdir -p "$TMP/m"
 start_bg "$TMP/sink.log" $PY "$TMP/sink.py" $S 2526 "$TMP/m" "$TMP/tls/relay.crt" "$TMP/tls/relay.key"
-for _ in $(seq 50); do ss -ltn | grep -q "$S:2526 " && break; sleep 0.1; done
-ss -ltn | grep -q "$S:2526 " || { cat "$TMP/sink.log"; fail "TLS sink did not start"; }
+wait_listen $S:2526 || { cat "$TMP/sink.log"; fail "TLS sink did not start"; }
 
 timeout 30 $PY - "$H" "$K" <<'PYEOF' || fail "sending"
 import smtplib, sys
@@ -112,10 +94,7 @@ for i in range(k):
                f"From: dev@fleet.test\r\nSubject: tls {i}\r\nX-Probe: t{i}\r\n\r\nbody {i}\r\n".encode())
 c.quit()
 PYEOF
-for _ in $(seq 200); do
-	[ "$(find "$TMP/m" -type f | wc -l)" -ge $K ] && break
-	sleep 0.1
-done
+wait_files "$TMP/m" $K 20
 sleep 0.5
 n=$(find "$TMP/m" -type f | wc -l)
 [ "$n" = $K ] || { tail -20 "$TMP/relay.log"; cat "$TMP/sink.log"; fail "$n messages arrived, expected $K"; }
@@ -124,11 +103,10 @@ plain=$(grep -L "^TLS: TLSv1" "$TMP"/m/* | wc -l)
 probes=$(grep -h "^X-Probe:" "$TMP"/m/* | sort -u | wc -l)
 [ "$probes" = $K ] || fail "$probes distinct messages, expected $K"
 "$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
-full=$(val "$TMP/stats" tls_client_handshakes_full) res=$(val "$TMP/stats" tls_client_handshakes_resumed)
+full=$(mxstat "$TMP/stats" tls_client_handshakes_full) res=$(mxstat "$TMP/stats" tls_client_handshakes_resumed)
 echo "$K messages over TLS ($(grep -h "^TLS:" "$TMP"/m/* | sort -u | tr -d '\r')), handshakes: $full full, $res resumed"
 [ -n "$full" ] && [ "$full" -ge 1 ] || fail "no TLS handshake counted"
 [ -n "$res" ] && [ "$res" -ge 1 ] || fail "no TLS session resumed"
-stop_pid $R || fail "relay did not stop cleanly"
-"$M" "$TMP/spool" count >"$TMP/count"
-grep -q "^messages 0$" "$TMP/count" || { cat "$TMP/count"; fail "spool not empty"; }
+stop_relay
+spool_expect "$TMP/spool" 0
 echo "STARTTLS delivery: ok"

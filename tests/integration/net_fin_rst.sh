@@ -50,6 +50,6 @@ stuck=$(tail -n +2 "$TMP/ss" | grep -vc TIME-WAIT || true)
 stop_pid $SVC || true
 cat "$TMP/svc.log"
 [ "$stuck" = 0 ] || fail "$stuck connections stuck on the Linux side"
-resets=$(stat "$TMP/svc.log" resets_in)
+resets=$(mxstat "$TMP/svc.log" resets_in)
 [ "${resets:-0}" -ge 50 ] || fail "stack counted ${resets:-0} resets, expected >= 50"
 echo "FIN/RST ok"

@@ -20,5 +20,5 @@ PYEOF
 sleep 0.3
 stop_pid $SVC || true
 cat "$TMP/svc.log"
-[ "$(stat "$TMP/svc.log" discard_bytes)" = 1000 ] || fail "discard service did not get 1000 bytes"
+[ "$(mxstat "$TMP/svc.log" discard_bytes)" = 1000 ] || fail "discard service did not get 1000 bytes"
 echo "ping and ARP ok"

@@ -46,7 +46,7 @@ cat "$TMP/flood.log"
 stop_pid $SVC || true
 cat "$TMP/svc.log"
 [ "${rc:-0}" = 0 ] || fail "legitimate clients failed during the flood"
-c=$(stat "$TMP/svc.log" cookies_sent)
+c=$(mxstat "$TMP/svc.log" cookies_sent)
 [ "${c:-0}" -gt 0 ] || fail "no SYN cookies were sent: the backlog never filled?"
-v=$(stat "$TMP/svc.log" cookies_valid)
+v=$(mxstat "$TMP/svc.log" cookies_valid)
 echo "cookies sent $c, validated ${v:-0}"

@@ -28,13 +28,9 @@ grep -q "bad.conf:[0-9]*: http_listen = localhost:80x: expected A.B.C.D:port" "$
 "$BUILD/app/mxrelay/mxrelay" --check-config "$TMP/r.conf" >"$TMP/ok.out" 2>&1 ||
 	{ cat "$TMP/ok.out"; fail "[control] config rejected"; }
 
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF 10.77.$N.1 || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay did not start"; }
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 [ -S "$SOCK" ] || { cat "$TMP/relay.log"; fail "no control socket at $SOCK"; }
-mode=$(command stat -c %a "$SOCK")
+mode=$(stat -c %a "$SOCK")
 [ "$mode" = 660 ] || fail "control socket mode $mode, expected 660"
 
 for i in $(seq 20); do
@@ -44,28 +40,25 @@ for i in $(seq 20); do
 done
 echo "swaks: 20 messages queued"
 
-# val FILE KEY: the value of a "key value" line.
-val() { awk -v k="$2" '$1 == k { print $2; exit }' "$1"; }
-
 "$CTL" -s "$SOCK" status >"$TMP/status" || { cat "$TMP/status"; fail "mxctl status"; }
 cat "$TMP/status"
-[ "$(val "$TMP/status" workers)" = 1 ] || fail "status: workers is not 1"
+[ "$(mxstat "$TMP/status" workers)" = 1 ] || fail "status: workers is not 1"
 grep -q "^worker 0 lcore 1$" "$TMP/status" || fail "status: no line for worker 0"
 grep -q "^port 0 addr $H/24 steering " "$TMP/status" || fail "status: no port 0 line"
 grep -q "^listeners 25,465,587$" "$TMP/status" || fail "status: listeners"
-[ "$(val "$TMP/status" spool_messages_queued)" = 20 ] || fail "status: spool does not hold 20"
-[ "$(val "$TMP/status" smtp_messages_accepted)" = 20 ] || fail "status: accepted is not 20"
-[ -n "$(val "$TMP/status" smtp_open)" ] || fail "status: no smtp_open"
+[ "$(mxstat "$TMP/status" spool_messages_queued)" = 20 ] || fail "status: spool does not hold 20"
+[ "$(mxstat "$TMP/status" smtp_messages_accepted)" = 20 ] || fail "status: accepted is not 20"
+[ -n "$(mxstat "$TMP/status" smtp_open)" ] || fail "status: no smtp_open"
 
 "$CTL" -s "$SOCK" stats >"$TMP/stats" || fail "mxctl stats"
-acc=$(val "$TMP/stats" smtp_messages_accepted)
+acc=$(mxstat "$TMP/stats" smtp_messages_accepted)
 [ "$acc" = 20 ] || fail "stats: smtp_messages_accepted = '$acc', expected 20"
-[ "$(val "$TMP/stats" worker.0.smtp_messages_accepted)" = 20 ] || fail "stats: worker 0 count"
+[ "$(mxstat "$TMP/stats" worker.0.smtp_messages_accepted)" = 20 ] || fail "stats: worker 0 count"
 for k in tcp_passive_opens tcp_segs_in tcp_segs_out tcp_bytes_in rx_pkts; do
-	v=$(val "$TMP/stats" $k)
+	v=$(mxstat "$TMP/stats" $k)
 	[ -n "$v" ] && [ "$v" -gt 0 ] || fail "stats: $k = '$v', expected > 0"
 done
-[ "$(val "$TMP/stats" tcp_passive_opens)" -ge 20 ] || fail "stats: fewer than 20 passive opens"
+[ "$(mxstat "$TMP/stats" tcp_passive_opens)" -ge 20 ] || fail "stats: fewer than 20 passive opens"
 bad=$(grep -cvE '^[a-z0-9_.]+ [0-9]+$' "$TMP/stats")
 [ "$bad" = 0 ] || fail "stats: $bad lines are not 'name value'"
 echo "mxctl stats: $(wc -l <"$TMP/stats") lines, smtp_messages_accepted $acc"
@@ -192,8 +185,8 @@ for s in held:  # the relay closes idle clients after 5 s
 print("client bound: 17th refused, idle clients closed")
 PYEOF
 "$CTL" -s "$SOCK" status >"$TMP/status2" || fail "status after the client bound"
-[ "$(val "$TMP/status2" control_refused_full)" -ge 1 ] || fail "control_refused_full not counted"
-[ "$(val "$TMP/status2" control_timeouts)" -ge 16 ] || fail "control_timeouts not counted"
+[ "$(mxstat "$TMP/status2" control_refused_full)" -ge 1 ] || fail "control_refused_full not counted"
+[ "$(mxstat "$TMP/status2" control_timeouts)" -ge 16 ] || fail "control_timeouts not counted"
 # Hostile bytes get an error, never a crash.
 printf 'stats \x01\xff\x00json\n' | timeout 10 $PY -c "
 import socket, sys

@@ -12,32 +12,19 @@
 #      the 1 h retry); `mxctl queue` has nothing left for it.
 # Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 N=83 IF=mxt83 H=10.77.83.2 S=10.77.83.1
 CTL=$BUILD/tools/mxctl/mxctl
 D="[$S]"
 
-MX_LCORES="${MX_LCORES:---lcores=0@0,1@1,2@0}" write_config "$TMP/r.conf" $IF $N "
-[smtp]
-hostname = relay.mxrelay.test
-listen = 25
-[relay]
-allow_networks = 10.77.$N.0/24
-[spool]
-dir = $TMP/spool
+MX_LCORES="${MX_LCORES:---lcores=0@0,1@1,2@0}" write_delivery_config "$TMP/r.conf" $IF $N "
 [queue]
 retry = 1h
 backoff_initial = 1h
-backoff_max = 1h
-[control]
-socket = $TMP/control.sock
-http_listen ="
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay did not start"; }
+backoff_max = 1h"
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 
 timeout 30 $PY - "$H" "$S" <<'PYEOF' || fail "sending"
 import smtplib, sys
@@ -50,8 +37,7 @@ for i in range(3):  # one connection each: both workers may accept
 PYEOF
 # The first attempt is refused and deferred; the destination then backs off
 # and the other two wait in its queue (logged when they are tried).
-for _ in $(seq 100); do grep -q "to=<u0@.*status=deferred" "$TMP/relay.log" && break; sleep 0.1; done
-grep -q "to=<u0@.*status=deferred" "$TMP/relay.log" || { tail "$TMP/relay.log"; fail "not deferred"; }
+wait_log "to=<u0@.*status=deferred" 10 || { tail "$TMP/relay.log"; fail "not deferred"; }
 
 # field LINE KEY: the value of key=value in a `mxctl queue` line.
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k { print $2 }'; }
@@ -71,10 +57,7 @@ grep -q "^sender: <dev@fleet.test>" "$TMP/show" || fail "show: sender"
 
 "$CTL" -s "$TMP/control.sock" suspend "$D" | grep -q "suspended" || fail "suspend"
 "$CTL" -s "$TMP/control.sock" queue "$D" | grep -q "state=suspended" || fail "queue: not suspended"
-chmod o+x "$TMP"
-mkdir -p "$TMP/d" && chmod 777 "$TMP/d"
-start_bg "$TMP/sink.log" smtp-sink -u nobody -d "$TMP/d/%H%M%S." $S:25 100
-for _ in $(seq 50); do ss -ltn | grep -q "$S:25 " && break; sleep 0.1; done
+start_smtp_sink $S:25 "$TMP/d"
 "$CTL" -s "$TMP/control.sock" flush >"$TMP/flush" || { cat "$TMP/flush"; fail "flush"; }
 sleep 2
 [ "$(find "$TMP/d" -type f | wc -l)" = 0 ] || fail "delivered while suspended"
@@ -82,7 +65,7 @@ sleep 2
 echo "suspended: flush delivered nothing"
 
 "$CTL" -s "$TMP/control.sock" resume "$D" | grep -q "resumed" || fail "resume"
-for _ in $(seq 100); do [ "$(find "$TMP/d" -type f | wc -l)" -ge 3 ] && break; sleep 0.1; done
+wait_files "$TMP/d" 3 10
 n=$(find "$TMP/d" -type f | wc -l)
 [ "$n" = 3 ] || { tail "$TMP/relay.log"; fail "$n of 3 delivered after resume"; }
 sleep 0.5
@@ -91,5 +74,5 @@ if line=$(grep -F "$D " "$TMP/q2"); then
 	[ "$(( $(field "$line" queued) + $(field "$line" waiting) + $(field "$line" in_flight) ))" = 0 ] ||
 		fail "queue after delivery: $line"
 fi
-stop_pid $R || fail "relay did not stop cleanly"
+stop_relay
 echo "mxctl queue / show / suspend / flush / resume: ok"

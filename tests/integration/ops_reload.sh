@@ -21,6 +21,7 @@
 # cache (unbound serves fleet.test), and queue / show / flush / suspend /
 # resume answer clearly (an answer, or "not available yet").
 . "$(dirname "$0")/common.bash"
+. "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v unbound >/dev/null || skip "unbound not installed"
 command -v openssl >/dev/null || skip "openssl not installed"
@@ -58,34 +59,13 @@ echo "second-pass" | "$BUILD/tools/mxpasswd/mxpasswd" "$TMP/users2" device2 || f
 "$BUILD/app/mxrelay/mxrelay" --check-config "$TMP/r.conf" >"$TMP/check.out" 2>&1 ||
 	{ cat "$TMP/check.out"; fail "config rejected"; }
 
-cat >"$TMP/unbound.conf" <<CONF
-server:
-	interface: $S
-	port: 53
-	access-control: 10.77.$N.0/24 allow
-	do-daemonize: no
-	username: ""
-	chroot: ""
-	directory: "$TMP"
-	pidfile: ""
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
+start_relay "$TMP/relay.log" "$TMP/r.conf"
+start_unbound $S $N <<ZONE
 	local-zone: "fleet.test." static
 	local-data: "fleet.test. 300 IN MX 10 mx1.fleet.test."
 	local-data: "mx1.fleet.test. 300 IN A $S"
 	local-zone: "example.org." static
-remote-control:
-	control-enable: no
-CONF
-
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF $S || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 100); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.1; done
-grep -q "mxrelay running" "$TMP/relay.log" || { cat "$TMP/relay.log"; fail "relay did not start"; }
-start_bg "$TMP/unbound.log" unbound -c "$TMP/unbound.conf"
-for _ in $(seq 50); do ss -lun | grep -q "$S:53 " && break; sleep 0.1; done
+ZONE
 
 # probe.py WHAT: one new connection.  relay: RCPT to an outside domain, prints the
 # reply code; auth USER PASS: AUTH PLAIN over STARTTLS on 587, prints the code.
@@ -175,8 +155,7 @@ sleep 2
 DSEL=s2
 conf 10.77.$N.128/25 "$TMP/users2" "$TMP/tls2"
 kill -HUP $R
-for _ in $(seq 100); do grep -q "configuration generation 2 in force" "$TMP/relay.log" && break; sleep 0.1; done
-grep -q "configuration generation 2 in force" "$TMP/relay.log" || { tail -20 "$TMP/relay.log"; fail "SIGHUP: no reload"; }
+wait_log "configuration generation 2 in force" 10 || { tail -20 "$TMP/relay.log"; fail "SIGHUP: no reload"; }
 in_force 2
 r=$(probe relay); case "$r" in "554 5.7.1"*) ;; *) fail "after SIGHUP: relay from $S: $r, expected 554 5.7.1" ;; esac
 r=$(probe auth device2 second-pass); case "$r" in 235*) ;; *) fail "after SIGHUP: device2: $r" ;; esac
@@ -211,8 +190,7 @@ grep -q "r.conf:$line: " "$TMP/reload3" || fail "broken file: no r.conf:$line: e
 grep -q "r.conf:$line2: max_connections = lots" "$TMP/reload3" || fail "broken file: second error not reported"
 grep -q "reload: .*r.conf:$line: " "$TMP/relay.log" || fail "broken file: error not logged"
 kill -HUP $R
-for _ in $(seq 100); do [ "$(grep -c "reload (SIGHUP) refused" "$TMP/relay.log")" -ge 1 ] && break; sleep 0.1; done
-grep -q "reload (SIGHUP) refused" "$TMP/relay.log" || fail "broken file: SIGHUP not refused"
+wait_log "reload \(SIGHUP\) refused" 10 || fail "broken file: SIGHUP not refused"
 r=$(probe relay); case "$r" in 250*) ;; *) fail "after a refused reload: relay from $S: $r" ;; esac
 echo "broken file: refused with r.conf:$line, generation 3 still in force"
 
@@ -239,7 +217,7 @@ for _ in $(seq 50); do
 done
 [ "$held" = 0 ] || fail "$held replaced configuration(s) still held after the sessions ended"
 "$CTL" -s "$SOCK" stats >"$TMP/stats" || fail "mxctl stats"
-st() { awk -v k="$1" '$1 == k { print $2; exit }' "$TMP/stats"; }
+st() { mxstat "$TMP/stats" "$1"; }
 [ "$(st reloads_ok)" = 3 ] || fail "reloads_ok = $(st reloads_ok), expected 3"
 [ "$(st reloads_failed)" = 2 ] || fail "reloads_failed = $(st reloads_failed), expected 2"
 [ "$(st config_generation)" = 4 ] || fail "config_generation = $(st config_generation), expected 4"

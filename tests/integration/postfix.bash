@@ -82,8 +82,7 @@ pf_start() {
 	PF_UP=1
 	local a
 	for a in "$@"; do
-		for _ in $(seq 100); do ss -ltn | grep -q "$a " && break; sleep 0.1; done
-		ss -ltn | grep -q "$a " || { cat "$PF/start.log" "$PF/maillog"; fail "postfix not on $a"; }
+		wait_listen "$a" tcp 10 || { cat "$PF/start.log" "$PF/maillog"; fail "postfix not on $a"; }
 	done
 }
 

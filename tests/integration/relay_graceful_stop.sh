@@ -7,10 +7,7 @@
 need_root_tap
 N=34 IF=mxt34 H=10.77.34.2
 write_relay_config "$TMP/r.conf" $IF $N
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF 10.77.$N.1 || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 100); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.1; done
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 
 # A second relay on the same spool must refuse to start.
 sed -e "s/net_tap$N,iface=$IF/net_tap35,iface=mxt35/" -e "s/10.77.$N./10.77.35./g" \

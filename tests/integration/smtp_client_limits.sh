@@ -10,10 +10,7 @@ write_relay_config "$TMP/r.conf" $IF $N "[smtp]
 max_connections_per_ip = 3
 auth_failures_per_ip = 3
 auth_block_time = 60s"
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF 10.77.$N.1 || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 100); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.1; done
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 timeout 60 $PY - "$H" <<'PYEOF' || fail "per-client limits"
 import smtplib, socket, ssl, sys, time
 host = sys.argv[1]

@@ -10,10 +10,7 @@ command -v swaks >/dev/null || skip "swaks not installed"
 command -v smtp-source >/dev/null || skip "smtp-source (postfix) not installed"
 N=30 IF=mxt30 H=10.77.30.2
 write_relay_config "$TMP/r.conf" $IF $N
-start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
-R=$LAST_PID
-wait_iface $IF 10.77.$N.1 || { cat "$TMP/relay.log"; fail "TAP did not come up"; }
-for _ in $(seq 50); do grep -q "mxrelay running" "$TMP/relay.log" && break; sleep 0.2; done
+start_relay "$TMP/relay.log" "$TMP/r.conf"
 
 sw() { swaks --server $H --from dev@fleet.test --h-Subject "swaks $1" --timeout 20 "${@:2}" >"$TMP/sw.log" 2>&1 ||
 	{ cat "$TMP/sw.log"; fail "swaks $1"; }; grep -q "250 2.0.0 Ok: queued as" "$TMP/sw.log" || fail "swaks $1: no queue id"; }
@@ -38,13 +35,11 @@ timeout 120 smtp-source -s 100 -m 2000 -l 1024 -f dev@fleet.test -t ops@fleet.te
 	fail "smtp-source"
 echo "smtp-source: 2000 messages, 100 sessions: ok"
 
-stop_pid $R || fail "relay did not stop cleanly"
+stop_relay
 tail -5 "$TMP/relay.log"
 M=$BUILD/tools/mxspool/mxspool
-"$M" "$TMP/spool" count | tee "$TMP/count"
-queued=$(awk '$1 == "messages" {print $2}' "$TMP/count")
 # 6 swaks + 2 BDAT + 1 AUTH'd smtplib + 50 exact + 2000 smtp-source
-[ "$queued" = 2059 ] || fail "spool holds $queued messages, expected 2059"
+spool_expect "$TMP/spool" 2059
 bad=0
 while read -r id sum; do
 	"$M" "$TMP/spool" show "$id" | grep -q "with ESMTP id $id" ||
