@@ -386,6 +386,7 @@ struct dns_mail_route {
 	bool implicit_mx;   /* no MX: the domain itself (RFC 5321 5.1) */
 	bool literal;	    /* address literal, no DNS */
 	bool ad;	    /* every answer used had AD set */
+	uint32_t ttl_s;	    /* shortest TTL left of the records used (>= 1); 0 or UINT32_MAX: none */
 	unsigned host_count;
 	struct dns_mail_host hosts[DNS_MAIL_MAX_HOSTS]; /* in delivery order */
 };

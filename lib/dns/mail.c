@@ -124,6 +124,17 @@ static void finish_hosts(struct mail_lookup *ml)
 	complete(ml);
 }
 
+/* The route lives no longer than the records it was made of (the shortest TTL left). */
+static void route_ttl(struct mail_lookup *ml, const struct dns_entry *e)
+{
+	uint64_t now = dns_resolver_now(ml->r);
+	/* At least 1 s: 0 means "no TTL given" to the route's user. */
+	uint32_t left =
+		e->expire_us > now + 1000000 ? (uint32_t)((e->expire_us - now) / 1000000) : 1;
+	if (left < ml->route.ttl_s)
+		ml->route.ttl_s = left;
+}
+
 static void host_result(struct mail_lookup *ml, unsigned idx, int status, const struct dns_entry *e)
 {
 	struct dns_mail_host *h = &ml->route.hosts[idx];
@@ -135,6 +146,8 @@ static void host_result(struct mail_lookup *ml, unsigned idx, int status, const 
 	}
 	if (e != NULL && !e->ad)
 		ml->route.ad = false;
+	if (e != NULL)
+		route_ttl(ml, e);
 	if (--ml->outstanding == 0 && !ml->issuing)
 		finish_hosts(ml);
 }
@@ -188,6 +201,8 @@ static void mx_result(struct mail_lookup *ml, int status, const struct dns_entry
 		snprintf(rt->hosts[0].name, sizeof(rt->hosts[0].name), "%s", ml->domain);
 		if (e && !e->ad)
 			rt->ad = false;
+		if (e)
+			route_ttl(ml, e);
 		resolve_hosts(ml);
 		return;
 	default:
@@ -197,6 +212,7 @@ static void mx_result(struct mail_lookup *ml, int status, const struct dns_entry
 	}
 	if (!e->ad)
 		rt->ad = false;
+	route_ttl(ml, e);
 	for (unsigned i = 0; i < e->rr_count && n < DNS_MSG_MAX_RR; i++) {
 		if (e->rr[i].type != DNS_T_MX)
 			continue;
@@ -285,6 +301,7 @@ int dns_mail_lookup(struct dns_resolver *r, const char *domain, dns_mail_cb cb, 
 	ml->cb = cb;
 	ml->arg = arg;
 	ml->route.ad = true;
+	ml->route.ttl_s = UINT32_MAX;
 	snprintf(ml->domain, sizeof(ml->domain), "%s", domain);
 	int rc = dns_resolve(r, domain, DNS_T_MX, mx_cb, ml, &e);
 	if (rc == 1) {

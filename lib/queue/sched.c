@@ -1121,7 +1121,11 @@ int queue_route_result(struct queue *q, uint64_t handle, const struct dns_mail_r
 		d->route = *route;
 		d->route.reason = NULL;
 		d->has_route = true;
-		d->route_until = now + (int64_t)q->cfg.route_ttl_us;
+		/* [queue] route_ttl, or sooner when the DNS records expire sooner. */
+		uint64_t ttl = q->cfg.route_ttl_us;
+		if (route->ttl_s != 0 && (uint64_t)route->ttl_s * 1000000 < ttl)
+			ttl = (uint64_t)route->ttl_s * 1000000; /* 0: not given */
+		d->route_until = now + (int64_t)ttl;
 		if (d->state != QUEUE_DS_BACKOFF)
 			d->state = QUEUE_DS_READY;
 		dest_dirty(q, d);

@@ -122,6 +122,14 @@ static void test_mx_order_and_random(void)
 	}
 	/* MX + 5 A lookups once; the rest came from the cache. */
 	CU_ASSERT_EQUAL(e->f.count, 6);
+	/* The route lives as long as its shortest record: at most 300 s, less as time passes. */
+	CU_ASSERT(m.route.ttl_s >= 1 && m.route.ttl_s <= 300);
+	uint32_t before = m.route.ttl_s;
+	env_advance(e, 100 * 1000000ull);
+	run_mail(e, "multi.example", zone, NZONE, &m);
+	CU_ASSERT(m.route.ttl_s <= before - 99 && m.route.ttl_s >= 1);
+	run_mail(e, "[192.0.2.10]", zone, NZONE, &m);
+	CU_ASSERT(m.route.ttl_s == 0 || m.route.ttl_s == UINT32_MAX); /* a literal: no TTL */
 	env_free(e);
 }
 

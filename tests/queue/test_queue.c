@@ -1619,6 +1619,41 @@ static void test_zero_route_ttl_and_idle(void)
 	queue_destroy(q);
 }
 
+/* A route is re-resolved when its DNS records expire, before [queue] route_ttl. */
+static void test_route_ttl_from_dns(void)
+{
+	struct queue_config c;
+	struct dns_mail_route route = {0};
+	cfg_init(&c); /* route_ttl 60 s */
+	c.idle_timeout_us = 0;
+	struct queue *q = mkq(&c);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_DOM, 1, 0, 0, 1), 0, T0), 0);
+	pollq(q, T0);
+	uint64_t dest = need_act(QUEUE_ACT_RESOLVE)->dest;
+	route.result = DNS_MAIL_OK;
+	route.host_count = 1;
+	route.ttl_s = 5;
+	snprintf(route.hosts[0].name, sizeof(route.hosts[0].name), "mx.example.com");
+	route.hosts[0].addr_count = 1;
+	route.hosts[0].addrs[0] = 0xc0000205;
+	CU_ASSERT_EQUAL(queue_route_result(q, dest, &route, T0), 0);
+	pollq(q, T0);
+	uint64_t sess = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_up(q, sess, "mx.example.com", 0xc0000205, 25, T0), 0);
+	pollq(q, T0);
+	struct queue_action a = *need_act(QUEUE_ACT_SEND);
+	CU_ASSERT_EQUAL(result_all(q, &a, 250, "250 ok", T0), 0);
+	pollq(q, T0); /* idle close */
+	CU_ASSERT_EQUAL(queue_conn_closed(q, need_act(QUEUE_ACT_CLOSE)->session, T0), 0);
+	/* 6 s later the records are gone: a new message resolves again. */
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_DOM, 1, 0, 0, 2), 0, T0 + 6 * SEC),
+			0);
+	pollq(q, T0 + 6 * SEC);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_RESOLVE), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0);
+	queue_destroy(q);
+}
+
 static CU_TestInfo dest_tests[] = {
 	{"dest_domain_case", test_dest_domain_case},
 	{"dest_literal_invalid", test_dest_literal_invalid},
@@ -1663,6 +1698,7 @@ static CU_TestInfo sched_tests[] = {
 	{"suspend_resume", test_suspend_resume},
 	{"reconfigure_limits", test_reconfigure_limits},
 	{"zero_route_ttl_and_idle", test_zero_route_ttl_and_idle},
+	{"route_ttl_from_dns", test_route_ttl_from_dns},
 	CU_TEST_INFO_NULL,
 };
 
