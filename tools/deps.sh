@@ -7,7 +7,7 @@ MX_BUILD_PKGS="meson ninja-build pkg-config gcc libdpdk-dev dpdk dpdk-dev libssl
 	libjemalloc-dev libcunit1-dev liburing-dev iproute2 iputils-ping procps"
 MX_DEMO_PKGS="swaks libnet-ssleay-perl libio-socket-inet6-perl postfix unbound"
 MX_TEST_PKGS="clang libclang-rt-14-dev swaks libnet-ssleay-perl libio-socket-inet6-perl python3 python3-dkim postfix
-	nsd unbound ldnsutils dnsutils tcpdump curl bc sasl2-bin libsasl2-modules opendkim"
+	nsd unbound ldnsutils dnsutils tcpdump curl bc sasl2-bin libsasl2-modules opendkim gnuplot-nox"
 
 mx_install() {
 	[ "${MX_NO_INSTALL:-0}" = 1 ] && return 0

@@ -80,3 +80,24 @@ uint64_t mxb_hist_quantile(const struct mxb_hist *h, double q)
 	}
 	return h->max;
 }
+
+void mxb_hist_sub(struct mxb_hist *dst, const struct mxb_hist *earlier)
+{
+	uint64_t count = 0;
+	unsigned last = MXB_HIST_BUCKETS;
+	for (unsigned i = 0; i < MXB_HIST_BUCKETS; i++) {
+		/* saturating: a bucket read while a worker wrote it may look older than before */
+		uint64_t e = earlier->bucket[i];
+		dst->bucket[i] = dst->bucket[i] > e ? dst->bucket[i] - e : 0;
+		count += dst->bucket[i];
+		if (dst->bucket[i])
+			last = i;
+	}
+	dst->count = count;
+	dst->clamped = dst->clamped > earlier->clamped ? dst->clamped - earlier->clamped : 0;
+	dst->sum = dst->sum > earlier->sum ? dst->sum - earlier->sum : 0;
+	if (last == MXB_HIST_BUCKETS)
+		dst->max = 0;
+	else if (mxb_hist_bucket_top(last) < dst->max)
+		dst->max = mxb_hist_bucket_top(last);
+}

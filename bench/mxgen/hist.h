@@ -26,6 +26,12 @@ void mxb_hist_init(struct mxb_hist *h);
 void mxb_hist_add(struct mxb_hist *h, uint64_t v_us);
 /** dst += src. */
 void mxb_hist_merge(struct mxb_hist *dst, const struct mxb_hist *src);
+/**
+ * dst -= earlier (an earlier snapshot of the same histogram): what was added in
+ * between.  Buckets saturate at 0; count is recomputed from the buckets, max
+ * becomes the top of the highest bucket left (or stays when lower).
+ */
+void mxb_hist_sub(struct mxb_hist *dst, const struct mxb_hist *earlier);
 /** Value at quantile q (0..1): the upper bound of its bucket; 0 when empty. */
 uint64_t mxb_hist_quantile(const struct mxb_hist *h, double q);
 /** Bucket index of a value, and the largest value of a bucket (for tests). */

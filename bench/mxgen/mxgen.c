@@ -7,14 +7,28 @@
  *	      [--devices N] [--msgs-per-conn M] [--size B | --size MIN-MAX]
  *	      [--rcpts R] [--domains N] [--big-domains K] [--big-share PERMILLE]
  *	      [--literal-share PERMILLE] [--drain SEC] [--json FILE] [--quiet]
+ *	      [--tls starttls|implicit] [--tls-resume] [--auth USER:PASS]
  *
  * Each connection is one device (dev<N>@fleet.test, N cycling over
  * --devices) opening a TCP connection (ephemeral source port, steered to
  * the opening core), speaking SMTP through lib/smtp's client session
- * (PIPELINING when the server offers it; no TLS in this version), sending
- * --msgs-per-conn messages and quitting.  Recipients are userK@dD.sink.test:
- * --big-share of them go to d0..d(K-1), the rest to the long tail
- * dK..d(N-1); --literal-share use an address literal [target] instead.
+ * (PIPELINING when the server offers it), sending --msgs-per-conn
+ * messages and quitting.  Recipients are userK@dD.sink.test: --big-share
+ * of them go to d0..d(K-1), the rest to the long tail dK..d(N-1);
+ * --literal-share use an address literal [target] instead.
+ *
+ * TLS (lib/tls over memory BIOs): --tls starttls asks STARTTLS after EHLO
+ * and fails the session when it is not offered (a device that must not
+ * send in the clear); --tls implicit speaks TLS from the first byte (port
+ * 465 unless --target names one, RFC 8314 3.3).  --tls-resume gives every
+ * device its own one-entry session cache, as real devices keep their own
+ * ticket: a device's next connection resumes with the ticket its previous
+ * one received (TLS 1.3 tickets are single-use, RFC 8446 C.4), so the
+ * first connection of each device is a full handshake and the later ones
+ * are resumed (no certificate, no signature on the server).  Counted: full
+ * and resumed handshakes, TLS failures (lib/tls's reasons, summed).
+ * --auth logs in (AUTH PLAIN or LOGIN, lib/smtp's client) before MAIL,
+ * only inside TLS (RFC 4954 4), as a device submitting on 587 does.
  *
  * Every message carries "X-Mxgen: SEQ SHA256-OF-BODY SEND-US" for mxsink's
  * verification; SEQ is unique over the run (worker + n_workers * k).
@@ -30,6 +44,10 @@
  * aborted and counted "unfinished".  offered = accepted + rejected +
  * unfinished always holds.  Accept latency is measured from the moment
  * the last body byte is handed to TCP to the reply to the end of data.
+ * Unless --quiet, a progress line once a second: rate, totals, in flight,
+ * errors, the p99 accept latency of that second, TLS handshakes full/
+ * resumed and mono_ms (CLOCK_MONOTONIC, which mxsink's line carries too:
+ * bench/run puts both on one time line for its plot).
  */
 #include "core.h"
 #include "dns.h"
@@ -37,6 +55,7 @@
 #include "net.h"
 #include "netjson.h"
 #include "smtp.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -75,6 +94,12 @@ static unsigned opt_max_inflight = 20000; /* per core */
 static const char *opt_json;
 static bool opt_quiet;
 static unsigned opt_dns_check; /* queries to the target's DNS (mxsink's zone), from worker 0 */
+enum gen_tls { GEN_TLS_NONE, GEN_TLS_STARTTLS, GEN_TLS_IMPLICIT };
+static enum gen_tls opt_tls;
+static bool opt_tls_resume, opt_port_given;
+static char opt_auth_user[128], opt_auth_pass[128]; /* --auth; "" = none */
+
+#define TLS_RESUME_MAX_DEVICES 1000000 /* --tls-resume: one session cache pointer each */
 
 #define DNS_CHECK_MAX 10000
 #define DNS_CHECK_PORT 5300
@@ -86,6 +111,7 @@ struct gconn {
 	struct worker *w;
 	struct tcp_conn *tcp;
 	struct smtp_client *cl;
+	struct tls_conn *tls; /* NULL until STARTTLS's 220 (or at once for implicit TLS) */
 	unsigned device, msgs_left;
 	bool want_next, want_abort, want_close, tcp_gone, msg_active, aborting;
 	uint64_t eod_us; /* the last body byte went to TCP */
@@ -108,16 +134,20 @@ struct worker {
 	unsigned in_flight;
 	uint64_t rng, next_seq_k, max_offer;
 	struct smtp_client_stats cstats;
-	struct mxb_hist lat;	   /* end of data -> reply */
-	struct mxb_hist lat_total; /* message submitted -> reply */
+	struct tls_stats tstats;
+	struct tls_session_cache **tcache; /* --tls-resume: per device, made on first use */
+	struct mxb_hist lat;		   /* end of data -> reply */
+	struct mxb_hist lat_total;	   /* message submitted -> reply */
 	/* counters (read by the main thread) */
 	uint64_t conns_started, conns_done, connect_errors, arrivals_dropped, conns_failed;
 	uint64_t offered, accepted, rejected, unfinished, bytes;
 	uint64_t by_code[600]; /* final reply code of rejected messages; 0 = no reply */
 	uint64_t dns_sent, dns_ok, dns_bad;
+	uint64_t tls_full, tls_resumed, tls_failed; /* handshakes done / failed */
 	uint64_t late_starts, max_lag_us; /* open loop: arrivals started > 1 ms behind schedule */
 	uint64_t load_start, load_end;	  /* µs: first arrival, start of the drain */
 	volatile bool draining;
+	bool link_up; /* a TCP connection to the target came up: ARP is resolved */
 };
 
 static volatile sig_atomic_t stop;
@@ -126,6 +156,8 @@ static struct net_dataplane dp;
 static struct worker workers[MAX_WORKERS];
 static struct smtp_client_conf cconf;
 static EVP_MD *sha256;
+static struct tls_client_ctx *tls_ctx;
+static char target_text[20]; /* the target's address: SNI is not sent for it, the cache key */
 
 static void on_signal(int sig)
 {
@@ -295,8 +327,24 @@ static size_t c_send(void *user, const uint8_t *p, size_t n)
 	struct gconn *g = user;
 	if (g->tcp_gone)
 		return 0;
+	if (g->tls != NULL) {
+		ssize_t k = tls_conn_write(g->tls, p, n);
+		return k > 0 ? (size_t)k : 0;
+	}
 	ssize_t k = tcp_send(g->tcp, p, n);
 	return k > 0 ? (size_t)k : 0;
+}
+
+static int tls_begin(struct gconn *g);
+
+/* STARTTLS was answered 220: everything from here on is TLS (RFC 3207 4.2). */
+static void c_starttls(void *user)
+{
+	struct gconn *g = user;
+	if (tls_begin(g) != 0) {
+		add(&g->w->tls_failed, 1);
+		g->want_abort = true;
+	}
 }
 
 static void c_message_done(void *user, const struct smtp_client_result *r)
@@ -341,10 +389,94 @@ static void c_closed(void *user)
 
 static const struct smtp_client_cb client_cb = {
 	.send = c_send,
+	.starttls = c_starttls,
 	.message_done = c_message_done,
 	.failed = c_failed,
 	.closed = c_closed,
 };
+
+/* ---- TLS ------------------------------------------------------------------------------ */
+
+/*
+ * The TLS callbacks run inside tls_conn_input/write/flush: they never close
+ * the connection themselves (g would be freed under lib/tls) but set
+ * want_abort, which after_client() acts on once the TLS call has returned.
+ */
+static size_t tls_cipher_out(void *user, const uint8_t *data, size_t len)
+{
+	struct gconn *g = user;
+	if (g->tcp_gone)
+		return len;
+	ssize_t k = tcp_send(g->tcp, data, len);
+	if (k < 0)
+		return len; /* TCP is closing: nobody will read it */
+	return (size_t)k;
+}
+
+static size_t tls_plain_in(void *user, const uint8_t *data, size_t len)
+{
+	struct gconn *g = user;
+	smtp_client_input(g->cl, data, len);
+	return len;
+}
+
+static void tls_done(void *user, const struct tls_handshake_info *info)
+{
+	struct gconn *g = user;
+	add(info->resumed ? &g->w->tls_resumed : &g->w->tls_full, 1);
+	if (opt_tls == GEN_TLS_IMPLICIT)
+		smtp_client_start(g->cl, true);
+	else
+		smtp_client_tls_started(g->cl);
+}
+
+static void tls_error(void *user, const char *reason)
+{
+	struct gconn *g = user;
+	(void)reason;
+	add(&g->w->tls_failed, 1);
+	g->want_abort = true;
+}
+
+static void tls_peer_closed(void *user)
+{
+	struct gconn *g = user;
+	if (!smtp_client_is_dead(g->cl))
+		smtp_client_abort(g->cl, "server sent close_notify");
+	g->want_close = true;
+}
+
+static void tls_writable(void *user)
+{
+	struct gconn *g = user;
+	smtp_client_writable(g->cl);
+}
+
+static const struct tls_conn_ops gen_tls_ops = {
+	.on_ciphertext = tls_cipher_out,
+	.on_plaintext = tls_plain_in,
+	.on_handshake_done = tls_done,
+	.on_error = tls_error,
+	.on_peer_closed = tls_peer_closed,
+	.on_writable = tls_writable,
+};
+
+/* Client side of TLS on g's connection: the ClientHello goes out now.  0 or -errno. */
+static int tls_begin(struct gconn *g)
+{
+	struct tls_session_cache *cache = NULL;
+	if (opt_tls_resume) {
+		struct tls_session_cache **slot = &g->w->tcache[g->device];
+		if (*slot == NULL && tls_session_cache_create(1, slot) != 0)
+			return -ENOMEM;
+		cache = *slot;
+	}
+	int rc = tls_client_conn_new(tls_ctx, TLS_POLICY_OPPORTUNISTIC, target_text, opt_port,
+				     cache, &gen_tls_ops, g, &g->w->tstats, &g->tls);
+	if (rc == 0)
+		rc = tls_conn_start(g->tls);
+	return rc;
+}
 
 /* ---- TCP ------------------------------------------------------------------------------ */
 
@@ -362,6 +494,8 @@ static void after_client(struct gconn *g)
 		}
 		if (g->want_close) {
 			g->want_close = false;
+			if (g->tls != NULL)
+				tls_conn_shutdown(g->tls); /* close_notify, then FIN */
 			tcp_close(g->tcp);
 			return;
 		}
@@ -380,7 +514,16 @@ static void t_connected(struct tcp_conn *c, void *user)
 {
 	(void)c;
 	struct gconn *g = user;
-	smtp_client_start(g->cl, false);
+	g->w->link_up = true;
+	if (opt_tls == GEN_TLS_IMPLICIT) {
+		/* the greeting comes once the handshake is done (tls_done) */
+		if (tls_begin(g) != 0) {
+			add(&g->w->tls_failed, 1);
+			g->want_abort = true;
+		}
+	} else {
+		smtp_client_start(g->cl, false);
+	}
 	after_client(g);
 }
 
@@ -388,15 +531,27 @@ static size_t t_data(struct tcp_conn *c, void *user, const uint8_t *data, size_t
 {
 	(void)c;
 	struct gconn *g = user;
-	smtp_client_input(g->cl, data, len);
+	if (g->tls == NULL) {
+		smtp_client_input(g->cl, data, len);
+		after_client(g);
+		return len;
+	}
+	ssize_t k = tls_conn_input(g->tls, data, len);
+	if (k < 0)
+		k = (ssize_t)len; /* TLS is dead (want_abort is set) or closed: discard */
 	after_client(g);
-	return len;
+	return (size_t)k;
 }
 
 static void t_writable(struct tcp_conn *c, void *user)
 {
 	(void)c;
 	struct gconn *g = user;
+	if (g->tls != NULL) {
+		tls_conn_flush(g->tls);
+		if (!g->tcp_gone && tls_conn_want_input(g->tls))
+			tcp_recv_resume(g->tcp); /* input held while the output queue was full */
+	}
 	smtp_client_writable(g->cl);
 	after_client(g);
 }
@@ -424,6 +579,7 @@ static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
 	g->next->prev = g->prev;
 	/* Reports a message still in flight as deferred (message_done). */
 	smtp_client_free(g->cl);
+	tls_conn_free(g->tls);
 	w->in_flight--;
 	add(&w->conns_done, 1);
 	free(g->body);
@@ -642,9 +798,14 @@ static int worker_main(void *arg)
 				}
 			}
 		}
-		if (dns_check && w->dns_sent < opt_dns_check && now >= next_dns) {
-			dns_check_send(w); /* one a millisecond: the sink answers each at once */
-			next_dns = now + 1000;
+		/*
+		 * Once the target's address is resolved (lib/net drops what waits for ARP,
+		 * and nothing retransmits a query here), one every 2 ms: the sink answers
+		 * each at once.
+		 */
+		if (dns_check && w->link_up && w->dns_sent < opt_dns_check && now >= next_dns) {
+			dns_check_send(w);
+			next_dns = now + 2000;
 			n++;
 		}
 		if (now - last_scan >= 100000) {
@@ -678,6 +839,7 @@ struct totals {
 	uint64_t conns_started, conns_done, connect_errors, arrivals_dropped, conns_failed;
 	uint64_t offered, accepted, rejected, unfinished, bytes;
 	uint64_t dns_sent, dns_ok, dns_bad, late_starts, max_lag_us;
+	uint64_t tls_full, tls_resumed, tls_failed;
 	unsigned in_flight;
 };
 
@@ -696,6 +858,8 @@ static void sum(struct totals *t)
 		t->dns_sent += rd(&w->dns_sent), t->dns_ok += rd(&w->dns_ok);
 		t->dns_bad += rd(&w->dns_bad);
 		t->late_starts += rd(&w->late_starts);
+		t->tls_full += rd(&w->tls_full), t->tls_resumed += rd(&w->tls_resumed);
+		t->tls_failed += rd(&w->tls_failed);
 		if (w->max_lag_us > t->max_lag_us)
 			t->max_lag_us = w->max_lag_us;
 	}
@@ -737,6 +901,13 @@ static void write_json(FILE *f, double secs, const struct totals *t, const struc
 		"  \"dns_queries\": %" PRIu64 ",\n  \"dns_ok\": %" PRIu64
 		",\n  \"dns_bad\": %" PRIu64 ",\n",
 		t->dns_sent, t->dns_ok, t->dns_bad);
+	fprintf(f,
+		"  \"tls\": \"%s\",\n  \"tls_resume\": %s,\n  \"tls_handshakes_full\": %" PRIu64
+		",\n  \"tls_handshakes_resumed\": %" PRIu64 ",\n  \"tls_failures\": %" PRIu64 ",\n",
+		opt_tls == GEN_TLS_STARTTLS   ? "starttls"
+		: opt_tls == GEN_TLS_IMPLICIT ? "implicit"
+					      : "none",
+		opt_tls_resume ? "true" : "false", t->tls_full, t->tls_resumed, t->tls_failed);
 	json_net(f);
 	fprintf(f, "  \"rejected_by_code\": {");
 	bool first = true;
@@ -762,7 +933,8 @@ static void usage(void)
 		"             [--duration SEC] [--max-messages N] [--drain SEC] [--devices N]\n"
 		"             [--msgs-per-conn M] [--size B|MIN-MAX] [--rcpts R] [--domains N]\n"
 		"             [--big-domains K] [--big-share PERMILLE] [--literal-share PERMILLE]\n"
-		"             [--max-inflight N] [--dns-check N] [--json FILE] [--quiet]\n");
+		"             [--max-inflight N] [--dns-check N] [--json FILE] [--quiet]\n"
+		"             [--tls starttls|implicit|none] [--tls-resume] [--auth USER:PASS]\n");
 }
 
 static int num(const char *s, uint64_t min, uint64_t max, unsigned *out)
@@ -798,6 +970,9 @@ int main(int argc, char **argv)
 		{"json", required_argument, NULL, 'j'},
 		{"quiet", no_argument, NULL, 'Q'},
 		{"dns-check", required_argument, NULL, 'N'},
+		{"tls", required_argument, NULL, 'S'},
+		{"tls-resume", no_argument, NULL, 'U'},
+		{"auth", required_argument, NULL, 'A'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
@@ -830,6 +1005,7 @@ int main(int argc, char **argv)
 				bad = 1;
 			}
 			opt_port = (uint16_t)port;
+			opt_port_given = colon != NULL;
 			break;
 		}
 		case 'r': {
@@ -905,6 +1081,35 @@ int main(int argc, char **argv)
 		case 'N':
 			bad |= num(optarg, 0, DNS_CHECK_MAX, &opt_dns_check);
 			break;
+		case 'S':
+			if (strcmp(optarg, "starttls") == 0) {
+				opt_tls = GEN_TLS_STARTTLS;
+			} else if (strcmp(optarg, "implicit") == 0) {
+				opt_tls = GEN_TLS_IMPLICIT;
+			} else if (strcmp(optarg, "none") == 0) {
+				opt_tls = GEN_TLS_NONE;
+			} else {
+				fprintf(stderr, "mxgen: --tls starttls|implicit|none\n");
+				bad = 1;
+			}
+			break;
+		case 'U':
+			opt_tls_resume = true;
+			break;
+		case 'A': {
+			const char *colon = strchr(optarg, ':');
+			size_t ul = colon ? (size_t)(colon - optarg) : 0;
+			if (ul == 0 || ul >= sizeof(opt_auth_user) || colon[1] == '\0' ||
+			    strlen(colon + 1) >= sizeof(opt_auth_pass)) {
+				fprintf(stderr, "mxgen: --auth USER:PASS (each under 128 bytes)\n");
+				bad = 1;
+				break;
+			}
+			memcpy(opt_auth_user, optarg, ul);
+			opt_auth_user[ul] = '\0';
+			snprintf(opt_auth_pass, sizeof(opt_auth_pass), "%s", colon + 1);
+			break;
+		}
 		default:
 			bad = 1;
 		}
@@ -916,11 +1121,28 @@ int main(int argc, char **argv)
 	}
 	if (opt_big_domains > opt_domains)
 		opt_big_domains = opt_domains;
+	if (opt_tls == GEN_TLS_IMPLICIT && !opt_port_given)
+		opt_port = 465;
+	if ((opt_tls_resume || opt_auth_user[0]) && opt_tls == GEN_TLS_NONE) {
+		fprintf(stderr, "mxgen: --tls-resume and --auth need --tls\n");
+		return 2;
+	}
+	if (opt_tls_resume && opt_devices > TLS_RESUME_MAX_DEVICES) {
+		fprintf(stderr, "mxgen: --tls-resume: at most %u --devices\n",
+			TLS_RESUME_MAX_DEVICES);
+		return 2;
+	}
+	format_ipv4(target_text, sizeof(target_text), opt_target);
 
 	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	smtp_client_conf_defaults(&cconf);
 	cconf.helo_name = "device.fleet.test";
-	cconf.tls = SMTP_CLIENT_TLS_NONE;
+	/* implicit TLS: the session starts inside TLS, no STARTTLS to ask for */
+	cconf.tls = opt_tls == GEN_TLS_STARTTLS ? SMTP_CLIENT_TLS_REQUIRED : SMTP_CLIENT_TLS_NONE;
+	if (opt_auth_user[0]) {
+		cconf.auth_user = opt_auth_user;
+		cconf.auth_pass = opt_auth_pass;
+	}
 	cconf.timeout_greeting_us = cconf.timeout_helo_us = cconf.timeout_mail_us =
 		cconf.timeout_rcpt_us = cconf.timeout_data_init_us = cconf.timeout_data_xfer_us =
 			cconf.timeout_data_done_us = cconf.timeout_quit_us = 30000000;
@@ -928,6 +1150,14 @@ int main(int argc, char **argv)
 	if (sha256 == NULL || smtp_client_conf_check(&cconf, err, sizeof(err)) != 0) {
 		fprintf(stderr, "mxgen: smtp client: %s\n", sha256 ? err : "no SHA-256");
 		return 2;
+	}
+
+	if (opt_tls != GEN_TLS_NONE) {
+		struct tls_client_conf tc = {0};
+		if (tls_client_ctx_create(&tc, &tls_ctx, err, sizeof(err)) != 0) {
+			fprintf(stderr, "mxgen: TLS: %s\n", err);
+			return 2;
+		}
 	}
 
 	struct cfg_file *cf;
@@ -952,6 +1182,14 @@ int main(int argc, char **argv)
 		net_dataplane_stop(&dp);
 		return 2;
 	}
+	for (unsigned i = 0; opt_tls_resume && i < dp.n_workers; i++) {
+		workers[i].tcache = calloc(opt_devices, sizeof(*workers[i].tcache));
+		if (workers[i].tcache == NULL) {
+			fprintf(stderr, "mxgen: no memory for the TLS session cache\n");
+			net_dataplane_stop(&dp);
+			return 1;
+		}
+	}
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	for (unsigned i = 0; i < dp.n_workers; i++) {
@@ -969,6 +1207,10 @@ int main(int argc, char **argv)
 	fprintf(stderr, "mxgen: %u worker(s), %s loop, port 0 steering %s\n", dp.n_workers,
 		opt_rate > 0 ? "open" : "closed", net_port_steering(dp.ports[0]));
 	uint64_t start = mx_now_us(), last_print = start, last_acc = 0;
+	/* The progress line's p99 is over the last second: this snapshot minus the previous
+	 * one (the workers' buckets are read while they write: a live view, not the result). */
+	static struct mxb_hist snap_prev, snap_now, snap_delta;
+	mxb_hist_init(&snap_prev);
 	for (;;) {
 		usleep(20000);
 		uint64_t now = mx_now_us();
@@ -984,14 +1226,24 @@ int main(int argc, char **argv)
 			struct totals t;
 			sum(&t);
 			if (!opt_quiet) {
+				mxb_hist_init(&snap_now);
+				for (unsigned i = 0; i < dp.n_workers; i++)
+					mxb_hist_merge(&snap_now, &workers[i].lat);
+				snap_delta = snap_now;
+				mxb_hist_sub(&snap_delta, &snap_prev);
+				snap_prev = snap_now;
 				printf("mxgen %6.1fs acc/s %8.0f offered %" PRIu64
 				       " accepted %" PRIu64 " rejected %" PRIu64
-				       " in-flight %u conn-err %" PRIu64 " dropped %" PRIu64 "\n",
+				       " in-flight %u conn-err %" PRIu64 " dropped %" PRIu64
+				       " p99 %" PRIu64 "us tls %" PRIu64 "/%" PRIu64
+				       " mono_ms %" PRIu64 "\n",
 				       (double)(now - start) / 1e6,
 				       (double)(t.accepted - last_acc) * 1e6 /
 					       (double)(now - last_print),
 				       t.offered, t.accepted, t.rejected, t.in_flight,
-				       t.connect_errors, t.arrivals_dropped);
+				       t.connect_errors, t.arrivals_dropped,
+				       mxb_hist_quantile(&snap_delta, 0.99), t.tls_full,
+				       t.tls_resumed, now / 1000);
 				fflush(stdout);
 			}
 			last_print = now;
@@ -1036,6 +1288,12 @@ int main(int argc, char **argv)
 		}
 	}
 	net_dataplane_stop(&dp);
+	for (unsigned i = 0; opt_tls_resume && i < dp.n_workers; i++) {
+		for (unsigned d = 0; d < opt_devices; d++)
+			tls_session_cache_free(workers[i].tcache[d]);
+		free(workers[i].tcache);
+	}
+	tls_client_ctx_free(tls_ctx);
 	cfg_free(cf);
 	EVP_MD_free(sha256);
 	return rc;

@@ -80,10 +80,35 @@ static void test_empty_clamp_merge(void)
 	CU_ASSERT(top >= MXB_HIST_MAX_US && top <= MXB_HIST_MAX_US * 101 / 100);
 }
 
+/* A snapshot minus an earlier one: the quantiles of what came in between. */
+static void test_sub(void)
+{
+	static struct mxb_hist early, late;
+	mxb_hist_init(&early);
+	for (int i = 0; i < 1000; i++)
+		mxb_hist_add(&early, 100000); /* 100 ms: the first second */
+	late = early;
+	for (int i = 0; i < 100; i++)
+		mxb_hist_add(&late, 50); /* 50 µs: the next second */
+	mxb_hist_sub(&late, &early);
+	CU_ASSERT_EQUAL(late.count, 100);
+	CU_ASSERT_EQUAL(late.sum, 5000);
+	CU_ASSERT_EQUAL(mxb_hist_quantile(&late, 0.99), 50);
+	CU_ASSERT(late.max >= 50 && late.max <= 51);
+	/* an "earlier" snapshot with more in a bucket saturates, never wraps */
+	static struct mxb_hist z;
+	mxb_hist_init(&z);
+	mxb_hist_sub(&z, &early);
+	CU_ASSERT_EQUAL(z.count, 0);
+	CU_ASSERT_EQUAL(z.max, 0);
+	CU_ASSERT_EQUAL(mxb_hist_quantile(&z, 0.99), 0);
+}
+
 static CU_TestInfo hist_tests[] = {
 	{"precision", test_precision},
 	{"quantiles", test_quantiles},
 	{"empty_clamp_merge", test_empty_clamp_merge},
+	{"sub", test_sub},
 	CU_TEST_INFO_NULL,
 };
 

@@ -6,9 +6,17 @@
  *	       [--tempfail PERMILLE] [--slow PERMILLE --slow-ms MS]
  *	       [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]
  *	       [--domains N] [--seq-max N] [--quiet]
+ *	       [--cert FILE --key FILE] [--auth USER:PASS]
  *
- * SMTP on port 25 of every port address, served by lib/smtp's server
- * session with allow_networks 0.0.0.0/0 (every recipient is accepted).
+ * SMTP on ports 25 and 587 of every port address, served by lib/smtp's
+ * server session with allow_networks 0.0.0.0/0 (every recipient is
+ * accepted).  With --cert/--key (PEM, e.g. from lib/tls/gen-demo-cert.sh)
+ * both offer STARTTLS and port 465 speaks implicit TLS (RFC 8314), so a
+ * relay's outbound opportunistic TLS, its session pool and its TLS session
+ * resumption (the sink issues TLS 1.3 tickets) are exercised; handshakes
+ * full and resumed and TLS failures are counted.  --auth makes 587 a
+ * submission port that wants AUTH PLAIN/LOGIN with these credentials
+ * (offered only inside TLS, RFC 4954 4); without it 587 behaves like 25.
  * Messages are counted, never stored: the end of data is answered at once
  * with a generated queue id, or - at the configured per-mille rates - with
  * a 451 (injected temporary failure) or after --slow-ms milliseconds.
@@ -20,7 +28,9 @@
  * block) and counts ok / corrupt / missing header / duplicate SEQ (a shared
  * bitmap of --seq-max bits; larger SEQs count as unchecked), and records the
  * end-to-end latency now - SENDUS (both processes read CLOCK_MONOTONIC
- * through mx_now_us).
+ * through mx_now_us).  Messages whose header block has a DKIM-Signature
+ * field (RFC 6376 3.5) are counted as dkim_signed (presence only, not
+ * verified).
  *
  * DNS on UDP 53 answers the synthetic zone: dN.sink.test (N < --domains) has
  * MX 10 mx.dN.sink.test, and both names have an A record with the sink's
@@ -35,6 +45,7 @@
 #include "net.h"
 #include "netjson.h"
 #include "smtp.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -66,6 +77,12 @@ static uint64_t opt_max_messages;
 static unsigned opt_duration;
 static const char *opt_json;
 static bool opt_quiet;
+static const char *opt_cert, *opt_key;
+static char opt_auth_user[128], opt_auth_pass[128]; /* --auth; "" = none */
+
+/* The listeners: ports and their lib/smtp configuration. */
+enum { L_SMTP, L_SUBMISSION, L_SMTPS, N_LISTENERS };
+static const uint16_t listen_port[N_LISTENERS] = {25, 587, 465};
 
 /* ---- state -------------------------------------------------------------------- */
 
@@ -76,6 +93,9 @@ struct sconn {
 	struct worker *w;
 	struct tcp_conn *tcp;
 	struct smtp_session *sess;
+	struct tls_conn *tls; /* after STARTTLS, or from the start on 465 */
+	unsigned listener;    /* L_* */
+	bool in_tls;	      /* inside a tls_conn_* call: closing waits until it returns */
 	bool want_close, closed;
 	bool in_data;	    /* between our 354 and the end of data (the RCPT filter) */
 	uint64_t bdat_left; /* BDAT chunk bytes still to pass through unexamined */
@@ -84,7 +104,7 @@ struct sconn {
 	enum vstate vs;
 	char line[HDR_LINE_MAX];
 	size_t line_len;
-	bool have_tag, line_cut;
+	bool have_tag, line_cut, have_dkim;
 	uint64_t seq, send_us;
 	char digest_hex[65];
 	EVP_MD_CTX *md;
@@ -98,17 +118,21 @@ struct worker {
 	unsigned n_conns;
 	uint64_t rng;
 	struct smtp_server_stats sstats;
+	struct tls_stats tstats;
 	struct mxb_hist lat;
 	/* counters (read by the main thread for the per-second line) */
 	uint64_t conns, conns_refused, received, ok, corrupt, no_tag, dup, unchecked;
 	uint64_t acked, tempfailed, slowed, send_short, dns_queries, dns_nx, dns_bad;
 	uint64_t rcpt_4xx, rcpt_5xx;
+	uint64_t conns_by_listener[N_LISTENERS];
+	uint64_t tls_sessions, tls_resumed, tls_failed, dkim_signed;
 };
 
 static volatile sig_atomic_t stop;
 static struct net_dataplane dp;
 static struct worker workers[MAX_WORKERS];
-static struct smtp_server_conf sconf;
+static struct smtp_server_conf sconf[N_LISTENERS];
+static struct tls_server_ctx *tls_ctx;
 static uint8_t *seq_bitmap;
 static uint32_t sink_addr;
 
@@ -180,6 +204,7 @@ static void verify_begin(struct sconn *sc)
 	sc->line_len = 0;
 	sc->line_cut = false;
 	sc->have_tag = false;
+	sc->have_dkim = false;
 	if (sc->md == NULL)
 		sc->md = EVP_MD_CTX_new();
 	if (sc->md != NULL)
@@ -205,6 +230,9 @@ static void verify_data(struct sconn *sc, const uint8_t *p, size_t n)
 			sc->vs = V_BODY; /* the empty line ends the header (RFC 5322 2.1) */
 		else if (!sc->line_cut)
 			parse_tag(sc, sc->line, len);
+		/* a signature's first line is often longer than the kept part: the name suffices */
+		if (len >= 15 && strncasecmp(sc->line, "DKIM-Signature:", 15) == 0)
+			sc->have_dkim = true;
 		sc->line_len = 0;
 		sc->line_cut = false;
 	}
@@ -224,6 +252,8 @@ static void verify_end(struct sconn *sc, uint64_t now)
 {
 	struct worker *w = sc->w;
 	w->received++;
+	if (sc->have_dkim)
+		w->dkim_signed++;
 	if (!sc->have_tag || sc->vs != V_BODY || sc->md == NULL) {
 		w->no_tag++;
 		return;
@@ -264,7 +294,7 @@ static void s_send(void *user, const uint8_t *p, size_t n)
 		if (n - ls >= 4 && memcmp(p + ls, "354", 3) == 0)
 			sc->in_data = true;
 	}
-	ssize_t k = tcp_send(sc->tcp, p, n);
+	ssize_t k = sc->tls != NULL ? tls_conn_write(sc->tls, p, n) : tcp_send(sc->tcp, p, n);
 	if (k < 0 || (size_t)k < n) {
 		/* Replies are small; a full send buffer means a client not reading. */
 		sc->w->send_short++;
@@ -291,6 +321,18 @@ static void s_abort(void *user)
 {
 	(void)user;
 }
+
+static int s_auth(void *user, const char *authzid, const char *authcid, const char *pass)
+{
+	(void)user;
+	(void)authzid;
+	if (opt_auth_user[0] && strcmp(authcid, opt_auth_user) == 0 &&
+	    strcmp(pass, opt_auth_pass) == 0)
+		return 0;
+	return -EACCES;
+}
+
+static void s_starttls(void *user);
 
 static void ack(struct sconn *sc)
 {
@@ -327,15 +369,24 @@ static const struct smtp_server_cb server_cb = {
 	.message_data = s_data,
 	.message_end = s_end,
 	.message_abort = s_abort,
+	.auth_check = s_auth,
+	.starttls = s_starttls,
 };
 
 /* ---- TCP ------------------------------------------------------------------------- */
 
-/* After every smtp_session_* call: do what its callbacks asked for. */
+/*
+ * After every smtp_session_* call: do what its callbacks asked for.  Inside
+ * a tls_conn_* call it waits (tcp_close may end the connection at once,
+ * and lib/tls would then call back into a freed sconn); the caller of that
+ * tls_conn_* call runs it again once it has returned.
+ */
 static void after_session(struct sconn *sc)
 {
-	if (sc->want_close && !sc->closed) {
+	if (sc->want_close && !sc->closed && !sc->in_tls) {
 		sc->closed = true;
+		if (sc->tls != NULL)
+			tls_conn_shutdown(sc->tls); /* close_notify, then FIN */
 		tcp_close(sc->tcp);
 	}
 }
@@ -412,10 +463,9 @@ static size_t feed_filtered(struct sconn *sc, const uint8_t *data, size_t len)
 	return off;
 }
 
-static size_t t_data(struct tcp_conn *c, void *user, const uint8_t *data, size_t len)
+/* Plain SMTP bytes (from TCP, or decrypted) into the session.  Returns the bytes taken. */
+static size_t feed(struct sconn *sc, const uint8_t *data, size_t len)
 {
-	(void)c;
-	struct sconn *sc = user;
 	if (sc->closed)
 		return len;
 	size_t used;
@@ -426,6 +476,102 @@ static size_t t_data(struct tcp_conn *c, void *user, const uint8_t *data, size_t
 		after_session(sc);
 	}
 	return sc->closed ? len : used;
+}
+
+static size_t t_data(struct tcp_conn *c, void *user, const uint8_t *data, size_t len)
+{
+	(void)c;
+	struct sconn *sc = user;
+	if (sc->closed)
+		return len;
+	if (sc->tls == NULL)
+		return feed(sc, data, len);
+	sc->in_tls = true;
+	ssize_t k = tls_conn_input(sc->tls, data, len);
+	sc->in_tls = false;
+	after_session(sc);
+	if (k < 0 || sc->closed)
+		return len; /* TLS failed (on_error asked to close) or closed: discard */
+	return (size_t)k;
+}
+
+static void t_writable(struct tcp_conn *c, void *user)
+{
+	(void)c;
+	struct sconn *sc = user;
+	if (sc->tls == NULL || sc->closed)
+		return;
+	sc->in_tls = true;
+	tls_conn_flush(sc->tls);
+	sc->in_tls = false;
+	after_session(sc);
+}
+
+/* ---- TLS (callbacks run inside tls_conn_* calls: sc->in_tls is set) --------------- */
+
+static size_t tls_cipher_out(void *user, const uint8_t *data, size_t len)
+{
+	struct sconn *sc = user;
+	ssize_t k = tcp_send(sc->tcp, data, len);
+	return k < 0 ? len : (size_t)k; /* < 0: TCP is closing, nobody reads it */
+}
+
+static size_t tls_plain_in(void *user, const uint8_t *data, size_t len)
+{
+	return feed(user, data, len);
+}
+
+static void tls_done(void *user, const struct tls_handshake_info *info)
+{
+	struct sconn *sc = user;
+	sc->w->tls_sessions++;
+	if (info->resumed)
+		sc->w->tls_resumed++;
+	smtp_session_tls_started(sc->sess, info->version, info->cipher);
+	if (sc->listener == L_SMTPS)
+		smtp_session_start(sc->sess); /* the greeting, inside TLS */
+}
+
+static void tls_error(void *user, const char *reason)
+{
+	struct sconn *sc = user;
+	(void)reason;
+	sc->w->tls_failed++;
+	smtp_session_peer_closed(sc->sess);
+	sc->want_close = true;
+}
+
+static void tls_peer_closed(void *user)
+{
+	struct sconn *sc = user;
+	smtp_session_peer_closed(sc->sess);
+	sc->want_close = true;
+}
+
+static const struct tls_conn_ops sink_tls_ops = {
+	.on_ciphertext = tls_cipher_out,
+	.on_plaintext = tls_plain_in,
+	.on_handshake_done = tls_done,
+	.on_error = tls_error,
+	.on_peer_closed = tls_peer_closed,
+};
+
+static int tls_begin(struct sconn *sc)
+{
+	int rc = tls_server_conn_new(tls_ctx, &sink_tls_ops, sc, &sc->w->tstats, &sc->tls);
+	if (rc == 0)
+		rc = tls_conn_start(sc->tls);
+	return rc;
+}
+
+/* The 220 to STARTTLS went out in plain text: the next byte from the client is TLS. */
+static void s_starttls(void *user)
+{
+	struct sconn *sc = user;
+	if (tls_begin(sc) != 0) {
+		sc->w->tls_failed++;
+		sc->want_close = true;
+	}
 }
 
 static void t_peer_closed(struct tcp_conn *c, void *user)
@@ -451,6 +597,7 @@ static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
 	/* on_closed never runs inside an smtp_session_* call: after_session closes
 	 * only once the session call has returned. */
 	smtp_session_free(sc->sess);
+	tls_conn_free(sc->tls);
 	if (sc->md)
 		EVP_MD_CTX_free(sc->md);
 	free(sc);
@@ -458,6 +605,7 @@ static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
 
 static const struct tcp_conn_ops sink_ops = {
 	.on_data = t_data,
+	.on_writable = t_writable,
 	.on_peer_closed = t_peer_closed,
 	.on_closed = t_closed,
 };
@@ -480,7 +628,10 @@ static int t_accept(struct tcp_conn *c, void *ctx)
 	tcp_conn_endpoints(c, &laddr, &lport, &raddr, &rport);
 	sc->w = w;
 	sc->tcp = c;
-	if (smtp_session_new(&sconf, &server_cb, sc, &w->sstats, raddr,
+	sc->listener = lport == listen_port[L_SMTPS]	    ? L_SMTPS
+		       : lport == listen_port[L_SUBMISSION] ? L_SUBMISSION
+							    : L_SMTP;
+	if (smtp_session_new(&sconf[sc->listener], &server_cb, sc, &w->sstats, raddr,
 			     ((uint64_t)w->index << 48) | w->conns, &sc->sess) != 0) {
 		free(sc);
 		w->conns_refused++;
@@ -492,8 +643,17 @@ static int t_accept(struct tcp_conn *c, void *ctx)
 	sc->prev = &w->live;
 	w->live.next->prev = sc;
 	w->live.next = sc;
+	w->conns_by_listener[sc->listener]++;
 	tcp_conn_set_ops(c, &sink_ops, sc);
-	smtp_session_start(sc->sess);
+	if (sc->listener == L_SMTPS) {
+		/* implicit TLS: the greeting waits for the handshake (tls_done) */
+		if (tls_begin(sc) != 0) {
+			w->tls_failed++;
+			sc->want_close = true;
+		}
+	} else {
+		smtp_session_start(sc->sess);
+	}
 	after_session(sc);
 	return 0;
 }
@@ -510,6 +670,13 @@ static void scan_conns(struct worker *w, uint64_t now, bool timeouts)
 			sc->done_at = 0;
 			ack(sc);
 			after_session(sc);
+			if (!sc->closed && sc->tls != NULL) {
+				/* plaintext held while the reply was pending */
+				sc->in_tls = true;
+				tls_conn_resume(sc->tls);
+				sc->in_tls = false;
+				after_session(sc);
+			}
 			if (!sc->closed)
 				tcp_recv_resume(sc->tcp);
 		} else if (timeouts && now >= smtp_session_deadline(sc->sess)) {
@@ -635,8 +802,18 @@ static int worker_main(void *arg)
 		stop = 1;
 		return -1;
 	}
-	if (tcp_listen(w->st, 0, 25, t_accept, w) != 0 || udp_bind(w->st, 53, dns_recv, w) != 0) {
-		fprintf(stderr, "mxsink: worker %u: listen failed\n", w->index);
+	for (unsigned l = 0; l < N_LISTENERS; l++) {
+		if (l == L_SMTPS && tls_ctx == NULL)
+			continue;
+		if (tcp_listen(w->st, 0, listen_port[l], t_accept, w) != 0) {
+			fprintf(stderr, "mxsink: worker %u: listen on %u failed\n", w->index,
+				listen_port[l]);
+			stop = 1;
+			return -1;
+		}
+	}
+	if (udp_bind(w->st, 53, dns_recv, w) != 0) {
+		fprintf(stderr, "mxsink: worker %u: DNS bind failed\n", w->index);
 		stop = 1;
 		return -1;
 	}
@@ -674,6 +851,9 @@ struct totals {
 	uint64_t conns, conns_refused, received, ok, corrupt, no_tag, dup, unchecked;
 	uint64_t acked, tempfailed, slowed, send_short, dns_queries, dns_nx, dns_bad;
 	uint64_t rcpt_4xx, rcpt_5xx;
+	uint64_t conns_by_listener[N_LISTENERS];
+	uint64_t tls_sessions, tls_resumed, tls_failed, dkim_signed;
+	uint64_t auth_ok, auth_failed;
 };
 
 static void sum(struct totals *t)
@@ -690,6 +870,12 @@ static void sum(struct totals *t)
 		t->dns_queries += rd(&w->dns_queries), t->dns_nx += rd(&w->dns_nx);
 		t->dns_bad += rd(&w->dns_bad);
 		t->rcpt_4xx += rd(&w->rcpt_4xx), t->rcpt_5xx += rd(&w->rcpt_5xx);
+		for (unsigned l = 0; l < N_LISTENERS; l++)
+			t->conns_by_listener[l] += rd(&w->conns_by_listener[l]);
+		t->tls_sessions += rd(&w->tls_sessions), t->tls_resumed += rd(&w->tls_resumed);
+		t->tls_failed += rd(&w->tls_failed), t->dkim_signed += rd(&w->dkim_signed);
+		t->auth_ok += rd(&w->sstats.auth_success);
+		t->auth_failed += rd(&w->sstats.auth_failures);
 	}
 }
 
@@ -721,6 +907,15 @@ static void write_json(FILE *f, double secs)
 		secs, t.conns, t.conns_refused, t.received, t.ok, t.corrupt, t.no_tag, t.dup,
 		t.unchecked, t.acked, t.tempfailed, t.slowed, t.send_short, t.dns_queries, t.dns_nx,
 		t.dns_bad, t.rcpt_4xx, t.rcpt_5xx, secs > 0 ? (double)t.received / secs : 0.0);
+	fprintf(f,
+		"  \"connections_25\": %" PRIu64 ",\n  \"connections_587\": %" PRIu64
+		",\n  \"connections_465\": %" PRIu64 ",\n  \"tls_sessions\": %" PRIu64
+		",\n  \"tls_resumed\": %" PRIu64 ",\n  \"tls_failures\": %" PRIu64
+		",\n  \"dkim_signed\": %" PRIu64 ",\n  \"auth_success\": %" PRIu64
+		",\n  \"auth_failures\": %" PRIu64 ",\n",
+		t.conns_by_listener[L_SMTP], t.conns_by_listener[L_SUBMISSION],
+		t.conns_by_listener[L_SMTPS], t.tls_sessions, t.tls_resumed, t.tls_failed,
+		t.dkim_signed, t.auth_ok, t.auth_failed);
 	json_net(f);
 	fprintf(f,
 		"  \"e2e_latency_us\": {\"count\": %" PRIu64 ", \"p50\": %" PRIu64
@@ -736,7 +931,8 @@ static void usage(void)
 		"usage: mxsink --config FILE [--duration SEC] [--max-messages N] [--json FILE]\n"
 		"              [--tempfail PERMILLE] [--slow PERMILLE] [--slow-ms MS]\n"
 		"              [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]\n"
-		"              [--domains N] [--seq-max N] [--quiet]\n");
+		"              [--domains N] [--seq-max N] [--quiet]\n"
+		"              [--cert FILE --key FILE] [--auth USER:PASS]\n");
 }
 
 static int parse_num(const char *s, uint64_t max, uint64_t *out)
@@ -763,6 +959,9 @@ int main(int argc, char **argv)
 		{"quiet", no_argument, NULL, 'Q'},
 		{"rcpt-4xx", required_argument, NULL, '4'},
 		{"rcpt-5xx", required_argument, NULL, '5'},
+		{"cert", required_argument, NULL, 'C'},
+		{"key", required_argument, NULL, 'K'},
+		{"auth", required_argument, NULL, 'A'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
@@ -779,6 +978,26 @@ int main(int argc, char **argv)
 		case 'Q':
 			opt_quiet = true;
 			break;
+		case 'C':
+			opt_cert = optarg;
+			break;
+		case 'K':
+			opt_key = optarg;
+			break;
+		case 'A': {
+			const char *colon = strchr(optarg, ':');
+			size_t ul = colon ? (size_t)(colon - optarg) : 0;
+			if (ul == 0 || ul >= sizeof(opt_auth_user) ||
+			    strlen(colon + 1) >= sizeof(opt_auth_pass) || colon[1] == '\0') {
+				fprintf(stderr,
+					"mxsink: --auth USER:PASS (each under 128 bytes)\n");
+				return 2;
+			}
+			memcpy(opt_auth_user, optarg, ul);
+			opt_auth_user[ul] = '\0';
+			snprintf(opt_auth_pass, sizeof(opt_auth_pass), "%s", colon + 1);
+			break;
+		}
 		case 't':
 			if (parse_num(optarg, 86400 * 7, &v))
 				return 2;
@@ -828,7 +1047,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (config == NULL || optind != argc) {
+	if (config == NULL || optind != argc || !opt_cert != !opt_key) {
 		usage();
 		return 2;
 	}
@@ -853,16 +1072,32 @@ int main(int argc, char **argv)
 	}
 	sink_addr = nc.ports[0].addr;
 
-	smtp_server_conf_defaults(&sconf);
+	if (opt_cert != NULL) {
+		struct tls_server_conf tc = {.cert_count = 1};
+		tc.cert_file[0] = opt_cert;
+		tc.key_file[0] = opt_key;
+		if (tls_server_ctx_create(&tc, &tls_ctx, err, sizeof(err)) != 0) {
+			fprintf(stderr, "mxsink: TLS: %s\n", err);
+			return 2;
+		}
+	}
 	static const struct smtp_ipv4_prefix everyone = {0, 0};
-	sconf.hostname = "mx.sink.test";
-	sconf.allow_networks = &everyone;
-	sconf.allow_network_count = 1;
-	sconf.max_recipients = 1000;
-	sconf.long_line = SMTP_LONG_LINE_ALLOW;
-	if (smtp_server_conf_check(&sconf, err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxsink: smtp: %s\n", err);
-		return 2;
+	for (unsigned l = 0; l < N_LISTENERS; l++) {
+		struct smtp_server_conf *c = &sconf[l];
+		smtp_server_conf_defaults(c);
+		c->hostname = "mx.sink.test";
+		c->allow_networks = &everyone;
+		c->allow_network_count = 1;
+		c->max_recipients = 1000;
+		c->long_line = SMTP_LONG_LINE_ALLOW;
+		c->tls_available = tls_ctx != NULL && l != L_SMTPS;
+		c->listener = l == L_SMTPS			      ? SMTP_LISTENER_IMPLICIT_TLS
+			      : l == L_SUBMISSION && opt_auth_user[0] ? SMTP_LISTENER_SUBMISSION
+								      : SMTP_LISTENER_RELAY;
+		if (smtp_server_conf_check(c, err, sizeof(err)) != 0) {
+			fprintf(stderr, "mxsink: smtp: %s\n", err);
+			return 2;
+		}
 	}
 
 	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
@@ -885,8 +1120,10 @@ int main(int argc, char **argv)
 		mxb_hist_init(&w->lat);
 		rte_eal_remote_launch(worker_main, w, dp.worker_lcore[i]);
 	}
-	fprintf(stderr, "mxsink: %u worker(s), SMTP on 25, DNS on 53, port 0 steering %s\n",
-		dp.n_workers, net_port_steering(dp.ports[0]));
+	fprintf(stderr,
+		"mxsink: %u worker(s), SMTP on 25 and 587%s%s, DNS on 53, port 0 steering %s\n",
+		dp.n_workers, tls_ctx ? " (STARTTLS) and 465 (TLS)" : "",
+		opt_auth_user[0] ? ", AUTH required on 587" : "", net_port_steering(dp.ports[0]));
 	uint64_t start = mx_now_us(), last_print = start, last_received = 0;
 	while (!stop) {
 		usleep(20000);
@@ -902,13 +1139,14 @@ int main(int argc, char **argv)
 				merge_hist();
 				printf("mxsink %6.1fs recv/s %8.0f ok %" PRIu64 " corrupt %" PRIu64
 				       " dup %" PRIu64 " notag %" PRIu64 " 4xx %" PRIu64
-				       " e2e p50 %" PRIu64 "us p99 %" PRIu64 "us\n",
+				       " e2e p50 %" PRIu64 "us p99 %" PRIu64 "us mono_ms %" PRIu64
+				       "\n",
 				       (double)(now - start) / 1e6,
 				       (double)(t.received - last_received) * 1e6 /
 					       (double)(now - last_print),
 				       t.ok, t.corrupt, t.dup, t.no_tag, t.tempfailed,
 				       mxb_hist_quantile(&merged, 0.5),
-				       mxb_hist_quantile(&merged, 0.99));
+				       mxb_hist_quantile(&merged, 0.99), now / 1000);
 				fflush(stdout);
 			}
 			last_print = now;
@@ -932,6 +1170,7 @@ int main(int argc, char **argv)
 		write_json(stdout, secs);
 	}
 	net_dataplane_stop(&dp);
+	tls_server_ctx_free(tls_ctx);
 	cfg_free(cf);
 	free(seq_bitmap);
 	return rc;

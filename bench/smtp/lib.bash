@@ -3,7 +3,9 @@
 #
 # mx_run starts mxrelay on its own TAP (mxb0, 10.77.200.0/24) with a fresh spool under
 # /var/tmp, drives it with Postfix's smtp-source, stops it and counts what the spool holds.
-# pf_setup/pf_run/pf_teardown do the same for a private Postfix instance on 127.0.0.1:2525.
+# pf_setup/pf_run/pf_teardown do the same for a private Postfix instance on 127.0.0.1:2525
+# ($PF_PORT).  bench/compare (relaying to smtp-sink, with Haraka too) uses the pieces below
+# that start with mx_, pf_, hk_, cg_ and sink_.
 # Every command has a timeout, only loopback and our own TAP addresses are used, and
 # bench_cleanup (trap EXIT) stops whatever was started and removes every directory made.
 
@@ -19,9 +21,15 @@ MX_PID=
 PF_CONF=''
 PF_UP=0
 PF_CG=''
+SINK_PID='' SINK_CG='' HK_PID='' HK_CG='' SRC_CG=''
+SRC_PROCS=1 # smtp-source processes per load (source_load splits sessions and messages)
 SMTP_TIMEOUT=${SMTP_TIMEOUT:-600} # seconds for one smtp-source load
+PF_PORT=2525                      # the private Postfix's smtpd on 127.0.0.1
 
 bench_cleanup() {
+	sink_stop
+	hk_stop
+	src_stop
 	if [ -n "$MX_PID" ]; then
 		kill -TERM "$MX_PID" 2>/dev/null
 		for _ in $(seq 100); do kill -0 "$MX_PID" 2>/dev/null || break; sleep 0.1; done
@@ -29,6 +37,8 @@ bench_cleanup() {
 		MX_PID=
 	fi
 	pf_teardown
+	local cg
+	for cg in /sys/fs/cgroup/cpuacct/mxbench-$$-*; do cg_remove "$cg"; done
 	rm -rf "$WORK" /var/run/dpdk/mxbench-$$
 }
 trap bench_cleanup EXIT
@@ -74,34 +84,40 @@ ctl_stat() {
 
 # source_load HOST:PORT SESSIONS MESSAGES SIZE: one smtp-source load.  Each message is
 # its own connection (smtp-source's default, the way most device firmware sends), from
-# dev@fleet.test to ops@fleet.test.  Prints the wall seconds it took.
+# dev@fleet.test to ops@fleet.test.  With SRC_PROCS=P > 1, P smtp-source processes run at
+# once, sharing the sessions and messages (the first ones take the remainders).  In the
+# cgroup $SRC_CG when set (so their CPU can be read).  Prints the wall seconds it took.
 source_load() {
-	local t0 t1 rc=0
+	local t0 t1 rc=0 p=${SRC_PROCS:-1} i s m pids=()
+	[ "$p" -ge 1 ] && [ "$p" -le "$2" ] && [ "$p" -le "$3" ] || { echo "bad SRC_PROCS=$p" >&2; return 1; }
 	t0=$(now)
-	timeout "$SMTP_TIMEOUT" smtp-source -s "$2" -m "$3" -l "$4" -f dev@fleet.test \
-		-t ops@fleet.test "$1" >"$WORK/source.log" 2>&1 || rc=$?
+	for i in $(seq 0 $((p - 1))); do
+		s=$(($2 / p + (i < $2 % p ? 1 : 0)))
+		m=$(($3 / p + (i < $3 % p ? 1 : 0)))
+		sh -c '[ -z "$1" ] || echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "${SRC_CG:-}" \
+			timeout "$SMTP_TIMEOUT" smtp-source -s "$s" -m "$m" -l "$4" -f dev@fleet.test \
+			-t ops@fleet.test "$1" >"$WORK/source.$i.log" 2>&1 &
+		pids+=($!)
+	done
+	for i in "${!pids[@]}"; do
+		wait "${pids[$i]}" || { rc=$?; tail -5 "$WORK/source.$i.log" >&2; }
+	done
 	t1=$(now)
-	if [ $rc != 0 ]; then
-		tail -5 "$WORK/source.log" >&2
-		return 1
-	fi
+	[ $rc = 0 ] || return 1
 	echo "$t1 - $t0" | bc -l
 }
 
-# mx_run SESSIONS MESSAGES SIZE DURABILITY: one measured mxrelay run.  Writes
-# "msgs_per_s accepted wall_s cpu_s worker_busy idle_sleeps worker_sys_share" to
-# $WORK/result.  Runs in
-# the main shell (never in $(...)) so that the EXIT trap knows what to stop.
-mx_run() {
-	local s=$1 m=$2 size=$3 dur=$4
-	local dir=$WORK/mx spool
-	rm -f "$WORK/result"
+# mx_start DURABILITY [SMTP_EXTRA [RELAY_EXTRA [MORE_SECTIONS]]]: start mxrelay on its TAP
+# ($MX_IF, $MX_NET.2; the host side $MX_NET.1 may relay) with a fresh spool in $WORK/mx/spool
+# and its control socket at $WORK/mx/ctl.sock; returns once the TAP and the socket are up.
+# The extras are lines added to [smtp] and [relay], and whole sections appended.
+# Main shell only (it sets MX_PID for the EXIT trap).
+mx_start() {
+	local dur=$1 smtp_extra=${2:-} relay_extra=${3:-} more=${4:-}
+	local dir=$WORK/mx
 	[ -x "$BUILD/app/mxrelay/mxrelay" ] || die "no $BUILD/app/mxrelay/mxrelay (ninja -C $BUILD)"
 	rm -rf "$dir"
 	mkdir -p "$dir"
-	spool=$dir/spool
-	# 10.77.200.1 (the host side of the TAP, where smtp-source connects from) may relay;
-	# the recipient's domain is local too, so either rule accepts it.
 	cat >"$dir/r.conf" <<CONF
 [eal]
 args = -l 0-1 --no-huge -m 512 --no-pci --no-telemetry --file-prefix=mxbench-$$ --vdev=net_tap0,iface=$MX_IF
@@ -114,13 +130,14 @@ host_addr = $MX_NET.1/24
 [smtp]
 hostname = relay.mxrelay.test
 listen = 25
-local_domains = fleet.test
+$smtp_extra
 
 [relay]
 allow_networks = $MX_NET.0/24
+$relay_extra
 
 [spool]
-dir = $spool
+dir = $dir/spool
 durability = $dur
 
 [control]
@@ -129,6 +146,7 @@ http_listen =
 
 [log]
 level = warning
+$more
 CONF
 	timeout 20 "$BUILD/app/mxrelay/mxrelay" --check-config "$dir/r.conf" >"$dir/check.log" 2>&1 ||
 		{ cat "$dir/check.log" >&2; die "mxrelay rejects the bench config"; }
@@ -137,7 +155,7 @@ CONF
 	local up=0
 	for _ in $(seq 300); do
 		kill -0 "$MX_PID" 2>/dev/null || break
-		if ip -4 addr show dev $MX_IF 2>/dev/null | grep -q "inet $MX_NET.1/" &&
+		if ip -4 addr show dev "$MX_IF" 2>/dev/null | grep -q "inet $MX_NET.1/" &&
 			[ -S "$dir/ctl.sock" ]; then
 			up=1
 			break
@@ -145,6 +163,35 @@ CONF
 		sleep 0.1
 	done
 	[ $up = 1 ] || { tail -20 "$dir/relay.log" >&2; die "mxrelay did not come up"; }
+}
+
+# mx_stop: SIGTERM, bounded wait; dies if the relay does not stop.
+mx_stop() {
+	[ -n "$MX_PID" ] || return 0
+	kill -TERM "$MX_PID"
+	for _ in $(seq 100); do kill -0 "$MX_PID" 2>/dev/null || break; sleep 0.1; done
+	kill -0 "$MX_PID" 2>/dev/null && die "mxrelay did not stop on SIGTERM"
+	wait "$MX_PID" 2>/dev/null
+	MX_PID=
+}
+
+# mx_spool_messages: messages the (stopped) relay's spool still holds.
+mx_spool_messages() {
+	timeout 120 "$BUILD/tools/mxspool/mxspool" "$WORK/mx/spool" count 2>/dev/null |
+		awk '$1 == "messages" { print $2 }'
+}
+
+# mx_run SESSIONS MESSAGES SIZE DURABILITY: one measured mxrelay run.  Writes
+# "msgs_per_s accepted wall_s cpu_s worker_busy idle_sleeps worker_sys_share" to
+# $WORK/result.  Runs in
+# the main shell (never in $(...)) so that the EXIT trap knows what to stop.
+mx_run() {
+	local s=$1 m=$2 size=$3 dur=$4
+	local dir=$WORK/mx
+	rm -f "$WORK/result"
+	# 10.77.200.1 (the host side of the TAP, where smtp-source connects from) may relay;
+	# the recipient's domain is local too, so either rule accepts it.
+	mx_start "$dur" "local_domains = fleet.test"
 	# The first SYN needs ARP; one probe session so the load starts warm.
 	timeout 30 smtp-source -s 1 -m 1 -l 100 -f dev@fleet.test -t ops@fleet.test \
 		$MX_NET.2:25 >/dev/null 2>&1 || { tail -20 "$dir/relay.log" >&2; die "mxrelay does not answer"; }
@@ -160,14 +207,9 @@ CONF
 	w1=0
 	[ -n "$tid" ] && w1=$(tticks "$MX_PID" "$tid") && k1=$(tsys "$MX_PID" "$tid")
 	sl1=$(ctl_stat "$dir/ctl.sock" idle_sleeps)
-	kill -TERM "$MX_PID"
-	for _ in $(seq 100); do kill -0 "$MX_PID" 2>/dev/null || break; sleep 0.1; done
-	kill -0 "$MX_PID" 2>/dev/null && die "mxrelay did not stop on SIGTERM"
-	wait "$MX_PID" 2>/dev/null
-	MX_PID=
+	mx_stop
 	local accepted
-	accepted=$(timeout 120 "$BUILD/tools/mxspool/mxspool" "$spool" count 2>/dev/null |
-		awk '$1 == "messages" { print $2 }')
+	accepted=$(mx_spool_messages)
 	accepted=$((${accepted:-0} - 1)) # less the warm-up message
 	rm -rf "$dir"
 	[ "$accepted" = "$m" ] || die "mxrelay spool holds $accepted of $m messages"
@@ -179,11 +221,26 @@ CONF
 		"$(echo "($c1 - $c0) / $HZ" | bc -l)" "$busy" $((sl1 - sl0)) "$ksh" >"$WORK/result"
 }
 
-# pf_setup: a private Postfix instance under $WORK/pf (config, queue, data), smtpd on
-# 127.0.0.1:2525, every message put on hold (see README.md), logs to a file of its own.
+# pf_setup [hold | relay HOST:PORT]: a private Postfix instance under $WORK/pf (config,
+# queue, data), smtpd on 127.0.0.1:$PF_PORT, logs to a file of its own.  hold (the
+# default): every message is put on hold (see README.md); relay: every message is relayed
+# to HOST:PORT (relayhost, Postfix's delivery defaults otherwise; see bench/compare).
 pf_setup() {
 	command -v postfix >/dev/null || die "postfix not installed"
-	local d=$WORK/pf
+	local d=$WORK/pf mode=${1:-hold} next=${2:-} relay_domains=fleet.test
+	local policy='# Accept, fsync, and keep: every message goes to the hold queue, never delivered.
+smtpd_recipient_restrictions = check_recipient_access static:HOLD
+# in_flow_delay throttles smtpd when qmgr delivers more slowly than mail arrives;
+# nothing is delivered here (held), so it would only measure the throttle.
+in_flow_delay = 0'
+	if [ "$mode" = relay ]; then
+		policy="# Relay everything from mynetworks to one next hop; the rest are Postfix's defaults
+# (default_destination_concurrency_limit 20, connection cache on demand).
+relayhost = [${next%:*}]:${next##*:}
+in_flow_delay = ${PF_IN_FLOW_DELAY:-1s}
+smtp_tls_security_level = none"
+		relay_domains= # fleet.test is then in the default class, which relayhost covers
+	fi
 	PF_CONF=$d/etc
 	mkdir -p "$PF_CONF" "$d/queue" "$d/data"
 	chown postfix "$d/data"
@@ -200,25 +257,21 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 mydestination =
-relay_domains = fleet.test
+relay_domains = $relay_domains
 local_recipient_maps =
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-# Accept, fsync, and keep: every message goes to the hold queue, never delivered.
-smtpd_recipient_restrictions = check_recipient_access static:HOLD
+$policy
 smtpd_peername_lookup = no
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
-# in_flow_delay throttles smtpd when qmgr delivers more slowly than mail arrives;
-# nothing is delivered here (held), so it would only measure the throttle.
-in_flow_delay = 0
 default_process_limit = 200
 biff = no
 alias_maps =
 alias_database =
 CONF
 	# Only the services an accepting instance needs; chroot off (the queue is ours).
-	cat >"$PF_CONF/master.cf" <<'CONF'
-127.0.0.1:2525 inet n  -  n  -  150 smtpd
+	cat >"$PF_CONF/master.cf" <<CONF
+127.0.0.1:$PF_PORT inet n  -  n  -  150 smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -262,10 +315,10 @@ pf_start() {
 	fi || { cat "$WORK/pf/start.log" >&2; die "postfix start failed"; }
 	PF_UP=1
 	for _ in $(seq 100); do
-		timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/2525' 2>/dev/null && return 0
+		timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PF_PORT" 2>/dev/null && return 0
 		sleep 0.1
 	done
-	die "postfix smtpd does not listen on 127.0.0.1:2525"
+	die "postfix smtpd does not listen on 127.0.0.1:$PF_PORT"
 }
 
 pf_stop() {
@@ -323,10 +376,10 @@ pf_run() {
 	mkdir -p "$q"
 	pf_start
 	timeout 30 smtp-source -s 1 -m 1 -l 100 -f dev@fleet.test -t ops@fleet.test \
-		127.0.0.1:2525 >/dev/null 2>&1 || die "postfix does not accept the warm-up message"
+		127.0.0.1:$PF_PORT >/dev/null 2>&1 || die "postfix does not accept the warm-up message"
 	local c0 c1 wall
 	c0=$(pf_cpu)
-	wall=$(source_load 127.0.0.1:2525 "$s" "$m" "$size") || die "smtp-source against postfix failed"
+	wall=$(source_load 127.0.0.1:$PF_PORT "$s" "$m" "$size") || die "smtp-source against postfix failed"
 	c1=$(pf_cpu)
 	pf_stop
 	local held
@@ -335,6 +388,191 @@ pf_run() {
 	[ "$held" = "$m" ] || { tail -5 "$WORK/pf/maillog" >&2; die "postfix holds $held of $m messages"; }
 	printf '%.1f %d %.3f %.3f\n' "$(echo "$m / $wall" | bc -l)" "$held" "$wall" \
 		"$(echo "$c1 - $c0" | bc -l)" >"$WORK/result"
+}
+
+# ---- cgroups, the sink and Haraka (bench/compare) -------------------------------------
+
+# cg_new NAME: print a new cpuacct cgroup /sys/fs/cgroup/cpuacct/mxbench-$$-NAME, or
+# nothing when cgroup v1 cpuacct is not writable.  bench_cleanup removes it.
+cg_new() {
+	local cg=/sys/fs/cgroup/cpuacct/mxbench-$$-$1
+	[ -d "$cg" ] || mkdir "$cg" 2>/dev/null || return 0
+	echo "$cg"
+}
+
+# cg_cpu CG: CPU seconds used in the cgroup so far (0 without one).
+cg_cpu() {
+	[ -n "$1" ] && [ -r "$1/cpuacct.usage" ] || { echo 0; return; }
+	echo "$(cat "$1/cpuacct.usage") / 1000000000" | bc -l
+}
+
+# cg_remove CG: kill what is left in it (these are only our own processes), remove it.
+cg_remove() {
+	[ -d "$1" ] || return 0
+	local p procs
+	for _ in $(seq 50); do
+		procs=$(cat "$1/cgroup.procs" 2>/dev/null) # (a cgroup file's size is always 0)
+		[ -n "$procs" ] || break
+		for p in $procs; do kill -9 "$p" 2>/dev/null; done
+		sleep 0.1
+	done
+	rmdir "$1" 2>/dev/null
+}
+
+# src_stop: kill smtp-source processes left in $SRC_CG (after an interrupted load).
+src_stop() {
+	[ -n "$SRC_CG" ] || return 0
+	cg_remove "$SRC_CG"
+	SRC_CG=
+}
+
+# sink_start ADDR:PORT: Postfix's smtp-sink on ADDR:PORT, for at most SMTP_TIMEOUT + 300 s,
+# in a cgroup of its own; -c keeps its running counters in $WORK/sink.out.  (Not -M: the
+# sink exits on the count before its last 250 reaches the relay, which then defers that
+# message and sends it again.)
+sink_start() {
+	rm -f "$WORK/sink.out"
+	SINK_CG=$(cg_new sink)
+	sh -c '[ -z "$1" ] || echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$SINK_CG" \
+		timeout $((SMTP_TIMEOUT + 300)) smtp-sink -u nobody -c "$1" 256 >"$WORK/sink.out" 2>&1 &
+	SINK_PID=$!
+	for _ in $(seq 100); do
+		ss -ltnH "( sport = :${1##*:} )" 2>/dev/null | grep -q " ${1} " && return 0
+		kill -0 "$SINK_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	cat "$WORK/sink.out" >&2
+	die "smtp-sink did not listen on $1"
+}
+
+# sink_count: messages the sink has received so far (its last "mesg=" counter).
+sink_count() {
+	tail -c 200 "$WORK/sink.out" 2>/dev/null | tr '\r' '\n' | awk -F'mesg=' 'NF > 1 { n = $2 + 0 } END { print n + 0 }'
+}
+
+# sink_wait_count N SECONDS: until the sink has N messages, polled every 50 ms (one
+# tail, tr and awk each time: a few ms of CPU a second); SINK_END = the time it was seen.
+# 1 on timeout.
+sink_wait_count() {
+	SINK_END=
+	for _ in $(seq $(($2 * 20))); do
+		[ "$(sink_count)" -ge "$1" ] && SINK_END=$(now) && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# sink_stop: SIGTERM to the timeout process (it passes it on to smtp-sink), then whatever
+# is left in the sink's cgroup is killed.
+sink_stop() {
+	[ -n "$SINK_PID" ] || return 0
+	kill -TERM "$SINK_PID" 2>/dev/null
+	for _ in $(seq 50); do kill -0 "$SINK_PID" 2>/dev/null || break; sleep 0.1; done
+	kill -9 "$SINK_PID" 2>/dev/null
+	wait "$SINK_PID" 2>/dev/null
+	SINK_PID=
+	cg_remove "$SINK_CG"
+	SINK_CG=
+}
+
+# Haraka 3 from npm, installed once into a cache directory (a second run needs no network).
+HK_CACHE=${MX_HARAKA_CACHE:-/var/cache/mxrelay-bench/haraka}
+HK_VERSION=${MX_HARAKA_VERSION:-3.3.4}
+HK_PORT=2566
+HK_NODES=${HK_NODES:-0} # smtp.ini nodes: 0 = one process (Haraka's default); N = cluster of N
+
+# hk_install: node (>= 20, Haraka 3.3's floor) and Haraka $HK_VERSION under $HK_CACHE.
+hk_install() {
+	command -v node >/dev/null && command -v npm >/dev/null ||
+		{ timeout 600 apt-get install -y nodejs npm >"$WORK/apt.log" 2>&1 ||
+			{ tail -5 "$WORK/apt.log" >&2; die "apt-get install nodejs npm failed"; }; }
+	local major
+	major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null)
+	[ "${major:-0}" -ge 20 ] || die "node $(node --version) is too old for Haraka 3.3 (needs >= 20)"
+	local have
+	have=$(node -p "require('$HK_CACHE/node_modules/Haraka/package.json').version" 2>/dev/null)
+	[ "$have" = "$HK_VERSION" ] && return 0
+	mkdir -p "$HK_CACHE"
+	echo "installing Haraka $HK_VERSION into $HK_CACHE (npm)"
+	timeout 600 npm install --prefix "$HK_CACHE" --no-audit --no-fund --omit=optional \
+		"Haraka@$HK_VERSION" >"$WORK/npm.log" 2>&1 ||
+		{ tail -10 "$WORK/npm.log" >&2; die "npm install Haraka@$HK_VERSION failed"; }
+}
+
+# hk_setup SINK_HOST:PORT: a Haraka instance in $WORK/hk listening on 127.0.0.1:$HK_PORT.
+# Loopback clients may relay; every message goes to Haraka's outbound queue (queue file
+# written with an fsync before the 250, see bench/smtp/README.md) and is delivered from
+# there to the one next hop the plugin returns from get_mx.  No rDNS lookup of clients
+# (like Postfix's smtpd_peername_lookup = no), no TLS, log level warn.
+hk_setup() {
+	local d=$WORK/hk host=${1%:*} port=${1##*:}
+	rm -rf "$d"
+	mkdir -p "$d/config" "$d/plugins" "$d/queue"
+	cp "$HK_CACHE/node_modules/Haraka/config/connection.ini" "$d/config/"
+	printf '[main]\nlisten=127.0.0.1:%s\nnodes=%s\nforce_shutdown_timeout=5\n' "$HK_PORT" \
+		"$HK_NODES" >"$d/config/smtp.ini"
+	[ "$HK_NODES" = 0 ] && sed -i '/^nodes=/d' "$d/config/smtp.ini"
+	printf 'mxbench_relay\n' >"$d/config/plugins"
+	printf '[main]\nlevel=warn\ntimestamps=true\n' >"$d/config/log.ini"
+	printf 'haraka.mxrelay.test\n' >"$d/config/me"
+	# 20 deliveries in flight, as mxrelay's [queue] max_connections and Postfix's
+	# default_destination_concurrency_limit here.
+	printf '[main]\nconcurrency_max=20\nenable_tls=false\n' >"$d/config/outbound.ini"
+	cat >"$d/plugins/mxbench_relay.js" <<JS
+// mxbench_relay - made by bench/smtp/lib.bash for bench/compare (removed with the instance).
+// Loopback clients may relay; every message goes to the outbound queue and from there to
+// one fixed next hop, the benchmark's smtp-sink.
+exports.hook_lookup_rdns = function (next, connection) {
+    next(OK, 'localhost')
+}
+exports.hook_connect_init = function (next, connection) {
+    if (connection.remote.ip === '127.0.0.1') connection.relaying = true
+    next()
+}
+exports.hook_rcpt = function (next, connection) {
+    next(connection.relaying ? OK : DENY)
+}
+exports.hook_get_mx = function (next, hmail, domain) {
+    next(OK, { priority: 0, exchange: '$host', port: $port })
+}
+JS
+}
+
+# hk_start: start the instance (in a cgroup of its own), wait for it to listen.
+hk_start() {
+	local d=$WORK/hk
+	HK_CG=$(cg_new haraka)
+	sh -c '[ -z "$1" ] || echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$HK_CG" \
+		node "$HK_CACHE/node_modules/Haraka/bin/haraka" -c "$d" >"$d/haraka.log" 2>&1 &
+	HK_PID=$!
+	for _ in $(seq 300); do
+		kill -0 "$HK_PID" 2>/dev/null || break
+		timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$HK_PORT" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	tail -20 "$d/haraka.log" >&2
+	die "haraka does not listen on 127.0.0.1:$HK_PORT"
+}
+
+# hk_stop: SIGTERM, bounded wait, then whatever is left in its cgroup is killed.
+hk_stop() {
+	[ -n "$HK_PID" ] || return 0
+	kill -TERM "$HK_PID" 2>/dev/null
+	for _ in $(seq 150); do kill -0 "$HK_PID" 2>/dev/null || break; sleep 0.1; done
+	kill -9 "$HK_PID" 2>/dev/null
+	wait "$HK_PID" 2>/dev/null
+	HK_PID=
+	cg_remove "$HK_CG"
+	HK_CG=
+}
+
+# hk_queued: files left in Haraka's outbound queue.
+hk_queued() { find "$WORK/hk/queue" -type f 2>/dev/null | wc -l; }
+
+# pf_queued: files left in the private Postfix's queues.
+pf_queued() {
+	local q=$WORK/pf/queue
+	find "$q/maildrop" "$q/incoming" "$q/active" "$q/deferred" "$q/hold" -type f 2>/dev/null | wc -l
 }
 
 # median of the numbers on stdin.
