@@ -8,8 +8,10 @@
  * single-queue port (net_af_packet) is read by worker 0 alone, which
  * computes the same hash in software and hands each packet to its owner
  * over an rte_ring; net_tap wants as many RX as TX queues, so there each
- * worker reads the queue the kernel filled and re-dispatches the same way.  ARP frames go to every worker, since each
- * keeps its own ARP cache.  Every worker has its own TX queue.
+ * worker reads the queue the kernel filled and re-dispatches the same way
+ * (net_memif too: each RX queue pairs with the peer's TX queue of that
+ * number).  ARP frames go to every worker, since each keeps its own ARP
+ * cache.  Every worker has its own TX queue.
  *
  * Fault injection (off by default) drops, duplicates, reorders and corrupts
  * packets per mille, per direction, from a seeded generator, so loss tests
@@ -125,11 +127,18 @@ int net_port_setup(struct net_port **out, const struct net_port_conf *conf, unsi
 	p->software_rss = n_workers == 1 || is_tap || info.max_rx_queues < n_workers ||
 			  rss_hf == 0 || info.reta_size == 0;
 	/*
-	 * Software steering reads one RX queue, except where the driver wants
-	 * as many RX as TX queues (net_tap): then every worker reads its own
-	 * queue, filled by the kernel's flow hash, and re-dispatches by ours.
+	 * Software steering reads one RX queue, except where the device has a
+	 * queue per worker: net_tap wants as many RX as TX queues (the kernel
+	 * fills them by its own flow hash), and net_memif pairs each of our RX
+	 * queues with the peer's TX queue of the same number (both ends must
+	 * have equal counts).  Then every worker reads its own queue and
+	 * re-dispatches by our hash.
 	 */
-	uint16_t nb_rx = (!p->software_rss || is_tap) ? (uint16_t)n_workers : 1;
+	bool is_memif = info.driver_name != NULL && strcmp(info.driver_name, "net_memif") == 0;
+	uint16_t nb_rx =
+		(!p->software_rss || is_tap || (is_memif && info.max_rx_queues >= n_workers))
+			? (uint16_t)n_workers
+			: 1;
 	p->nb_rx = nb_rx;
 	uint16_t nb_tx = (uint16_t)n_workers;
 	if (info.max_tx_queues < nb_tx) {
