@@ -3,14 +3,23 @@
  * group commit adds, and recovery time.
  *
  *	spool_bench [--dir D] [--seconds S] [--size BYTES] [--rate MSGS_PER_S]
- *		    [--inflight N] [--durability fsync|none] [--recover N] [--drop-caches]
+ *		    [--inflight N] [--durability fsync|none] [--finish 0|1]
+ *		    [--window US] [--commit-bytes B] [--depth N] [--segment-mb M]
+ *		    [--recover N] [--drop-caches] [--probe-only]
  *
  * One thread plays the SMTP core: it starts messages at the offered rate
  * (0 = as fast as the spool completes them, with at most --inflight waiting),
  * streams each body in 4 appends, commits, and calls spool_poll() in the
- * same loop.  Latency is commit() to the durable completion, per message,
- * exact (sorted), not from the histogram.  --recover N writes N messages of
- * --size, closes, and times spool_open() over them.  Put --dir on a real
+ * same loop.  With --finish 1 (default) each message is finished as soon as
+ * it is durable, as if delivered at once: segments empty out, are reclaimed
+ * and recycled, the steady state of a relay that keeps up; --finish 0 lets
+ * the spool grow (every segment a fresh file).  Latency is commit() to the
+ * durable completion, per message, exact (sorted), not from the histogram.
+ * Before a load, the disk alone is probed: write + fdatasync of one batch
+ * (--probe-size, default 64 KiB), 1000 times, appending to a growing file and
+ * overwriting a file of written blocks (buffered, as the spool writes, and
+ * O_DIRECT for comparison).  --recover N writes N messages of --size,
+ * closes, and times spool_open() over them.  Put --dir on a real
  * disk (not tmpfs): fdatasync is what is measured.
  */
 #include "spool.h"
@@ -82,7 +91,7 @@ static void rm_dir(const char *dir)
 }
 
 static int run_load(const struct spool_config *cfg, size_t size, double seconds, double rate,
-		    unsigned inflight_max)
+		    unsigned inflight_max, bool finish)
 {
 	struct spool *sp;
 	rm_dir(cfg->dir);
@@ -128,6 +137,8 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 		for (int i = 0; i < n; i++) {
 			if (out[i].status != 0)
 				failed++;
+			else if (finish && spool_msg_finish(sp, out[i].id) < 0)
+				failed++;
 			lat[done++] = tn - t_commit[out[i].cookie];
 		}
 		if (warm_t == 0 && now >= warm) {
@@ -148,14 +159,20 @@ out:;
 	uint64_t p50 = counted ? lat[warm_done + counted / 2] : 0;
 	uint64_t p99 = counted ? lat[warm_done + (size_t)((double)counted * 0.99)] : 0;
 	uint64_t pmax = counted ? lat[warm_done + counted - 1] : 0;
-	printf("size=%zu rate=%s%.0f durability=%s: %.0f msgs/s durable, latency p50 %" PRIu64
-	       " us p99 %" PRIu64 " us max %" PRIu64 " us; %" PRIu64 " commits, %.1f msgs/commit, "
-	       "%.1f MB/s, failed %zu, refused %zu; CPU %.2f us/msg\n",
+	printf("size=%zu rate=%s%.0f durability=%s window=%" PRIu64
+	       "us depth=%u: %.0f msgs/s durable, latency p50 %" PRIu64 " us p99 %" PRIu64
+	       " us max %" PRIu64 " us; %" PRIu64 " commits, %.1f msgs/commit, "
+	       "%.1f MB/s, failed %zu, refused %zu; CPU %.2f us/msg%s\n",
 	       size, rate > 0 ? "" : "max:", rate, cfg->durability ? "none" : "fsync",
-	       (double)counted / secs, p50, p99, pmax, st.commits,
-	       st.commits ? (double)st.batch_msgs_sum / (double)st.commits : 0.0,
+	       cfg->commit_window_us, cfg->commit_depth, (double)counted / secs, p50, p99, pmax,
+	       st.commits, st.commits ? (double)st.batch_msgs_sum / (double)st.commits : 0.0,
 	       (double)st.bytes_written / 1e6 / ((double)(t1 - t0) / 1e6), failed, refused,
-	       counted ? (double)cpu / (double)counted : 0.0);
+	       counted ? (double)cpu / (double)counted : 0.0, finish ? "" : " (not finished)");
+	printf("  segments %" PRIu64 ": %" PRIu64 " prepared spares (%" PRIu64 " recycled, %.0f MB "
+	       "zeroed), %" PRIu64 " growing; avg batch %.0f KiB\n",
+	       st.segments_created, st.segments_precreated, st.segments_recycled,
+	       (double)st.spare_zero_bytes / 1e6, st.segments_unprepared,
+	       st.commits ? (double)st.bytes_written / (double)st.commits / 1024 : 0.0);
 	free(body);
 	free(t_commit);
 	free(lat);
@@ -163,29 +180,66 @@ out:;
 	return 0;
 }
 
-/* The disk's own cost: pwrite(64 KiB) + fdatasync, appending, p50 and p99 of 50. */
-static void fsync_baseline(const char *dir)
+static void probe_one(const char *path, size_t bsize, bool overwrite, bool direct, uint64_t *p50,
+		      uint64_t *p99)
 {
-	char path[600];
-	snprintf(path, sizeof(path), "%s.fsync-probe", dir);
+	enum { N = 1000 };
+	static uint8_t buf[1 << 20] __attribute__((aligned(4096)));
+	uint64_t lat[N];
+	*p50 = *p99 = 0;
+	if (bsize > sizeof(buf))
+		bsize = sizeof(buf);
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return;
-	static char buf[65536];
-	uint64_t lat[50];
 	memset(buf, 'z', sizeof(buf));
-	for (int i = 0; i < 50; i++) {
+	if (overwrite) {
+		/* a file of written blocks, as a prepared spare is */
+		for (size_t off = 0; off < N * bsize; off += sizeof(buf))
+			if (pwrite(fd, buf, sizeof(buf), (off_t)off) < 0)
+				break;
+		if (fdatasync(fd) < 0)
+			perror("fdatasync");
+		if (direct) {
+			/* bsize is a multiple of 4 KiB here: aligned writes, no page cache */
+			close(fd);
+			fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+			if (fd < 0)
+				return;
+		}
+	} else if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)(N * bsize)) < 0) {
+		/* as the spool's growing segments: blocks reserved, size grows */
+	}
+	int i;
+	for (i = 0; i < N; i++) {
 		uint64_t t = mx_now_us();
-		if (pwrite(fd, buf, sizeof(buf), (off_t)i * (off_t)sizeof(buf)) < 0 ||
-		    fdatasync(fd) < 0)
+		if (pwrite(fd, buf, bsize, (off_t)i * (off_t)bsize) < 0 || fdatasync(fd) < 0)
 			break;
 		lat[i] = mx_now_us() - t;
 	}
 	close(fd);
 	unlink(path);
-	qsort(lat, 50, sizeof(uint64_t), cmp64);
-	printf("disk baseline: pwrite 64 KiB + fdatasync p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
-	       lat[25], lat[49]);
+	if (i == 0)
+		return;
+	qsort(lat, (size_t)i, sizeof(uint64_t), cmp64);
+	*p50 = lat[i / 2];
+	*p99 = lat[(size_t)((double)i * 0.99)];
+}
+
+/* The disk's own cost: write + fdatasync of bsize, appending and overwriting, 1000 each. */
+static void fsync_baseline(const char *dir, size_t bsize)
+{
+	char path[600];
+	uint64_t a50, a99, o50, o99, d50, d99;
+	snprintf(path, sizeof(path), "%s.fsync-probe", dir);
+	bsize = (bsize + 4095) & ~(size_t)4095;
+	probe_one(path, bsize, false, false, &a50, &a99);
+	probe_one(path, bsize, true, false, &o50, &o99);
+	probe_one(path, bsize, true, true, &d50, &d99);
+	printf("disk alone: write %zu KiB + fdatasync: appending p50 %" PRIu64 " us p99 %" PRIu64
+	       " us; overwriting p50 %" PRIu64 " us p99 %" PRIu64 " us; O_DIRECT overwriting p50 "
+	       "%" PRIu64 " us p99 %" PRIu64 " us\n",
+	       bsize >> 10, a50, a99, o50, o99, d50, d99);
 }
 
 static int run_recover(const struct spool_config *cfg, size_t size, uint64_t n, bool drop)
@@ -245,16 +299,24 @@ int main(int argc, char **argv)
 {
 	struct spool_config cfg;
 	spool_config_defaults(&cfg);
-	cfg.dir = "/var/tmp/mxspool-bench";
+	/* one directory per process: parallel runs must not remove each other's spool */
+	static char dir[64];
+	snprintf(dir, sizeof(dir), "/var/tmp/mxspool-bench-%d", (int)getpid());
+	cfg.dir = dir;
 	size_t size = 1024;
 	double seconds = 5, rate = 0;
 	unsigned inflight = 1024;
 	uint64_t recover_n = 0;
-	bool drop = false;
+	bool drop = false, finish = true, probe_only = false;
+	size_t probe_size = 64 << 10;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(a, "--drop-caches") == 0) {
 			drop = true;
+			continue;
+		}
+		if (strcmp(a, "--probe-only") == 0) {
+			probe_only = true;
 			continue;
 		}
 		if (v == NULL)
@@ -270,6 +332,18 @@ int main(int argc, char **argv)
 			rate = atof(v);
 		else if (strcmp(a, "--inflight") == 0)
 			inflight = (unsigned)atoi(v);
+		else if (strcmp(a, "--finish") == 0)
+			finish = atoi(v) != 0;
+		else if (strcmp(a, "--window") == 0)
+			cfg.commit_window_us = (uint64_t)atoll(v);
+		else if (strcmp(a, "--depth") == 0)
+			cfg.commit_depth = (uint32_t)atoi(v);
+		else if (strcmp(a, "--commit-bytes") == 0)
+			cfg.commit_bytes = (uint64_t)atoll(v);
+		else if (strcmp(a, "--segment-mb") == 0)
+			cfg.segment_bytes = (uint64_t)atoll(v) << 20;
+		else if (strcmp(a, "--probe-size") == 0)
+			probe_size = (size_t)atol(v);
 		else if (strcmp(a, "--recover") == 0)
 			recover_n = (uint64_t)atoll(v);
 		else if (strcmp(a, "--durability") == 0)
@@ -280,13 +354,18 @@ int main(int argc, char **argv)
 	}
 	cfg.max_open_msgs = inflight + 16;
 	mx_log_set_level(MX_LOG_WARN);
-	if (cfg.durability == SPOOL_DURABILITY_FSYNC && !recover_n)
-		fsync_baseline(cfg.dir);
+	if (cfg.durability == SPOOL_DURABILITY_FSYNC && !recover_n && probe_size > 0)
+		fsync_baseline(cfg.dir, probe_size);
+	if (probe_only)
+		return 0;
 	if (recover_n)
 		return run_recover(&cfg, size, recover_n, drop);
-	return run_load(&cfg, size, seconds, rate, inflight);
+	return run_load(&cfg, size, seconds, rate, inflight, finish);
 usage:
-	fprintf(stderr, "usage: spool_bench [--dir D] [--seconds S] [--size B] [--rate R] "
-			"[--inflight N] [--durability fsync|none] [--recover N] [--drop-caches]\n");
+	fprintf(stderr,
+		"usage: spool_bench [--dir D] [--seconds S] [--size B] [--rate R] "
+		"[--inflight N] [--durability fsync|none] [--finish 0|1] [--window US] "
+		"[--commit-bytes B] [--depth N] [--segment-mb M] [--probe-size B] [--probe-only] "
+		"[--recover N] [--drop-caches]\n");
 	return 2;
 }

@@ -118,6 +118,22 @@ unsigned spool_id_core(uint64_t id)
 
 /* ---- record headers ---------------------------------------------------- */
 
+/*
+ * Version 2 seeds the header checksum with the segment sequence: segment
+ * files are preallocated and recycled, so bytes after the end of the data
+ * may be whole records of the file's earlier life; they never check out
+ * in the new one.  Records in a batch buffer carry seed 0 until flush()
+ * knows their segment (spool_rec_reseal).
+ */
+static uint32_t hdr_crc(const uint8_t *in, uint8_t version, uint64_t seg)
+{
+	if (version < 2)
+		return spool_crc32c(0, in, 28);
+	uint8_t s[8];
+	spool_put64(s, seg);
+	return spool_crc32c(spool_crc32c(0, s, 8), in, 28);
+}
+
 void spool_rec_hdr_put(uint8_t out[SPOOL_REC_HDR], const struct spool_rec_hdr *h)
 {
 	spool_put32(out, SPOOL_REC_MAGIC);
@@ -128,27 +144,40 @@ void spool_rec_hdr_put(uint8_t out[SPOOL_REC_HDR], const struct spool_rec_hdr *h
 	spool_put32(out + 12, h->data_crc);
 	spool_put64(out + 16, h->id);
 	spool_put32(out + 24, h->aux);
-	spool_put32(out + 28, spool_crc32c(0, out, 28));
+	spool_put32(out + 28, hdr_crc(out, SPOOL_REC_VERSION, h->seg));
 }
 
-int spool_rec_hdr_get(const uint8_t in[SPOOL_REC_HDR], struct spool_rec_hdr *h)
+void spool_rec_reseal(uint8_t rec[SPOOL_REC_HDR], uint64_t seg)
+{
+	spool_put32(rec + 28, hdr_crc(rec, rec[4], seg));
+}
+
+int spool_rec_hdr_get_seg(const uint8_t in[SPOOL_REC_HDR], uint64_t seg, struct spool_rec_hdr *h)
 {
 	if (spool_get32(in) != SPOOL_REC_MAGIC)
 		return -EBADMSG;
-	if (spool_get32(in + 28) != spool_crc32c(0, in, 28))
+	uint8_t version = in[4];
+	if (version == 0)
 		return -EBADMSG;
-	h->version = in[4];
+	/* later versions keep version 2's header checksum (FORMAT.md, Version rules) */
+	if (spool_get32(in + 28) != hdr_crc(in, version, seg))
+		return -EBADMSG;
+	h->version = version;
 	if (h->version > SPOOL_REC_VERSION)
 		return -EPROTONOSUPPORT;
-	if (h->version == 0)
-		return -EBADMSG;
 	h->type = in[5];
 	h->flags = spool_get16(in + 6);
 	h->length = spool_get32(in + 8);
 	h->data_crc = spool_get32(in + 12);
 	h->id = spool_get64(in + 16);
 	h->aux = spool_get32(in + 24);
+	h->seg = seg;
 	return 0;
+}
+
+int spool_rec_hdr_get(const uint8_t in[SPOOL_REC_HDR], struct spool_rec_hdr *h)
+{
+	return spool_rec_hdr_get_seg(in, 0, h);
 }
 
 size_t spool_rec_build(uint8_t *out, uint8_t type, uint16_t flags, uint64_t id, uint32_t aux,
@@ -163,11 +192,11 @@ size_t spool_rec_build(uint8_t *out, uint8_t type, uint16_t flags, uint64_t id, 
 	return SPOOL_REC_HDR + (size_t)len;
 }
 
-int spool_rec_check(const uint8_t *buf, size_t len, struct spool_rec_hdr *h)
+int spool_rec_check_seg(const uint8_t *buf, size_t len, uint64_t seg, struct spool_rec_hdr *h)
 {
 	if (len < SPOOL_REC_HDR)
 		return -EMSGSIZE;
-	int rc = spool_rec_hdr_get(buf, h);
+	int rc = spool_rec_hdr_get_seg(buf, seg, h);
 	if (rc < 0)
 		return rc;
 	if (h->length > len - SPOOL_REC_HDR)
@@ -177,6 +206,11 @@ int spool_rec_check(const uint8_t *buf, size_t len, struct spool_rec_hdr *h)
 	if (h->type == SPOOL_REC_MSG && h->aux > h->length)
 		return -EBADMSG;
 	return 0;
+}
+
+int spool_rec_check(const uint8_t *buf, size_t len, struct spool_rec_hdr *h)
+{
+	return spool_rec_check_seg(buf, len, 0, h);
 }
 
 int spool_seg_path(char *out, size_t cap, const char *dir, unsigned core, uint64_t seq)

@@ -63,16 +63,20 @@ static bool has_valid_seal(struct scan_buf *b, uint64_t seq)
 	if (pread(b->fd, tail, sizeof(tail), (off_t)(b->file_size - SPOOL_REC_HDR)) !=
 	    (ssize_t)sizeof(tail))
 		return false;
-	return spool_rec_hdr_get(tail, &h) == 0 && h.type == SPOOL_REC_SEAL && h.id == seq &&
-	       h.length == 0;
+	return spool_rec_hdr_get_seg(tail, seq, &h) == 0 && h.type == SPOOL_REC_SEAL &&
+	       h.id == seq && h.length == 0;
 }
 
 /*
- * Is there, at or after from, a valid BATCH record with a sequence of at least
- * min_seq?  Records are not aligned, so every byte offset is tried; this runs
- * only when a segment is damaged.
+ * Is there, at or after from, a valid BATCH record of segment seq with a
+ * sequence of at least min_seq, or (version 2, where the seal is not at the
+ * end of the preallocated file) a valid SEAL of it?  Records are not
+ * aligned, so every byte offset is tried: one pass over the rest of the
+ * segment, for an unsealed one at each recovery (the end of a version 2
+ * segment's data looks like damage: zeros or stale bytes follow it).
  */
-static int later_batch_exists(struct scan_buf *b, uint64_t from, uint64_t min_seq, bool *found)
+static int later_batch_exists(struct scan_buf *b, uint64_t seq, uint8_t version, uint64_t from,
+			      uint64_t min_seq, bool *found)
 {
 	*found = false;
 	uint64_t pos = from;
@@ -89,8 +93,12 @@ static int later_batch_exists(struct scan_buf *b, uint64_t from, uint64_t min_se
 			struct spool_rec_hdr h;
 			if (p[i] != 0x4d || spool_get32(p + i) != SPOOL_REC_MAGIC)
 				continue;
-			if (spool_rec_hdr_get(p + i, &h) == 0 && h.type == SPOOL_REC_BATCH &&
-			    h.id >= min_seq) {
+			/* records of another version are another life's (version 1 is unseeded) */
+			if (spool_rec_hdr_get_seg(p + i, seq, &h) != 0 ||
+			    (version != 0 && h.version != version))
+				continue;
+			if ((h.type == SPOOL_REC_BATCH && h.id >= min_seq) ||
+			    (h.type == SPOOL_REC_SEAL && h.version >= 2 && h.id == seq)) {
 				*found = true;
 				return 0;
 			}
@@ -121,7 +129,7 @@ int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
 	uint64_t off = 0;
 	int rc = 0;
 	const char *why = NULL;
-	bool seen_seal = false, newer = false;
+	bool seen_seal = false, newer = false, torn = false;
 	uint64_t last_batch = 0; /* the batch the bytes at off belong to */
 	while (off < b.file_size) {
 		struct spool_rec_hdr h;
@@ -129,9 +137,10 @@ int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
 			goto out;
 		if (b.file_size - off < SPOOL_REC_HDR) {
 			why = "partial record header";
+			torn = true;
 			break;
 		}
-		int hr = spool_rec_hdr_get(b.buf + (off - b.base), &h);
+		int hr = spool_rec_hdr_get_seg(b.buf + (off - b.base), seq, &h);
 		if (hr == -EPROTONOSUPPORT) {
 			why = "record version newer than this program";
 			newer = true;
@@ -149,12 +158,20 @@ int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
 			why = "segment does not start with its header";
 			break;
 		}
+		if (off == 0)
+			res->version = h.version;
+		if (h.version != res->version) {
+			/* a version 1 record in a version 2 file is a stale one of its past */
+			why = "record of another format version";
+			break;
+		}
 		if (off != 0 && h.type == SPOOL_REC_SEGHDR) {
 			why = "second segment header";
 			break;
 		}
 		if ((uint64_t)h.length > b.file_size - off - SPOOL_REC_HDR) {
 			why = "record runs past the end of the file";
+			torn = true;
 			break;
 		}
 		if (h.type == SPOOL_REC_MSG && h.aux > h.length) {
@@ -190,10 +207,19 @@ int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
 		}
 		if (crc != h.data_crc) {
 			why = "payload checksum mismatch";
+			torn = true;
 			break;
 		}
-		if (h.type == SPOOL_REC_SEAL)
+		if (h.type == SPOOL_REC_SEAL) {
 			seen_seal = true;
+			if (res->version >= 2) {
+				/* preallocated: what follows the seal is not data */
+				res->sealed = true;
+				off += total;
+				res->size = off;
+				goto out;
+			}
+		}
 		if (h.type == SPOOL_REC_SEGHDR && h.length >= 24 && payload != NULL)
 			last_batch = spool_get64(payload + 16);
 		if (h.type == SPOOL_REC_BATCH)
@@ -215,6 +241,26 @@ int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
 	res->size = off;
 	if (off == b.file_size) {
 		res->state = off == 0 ? 3 : 0;
+	} else if (res->version >= 2 && !newer) {
+		/*
+		 * A preallocated segment: its data ends where the records stop
+		 * checking out (zeros, or bytes of the file's earlier life).  A
+		 * valid header there whose record is incomplete is a torn write;
+		 * a marker of a batch SPOOL_MAX_FLIGHT or more later, or a seal,
+		 * after the end is corruption, as for version 1.
+		 */
+		bool later = false;
+		res->bad_off = off;
+		res->why = why;
+		if ((rc = later_batch_exists(&b, seq, res->version, off + 1,
+					     last_batch + SPOOL_MAX_FLIGHT, &later)) < 0)
+			goto out;
+		if (later)
+			res->state = 2;
+		else if (off == 0)
+			res->state = 3;
+		else
+			res->state = torn ? 1 : 0;
 	} else {
 		res->bad_off = off;
 		res->why = why;
@@ -227,7 +273,8 @@ int spool_scan_segment(int fd, uint64_t seq, spool_scan_rec_fn fn, void *arg,
 		 */
 		bool later = false;
 		if (!newer && !res->sealed && off > 0 &&
-		    (rc = later_batch_exists(&b, off + 1, last_batch + 2, &later)) < 0)
+		    (rc = later_batch_exists(&b, seq, res->version, off + 1,
+					     last_batch + SPOOL_V1_MAX_FLIGHT, &later)) < 0)
 			goto out;
 		if (newer)
 			res->state = 4; /* never cut or move what a newer program wrote */

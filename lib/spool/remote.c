@@ -36,7 +36,7 @@ int spool_open_record(const char *dir, const struct spool_location *loc, uint64_
 	while (n < 0 && errno == EINTR);
 	int rc = n < 0 ? -errno : 0;
 	if (rc == 0 &&
-	    (n != (ssize_t)sizeof(raw) || spool_rec_hdr_get(raw, &h) != 0 ||
+	    (n != (ssize_t)sizeof(raw) || spool_rec_hdr_get_seg(raw, loc->segment, &h) != 0 ||
 	     h.type != SPOOL_REC_MSG || h.id != id ||
 	     (uint64_t)loc->body_offset + loc->body_len > SPOOL_REC_HDR + (uint64_t)h.length))
 		rc = -EBADMSG;

@@ -42,6 +42,7 @@ struct spool_config {
 	enum spool_durability durability; /* default fsync */
 	uint64_t commit_window_us;	  /* group commit window, default 200 us */
 	uint64_t commit_bytes;		  /* flush when a batch reaches this, default 256 KiB */
+	uint32_t commit_depth;		  /* batches written and synced at once, 1..4, default 3 */
 	uint64_t segment_bytes;		  /* roll segments at this size, default 64 MiB */
 	uint64_t max_bytes;		  /* this core's share of the spool size, 0 = no limit */
 	uint64_t max_message_bytes;	  /* largest record, default 32 MiB (< segment_bytes) */
@@ -161,8 +162,12 @@ struct spool_stats {
 	uint64_t torn_tails;
 	uint64_t quarantined;
 	uint64_t segments_created;
-	uint64_t segments_precreated; /* of those, opened ahead through io_uring */
+	uint64_t segments_precreated; /* of those, a spare prepared ahead (only overwritten) */
+	uint64_t segments_unprepared; /* of those, no spare was ready: a file that grows */
 	uint64_t segments_reclaimed;
+	uint64_t segments_recycled; /* of those, kept as the next spare instead of unlinked */
+	uint64_t spare_zero_bytes;  /* zeros written to prepare spares */
+	uint64_t spare_failures;    /* spare preparations abandoned (ENOSPC, I/O errors) */
 	uint64_t compaction_bytes;
 	uint64_t compaction_msgs;
 	uint64_t live_messages; /* gauge */
@@ -173,7 +178,7 @@ struct spool_stats {
 /** Fill in defaults (dir stays NULL). */
 void spool_config_defaults(struct spool_config *c);
 /**
- * Read the [spool] section (dir, durability, commit_window, commit_bytes,
+ * Read the [spool] section (dir, durability, commit_window, commit_bytes, commit_depth,
  * segment_size, max_size, max_message_size) over the defaults; max_size is
  * divided by cores.  0 or -EINVAL with "file:line: message" in err.
  */

@@ -12,10 +12,17 @@
 #include <string.h>
 
 #define SPOOL_REC_MAGIC 0x5258534du /* "MSXR" as little-endian bytes */
-#define SPOOL_REC_VERSION 1
+#define SPOOL_REC_VERSION 2	    /* written; version 1 is still read (FORMAT.md) */
 #define SPOOL_REC_HDR 32
 #define SPOOL_ENV_VERSION 1
 #define SPOOL_TEXT_MAX 1024 /* reply texts in state records are cut to this */
+/*
+ * Batches in flight at most (commit_depth's bound).  Recovery's torn-tail
+ * rule depends on it: version 1 segments were written with 2 at most,
+ * version 2 segments with up to this many.
+ */
+#define SPOOL_MAX_FLIGHT 4
+#define SPOOL_V1_MAX_FLIGHT 2
 
 enum spool_rec_type {
 	SPOOL_REC_SEGHDR = 1, /* first record of a segment; id = segment sequence */
@@ -36,6 +43,7 @@ struct spool_rec_hdr {
 	uint32_t data_crc;
 	uint64_t id;
 	uint32_t aux;
+	uint64_t seg; /* version 2: segment sequence seeding hdr_crc (0 in batch buffers) */
 };
 
 static inline void spool_put16(uint8_t *p, uint16_t v)
@@ -67,19 +75,30 @@ static inline uint64_t spool_get64(const uint8_t *p)
 	return (uint64_t)spool_get32(p) | ((uint64_t)spool_get32(p + 4) << 32);
 }
 
-/** Write a 32-byte header (computes hdr_crc; data_crc must be set). */
+/**
+ * Write a 32-byte version 2 header (computes hdr_crc over h->seg and bytes
+ * 0..27; data_crc must be set).
+ */
 void spool_rec_hdr_put(uint8_t out[SPOOL_REC_HDR], const struct spool_rec_hdr *h);
 /**
- * Check and decode a header: 0, -EBADMSG (magic or header checksum),
- * -EPROTONOSUPPORT (a newer version).
+ * Check and decode a header that should belong to segment seg: 0, -EBADMSG
+ * (magic, or a header checksum that does not hold for seg: version 2 seeds
+ * it with the segment sequence, so a stale record of a recycled file's
+ * earlier life never passes), -EPROTONOSUPPORT (a newer version).
  */
+int spool_rec_hdr_get_seg(const uint8_t in[SPOOL_REC_HDR], uint64_t seg, struct spool_rec_hdr *h);
+/** spool_rec_hdr_get_seg() for records not yet placed in a segment (seg 0). */
 int spool_rec_hdr_get(const uint8_t in[SPOOL_REC_HDR], struct spool_rec_hdr *h);
+/** Re-seed a built version 2 header for the segment it is written to. */
+void spool_rec_reseal(uint8_t rec[SPOOL_REC_HDR], uint64_t seg);
 /** Build a whole record (header + payload) into out; returns its size. */
 size_t spool_rec_build(uint8_t *out, uint8_t type, uint16_t flags, uint64_t id, uint32_t aux,
 		       const void *payload, uint32_t len);
 
 /** Check a complete record in memory: 0 or -EBADMSG / -EPROTONOSUPPORT / -EMSGSIZE. */
 int spool_rec_check(const uint8_t *buf, size_t len, struct spool_rec_hdr *h);
+/** spool_rec_check() of a record read from segment seg. */
+int spool_rec_check_seg(const uint8_t *buf, size_t len, uint64_t seg, struct spool_rec_hdr *h);
 
 /* Segment file names: <dir>/c<core>/<16 hex digits>.seg */
 int spool_seg_path(char *out, size_t cap, const char *dir, unsigned core, uint64_t seq);
@@ -104,6 +123,7 @@ struct spool_scan_seg {
 	uint64_t bad_off;
 	const char *why;
 	bool sealed;
+	uint8_t version; /* of the segment header: 1 (appended files) or 2 (preallocated) */
 };
 
 typedef int (*spool_scan_rec_fn)(void *arg, const struct spool_scan_rec *r);

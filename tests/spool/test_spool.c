@@ -252,8 +252,20 @@ static void test_record_round_trip(void)
 	uint8_t hdr[SPOOL_REC_HDR];
 	spool_rec_hdr_put(hdr, &nh);
 	hdr[4] = 9;
-	spool_put32(hdr + 28, spool_crc32c(0, hdr, 28));
+	spool_rec_reseal(hdr, 0);
 	CU_ASSERT_EQUAL(spool_rec_hdr_get(hdr, &nh), -EPROTONOSUPPORT);
+	/* version 2 seeds the header checksum with the segment: another segment's fails */
+	spool_rec_hdr_put(hdr, &h);
+	spool_rec_reseal(hdr, 0x100000007ull);
+	CU_ASSERT_EQUAL(spool_rec_hdr_get_seg(hdr, 0x100000007ull, &nh), 0);
+	CU_ASSERT_EQUAL(nh.id, h.id);
+	CU_ASSERT_EQUAL(spool_rec_hdr_get_seg(hdr, 0x100000008ull, &nh), -EBADMSG);
+	CU_ASSERT_EQUAL(spool_rec_hdr_get(hdr, &nh), -EBADMSG);
+	/* version 1 headers (unseeded) are still read, in any segment */
+	hdr[4] = 1;
+	spool_put32(hdr + 28, spool_crc32c(0, hdr, 28));
+	CU_ASSERT_EQUAL(spool_rec_hdr_get_seg(hdr, 0x100000008ull, &nh), 0);
+	CU_ASSERT_EQUAL(nh.version, 1);
 }
 
 static void test_every_bit_flip_detected(void)
@@ -546,33 +558,85 @@ static void write_file(const char *path, const uint8_t *b, size_t len)
 	fclose(f);
 }
 
-static void test_torn_tail_every_length(void)
+/* End of the valid records of a segment image (version 1 or 2), counting messages. */
+static size_t image_data_end(const uint8_t *img, size_t len, uint64_t seq, size_t *msgs)
 {
-	char dir[300], dir2[300], seg[400], seg2[400], cdir[400];
-	struct spool_config c;
-	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	size_t off = 0;
+	*msgs = 0;
+	while (off < len) {
+		struct spool_rec_hdr h;
+		if (spool_rec_check_seg(img + off, len - off, seq, &h) != 0)
+			break;
+		*msgs += h.type == SPOOL_REC_MSG;
+		off += SPOOL_REC_HDR + h.length;
+		if (h.type == SPOOL_REC_SEAL)
+			break;
+	}
+	return off;
+}
+
+/* Rewrite every record of [0, end) as version 1 (unseeded header checksum). */
+static void image_to_v1(uint8_t *img, size_t end, uint64_t seq)
+{
+	for (size_t off = 0; off < end;) {
+		struct spool_rec_hdr h;
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, end - off, seq, &h), 0);
+		img[off + 4] = 1;
+		spool_put32(img + off + 28, spool_crc32c(0, img + off, 28));
+		off += SPOOL_REC_HDR + h.length;
+	}
+}
+
+/* Five messages in five batches; the image of the segment up to the end of its data. */
+static uint8_t *five_batches(const char *dir, struct spool_config *c, uint64_t *seq, size_t *len,
+			     uint64_t salt)
+{
+	base_cfg(c, dir);
 	struct spool *sp;
-	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
-	/* several batches so that the segment holds several records */
+	CU_ASSERT_EQUAL_FATAL(spool_open(c, 0, NULL, NULL, NULL, &sp), 0);
 	for (int i = 0; i < 5; i++) {
-		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 40 + 13 * (size_t)i, 1, NULL), 0);
+		/* salt changes the bodies, not their lengths */
+		CU_ASSERT_EQUAL(put_msg(sp, salt + (uint64_t)i, 40 + 13 * (size_t)i, 1, NULL), 0);
 		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
 	}
 	spool_close(sp);
 	uint64_t *seqs;
-	size_t nseg;
+	size_t nseg, flen, msgs;
+	char seg[400];
 	CU_ASSERT_EQUAL_FATAL(spool_list_segments(dir, 0, &seqs, &nseg), 0);
 	CU_ASSERT_EQUAL_FATAL(nseg, 1);
-	spool_seg_path(seg, sizeof(seg), dir, 0, seqs[0]);
-	size_t len;
-	uint8_t *img = read_file(seg, &len);
+	*seq = seqs[0];
+	free(seqs);
+	spool_seg_path(seg, sizeof(seg), dir, 0, *seq);
+	uint8_t *img = read_file(seg, &flen);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
+	*len = image_data_end(img, flen, *seq, &msgs);
+	CU_ASSERT_EQUAL(msgs, 5);
+	return img;
+}
+
+/*
+ * Every truncation point of a segment that grows with its data (version 2,
+ * and version 1 as older relays wrote it): whole records survive, the torn
+ * part is cut away, an image without a whole record is removed.
+ */
+static void torn_tail_run(int version)
+{
+	char dir[300], dir2[300], seg2[400], cdir[400];
+	struct spool_config c;
+	struct spool *sp;
+	uint64_t seq;
+	size_t len;
+	uint8_t *img = five_batches(new_dir(dir, sizeof(dir)), &c, &seq, &len, 0);
+	if (version == 1)
+		image_to_v1(img, len, seq);
 	/* where each record ends (segment header, batch markers, messages) */
 	size_t ends[64], nends = 0, off = 0, msgs = 0;
 	bool is_msg[64];
 	while (off < len && nends < 64) {
 		struct spool_rec_hdr h;
-		CU_ASSERT_EQUAL_FATAL(spool_rec_check(img + off, len - off, &h), 0);
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len - off, seq, &h), 0);
+		CU_ASSERT_EQUAL_FATAL(h.version, version);
 		off += SPOOL_REC_HDR + h.length;
 		is_msg[nends] = h.type == SPOOL_REC_MSG;
 		msgs += is_msg[nends];
@@ -584,7 +648,7 @@ static void test_torn_tail_every_length(void)
 	mkdir(dir2, 0700);
 	spool_core_path(cdir, sizeof(cdir), dir2, 0);
 	mkdir(cdir, 0700);
-	spool_seg_path(seg2, sizeof(seg2), dir2, 0, seqs[0]);
+	spool_seg_path(seg2, sizeof(seg2), dir2, 0, seq);
 	struct spool_config c2 = c;
 	c2.dir = dir2;
 	int bad_scan = 0, bad_open = 0, bad_size = 0;
@@ -607,8 +671,9 @@ static void test_torn_tail_every_length(void)
 		}
 		if (rs.messages != expect || rs.torn_tails != (l != keep && keep > 0 ? 1u : 0u)) {
 			if (bad_open++ < 5)
-				fprintf(stderr, "  len %zu: %llu messages (want %zu), %llu torn\n",
-					l, (unsigned long long)rs.messages, expect,
+				fprintf(stderr,
+					"  v%d len %zu: %llu messages (want %zu), %llu torn\n",
+					version, l, (unsigned long long)rs.messages, expect,
 					(unsigned long long)rs.torn_tails);
 		}
 		spool_close(sp);
@@ -628,7 +693,217 @@ static void test_torn_tail_every_length(void)
 	CU_ASSERT_EQUAL(bad_open, 0);
 	CU_ASSERT_EQUAL(bad_size, 0);
 	free(img);
-	free(seqs);
+}
+
+static void test_torn_tail_every_length(void)
+{
+	torn_tail_run(2);
+}
+
+static void test_torn_tail_every_length_v1(void)
+{
+	torn_tail_run(1);
+}
+
+/*
+ * A recycled segment: the file of an earlier life (same record sizes, so
+ * its stale records sit exactly on the new record boundaries) overwritten
+ * by a new life up to every truncation point, the rest of the file as it
+ * was (or zeros: a fresh spare).  Only the new life's whole records count;
+ * nothing is quarantined, no stale message comes back, the file keeps its
+ * size (preallocated: nothing is cut).
+ */
+static void recycled_run(bool zero_tail, int old_version)
+{
+	char dir[300], dir2[300], seg2[400], cdir[400];
+	struct spool_config c;
+	struct spool *sp;
+	uint64_t seq_old, seq_new;
+	size_t len_old, len_new;
+	new_dir(dir, sizeof(dir));
+	uint8_t *old = five_batches(dir, &c, &seq_old, &len_old, 0);
+	if (old_version == 1)
+		image_to_v1(old, len_old, seq_old);
+	/* the new life: a later open of another spool, a later generation, a new sequence */
+	char gen[400];
+	snprintf(gen, sizeof(gen), "%s/spool.gen", new_dir(dir2, sizeof(dir2)));
+	mkdir(dir2, 0700);
+	FILE *g = fopen(gen, "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(g);
+	fprintf(g, "%u\n", (unsigned)(seq_old >> 32) + 5);
+	fclose(g);
+	uint8_t *img = five_batches(dir2, &c, &seq_new, &len_new, 7);
+	CU_ASSERT_FATAL(seq_new > seq_old);
+	CU_ASSERT_EQUAL_FATAL(len_new, len_old); /* same layout: boundaries line up */
+	c.segment_bytes = 64 << 10;		 /* the preallocated size of the file below */
+	c.max_message_bytes = 16 << 10;
+	size_t file_len = c.segment_bytes;
+	uint8_t *file = calloc(1, file_len);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(file);
+	size_t ends[64], nends = 0, off = 0;
+	bool is_msg[64];
+	while (off < len_new && nends < 64) {
+		struct spool_rec_hdr h;
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len_new - off, seq_new, &h),
+				      0);
+		off += SPOOL_REC_HDR + h.length;
+		is_msg[nends] = h.type == SPOOL_REC_MSG;
+		ends[nends++] = off;
+	}
+	rm_rf(dir);
+	new_dir(dir, sizeof(dir));
+	mkdir(dir, 0700);
+	spool_core_path(cdir, sizeof(cdir), dir, 0);
+	mkdir(cdir, 0700);
+	spool_seg_path(seg2, sizeof(seg2), dir, 0, seq_new);
+	struct spool_config c2 = c;
+	c2.dir = dir;
+	int bad_scan = 0, bad_open = 0, bad_size = 0;
+	for (size_t l = 0; l <= len_new; l++) {
+		memset(file, 0, file_len);
+		if (!zero_tail)
+			memcpy(file, old, len_old);
+		memcpy(file, img, l);
+		/*
+		 * A record survives when its bytes are the new ones: written
+		 * whole, or torn where the old bytes happen to be the same
+		 * (a checksum cannot tell those apart, and need not).
+		 */
+		size_t expect = 0, keep = 0;
+		for (size_t k = 0, start = 0; k < nends; start = ends[k++]) {
+			if (memcmp(file + start, img + start, ends[k] - start) != 0)
+				break;
+			expect += is_msg[k];
+			keep = ends[k];
+		}
+		write_file(seg2, file, file_len);
+		struct spool_recovery_stats rs;
+		if (spool_scan(dir, 0, NULL, NULL, &rs) != 0 || rs.messages != expect ||
+		    rs.quarantined != 0) {
+			if (bad_scan++ < 5)
+				fprintf(stderr,
+					"  len %zu: scan %llu messages (want %zu), %llu q\n", l,
+					(unsigned long long)rs.messages, expect,
+					(unsigned long long)rs.quarantined);
+		}
+		if (spool_open(&c2, 0, NULL, NULL, &rs, &sp) != 0) {
+			bad_open++;
+			continue;
+		}
+		if (rs.messages != expect || rs.quarantined != 0) {
+			if (bad_open++ < 5)
+				fprintf(stderr, "  len %zu: %llu messages (want %zu)\n", l,
+					(unsigned long long)rs.messages, expect);
+		}
+		/* the recovered messages are the new life's, and they are readable */
+		struct spool_stats st;
+		spool_get_stats(sp, &st);
+		if (st.live_messages != expect)
+			bad_open++;
+		spool_close(sp);
+		struct stat sb;
+		bool exists = stat(seg2, &sb) == 0;
+		if ((keep > 0 && (!exists || (size_t)sb.st_size != file_len)) ||
+		    (keep == 0 && exists)) {
+			if (bad_size++ < 5)
+				fprintf(stderr, "  len %zu: exists %d size %lld, keep %zu\n", l,
+					exists, exists ? (long long)sb.st_size : -1LL, keep);
+		}
+		rm_rf(cdir);
+		mkdir(cdir, 0700);
+	}
+	CU_ASSERT_EQUAL(bad_scan, 0);
+	CU_ASSERT_EQUAL(bad_open, 0);
+	CU_ASSERT_EQUAL(bad_size, 0);
+	free(file);
+	free(img);
+	free(old);
+	rm_rf(dir2);
+}
+
+static void test_recycled_stale_tail_every_length(void)
+{
+	recycled_run(false, 2);
+}
+
+static void test_recycled_v1_tail_every_length(void)
+{
+	recycled_run(false, 1);
+}
+
+static void test_zeroed_tail_every_length(void)
+{
+	recycled_run(true, 2);
+}
+
+/*
+ * Segments roll into prepared spares; reclaimed segments are recycled
+ * into spares instead of unlinked; after a restart exactly the unfinished
+ * messages come back, none from a recycled file's past.
+ */
+static void test_recycle_through_api(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.segment_bytes = 64 << 10;
+	c.max_message_bytes = 16 << 10;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	uint64_t ids[200];
+	int live = 0;
+	for (int i = 0; i < 200; i++) {
+		CU_ASSERT_EQUAL_FATAL(put_msg(sp, (uint64_t)i, 3000, 1, &ids[i]), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+		/* finish all but every 50th: segments empty out and are reclaimed */
+		if (i % 50 != 49) {
+			CU_ASSERT_EQUAL(spool_msg_finish(sp, ids[i]), 0);
+		} else {
+			live++;
+		}
+		/* let the spare pipeline run between messages */
+		for (int k = 0; k < 20; k++)
+			spool_poll(sp, mx_now_us(), NULL, 0);
+	}
+	CU_ASSERT_EQUAL(spool_sync(sp), 0);
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_TRUE(st.segments_recycled >= 1);
+	CU_ASSERT_TRUE(st.segments_precreated >= 2);
+	CU_ASSERT_EQUAL(st.spare_failures, 0);
+	spool_close(sp);
+	char spare[400];
+	struct stat ss;
+	snprintf(spare, sizeof(spare), "%s/c0/spare.seg", dir);
+	CU_ASSERT_EQUAL(stat(spare, &ss), 0); /* a ready spare is kept for the next open */
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.messages, (uint64_t)live);
+	CU_ASSERT_EQUAL(rs.quarantined, 0);
+	struct spool_location loc;
+	for (int i = 0; i < 200; i++)
+		CU_ASSERT_EQUAL(spool_locate(sp, ids[i], &loc), i % 50 == 49 ? 0 : -ENOENT);
+	for (int i = 49; i < 200; i += 50)
+		CU_ASSERT_TRUE(body_ok(sp, ids[i], (uint64_t)i, 3000));
+	/* the spare left by the last close is taken up: the next segment only overwrites */
+	for (int k = 0; k < 200; k++) {
+		spool_poll(sp, mx_now_us(), NULL, 0);
+		usleep(1000);
+	}
+	uint64_t id;
+	CU_ASSERT_EQUAL(put_msg(sp, 1000, 3000, 1, &id), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.segments_precreated, 1);
+	CU_ASSERT_EQUAL(st.segments_unprepared, 0);
+	CU_ASSERT_EQUAL(st.spare_zero_bytes, 0); /* it was whole already */
+	CU_ASSERT_EQUAL(spool_locate(sp, id, &loc), 0);
+	char seg[400];
+	struct stat sb;
+	spool_seg_path(seg, sizeof(seg), dir, 0, loc.segment);
+	CU_ASSERT_EQUAL(stat(seg, &sb), 0);
+	CU_ASSERT_EQUAL(sb.st_size, (off_t)c.segment_bytes);
+	spool_close(sp);
 }
 
 static void test_quarantine_corrupt_segment(void)
@@ -658,15 +933,10 @@ static void test_quarantine_corrupt_segment(void)
 		size_t len;
 		spool_seg_path(seg, sizeof(seg), dir, 0, seqs[0]);
 		uint8_t *img = read_file(seg, &len);
-		for (size_t off = 0; off < len;) {
-			struct spool_rec_hdr h;
-			if (spool_rec_check(img + off, len - off, &h) != 0)
-				break;
-			in_first += h.type == SPOOL_REC_MSG;
-			off += SPOOL_REC_HDR + h.length;
-		}
+		size_t msgs, end = image_data_end(img, len, seqs[0], &msgs);
+		in_first = msgs;
 		/* one flipped byte in the middle of a sealed segment */
-		img[len / 2] ^= 0x40;
+		img[end / 2] ^= 0x40;
 		write_file(seg, img, len);
 		free(img);
 	}
@@ -702,7 +972,9 @@ static void test_active_segment_damage(void)
 		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 500, 1, &ids[i]), 0);
 		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
 	}
-	struct spool_location first, last;
+	struct spool_location first, last, second, third;
+	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, ids[1], &second), 0);
+	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, ids[2], &third), 0);
 	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, ids[0], &first), 0);
 	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, ids[5], &last), 0);
 	spool_close(sp);
@@ -719,6 +991,25 @@ static void test_active_segment_damage(void)
 	CU_ASSERT_EQUAL(rs.quarantined, 0);
 	CU_ASSERT_EQUAL(rs.messages, 5);
 	img[last.offset + last.body_offset + 10] ^= 1;
+	/*
+	 * Up to 4 batches may be in flight (commit_depth), so damage with only
+	 * 3 batch markers after it is still a torn tail; with 4 it is not.
+	 */
+	write_file(seg, img, len);
+	CU_ASSERT_EQUAL_FATAL(spool_scan(dir, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(rs.messages, 6);
+	img[third.offset + third.body_offset + 10] ^= 1;
+	write_file(seg, img, len);
+	CU_ASSERT_EQUAL(spool_scan(dir, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(rs.torn_tails, 1);
+	CU_ASSERT_EQUAL(rs.quarantined, 0);
+	CU_ASSERT_EQUAL(rs.messages, 2);
+	img[third.offset + third.body_offset + 10] ^= 1;
+	img[second.offset + second.body_offset + 10] ^= 1;
+	write_file(seg, img, len);
+	CU_ASSERT_EQUAL(spool_scan(dir, 0, NULL, NULL, &rs), 0);
+	CU_ASSERT_EQUAL(rs.quarantined, 1);
+	img[second.offset + second.body_offset + 10] ^= 1;
 	/* the same in the first message: five batches follow, so it is corruption */
 	img[first.offset + first.body_offset + 10] ^= 1;
 	write_file(seg, img, len);
@@ -1119,7 +1410,13 @@ static void test_newer_version_refused(void)
 	CU_ASSERT_EQUAL(put_msg(sp, 0, 100, 1, NULL), 0);
 	CU_ASSERT_EQUAL(put_msg(sp, 1, 100, 1, NULL), 0);
 	spool_close(sp);
-	spool_seg_path(seg, sizeof(seg), dir, 0, 0);
+	uint64_t *seqs;
+	size_t nseg;
+	CU_ASSERT_EQUAL_FATAL(spool_list_segments(dir, 0, &seqs, &nseg), 0);
+	CU_ASSERT_EQUAL_FATAL(nseg, 1);
+	uint64_t seq = seqs[0];
+	free(seqs);
+	spool_seg_path(seg, sizeof(seg), dir, 0, seq);
 	size_t len;
 	uint8_t *img = read_file(seg, &len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(img);
@@ -1127,14 +1424,14 @@ static void test_newer_version_refused(void)
 	struct spool_rec_hdr h;
 	size_t off = 0, second = 0;
 	for (int msgs = 0; off < len && msgs < 2;) {
-		CU_ASSERT_EQUAL_FATAL(spool_rec_check(img + off, len - off, &h), 0);
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len - off, seq, &h), 0);
 		if (h.type == SPOOL_REC_MSG && ++msgs == 2)
 			second = off;
 		off += SPOOL_REC_HDR + h.length;
 	}
 	CU_ASSERT_FATAL(second > 0);
 	img[second + 4] = SPOOL_REC_VERSION + 1;
-	spool_put32(img + second + 28, spool_crc32c(0, img + second, 28));
+	spool_rec_reseal(img + second, seq);
 	write_file(seg, img, len);
 	CU_ASSERT_EQUAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), -EPROTONOSUPPORT);
 	size_t len2;
@@ -1218,7 +1515,7 @@ static void test_config_from_ini(void)
 	char err[256];
 	const char *text =
 		"[spool]\ndir = /var/spool/mx\ndurability = none\ncommit_window = 500us\n"
-		"max_size = 1G\nsegment_size = 16M\n";
+		"max_size = 1G\nsegment_size = 16M\ncommit_depth = 3\n";
 	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
 	struct spool_config c;
 	spool_config_defaults(&c);
@@ -1228,6 +1525,15 @@ static void test_config_from_ini(void)
 	CU_ASSERT_EQUAL(c.commit_window_us, 500);
 	CU_ASSERT_EQUAL(c.max_bytes, (1ull << 30) / 4);
 	CU_ASSERT_EQUAL(c.segment_bytes, 16 << 20);
+	CU_ASSERT_EQUAL(c.commit_depth, 3);
+	cfg_free(cf);
+	CU_ASSERT_EQUAL_FATAL(
+		cfg_parse_string("[spool]\ncommit_depth = 5\n", "t.conf", &cf, err, sizeof(err)),
+		0);
+	spool_config_defaults(&c);
+	CU_ASSERT_EQUAL(c.commit_depth, 3);
+	CU_ASSERT_EQUAL(spool_config_from_cfg(cf, 1, &c, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_STRING_EQUAL(err, "t.conf:2: [spool] commit_depth: expected 1 to 4 batches");
 	cfg_free(cf);
 	CU_ASSERT_EQUAL_FATAL(
 		cfg_parse_string("[spool]\ndurability = maybe\n", "t.conf", &cf, err, sizeof(err)),
@@ -1256,6 +1562,11 @@ static CU_TestInfo spool_tests[] = {
 	{"limits", test_limits},
 	{"recovery_with_state", test_recovery_with_state},
 	{"torn_tail_every_length", test_torn_tail_every_length},
+	{"torn_tail_every_length_v1", test_torn_tail_every_length_v1},
+	{"recycled_stale_tail_every_length", test_recycled_stale_tail_every_length},
+	{"recycled_v1_tail_every_length", test_recycled_v1_tail_every_length},
+	{"zeroed_tail_every_length", test_zeroed_tail_every_length},
+	{"recycle_through_api", test_recycle_through_api},
 	{"quarantine_corrupt_segment", test_quarantine_corrupt_segment},
 	{"active_segment_damage", test_active_segment_damage},
 	{"reclaim", test_reclaim},
