@@ -74,6 +74,14 @@
 #define MBOX_BURST 256u		 /* taken per poll */
 #define MBOX_WAKE_AFTER_US 50u	 /* a mailbox not looked at for this long: wake its worker */
 #define QUIESCE_WAIT_US 2000000u /* shutdown barrier bound */
+/*
+ * Session timers (connect and SMTP deadlines, all in seconds) are checked by
+ * a scan of every session this often, not on every poll turn: with
+ * thousands of pooled sessions a scan per turn was two thirds of the
+ * worker.  Sessions with work now (next address, reap, held input) are
+ * kicked onto a list and looked at on the next turn.
+ */
+#define SESSION_SCAN_US 10000u
 
 struct dsess {
 	struct deliver *dl;
@@ -84,14 +92,16 @@ struct dsess {
 	struct dns_mail_route route; /* copy: hosts to try in order */
 	unsigned host_i, addr_i;
 	uint16_t port;
-	uint32_t addr;	 /* address being tried / used */
-	bool connected;	 /* TCP on_connected ran for the current attempt */
-	bool up;	 /* queue_conn_up() done */
-	bool qdone;	 /* the queue forgot the handle (conn_down reported, or CLOSE) */
-	bool try_next;	 /* the current attempt failed before up: next address */
-	bool reap;	 /* free at the next poll */
-	bool input_held; /* TLS took less than offered */
+	uint32_t addr;	    /* address being tried / used */
+	bool connected;	    /* TCP on_connected ran for the current attempt */
+	bool up;	    /* queue_conn_up() done */
+	bool qdone;	    /* the queue forgot the handle (conn_down reported, or CLOSE) */
+	bool try_next;	    /* the current attempt failed before up: next address */
+	bool reap;	    /* free at the next poll */
+	bool input_held;    /* TLS took less than offered */
 	bool close_pending; /* a CLOSE: tell the queue when the connection is gone */
+	bool kicked;	    /* on dl->kicked: needs a look at the next poll */
+	struct dsess *kick_next;
 	uint64_t connect_deadline_us;
 	char reason[640]; /* why the last attempt failed */
 	/* the transaction in flight */
@@ -199,6 +209,8 @@ struct deliver {
 	struct dmsg *outbox[DELIVER_MAX_WORKERS], **outbox_tail[DELIVER_MAX_WORKERS];
 	uint64_t wake_mask; /* mailboxes posted to in this turn */
 	struct reloc_wait *relocs;
+	struct dsess *kicked;  /* sessions with something to do now (sess_kick) */
+	uint64_t next_scan_us; /* every session's timers are checked at this pace */
 	bool destroying, quiesced;
 };
 
@@ -942,6 +954,16 @@ static void sess_abort_tcp(struct dsess *s)
 		tcp_abort(s->tc); /* on_closed runs now and clears s->tc */
 }
 
+/* s has something to do on the next poll turn (see SESSION_SCAN_US). */
+static void sess_kick(struct dsess *s)
+{
+	if (s->kicked)
+		return;
+	s->kicked = true;
+	s->kick_next = s->dl->kicked;
+	s->dl->kicked = s;
+}
+
 /* Report the session gone to the queue, once. */
 static void sess_down(struct dsess *s, const char *reason)
 {
@@ -991,8 +1013,10 @@ static size_t t_data(struct tcp_conn *tc, void *user, const uint8_t *data, size_
 		ssize_t k = tls_conn_input(s->tls, data, len);
 		if (k < 0)
 			return len;
-		if ((size_t)k < len)
+		if ((size_t)k < len) {
 			s->input_held = true;
+			sess_kick(s);
+		}
 		return (size_t)k;
 	}
 	smtp_client_input(s->cl, data, len);
@@ -1043,6 +1067,7 @@ static void t_closed(struct tcp_conn *tc, void *user, enum tcp_close_reason why)
 		s->try_next = true; /* the next address, from deliver_poll */
 	else
 		s->reap = true;
+	sess_kick(s);
 }
 
 static const struct tcp_conn_ops sess_tcp_ops = {
@@ -1351,6 +1376,7 @@ static void do_connect(struct deliver *dl, uint64_t session, struct dsess *s)
 	if (!connect_next(s)) {
 		sess_down(s, s->reason);
 		s->reap = true;
+		sess_kick(s);
 	}
 }
 
@@ -1474,8 +1500,10 @@ static void do_close(struct deliver *dl, const struct queue_action *a)
 		smtp_client_quit(s->cl); /* closed -> tcp_close -> t_closed -> reap */
 	else if (s->tc != NULL)
 		sess_abort_tcp(s);
-	else
+	else {
 		s->reap = true;
+		sess_kick(s);
+	}
 }
 
 struct resolve_ctx {
@@ -1568,6 +1596,13 @@ void deliver_shared_free(void)
 
 static void sess_free(struct deliver *dl, struct dsess *s)
 {
+	if (s->kicked) {
+		struct dsess **pp = &dl->kicked;
+		while (*pp != NULL && *pp != s)
+			pp = &(*pp)->kick_next;
+		if (*pp == s)
+			*pp = s->kick_next;
+	}
 	if (s->prev != NULL)
 		s->prev->next = s->next;
 	else
@@ -1584,50 +1619,78 @@ static void sess_free(struct deliver *dl, struct dsess *s)
 	dl->stats.sessions_open--;
 }
 
-/* Retry the next address of a failed attempt; reap dead sessions; timers. */
+/*
+ * One session's pending work: the next address of a failed attempt, reaping
+ * a dead one, held TLS input, and (timers = true) its deadlines.  Returns
+ * work done; *freed when s is gone.
+ */
+static unsigned sess_run(struct deliver *dl, struct dsess *s, uint64_t now, bool timers,
+			 bool *freed)
+{
+	unsigned work = 0;
+	*freed = false;
+	if (s->try_next && s->tc == NULL) {
+		work++;
+		/* Fresh client and TLS for the next address. */
+		smtp_client_free(s->cl);
+		s->cl = NULL;
+		tls_conn_free(s->tls);
+		s->tls = NULL;
+		s->out_len = 0;
+		s->try_next = false;
+		if (!connect_next(s)) {
+			dl->stats.connect_failures++;
+			sess_down(s, s->reason);
+			s->reap = true;
+		}
+	}
+	if (s->reap && s->tc == NULL) {
+		sess_down(s, s->reason[0] ? s->reason : "connection closed");
+		if (s->close_pending && !dl->destroying)
+			queue_conn_closed(dl->q, s->handle, wall_us());
+		sess_free(dl, s);
+		*freed = true;
+		return work + 1;
+	}
+	if (timers && s->tc != NULL && !s->connected && now >= s->connect_deadline_us) {
+		sess_abort_tcp(s); /* -> t_closed: next address */
+		return work;
+	}
+	if (timers && s->cl != NULL && smtp_client_deadline(s->cl) <= now) {
+		if (s->tls != NULL && !tls_conn_handshake_done(s->tls))
+			tls_conn_timed_out(s->tls);
+		smtp_client_timeout(s->cl);
+	}
+	if (s->input_held && s->tc != NULL && s->tls != NULL) {
+		if (tls_conn_want_input(s->tls)) {
+			s->input_held = false;
+			tcp_recv_resume(s->tc);
+		} else if (!timers) {
+			sess_kick(s); /* look again next turn */
+		}
+	}
+	return work;
+}
+
+/* The kicked sessions every turn; every session's timers every SESSION_SCAN_US. */
 static unsigned sessions_run(struct deliver *dl, uint64_t now)
 {
 	unsigned work = 0;
-	struct dsess *next;
+	bool freed;
+	struct dsess *list = dl->kicked, *next;
+	dl->kicked = NULL;
+	for (struct dsess *s = list; s != NULL; s = next) {
+		next = s->kick_next;
+		s->kicked = false;
+		work += sess_run(dl, s, now, false, &freed);
+	}
+	if (now < dl->next_scan_us)
+		return work;
+	dl->next_scan_us = now + SESSION_SCAN_US;
 	for (struct dsess *s = dl->sessions; s != NULL; s = next) {
 		next = s->next;
-		if (s->try_next && s->tc == NULL) {
-			work++;
-			/* Fresh client and TLS for the next address. */
-			smtp_client_free(s->cl);
-			s->cl = NULL;
-			tls_conn_free(s->tls);
-			s->tls = NULL;
-			s->out_len = 0;
-			s->try_next = false;
-			if (!connect_next(s)) {
-				dl->stats.connect_failures++;
-				sess_down(s, s->reason);
-				s->reap = true;
-			}
-		}
-		if (s->reap && s->tc == NULL) {
-			sess_down(s, s->reason[0] ? s->reason : "connection closed");
-			if (s->close_pending && !dl->destroying)
-				queue_conn_closed(dl->q, s->handle, wall_us());
-			sess_free(dl, s);
-			work++;
-			continue;
-		}
-		if (s->tc != NULL && !s->connected && now >= s->connect_deadline_us) {
-			sess_abort_tcp(s); /* -> t_closed: next address */
-			continue;
-		}
-		if (s->cl != NULL && smtp_client_deadline(s->cl) <= now) {
-			if (s->tls != NULL && !tls_conn_handshake_done(s->tls))
-				tls_conn_timed_out(s->tls);
-			smtp_client_timeout(s->cl);
-		}
-		if (s->input_held && s->tc != NULL && s->tls != NULL &&
-		    tls_conn_want_input(s->tls)) {
-			s->input_held = false;
-			tcp_recv_resume(s->tc);
-		}
+		if (!s->kicked) /* a kicked one may be freed by then: it waits for its turn */
+			work += sess_run(dl, s, now, true, &freed);
 	}
 	return work;
 }
