@@ -1917,24 +1917,7 @@ long spool_read_body(struct spool *sp, uint64_t id, uint64_t off, void *buf, siz
 	int rc = spool_locate(sp, id, &loc);
 	if (rc < 0)
 		return rc;
-	if (off >= loc.body_len)
-		return 0;
-	if (len > loc.body_len - off)
-		len = (size_t)(loc.body_len - off);
-	struct ent *e = tab_find(sp, id);
-	size_t got = 0;
-	while (got < len) {
-		ssize_t n = pread(e->seg->fd, (uint8_t *)buf + got, len - got,
-				  (off_t)(loc.offset + loc.body_offset + off + got));
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	return (long)got;
+	return spool_pread_body(tab_find(sp, id)->seg->fd, &loc, off, buf, len);
 }
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *st)
