@@ -707,6 +707,12 @@ static void spare_zero(struct spool *sp)
 		if (!queue_sqe(sp, &sqe))
 			break;
 		io_uring_prep_write(sqe, sp->next_fd, zero_chunk, (unsigned)n, sp->zero_off);
+		/*
+		 * Straight to io_uring's worker: a buffered write submitted inline
+		 * would allocate and clear its page-cache pages on this core's
+		 * poll loop (64 MiB of them per segment).
+		 */
+		io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
 		io_uring_sqe_set_data(sqe, &sp->tag_zero);
 		sp->zero_off += n;
 		sp->zero_inflight++;
