@@ -105,10 +105,57 @@ struct tcp_state *tcp_create(const struct tcp_conf *conf, const struct tcp_stack
 	return ts;
 }
 
+/*
+ * Send and receive buffers are kept on a bounded per-core free list when a
+ * connection ends: a relay opens and closes thousands of connections a
+ * second, and buffers straight from malloc came back from the kernel as
+ * fresh pages, faulted in and cleared on first use (6% of the worker in
+ * clear_page_erms).  A reused buffer's pages stay resident.
+ */
+struct tcp_buf {
+	struct tcp_buf *next;
+};
+
+static void *buf_get(struct tcp_buf **list, unsigned *n, uint32_t size, uint32_t conf_size)
+{
+	if (size == conf_size && *list != NULL) {
+		struct tcp_buf *b = *list;
+		*list = b->next;
+		(*n)--;
+		return b;
+	}
+	return malloc(size);
+}
+
+static void buf_put(struct tcp_buf **list, unsigned *n, void *p, uint32_t size, uint32_t conf_size)
+{
+	if (p == NULL)
+		return;
+	if (size != conf_size || *n >= TCP_BUF_CACHE) {
+		free(p);
+		return;
+	}
+	struct tcp_buf *b = p;
+	b->next = *list;
+	*list = b;
+	(*n)++;
+}
+
+static void buf_drain(struct tcp_buf **list, unsigned *n)
+{
+	while (*list != NULL) {
+		struct tcp_buf *b = *list;
+		*list = b->next;
+		free(b);
+	}
+	*n = 0;
+}
+
 static void conn_free(struct tcp_conn *c)
 {
-	free(c->sbuf);
-	free(c->rbuf);
+	struct tcp_state *ts = c->ts;
+	buf_put(&ts->sbuf_cache, &ts->sbuf_cached, c->sbuf, c->sbuf_size, ts->conf.sndbuf);
+	buf_put(&ts->rbuf_cache, &ts->rbuf_cached, c->rbuf, c->rbuf_size, ts->conf.rcvbuf);
 	free(c);
 }
 
@@ -136,6 +183,8 @@ void tcp_destroy(struct tcp_state *ts)
 			l = n;
 		}
 	}
+	buf_drain(&ts->sbuf_cache, &ts->sbuf_cached);
+	buf_drain(&ts->rbuf_cache, &ts->rbuf_cached);
 	free(ts->conn_tab);
 	free(ts->tw_tab);
 	free(ts->tw_pool);
@@ -214,10 +263,11 @@ struct tcp_conn *tcp_conn_new(struct tcp_state *ts, uint32_t laddr, uint16_t lpo
 
 int tcp_conn_alloc_bufs(struct tcp_conn *c)
 {
+	struct tcp_state *ts = c->ts;
 	if (!c->sbuf)
-		c->sbuf = malloc(c->sbuf_size);
+		c->sbuf = buf_get(&ts->sbuf_cache, &ts->sbuf_cached, c->sbuf_size, ts->conf.sndbuf);
 	if (!c->rbuf)
-		c->rbuf = malloc(c->rbuf_size);
+		c->rbuf = buf_get(&ts->rbuf_cache, &ts->rbuf_cached, c->rbuf_size, ts->conf.rcvbuf);
 	return c->sbuf && c->rbuf ? 0 : -ENOMEM;
 }
 

@@ -168,8 +168,14 @@ struct tcp_tw {
 	uint64_t expire_us;
 };
 
+#define TCP_BUF_CACHE 256 /* freed send/receive buffers kept per core, each kind */
+
+struct tcp_buf;
+
 struct tcp_state {
 	struct tcp_conf conf;
+	struct tcp_buf *sbuf_cache, *rbuf_cache; /* tcp.c: buffers of ended connections */
+	unsigned sbuf_cached, rbuf_cached;
 	struct tcp_stack_ops ops;
 	void *ctx;
 	struct tcp_stats stats;
