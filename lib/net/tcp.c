@@ -261,6 +261,13 @@ struct tcp_conn *tcp_conn_new(struct tcp_state *ts, uint32_t laddr, uint16_t lpo
 	return c;
 }
 
+void tcp_reass_drop(struct tcp_conn *c)
+{
+	c->ts->reass_global -= c->reass_bytes;
+	c->reass_bytes = 0;
+	c->reass_count = 0;
+}
+
 int tcp_conn_alloc_bufs(struct tcp_conn *c)
 {
 	struct tcp_state *ts = c->ts;
@@ -309,9 +316,7 @@ void tcp_conn_destroy(struct tcp_conn *c, int why, bool notify)
 	net_timer_cancel(&ts->wheel, &c->delack_timer);
 	net_timer_cancel(&ts->wheel, &c->ka_timer);
 	tcp_ack_list_remove(c);
-	ts->reass_global -= c->reass_bytes;
-	c->reass_bytes = 0;
-	c->reass_count = 0;
+	tcp_reass_drop(c);
 	if (c->listener) {
 		tcp_listener_unref(ts, c->listener);
 		c->listener = NULL;

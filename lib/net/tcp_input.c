@@ -370,6 +370,13 @@ static void process_fin(struct tcp_conn *c)
 		return;
 	c->peer_fin = true;
 	c->rcv_nxt++;
+	/*
+	 * Nothing follows a FIN (RFC 9293 3.10.7.4): out-of-order islands
+	 * beyond it are bogus, and one starting at the new rcv_nxt would sit
+	 * there forever holding reassembly memory (found by fuzz_tcp_input).
+	 */
+	if (c->reass_count)
+		tcp_reass_drop(c);
 	switch (c->state) {
 	case TCPS_SYN_RCVD:
 	case TCPS_ESTABLISHED:

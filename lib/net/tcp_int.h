@@ -232,6 +232,9 @@ uint32_t tcp_cookie_make(struct tcp_state *ts, const struct tcp_seg *s, uint16_t
 int tcp_cookie_check(struct tcp_state *ts, const struct tcp_seg *s, uint32_t cookie,
 		     uint16_t *mss_out);
 
+/* Forget every out-of-order island (its bytes leave the global count). */
+void tcp_reass_drop(struct tcp_conn *c);
+
 /* tcp_output.c */
 void tcp_output(struct tcp_conn *c);
 void tcp_send_syn(struct tcp_conn *c);

@@ -348,6 +348,26 @@ static void test_probe_accepted_when_window_opened(void)
 	teardown();
 }
 
+/*
+ * A FIN in order while out-of-order data lies beyond it: nothing follows a
+ * FIN, so the islands are dropped (before, one could be left starting at
+ * the new rcv_nxt, holding reassembly memory forever: fuzz_tcp_input).
+ */
+static void test_fin_drops_islands(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	peer(PEER_ISN + 1 + 100, iss + 1, TH_ACK, pattern + 100, 50);
+	CU_ASSERT_EQUAL(app.c->reass_count, 1);
+	CU_ASSERT(h->ts->reass_global > 0);
+	peer(PEER_ISN + 1, iss + 1, TH_ACK | TH_FIN, pattern, 10); /* data then FIN, at 11 */
+	CU_ASSERT_EQUAL(app.rx_len, 10);
+	CU_ASSERT_EQUAL(app.c->reass_count, 0);
+	CU_ASSERT_EQUAL(app.c->reass_bytes, 0);
+	CU_ASSERT_EQUAL(h->ts->reass_global, 0);
+	teardown();
+}
+
 static void test_reassembly(void)
 {
 	setup();
@@ -755,6 +775,7 @@ static CU_TestInfo rec_tests[] = {
 	{"retransmission from the unacked queue", test_retransmit_from_unacked_queue},
 	{"zero-window probing with backoff", test_zero_window_probe},
 	{"probe byte accepted when the window opened", test_probe_accepted_when_window_opened},
+	{"FIN drops out-of-order islands", test_fin_drops_islands},
 	{"out-of-order reassembly", test_reassembly},
 	{"reassembly per-connection cap", test_reassembly_conn_cap},
 	{"reassembly per-core cap", test_reassembly_global_cap},
