@@ -1161,14 +1161,9 @@ int main(int argc, char **argv)
 	}
 
 	struct cfg_file *cf;
-	if (cfg_parse_file(config, &cf, err, sizeof(err)) != 0) {
-		fprintf(stderr, "%s\n", err);
-		return 2;
-	}
 	struct cfg_report rep = {0};
 	struct net_dp_conf nc;
-	net_config_parse(cf, &nc, &rep);
-	if (rep.count) {
+	if (net_config_load(config, &cf, &nc, &rep) != 0) {
 		fputs(rep.text, stderr);
 		return 2;
 	}

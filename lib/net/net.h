@@ -264,6 +264,13 @@ struct net_dp_conf {
 
 /** Validate [eal], [port.N] and [tcp]; errors go to r as file:line lines. */
 void net_config_parse(struct cfg_file *cf, struct net_dp_conf *out, struct cfg_report *r);
+/**
+ * Read the file and net_config_parse() it: the start of every program built
+ * on lib/net (tests/net/netsvc, bench/mxgen, bench/mxsink).  0 with *cf to
+ * cfg_free(), or -EINVAL with the syntax or file:line errors in r.
+ */
+int net_config_load(const char *path, struct cfg_file **cf, struct net_dp_conf *out,
+		    struct cfg_report *r);
 
 /** A running dataplane: EAL, mempool, started ports, the worker lcores. */
 struct net_dataplane {

@@ -210,3 +210,20 @@ void net_dataplane_stop(struct net_dataplane *dp)
 		net_port_close(dp->ports[i]);
 	rte_eal_cleanup();
 }
+
+int net_config_load(const char *path, struct cfg_file **cf, struct net_dp_conf *out,
+		    struct cfg_report *r)
+{
+	char err[512];
+	*cf = NULL;
+	if (cfg_parse_file(path, cf, err, sizeof(err)) != 0) {
+		cfg_error(r, NULL, -1, "%s", err);
+		return -EINVAL;
+	}
+	net_config_parse(*cf, out, r);
+	if (r->count == 0)
+		return 0;
+	cfg_free(*cf);
+	*cf = NULL;
+	return -EINVAL;
+}
