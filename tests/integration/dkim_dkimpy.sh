@@ -32,37 +32,10 @@ if grep -o '"[^"]*"' "$tmp/dns.txt" | awk 'length($0) > 257 { bad = 1 } END { ex
 fi
 
 # sample messages (written with LF; mxdkim turns LF into CRLF)
-cat >"$tmp/plain.eml" <<'M'
-From: Sensor 17 <sensor17@fleet.example>
-To: ops@example.net
-Subject: Temperature alarm
-Date: Mon, 23 Nov 2026 10:00:00 +0000
-Message-ID: <t17.1@fleet.example>
-
-Sensor 4 reads 81.5 C.
-M
-cat >"$tmp/folded.eml" <<'M'
-Received: from cam-3 by relay
-From: "Camera 3"
-	<cam3@fleet.example>
-To: a@example.net,
-    b@example.net,
-	c@example.net
-Subject: Motion
-  detected    at gate
-Date: Mon, 23 Nov 2026 10:00:00 +0000
-Subject: second subject (duplicate)
-
-Frame 1022.
-M
-printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: ws   \n\ntrailing spaces   \ntabs\t\t\n  \n\n\n' >"$tmp/trailing.eml"
+. "$(dirname "$0")/dkim_samples.bash"
+dkim_samples "$tmp"
 printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nTemp\xc3\xa9rature \xe2\x82\xac \xff\xfe\n' >"$tmp/8bit.eml"
-printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: empty\n\n' >"$tmp/empty.eml"
 printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: nonl\n\nlast line without newline  ' >"$tmp/nonl.eml"
-{
-	printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: big\n\n'
-	for i in $(seq 1 1700); do printf 'line %05d of a 100 KiB body, padded to sixty-four bytes..\n' "$i"; done
-} >"$tmp/big.eml"
 [ "$(stat -c %s "$tmp/big.eml")" -gt 100000 ] || { echo "big sample too small"; exit 1; }
 
 # verify.py DNS [EXPECT NSIG FILE WHAT]... or, with one argument, one

@@ -39,40 +39,13 @@ Syslog no
 TestPublicKeys $tmp/keys
 EOF
 
-cat >"$tmp/plain.eml" <<'M'
-From: Sensor 17 <sensor17@fleet.example>
-To: ops@example.net
-Subject: Temperature alarm
-Date: Mon, 23 Nov 2026 10:00:00 +0000
-Message-ID: <t17.1@fleet.example>
-
-Sensor 4 reads 81.5 C.
-M
-cat >"$tmp/folded.eml" <<'M'
-Received: from cam-3 by relay
-From: "Camera 3"
-	<cam3@fleet.example>
-To: a@example.net,
-    b@example.net,
-	c@example.net
-Subject: Motion
-  detected    at gate
-Date: Mon, 23 Nov 2026 10:00:00 +0000
-Subject: second subject (duplicate)
-
-Frame 1022.
-M
-printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: ws   \n\ntrailing spaces   \ntabs\t\t\n  \n\n\n' >"$tmp/trailing.eml"
+. "$(dirname "$0")/dkim_samples.bash"
+dkim_samples "$tmp"
 printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: 8bit\nContent-Type: text/plain; charset=utf-8\n\nTemp\xc3\xa9rature \xe2\x82\xac\n' >"$tmp/8bit.eml"
-printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: empty\n\n' >"$tmp/empty.eml"
 # No "no final newline" sample here (dkim_dkimpy.sh has one): OpenDKIM's
 # test mode reads the file by lines and mishandles an unterminated last line
 # (it reports "message not signed" for one without trailing WSP, a failure
 # for one with).  Mail taken by SMTP always ends in CRLF.
-{
-	printf 'From: dev@fleet.example\nTo: x@example.net\nSubject: big\n\n'
-	for i in $(seq 1 1700); do printf 'line %05d of a 100 KiB body, padded to sixty-four bytes..\n' "$i"; done
-} >"$tmp/big.eml"
 
 pass=0 fail=0
 # verify FILE WANT_PASS WANT_FAIL what: OpenDKIM's dkim=pass / dkim=fail counts
