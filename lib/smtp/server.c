@@ -236,26 +236,34 @@ static void reply(struct smtp_session *s, const char *fmt, ...)
 static void reply(struct smtp_session *s, const char *fmt, ...)
 {
 	char buf[512];
+	const char *line = buf;
 	va_list ap;
 	int n;
 
 	if (s->closed)
 		return;
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n > sizeof(buf) - 3)
-		n = (int)sizeof(buf) - 3;
-	buf[n++] = '\r';
-	buf[n++] = '\n';
-	if (s->out_len + (size_t)n > sizeof(s->out))
+	if (strchr(fmt, '%') == NULL) {
+		/* Most replies are constant text: no formatting. */
+		size_t len = strlen(fmt);
+		n = (int)(len < sizeof(buf) - 3 ? len : sizeof(buf) - 3);
+		line = fmt;
+	} else {
+		va_start(ap, fmt);
+		n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if ((size_t)n > sizeof(buf) - 3)
+			n = (int)sizeof(buf) - 3;
+	}
+	if (s->out_len + (size_t)n + 2 > sizeof(s->out))
 		flush(s);
-	memcpy(s->out + s->out_len, buf, (size_t)n);
+	memcpy(s->out + s->out_len, line, (size_t)n);
 	s->out_len += (size_t)n;
-	if (n >= 4 && buf[3] != '-') {
-		switch (buf[0]) {
+	s->out[s->out_len++] = '\r';
+	s->out[s->out_len++] = '\n';
+	if (n >= 3 && (n == 3 || line[3] != '-')) {
+		switch (line[0]) {
 		case '2':
 			s->st->replies_2xx++;
 			break;
@@ -502,31 +510,63 @@ static size_t feed_content(struct smtp_session *s, const uint8_t *p, size_t n, b
 	return i;
 }
 
+/* RFC 5322 3.3 date-time, for the Received: line; the text changes once a second. */
 static void format_date(char *buf, size_t len, int64_t t)
 {
 	static const char *const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
 	static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
 					     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+	static __thread int64_t cached_t = -1;
+	static __thread char cached[40];
 	time_t tt = (time_t)t;
 	struct tm tm;
 
-	if (gmtime_r(&tt, &tm) == NULL || tm.tm_wday < 0 || tm.tm_wday > 6 || tm.tm_mon < 0 ||
-	    tm.tm_mon > 11) {
-		snprintf(buf, len, "Thu, 1 Jan 1970 00:00:00 +0000");
-		return;
+	if (t != cached_t) {
+		if (gmtime_r(&tt, &tm) == NULL || tm.tm_wday < 0 || tm.tm_wday > 6 ||
+		    tm.tm_mon < 0 || tm.tm_mon > 11)
+			snprintf(cached, sizeof(cached), "Thu, 1 Jan 1970 00:00:00 +0000");
+		else
+			snprintf(cached, sizeof(cached), "%s, %d %s %04d %02d:%02d:%02d +0000",
+				 days[tm.tm_wday], tm.tm_mday, months[tm.tm_mon],
+				 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+		cached_t = t;
 	}
-	/* RFC 5322 3.3 date-time */
-	snprintf(buf, len, "%s, %d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday,
-		 months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	snprintf(buf, len, "%s", cached);
+}
+
+/* A bounded text builder for header lines: appends, truncates at the end, never formats. */
+struct hbuf {
+	char *p;
+	size_t n, cap;
+};
+
+static void hb_str(struct hbuf *h, const char *str)
+{
+	size_t len = strlen(str);
+	if (len > h->cap - h->n)
+		len = h->cap - h->n;
+	memcpy(h->p + h->n, str, len);
+	h->n += len;
+}
+
+static void hb_u8(struct hbuf *h, unsigned v)
+{
+	char d[3];
+	int k = 0;
+	do
+		d[k++] = (char)('0' + v % 10);
+	while ((v /= 10) != 0 && k < 3);
+	while (k > 0 && h->n < h->cap)
+		h->p[h->n++] = d[--k];
 }
 
 /* RFC 5321 4.4 trace line; RFC 3848 protocol names. */
 static void emit_received(struct smtp_session *s)
 {
 	char hdr[2048], date[64];
+	struct hbuf h = {.p = hdr, .cap = sizeof(hdr)};
 	const char *proto;
 	uint32_t ip = s->client_ip;
-	int n = 0;
 
 	if (!s->esmtp)
 		proto = "SMTP";
@@ -539,21 +579,38 @@ static void emit_received(struct smtp_session *s)
 	else
 		proto = "ESMTP";
 	format_date(date, sizeof(date), s->conf->wall_s ? s->conf->wall_s() : mx_wall_s());
-	n += snprintf(hdr + n, sizeof(hdr) - (size_t)n, "Received: from %s ([%u.%u.%u.%u])\r\n",
-		      s->env.helo, ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255);
-	if (s->tls)
-		n += snprintf(hdr + n, sizeof(hdr) - (size_t)n, "\t(using %s with cipher %s)\r\n",
-			      s->tls_version[0] ? s->tls_version : "TLS",
-			      s->tls_cipher[0] ? s->tls_cipher : "unknown");
-	n += snprintf(hdr + n, sizeof(hdr) - (size_t)n, "\tby %s (mxrelay) with %s id %s",
-		      s->conf->hostname, proto, s->env.id);
-	if (s->env.rcpt_count == 1)
-		n += snprintf(hdr + n, sizeof(hdr) - (size_t)n, "\r\n\tfor <%s>; %s\r\n",
-			      s->env.rcpts[0].addr.text, date);
-	else
-		n += snprintf(hdr + n, sizeof(hdr) - (size_t)n, ";\r\n\t%s\r\n", date);
-	if (n > 0 && (size_t)n < sizeof(hdr))
-		dappend(s, hdr, (size_t)n);
+	hb_str(&h, "Received: from ");
+	hb_str(&h, s->env.helo);
+	hb_str(&h, " ([");
+	for (int shift = 24; shift >= 0; shift -= 8) {
+		hb_u8(&h, (ip >> shift) & 255);
+		hb_str(&h, shift ? "." : "])\r\n");
+	}
+	if (s->tls) {
+		hb_str(&h, "\t(using ");
+		hb_str(&h, s->tls_version[0] ? s->tls_version : "TLS");
+		hb_str(&h, " with cipher ");
+		hb_str(&h, s->tls_cipher[0] ? s->tls_cipher : "unknown");
+		hb_str(&h, ")\r\n");
+	}
+	hb_str(&h, "\tby ");
+	hb_str(&h, s->conf->hostname);
+	hb_str(&h, " (mxrelay) with ");
+	hb_str(&h, proto);
+	hb_str(&h, " id ");
+	hb_str(&h, s->env.id);
+	if (s->env.rcpt_count == 1) {
+		hb_str(&h, "\r\n\tfor <");
+		hb_str(&h, s->env.rcpts[0].addr.text);
+		hb_str(&h, ">; ");
+	} else {
+		hb_str(&h, ";\r\n\t");
+	}
+	hb_str(&h, date);
+	hb_str(&h, "\r\n");
+	/* A line cut short by the bound is not a header: leave it out, as before. */
+	if (h.n < h.cap)
+		dappend(s, hdr, h.n);
 }
 
 void smtp_session_set_queue_id(struct smtp_session *s, const char *id)
@@ -621,6 +678,26 @@ static void end_message(struct smtp_session *s)
 }
 
 /* ---- transactions --------------------------------------------------------------- */
+
+/* The transaction id: the session id in upper-case hex, then 4 hex digits of the
+ * transaction's sequence ("%" PRIX64 "%04X", without the cost of printf). */
+static void format_txn_id(char *out, size_t cap, uint64_t session_id, unsigned seq)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	char tmp[24];
+	size_t n = 0;
+
+	/* tmp: the digits least significant first, the sequence's then the session's */
+	for (int i = 0; i < 4; i++)
+		tmp[n++] = hex[(seq >> (4 * i)) & 15];
+	do
+		tmp[n++] = hex[session_id & 15];
+	while ((session_id >>= 4) != 0);
+	size_t len = n < cap ? n : cap - 1;
+	for (size_t i = 0; i < len; i++)
+		out[i] = tmp[n - 1 - i];
+	out[len] = '\0';
+}
 
 static void reset_transaction(struct smtp_session *s)
 {
@@ -964,8 +1041,7 @@ static void cmd_mail(struct smtp_session *s, const char *arg, size_t len)
 	s->env.esmtp = s->esmtp;
 	s->env.tls = s->tls;
 	s->env.authenticated = s->authenticated;
-	snprintf(s->env.id, sizeof(s->env.id), "%" PRIX64 "%04X", s->session_id,
-		 ++s->txn_seq & 0xffff);
+	format_txn_id(s->env.id, sizeof(s->env.id), s->session_id, ++s->txn_seq & 0xffff);
 	reply(s, "250 2.1.0 Ok");
 }
 
@@ -1660,17 +1736,14 @@ int smtp_session_new(const struct smtp_server_conf *conf, const struct smtp_serv
 	if (!conf || !cb || !cb->send || !stats || !out ||
 	    smtp_server_conf_check(conf, NULL, 0) < 0)
 		return -EINVAL;
-	s = calloc(1, sizeof(*s));
+	/* One block: the session, then its command line and scratch buffers (a session is
+	 * made per connection, and devices make one connection per message). */
+	s = malloc(sizeof(*s) + 2 * (size_t)conf->max_command_line);
 	if (!s)
 		return -ENOMEM;
-	s->line = malloc(conf->max_command_line);
-	s->scratch = malloc(conf->max_command_line);
-	if (!s->line || !s->scratch) {
-		free(s->line);
-		free(s->scratch);
-		free(s);
-		return -ENOMEM;
-	}
+	memset(s, 0, sizeof(*s));
+	s->line = (char *)(s + 1);
+	s->scratch = (uint8_t *)s->line + conf->max_command_line;
 	s->conf = conf;
 	s->cb = cb;
 	s->user = user;
@@ -1701,8 +1774,6 @@ void smtp_session_free(struct smtp_session *s)
 		s->st->messages_aborted++;
 		s->cb->message_abort(s->user);
 	}
-	free(s->line);
-	free(s->scratch);
 	free(s->pending);
 	free(s->env.rcpts);
 	free(s);
