@@ -172,6 +172,10 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 			cfg_error(r, cf, e->line, "on_error = %s: expected unsigned or defer",
 				  e->value);
 	}
+	/* Signing on lcores of its own (signer.c): taken from the workers' lcores. */
+	uint64_t sign_lcores = 0;
+	cfg_key_u64(cf, r, "dkim", "sign_lcores", 0, 16, &sign_lcores);
+	rc->net.reserved_lcores = (unsigned)sign_lcores;
 	parse_control(cf, rc, r);
 
 	rc->log_level = MX_LOG_INFO;

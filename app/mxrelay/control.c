@@ -160,6 +160,7 @@ static bool stat_is_gauge(const char *name)
 					     "deliver_outbox",
 					     "dns_cache_entries",
 					     "dns_tcp_open",
+					     "dkim_signer_lcores",
 					     NULL};
 	for (int i = 0; gauges[i]; i++)
 		if (strcmp(name, gauges[i]) == 0)

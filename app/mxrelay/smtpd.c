@@ -20,6 +20,7 @@
  */
 #include "smtpd.h"
 #include "deliver.h"
+#include "signer.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -30,7 +31,9 @@
 #define OUT_MAX (256u * 1024) /* replies waiting for TCP/TLS, per connection */
 #define TIMEOUT_SCAN_US 250000u
 #define SPOOL_BATCH 64
-#define SIGNER_POOL 32 /* idle DKIM signers kept per worker */
+#define SIGNER_POOL 128 /* idle DKIM signers kept per worker (one per message in signing) */
+#define SIGN_COLLECT 32 /* finished signatures taken per poll */
+#define SIGN_WAIT_US 10000000 /* at shutdown: the longest wait for signer lcores */
 #define CLIENT_SETS 1024 /* per-client table: sets of CLIENT_WAYS entries, per worker */
 #define CLIENT_WAYS 8
 #define HELD_GENS 8 /* replaced configurations a worker may still need (reload) */
@@ -51,10 +54,12 @@ struct smtpd_conn {
 	bool tcp_gone;       /* on_closed ran: tc is invalid */
 	bool closing;        /* close once out is flushed */
 	bool commit_pending; /* spool cookie points at us */
+	bool sign_pending;   /* job is with a signer lcore (signer.c) */
 	bool reaped;         /* on the reap list */
 	bool input_held;     /* the session or TLS took less than offered */
 	bool counted;        /* holds a connection slot of its client entry */
 	char tls_version[16], tls_cipher[64];
+	struct sign_job job; /* while sign_pending */
 	uint8_t *out;
 	size_t out_len;
 	struct smtpd_conn *next, *prev; /* live list */
@@ -423,11 +428,14 @@ static void sign_end(struct smtpd_conn *c)
 	c->signer_dom = NULL;
 }
 
-/* Returns 0, or the error to answer with when the policy is to defer. */
-static int sign_finish(struct smtpd_conn *c)
+/*
+ * The last choice before the signature: the signing domain from From: (the
+ * signer may move to another domain's).  Returns 0 with c->signer still set
+ * when there is a signature to make, 0 with it NULL when there is none, or
+ * the error to answer with when the policy is to defer.
+ */
+static int sign_prepare(struct smtpd_conn *c)
 {
-	const char *hdr;
-	size_t len;
 	if (c->signer == NULL)
 		return 0;
 	const struct dkim_table *t = c->d->sh->conf->dkim;
@@ -467,7 +475,12 @@ static int sign_finish(struct smtpd_conn *c)
 			}
 		}
 	}
-	int rc = dkim_sign_final(c->signer, &hdr, &len);
+	return 0;
+}
+
+/* The signature is made (rc from dkim_sign_final): into the message.  0, or the defer error. */
+static int sign_complete(struct smtpd_conn *c, int rc, const char *hdr, size_t len)
+{
 	if (rc == 0)
 		rc = spool_msg_prepend(c->msg, hdr, len);
 	if (rc == 0) {
@@ -550,12 +563,11 @@ static void smtp_msg_abort(void *user)
 	sign_end(c);
 }
 
+static void commit_message(struct smtpd_conn *c, const struct smtp_envelope *env, int rc);
+
 static void smtp_msg_end(void *user, const struct smtp_envelope *env)
 {
 	struct smtpd_conn *c = user;
-	struct spool_rcpt rcpts_small[16], *rcpts = rcpts_small;
-	char ip[INET_ADDRSTRLEN];
-	struct in_addr a = {.s_addr = htonl(env->client_ip)};
 	int rc = c->msg_err;
 
 	if (c->msg == NULL) {
@@ -563,9 +575,32 @@ static void smtp_msg_end(void *user, const struct smtp_envelope *env)
 		return;
 	}
 	if (rc == 0)
-		rc = sign_finish(c);
-	else
-		sign_end(c);
+		rc = sign_prepare(c);
+	if (rc == 0 && c->signer != NULL) {
+		/* The signature: on a signer lcore when there is one (signer.c), else here. */
+		c->job = (struct sign_job){.sg = c->signer, .cookie = c, .worker = c->d->worker};
+		if (signers_active()) {
+			if (signer_submit(&c->job) == 0) {
+				c->sign_pending = true;
+				c->d->stats.dkim_offloaded++;
+				return; /* smtpd_poll() carries on in signed() */
+			}
+			c->d->stats.dkim_offload_full++;
+		}
+		c->job.rc = dkim_sign_final(c->signer, &c->job.hdr, &c->job.len);
+		rc = sign_complete(c, c->job.rc, c->job.hdr, c->job.len);
+	}
+	commit_message(c, env, rc);
+}
+
+/* After the signature (if any): the message goes to the spool, or is refused with rc. */
+static void commit_message(struct smtpd_conn *c, const struct smtp_envelope *env, int rc)
+{
+	struct spool_rcpt rcpts_small[16], *rcpts = rcpts_small;
+	char ip[INET_ADDRSTRLEN];
+	struct in_addr a = {.s_addr = htonl(env->client_ip)};
+
+	sign_end(c);
 	if (rc != 0) {
 		spool_msg_abort(c->msg);
 		c->msg = NULL;
@@ -783,6 +818,7 @@ struct smtpd *smtpd_create(struct smtpd_shared *sh, struct net_stack *st, unsign
 	smtpd_shared_get(sh);
 	d->st = st;
 	d->worker = w;
+	signers_attach_worker(w, st);
 	d->dl = dl;
 	d->max_conns = sh->conf->max_connections / sh->n_workers + 1;
 	/* Flows of one client spread over the workers: each enforces its share. */
@@ -902,6 +938,28 @@ static void log_queued(struct smtpd_conn *c, const struct spool_completion *done
 		env->tls ? ", tls=" : "", env->tls ? c->tls_version : "");
 }
 
+/* Signatures made on a signer lcore come back: the messages go on to the spool. */
+static unsigned signed_collect(struct smtpd *d)
+{
+	struct sign_job *jobs[SIGN_COLLECT];
+	unsigned n = signer_collect(d->worker, jobs, SIGN_COLLECT);
+	for (unsigned i = 0; i < n; i++) {
+		struct smtpd_conn *c = jobs[i]->cookie;
+		c->sign_pending = false;
+		if (c->tcp_gone) {
+			/* Gone before any reply: the message was never acknowledged, drop it. */
+			spool_msg_abort(c->msg);
+			c->msg = NULL;
+			sign_end(c);
+			reap_later(c);
+			continue;
+		}
+		int rc = sign_complete(c, c->job.rc, c->job.hdr, c->job.len);
+		commit_message(c, smtp_session_envelope(c->s), rc);
+	}
+	return n;
+}
+
 unsigned smtpd_poll(struct smtpd *d, uint64_t now_us)
 {
 	struct spool_completion done[SPOOL_BATCH];
@@ -934,11 +992,12 @@ unsigned smtpd_poll(struct smtpd *d, uint64_t now_us)
 		resume_input(c);
 		work++;
 	}
+	work += signed_collect(d);
 	while (d->reap != NULL) {
 		struct smtpd_conn *c = d->reap;
 		d->reap = c->reap_next;
 		c->reaped = false;
-		if (c->commit_pending)
+		if (c->commit_pending || c->sign_pending)
 			continue; /* freed when its completion arrives */
 		conn_free(c);
 		work++;
@@ -974,6 +1033,10 @@ void smtpd_destroy(struct smtpd *d)
 		return;
 	for (unsigned i = 0; i < d->sh->conf->n_listen; i++)
 		tcp_unlisten(d->st, 0, d->sh->conf->listen[i]);
+	/* Signatures still being made come back before anything is freed. */
+	for (uint64_t end = mx_now_us() + SIGN_WAIT_US;
+	     signer_outstanding(d->worker) > 0 && mx_now_us() < end;)
+		smtpd_poll(d, mx_now_us());
 	spool_sync(d->spool);
 	/* Report what the last sync made durable, so no commit is left pending. */
 	smtpd_poll(d, mx_now_us());
@@ -984,6 +1047,19 @@ void smtpd_destroy(struct smtpd *d)
 	 */
 	while (d->live != NULL) {
 		struct smtpd_conn *c = d->live;
+		if (c->sign_pending) {
+			/* A signer lcore still has it (stuck past SIGN_WAIT_US): leak, never free. */
+			MX_ERR("smtpd: worker %u: a signature never came back; connection left",
+			       d->worker);
+			c->sign_pending = false;
+			if (c->prev != NULL)
+				c->prev->next = c->next;
+			else
+				d->live = c->next;
+			if (c->next != NULL)
+				c->next->prev = c->prev;
+			continue;
+		}
 		c->commit_pending = false;
 		if (!c->tcp_gone)
 			tcp_abort(c->tc); /* on_closed puts it on the reap list */
@@ -1169,4 +1245,6 @@ void smtpd_stats_foreach(const struct smtpd *d,
 	fn(arg, "smtpd_client_table_full", d->stats.client_table_full);
 	fn(arg, "dkim_signed", d->stats.dkim_signed);
 	fn(arg, "dkim_failed", d->stats.dkim_failed);
+	fn(arg, "dkim_offloaded", d->stats.dkim_offloaded);
+	fn(arg, "dkim_offload_full", d->stats.dkim_offload_full);
 }

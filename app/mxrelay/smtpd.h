@@ -77,6 +77,7 @@ struct smtpd_stats {
 	uint64_t connections, refused_busy, open, tls_handshakes, tls_failures;
 	uint64_t messages_queued, commit_failures;
 	uint64_t dkim_signed, dkim_failed;
+	uint64_t dkim_offloaded, dkim_offload_full; /* to signer lcores; queue full: signed here */
 	uint64_t refused_per_ip, auth_blocked, client_table_full;
 };
 void smtpd_get_stats(const struct smtpd *d, struct smtpd_stats *out);

@@ -6,6 +6,7 @@
 #include "worker.h"
 #include "smtpd.h"
 #include "deliver.h"
+#include "signer.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -140,6 +141,10 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 	rc = deliver_shared_init(conf, n_workers);
 	if (rc != 0)
 		return rc;
+	/* Before the workers: their first messages may already go to a signer. */
+	rc = signers_start(dp, n_workers);
+	if (rc != 0)
+		return rc;
 	for (unsigned i = 0; i < n_workers; i++) {
 		struct worker *w = &workers[i];
 		w->index = i;
@@ -178,6 +183,11 @@ bool workers_drain(uint64_t deadline_us)
 void workers_stop(void)
 {
 	stopping = 1;
+	/* The workers first: each collects its signatures still on a signer lcore. */
+	for (unsigned i = 0; i < n_workers; i++)
+		if (workers[i].ready != 0) /* launched */
+			rte_eal_wait_lcore(workers[i].lcore);
+	signers_stop();
 	rte_eal_mp_wait_lcore();
 	gens_free_all();
 	smtpd_shared_free(&shared);
@@ -209,6 +219,8 @@ void workers_stats_foreach(worker_stat_fn fn, void *arg)
 		smtpd_stats_foreach(w->smtpd, relay_stat, &r);
 		deliver_stats_foreach(w->deliver, relay_stat, &r);
 		fn(arg, i, "idle_sleeps", w->idle.sleeps);
+		if (i == 0) /* the signer lcores serve all workers: counted once */
+			signers_stats(relay_stat, &r);
 	}
 }
 

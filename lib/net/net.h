@@ -260,6 +260,7 @@ struct net_dp_conf {
 	uint8_t host_prefix[NET_CFG_MAX_PORTS];
 	unsigned mbufs; /* mempool size ([eal] mbufs, 16383) */
 	struct tcp_conf tcp;
+	unsigned reserved_lcores; /* the last N worker lcores are the application's, not ports' */
 };
 
 /** Validate [eal], [port.N] and [tcp]; errors go to r as file:line lines. */
@@ -279,6 +280,8 @@ struct net_dataplane {
 	struct net_port *ports[NET_CFG_MAX_PORTS];
 	unsigned n_workers;
 	unsigned worker_lcore[64];
+	unsigned n_reserved; /* conf.reserved_lcores: lcores with no queue, no stack */
+	unsigned reserved_lcore[64];
 };
 
 /**

@@ -152,6 +152,17 @@ int net_dataplane_start(struct net_dataplane *dp, const struct net_dp_conf *conf
 		if (dp->n_workers < NET_MAX_WORKERS)
 			dp->worker_lcore[dp->n_workers++] = lc;
 	}
+	if (conf->reserved_lcores >= dp->n_workers && conf->reserved_lcores > 0) {
+		snprintf(err, errlen, "%u lcore(s) reserved but EAL has only %u worker lcore(s): "
+			 "at least one must remain for the ports", conf->reserved_lcores,
+			 dp->n_workers);
+		return -EINVAL;
+	}
+	/* Reserved lcores (e.g. DKIM signing) get no queue: the ports serve the others. */
+	for (unsigned i = 0; i < conf->reserved_lcores; i++)
+		dp->reserved_lcore[dp->n_reserved++] =
+			dp->worker_lcore[dp->n_workers - conf->reserved_lcores + i];
+	dp->n_workers -= conf->reserved_lcores;
 	if (dp->n_workers == 0) {
 		snprintf(err, errlen, "no worker lcores: give EAL at least two (e.g. -l 0-1); "
 				      "the main lcore does control work only");

@@ -10,12 +10,15 @@
 # (simple.test canonicalizes bodies otherwise than fleet.test: the signers
 # then hash the body both ways, so the From: domain can still take over).
 # OpenDKIM (opendkim -t, keys from TestPublicKeys) verifies every message too
-# when it is installed.
+# when it is installed.  MX_DKIM_SIGN_LCORES=N: the signatures are made on N
+# signer lcores ([dkim] sign_lcores; relay_dkim_lcores.sh runs it so).
 . "$(dirname "$0")/common.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
 $PY -c 'import dkim, nacl' 2>/dev/null || skip "python3-dkim or python3-nacl missing"
-N=78 IF=mxt78 H=10.77.78.2 S=10.77.78.1
+N=${MX_DKIM_NET:-78}
+IF=mxt$N H=10.77.$N.2 S=10.77.$N.1
+SIGN_LCORES=${MX_DKIM_SIGN_LCORES:-0}
 D=$BUILD/tools/mxdkim/mxdkim
 "$D" genkey --algorithm rsa-sha256 --bits 2048 --out "$TMP/rsa.pem" >/dev/null || fail "genkey rsa"
 "$D" genkey --algorithm ed25519-sha256 --out "$TMP/ed.pem" >/dev/null || fail "genkey ed25519"
@@ -47,7 +50,8 @@ key = $TMP/brand.pem
 algorithm = ed25519-sha256
 canonicalization = simple/simple
 [dkim]
-default_domain = fleet.test"
+default_domain = fleet.test
+sign_lcores = $SIGN_LCORES"
 "$BUILD/app/mxrelay/mxrelay" --check-config "$TMP/r.conf" || fail "config"
 start_bg "$TMP/relay.log" "$BUILD/app/mxrelay/mxrelay" --config "$TMP/r.conf"
 R=$LAST_PID
@@ -154,6 +158,17 @@ if command -v opendkim >/dev/null || [ -x /usr/sbin/opendkim ]; then
 	echo "OpenDKIM verified $(ls "$TMP"/signed/*.eml | wc -l) messages"
 else
 	echo "note: opendkim not installed; OpenDKIM cross-check not run"
+fi
+"$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
+off=$(mxstat "$TMP/stats" dkim_offloaded) jobs=$(mxstat "$TMP/stats" dkim_signer_jobs)
+if [ "$SIGN_LCORES" -gt 0 ]; then
+	# every message of the 8 went to a signer lcore (the queue never filled up)
+	[ "$off" = 8 ] && [ "$jobs" = 8 ] &&
+		[ "$(mxstat "$TMP/stats" dkim_signer_lcores)" = "$SIGN_LCORES" ] ||
+		{ grep dkim "$TMP/stats"; fail "signatures not made on the signer lcores"; }
+	grep -q "signer lcore(s) make the signatures" "$TMP/relay.log" || fail "no signer start-up line"
+else
+	[ "$off" = 0 ] && [ "$jobs" = 0 ] || { grep dkim "$TMP/stats"; fail "offloaded without sign_lcores"; }
 fi
 ! grep -q "cannot sign as From: domain" "$TMP/relay.log" ||
 	{ grep DKIM "$TMP/relay.log"; fail "a From: domain could not take over the message"; }
