@@ -958,27 +958,37 @@ static void prom_family(struct obuf *o, const char *metric, const char *type, co
 #define CTL_METRIC_DESTS 1000 /* destinations exported with their own series */
 
 /*
- * Queue depth per destination: each worker's `mxctl queue` lines ("NAME
- * worker=N state=S queued=N waiting=N in_flight=N conns=N ..."), as gauges
- * labelled by destination.  Bounded: the first CTL_METRIC_DESTS lines.
+ * Per destination, from each worker's `mxctl queue` lines ("NAME worker=N
+ * state=S queued=N waiting=N in_flight=N conns=N idle=N sent=N deferred=N
+ * bounced=N ..."): the queue depth as gauges and the delivery results as
+ * counters (since the destination was first seen on that worker), labelled
+ * by destination and worker.  Bounded: the first CTL_METRIC_DESTS lines.
  */
 static void metrics_destinations(struct obuf *o)
 {
-	static const char *const fields[] = {"queued", "waiting", "in_flight", "conns"};
-	static const char *const help[] = {"recipients waiting in the destination's queue",
-					   "recipients deferred, waiting for their retry time",
-					   "recipients in a transaction now",
-					   "connections open or connecting"};
+	static const struct {
+		const char *field, *help;
+		bool counter;
+	} fields[] = {
+		{"queued", "recipients waiting in the destination's queue", false},
+		{"waiting", "recipients deferred, waiting for their retry time", false},
+		{"in_flight", "recipients in a transaction now", false},
+		{"conns", "connections open or connecting", false},
+		{"sent", "recipients delivered", true},
+		{"deferred", "recipient delivery attempts deferred (4xx, no answer)", true},
+		{"bounced", "recipients bounced (5xx, or too old)", true},
+	};
 	struct worker_answer ans[64];
 	unsigned n = workers_count() < 64 ? workers_count() : 64;
 	uint64_t mask = n == 64 ? ~0ull : (1ull << n) - 1;
 
 	workers_call(mask, call_queue, "", 2000000, ans);
-	for (unsigned f = 0; f < 4; f++) {
+	for (unsigned f = 0; f < sizeof(fields) / sizeof(fields[0]); f++) {
+		const char *suffix = fields[f].counter ? "_total" : "";
 		unsigned lines = 0;
-		ob_printf(o,
-			  "# HELP mxrelay_destination_%s %s\n# TYPE mxrelay_destination_%s gauge\n",
-			  fields[f], help[f], fields[f]);
+		ob_printf(o, "# HELP mxrelay_destination_%s%s %s\n# TYPE mxrelay_destination_%s%s %s\n",
+			  fields[f].field, suffix, fields[f].help, fields[f].field, suffix,
+			  fields[f].counter ? "counter" : "gauge");
 		for (unsigned w = 0; w < n; w++) {
 			for (const char *p = ans[w].rc == 0 ? ans[w].text : NULL; p && *p;) {
 				const char *nl = strchr(p, '\n');
@@ -988,7 +998,7 @@ static void metrics_destinations(struct obuf *o)
 				if (len < sizeof(line) && lines < CTL_METRIC_DESTS) {
 					memcpy(line, p, len);
 					line[len] = 0;
-					snprintf(key, sizeof(key), " %s=", fields[f]);
+					snprintf(key, sizeof(key), " %s=", fields[f].field);
 					char *sp = strchr(line, ' ');
 					if (sp != NULL && (v = strstr(line, key)) != NULL) {
 						*sp = 0;
@@ -998,10 +1008,10 @@ static void metrics_destinations(struct obuf *o)
 							clean = clean && *c != '"' && *c != '\\';
 						if (clean) {
 							ob_printf(o,
-								  "mxrelay_destination_%s{"
+								  "mxrelay_destination_%s%s{"
 								  "destination=\"%s\","
 								  "worker=\"%u\"} %llu\n",
-								  fields[f], line, w,
+								  fields[f].field, suffix, line, w,
 								  strtoull(v + strlen(key), NULL,
 									   10));
 							lines++;

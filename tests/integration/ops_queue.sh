@@ -9,13 +9,14 @@
 #   3. `mxctl suspend [10.77.83.1]`: listed as suspended; smtp-sink starts and
 #      `mxctl flush` retries, but nothing is delivered while it is held;
 #   4. `mxctl resume [10.77.83.1]`: all 3 delivered at once (no waiting for
-#      the 1 h retry); `mxctl queue` has nothing left for it.
+#      the 1 h retry); `mxctl queue` has nothing left for it, and /metrics
+#      counts the destination's results: 3 sent, the first attempt deferred.
 # Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
 . "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
-N=83 IF=mxt83 H=10.77.83.2 S=10.77.83.1
+N=83 IF=mxt83 H=10.77.83.2 S=10.77.83.1 HTTP=127.0.0.1:19183
 CTL=$BUILD/tools/mxctl/mxctl
 D="[$S]"
 
@@ -23,7 +24,9 @@ MX_LCORES="${MX_LCORES:---lcores=0@0,1@1,2@0}" write_delivery_config "$TMP/r.con
 [queue]
 retry = 1h
 backoff_initial = 1h
-backoff_max = 1h"
+backoff_max = 1h
+[control]
+http_listen = $HTTP"
 start_relay "$TMP/relay.log" "$TMP/r.conf"
 
 timeout 30 $PY - "$H" "$S" <<'PYEOF' || fail "sending"
@@ -74,5 +77,18 @@ if line=$(grep -F "$D " "$TMP/q2"); then
 	[ "$(( $(field "$line" queued) + $(field "$line" waiting) + $(field "$line" in_flight) ))" = 0 ] ||
 		fail "queue after delivery: $line"
 fi
+# The destination's results as Prometheus counters (summed over the workers).
+curl -sS "http://$HTTP/metrics" >"$TMP/metrics" || fail "GET /metrics"
+$PY - "$TMP/metrics" "$D" <<'PYEOF' || { grep destination "$TMP/metrics"; fail "/metrics per destination"; }
+import re, sys
+dest, tot = sys.argv[2], {}
+for line in open(sys.argv[1]):
+    m = re.match(r'mxrelay_destination_(\w+)\{destination="([^"]*)",worker="\d+"\} (\d+)$', line)
+    if m and m.group(2) == dest:
+        tot[m.group(1)] = tot.get(m.group(1), 0) + int(m.group(3))
+assert tot.get("sent_total") == 3 and tot.get("deferred_total", 0) >= 1, tot
+assert tot.get("bounced_total") == 0 and tot.get("queued") == 0, tot
+print("/metrics:", dest, tot)
+PYEOF
 stop_relay
 echo "mxctl queue / show / suspend / flush / resume: ok"
