@@ -708,6 +708,16 @@ static const struct tcp_conn_ops refused_ops = {
 	.on_closed = refused_closed,
 };
 
+static void live_unlink(struct smtpd *d, struct smtpd_conn *c)
+{
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else if (d->live == c)
+		d->live = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+}
+
 static void conn_free(struct smtpd_conn *c)
 {
 	struct smtpd *d = c->d;
@@ -716,12 +726,7 @@ static void conn_free(struct smtpd_conn *c)
 		if (ce != NULL && ce->conns > 0)
 			ce->conns--;
 	}
-	if (c->prev != NULL)
-		c->prev->next = c->next;
-	else if (d->live == c)
-		d->live = c->next;
-	if (c->next != NULL)
-		c->next->prev = c->prev;
+	live_unlink(d, c);
 	if (c->msg != NULL)
 		spool_msg_abort(c->msg);
 	sign_end(c);
@@ -1052,12 +1057,7 @@ void smtpd_destroy(struct smtpd *d)
 			MX_ERR("smtpd: worker %u: a signature never came back; connection left",
 			       d->worker);
 			c->sign_pending = false;
-			if (c->prev != NULL)
-				c->prev->next = c->next;
-			else
-				d->live = c->next;
-			if (c->next != NULL)
-				c->next->prev = c->prev;
+			live_unlink(d, c);
 			continue;
 		}
 		c->commit_pending = false;
