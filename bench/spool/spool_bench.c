@@ -5,7 +5,8 @@
  *	spool_bench [--dir D] [--seconds S] [--size BYTES] [--rate MSGS_PER_S]
  *		    [--inflight N] [--durability fsync|none] [--finish 0|1]
  *		    [--window US] [--commit-bytes B] [--depth N] [--segment-mb M]
- *		    [--recover N] [--drop-caches] [--probe-only]
+ *		    [--recover N] [--drop-caches] [--probe-only] [--probe-same 0|1]
+ *		    [--idle-sleep US]
  *
  * One thread plays the SMTP core: it starts messages at the offered rate
  * (0 = as fast as the spool completes them, with at most --inflight waiting),
@@ -18,7 +19,13 @@
  * Before a load, the disk alone is probed: write + fdatasync of one batch
  * (--probe-size, default 64 KiB), 1000 times, appending to a growing file and
  * overwriting a file of written blocks (buffered, as the spool writes, and
- * O_DIRECT for comparison).  --recover N writes N messages of --size,
+ * O_DIRECT for comparison).  After a load, --probe-same 1 (default) probes
+ * the disk alone again with the load's own average batch size and as many
+ * write + fdatasync pairs as the load committed (1000 to 20000): the
+ * disk's tail at the same size, over a similar stretch of time.  The tail
+ * is attributed: how many slow (> 1 ms) messages waited across a segment
+ * roll, and in how many distinct 100 ms windows slow messages completed
+ * (a few windows: stalls; many: a steady cost).  --recover N writes N messages of --size,
  * closes, and times spool_open() over them.  Put --dir on a real
  * disk (not tmpfs): fdatasync is what is measured.
  */
@@ -32,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 static int cmp64(const void *a, const void *b)
@@ -47,6 +55,13 @@ static uint64_t cpu_us(void)
 	getrusage(RUSAGE_SELF, &ru);
 	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 +
 	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+static uint64_t thread_cpu_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 static const struct spool_rcpt rcpt = {"ops@example.com", NULL, 0};
@@ -90,8 +105,14 @@ static void rm_dir(const char *dir)
 		fprintf(stderr, "cannot remove %s\n", dir);
 }
 
+static void probe_one(const char *path, size_t bsize, bool overwrite, bool direct, uint64_t *p50,
+		      uint64_t *p99);
+static int probe_n = 1000;
+static uint64_t probe_max_us; /* 0: no time bound; else stop a probe after this long */
+static long idle_sleep_us;    /* --idle-sleep: a loop that did nothing sleeps this long */
+
 static int run_load(const struct spool_config *cfg, size_t size, double seconds, double rate,
-		    unsigned inflight_max, bool finish)
+		    unsigned inflight_max, bool finish, bool probe_same)
 {
 	struct spool *sp;
 	rm_dir(cfg->dir);
@@ -106,7 +127,19 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 	size_t cap = (size_t)(rate > 0 ? rate * seconds * 1.2 : 4e6) + 1024;
 	uint64_t *t_commit = malloc(cap * sizeof(uint64_t));
 	uint64_t *lat = malloc(cap * sizeof(uint64_t));
+	uint64_t *t_done = malloc(cap * sizeof(uint64_t));
+	/* when segments were created (rolls), to attribute the tail */
+	enum { MAX_ROLLS = 4096 };
+	static uint64_t roll_t[MAX_ROLLS];
+	size_t nroll = 0;
+	uint64_t segs_seen = 0;
 	size_t started = 0, done = 0, failed = 0, refused = 0;
+	/*
+	 * Iterations in which the thread was off the CPU for more than 1 ms
+	 * (wall time minus its own CPU time): preempted by other processes, or
+	 * blocked in a synchronous call.  Every message waiting then is late.
+	 */
+	uint64_t loop_stalls = 0, loop_stall_us = 0, prev = 0, prev_cpu = 0;
 	struct spool_completion out[256];
 	uint64_t t0 = mx_now_us(), end = t0 + (uint64_t)(seconds * 1e6), now = t0;
 	/* warm-up is the first 10%: latencies from it are not counted */
@@ -115,6 +148,13 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 	uint64_t warm_t = 0, warm_cpu = 0;
 	while (now < end) {
 		now = mx_now_us();
+		uint64_t tcpu = thread_cpu_us();
+		if (prev && now - prev > tcpu - prev_cpu + 1000 && now >= warm) {
+			loop_stalls++;
+			loop_stall_us += (now - prev) - (tcpu - prev_cpu);
+		}
+		prev = now;
+		prev_cpu = tcpu;
 		/* offered load: messages due by now, bounded by what may wait */
 		size_t due = rate > 0 ? (size_t)((double)(now - t0) * rate / 1e6) : SIZE_MAX;
 		int burst = 0;
@@ -139,7 +179,20 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 				failed++;
 			else if (finish && spool_msg_finish(sp, out[i].id) < 0)
 				failed++;
+			t_done[done] = tn;
 			lat[done++] = tn - t_commit[out[i].cookie];
+		}
+		if (idle_sleep_us > 0 && n == 0 && burst == 0) {
+			/* an idle-aware poll loop (DESIGN.md principle 6) backs off */
+			struct timespec ts = {0, idle_sleep_us * 1000};
+			nanosleep(&ts, NULL);
+		}
+		struct spool_stats rst;
+		spool_get_stats(sp, &rst);
+		if (rst.segments_created != segs_seen) {
+			segs_seen = rst.segments_created;
+			if (nroll < MAX_ROLLS)
+				roll_t[nroll++] = mx_now_us();
 		}
 		if (warm_t == 0 && now >= warm) {
 			warm_t = now;
@@ -155,6 +208,29 @@ out:;
 	spool_close(sp);
 	size_t counted = done - warm_done;
 	double secs = (double)(t1 - warm_t) / 1e6;
+	/*
+	 * Tail attribution, before sorting: a slow message "crossed a roll"
+	 * when a segment was created while it waited; slow completions are
+	 * counted by 100 ms window.
+	 */
+	size_t slow = 0, slow_roll = 0, slow_windows = 0;
+	uint64_t last_window = UINT64_MAX;
+	for (size_t i = warm_done; i < done; i++) {
+		if (lat[i] <= 1000)
+			continue;
+		slow++;
+		uint64_t tc = t_done[i] - lat[i];
+		for (size_t r = 0; r < nroll; r++)
+			if (roll_t[r] >= tc && roll_t[r] <= t_done[i]) {
+				slow_roll++;
+				break;
+			}
+		uint64_t w = (t_done[i] - t0) / 100000;
+		if (w != last_window) {
+			slow_windows++;
+			last_window = w;
+		}
+	}
 	qsort(lat + warm_done, counted, sizeof(uint64_t), cmp64);
 	uint64_t p50 = counted ? lat[warm_done + counted / 2] : 0;
 	uint64_t p99 = counted ? lat[warm_done + (size_t)((double)counted * 0.99)] : 0;
@@ -173,8 +249,30 @@ out:;
 	       st.segments_created, st.segments_precreated, st.segments_recycled,
 	       (double)st.spare_zero_bytes / 1e6, st.segments_unprepared,
 	       st.commits ? (double)st.bytes_written / (double)st.commits / 1024 : 0.0);
+	printf("  tail: %zu messages > 1 ms (%.2f%%), %zu of them waited across a segment roll "
+	       "(%zu rolls); slow completions in %zu of %.0f 100 ms windows; the loop itself "
+	       "was off the CPU > 1 ms %" PRIu64 " times (%.1f ms in all)\n",
+	       slow, counted ? 100.0 * (double)slow / (double)counted : 0.0, slow_roll, nroll,
+	       slow_windows, secs * 10, loop_stalls, (double)loop_stall_us / 1000);
+	if (probe_same && cfg->durability == SPOOL_DURABILITY_FSYNC && st.commits) {
+		/* the disk alone at the load's own batch size, as many syncs as it did */
+		char path[600];
+		size_t bsize = (size_t)(st.bytes_written / st.commits);
+		uint64_t o50, o99;
+		probe_n = st.commits < 1000 ? 1000 : st.commits > 20000 ? 20000 : (int)st.commits;
+		probe_max_us = (uint64_t)(seconds * 1e6);
+		snprintf(path, sizeof(path), "%s.fsync-probe", cfg->dir);
+		probe_one(path, bsize, true, false, &o50, &o99);
+		printf("  disk alone after it: overwrite %zu B + fdatasync (up to %d times, %.0f "
+		       "s): "
+		       "p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
+		       bsize, probe_n, seconds, o50, o99);
+		probe_n = 1000;
+		probe_max_us = 0;
+	}
 	free(body);
 	free(t_commit);
+	free(t_done);
 	free(lat);
 	rm_dir(cfg->dir);
 	return 0;
@@ -183,19 +281,31 @@ out:;
 static void probe_one(const char *path, size_t bsize, bool overwrite, bool direct, uint64_t *p50,
 		      uint64_t *p99)
 {
-	enum { N = 1000 };
 	static uint8_t buf[1 << 20] __attribute__((aligned(4096)));
-	uint64_t lat[N];
+	const int N = probe_n;
+	uint64_t *lat = malloc((size_t)N * sizeof(uint64_t));
 	*p50 = *p99 = 0;
+	if (lat == NULL)
+		return;
 	if (bsize > sizeof(buf))
 		bsize = sizeof(buf);
 	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
+	if (fd < 0) {
+		free(lat);
 		return;
+	}
 	memset(buf, 'z', sizeof(buf));
+	/*
+	 * Writes wrap around in a file of at most 64 MiB, as the spool's
+	 * recycled segments do: a long probe of big batches must not write
+	 * (and, at unlink, discard) gigabytes that the next run would pay for.
+	 */
+	size_t span = (64u << 20) / bsize * bsize;
+	if (span > (size_t)N * bsize)
+		span = (size_t)N * bsize;
 	if (overwrite) {
 		/* a file of written blocks, as a prepared spare is */
-		for (size_t off = 0; off < N * bsize; off += sizeof(buf))
+		for (size_t off = 0; off < span; off += sizeof(buf))
 			if (pwrite(fd, buf, sizeof(buf), (off_t)off) < 0)
 				break;
 		if (fdatasync(fd) < 0)
@@ -204,26 +314,35 @@ static void probe_one(const char *path, size_t bsize, bool overwrite, bool direc
 			/* bsize is a multiple of 4 KiB here: aligned writes, no page cache */
 			close(fd);
 			fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
-			if (fd < 0)
+			if (fd < 0) {
+				free(lat);
 				return;
+			}
 		}
-	} else if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)(N * bsize)) < 0) {
+	} else if (fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)span) < 0) {
 		/* as the spool's growing segments: blocks reserved, size grows */
 	}
 	int i;
+	uint64_t t_start = mx_now_us();
 	for (i = 0; i < N; i++) {
 		uint64_t t = mx_now_us();
-		if (pwrite(fd, buf, bsize, (off_t)i * (off_t)bsize) < 0 || fdatasync(fd) < 0)
+		if (probe_max_us && i >= 1000 && t - t_start > probe_max_us)
+			break; /* as long as the load ran, not longer */
+		off_t at = (off_t)(((size_t)i * bsize) % span);
+		if (!overwrite && at == 0 && i > 0 && ftruncate(fd, 0) < 0)
+			break; /* appending again from the start: the size grows again */
+		if (pwrite(fd, buf, bsize, at) < 0 || fdatasync(fd) < 0)
 			break;
 		lat[i] = mx_now_us() - t;
 	}
 	close(fd);
 	unlink(path);
-	if (i == 0)
-		return;
-	qsort(lat, (size_t)i, sizeof(uint64_t), cmp64);
-	*p50 = lat[i / 2];
-	*p99 = lat[(size_t)((double)i * 0.99)];
+	if (i > 0) {
+		qsort(lat, (size_t)i, sizeof(uint64_t), cmp64);
+		*p50 = lat[i / 2];
+		*p99 = lat[(size_t)((double)i * 0.99)];
+	}
+	free(lat);
 }
 
 /* The disk's own cost: write + fdatasync of bsize, appending and overwriting, 1000 each. */
@@ -307,7 +426,7 @@ int main(int argc, char **argv)
 	double seconds = 5, rate = 0;
 	unsigned inflight = 1024;
 	uint64_t recover_n = 0;
-	bool drop = false, finish = true, probe_only = false;
+	bool drop = false, finish = true, probe_only = false, probe_same = true;
 	size_t probe_size = 64 << 10;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -342,6 +461,10 @@ int main(int argc, char **argv)
 			cfg.commit_bytes = (uint64_t)atoll(v);
 		else if (strcmp(a, "--segment-mb") == 0)
 			cfg.segment_bytes = (uint64_t)atoll(v) << 20;
+		else if (strcmp(a, "--idle-sleep") == 0)
+			idle_sleep_us = atol(v);
+		else if (strcmp(a, "--probe-same") == 0)
+			probe_same = atoi(v) != 0;
 		else if (strcmp(a, "--probe-size") == 0)
 			probe_size = (size_t)atol(v);
 		else if (strcmp(a, "--recover") == 0)
@@ -360,12 +483,12 @@ int main(int argc, char **argv)
 		return 0;
 	if (recover_n)
 		return run_recover(&cfg, size, recover_n, drop);
-	return run_load(&cfg, size, seconds, rate, inflight, finish);
+	return run_load(&cfg, size, seconds, rate, inflight, finish, probe_same);
 usage:
 	fprintf(stderr,
 		"usage: spool_bench [--dir D] [--seconds S] [--size B] [--rate R] "
 		"[--inflight N] [--durability fsync|none] [--finish 0|1] [--window US] "
 		"[--commit-bytes B] [--depth N] [--segment-mb M] [--probe-size B] [--probe-only] "
-		"[--recover N] [--drop-caches]\n");
+		"[--probe-same 0|1] [--idle-sleep US] [--recover N] [--drop-caches]\n");
 	return 2;
 }

@@ -229,11 +229,13 @@ int spool_core_path(char *out, size_t cap, const char *dir, unsigned core)
 
 /*
  * Layout (little-endian): u8 version, u8 ret, u16 rcpt_count, i64 arrival_us,
- * then 8 strings (sender, envid, client_ip, helo, tls_version, tls_cipher,
- * auth_user, message_id), then per recipient: u8 notify, addr, orcpt.
- * A string is u16 length + bytes, no NUL.
+ * (version 2) u8 flags, then 8 strings (sender, envid, client_ip, helo,
+ * tls_version, tls_cipher, auth_user, message_id), then per recipient:
+ * u8 notify, addr, orcpt.  A string is u16 length + bytes, no NUL.
+ * Version 1 (written by record versions 1 and 2) has no flags byte.
  */
-#define ENV_FIXED 12
+#define ENV_FIXED_V1 12
+#define ENV_FIXED 13
 #define ENV_NSTR 8
 
 static size_t slen(const char *s)
@@ -251,7 +253,7 @@ static const char *env_str(const struct spool_envelope *e, int i)
 long spool_env_size(const struct spool_envelope *env)
 {
 	if (env == NULL || env->rcpt_count == 0 || env->rcpt_count > 0xffff || env->rcpts == NULL ||
-	    env->ret > SPOOL_RET_HDRS)
+	    env->ret > SPOOL_RET_HDRS || (env->flags & ~SPOOL_ENV_F_ALL))
 		return -EINVAL;
 	size_t n = ENV_FIXED;
 	for (int i = 0; i < ENV_NSTR; i++) {
@@ -292,6 +294,7 @@ long spool_env_encode(const struct spool_envelope *env, void *buf, size_t cap)
 	p[1] = env->ret;
 	spool_put16(p + 2, (uint16_t)env->rcpt_count);
 	spool_put64(p + 4, (uint64_t)env->arrival_us);
+	p[12] = env->flags;
 	p += ENV_FIXED;
 	for (int i = 0; i < ENV_NSTR; i++)
 		p = put_str(p, env_str(env, i));
@@ -336,7 +339,14 @@ int spool_env_decode(const void *buf, size_t len, struct spool_envelope **out)
 {
 	const uint8_t *p = buf;
 	*out = NULL;
-	if (len < ENV_FIXED || p[0] != SPOOL_ENV_VERSION || p[1] > SPOOL_RET_HDRS)
+	if (len < 1 || p[0] < 1 || p[0] > SPOOL_ENV_VERSION)
+		return -EINVAL;
+	size_t fixed = p[0] == 1 ? ENV_FIXED_V1 : ENV_FIXED;
+	if (len < fixed || p[1] > SPOOL_RET_HDRS)
+		return -EINVAL;
+	/* unknown flags are refused, not dropped: a new flag is a new envelope version */
+	uint8_t flags = p[0] == 1 ? 0 : p[12];
+	if (flags & ~SPOOL_ENV_F_ALL)
 		return -EINVAL;
 	uint32_t rc = spool_get16(p + 2);
 	if (rc == 0)
@@ -355,11 +365,12 @@ int spool_env_decode(const void *buf, size_t len, struct spool_envelope **out)
 	struct spool_rcpt *rcpts = (struct spool_rcpt *)(blk + sizeof(*e));
 	memset(e, 0, sizeof(*e));
 	e->ret = p[1];
+	e->flags = flags;
 	e->rcpt_count = rc;
 	e->arrival_us = (int64_t)spool_get64(p + 4);
 	e->rcpts = rcpts;
-	struct env_reader r = {.p = p + ENV_FIXED,
-			       .left = len - ENV_FIXED,
+	struct env_reader r = {.p = p + fixed,
+			       .left = len - fixed,
 			       .strings = (char *)(rcpts + rc),
 			       .strings_left = strings};
 	const char **fields[ENV_NSTR] = {&e->sender,	&e->envid,	 &e->client_ip,

@@ -1455,6 +1455,14 @@ static void compact_step(struct spool *sp, struct seg *s)
 			s->created_us = mx_now_us(); /* do not retry at once */
 			return;
 		}
+		/*
+		 * The copy lands in a segment of the current version, which holds
+		 * records of its own version only (FORMAT.md): a record written by
+		 * an older relay is relabelled.  Its layout is the same, its
+		 * payload (an older envelope version is still read) is untouched,
+		 * and flush() re-seeds the header checksum for the new segment.
+		 */
+		dst[4] = SPOOL_REC_VERSION;
 		batch_add(sp, b, e->len, D_COPY, e->id);
 		e->flags |= ENT_COPYING;
 		/* move to the tail: the head is always the next to copy */
@@ -2068,6 +2076,44 @@ static void quarantine(struct spool *sp, uint64_t seq, const struct spool_scan_s
 	       sp->core, from, (unsigned long long)res->bad_off, res->why ? res->why : "?", to);
 }
 
+/*
+ * Seal a recovered segment at the end of its data (a cut torn tail, or
+ * simply where writing stopped).  Nothing is appended to it again anyway
+ * (writing goes on in a new segment), but on disk it would stay unsealed:
+ * each later recovery would search the rest of it for a later batch marker
+ * (one pass over up to segment_size bytes), and damage inside its last
+ * commit_depth batches would pass for a torn tail and be cut silently.
+ * Sealed, the next recovery stops at the seal, and damage before it is
+ * reported as corruption.  The SEAL carries the segment's own version (a
+ * segment holds records of one version).  A crash while it is written
+ * leaves at worst a partial header at the end of the data: a torn tail
+ * again.  A failure (a full disk cannot extend a growing file) is logged
+ * and leaves the segment as it was: sealing is not needed for safety, so
+ * it never keeps the relay from starting.
+ */
+static void seal_recovered(struct spool *sp, int fd, uint64_t seq, struct spool_scan_seg *res)
+{
+	uint8_t seal[SEAL_LEN];
+	spool_rec_build(seal, SPOOL_REC_SEAL, 0, seq, 0, NULL, 0);
+	seal[4] = res->version;
+	spool_rec_reseal(seal, seq);
+	ssize_t n;
+	do
+		n = pwrite(fd, seal, sizeof(seal), (off_t)res->size);
+	while (n < 0 && errno == EINTR);
+	int err = n < 0 ? errno : n != (ssize_t)sizeof(seal) ? EIO : 0;
+	if (err == 0 && fdatasync(fd) < 0)
+		err = errno;
+	if (err != 0) {
+		MX_WARN("spool c%u: cannot seal segment %016llx at %llu: %s (left unsealed)",
+			sp->core, (unsigned long long)seq, (unsigned long long)res->size,
+			strerror(err));
+		return;
+	}
+	res->size += SEAL_LEN;
+	res->sealed = true;
+}
+
 static int recover(struct spool *sp, spool_recover_fn cb, void *arg,
 		   struct spool_recovery_stats *rs)
 {
@@ -2154,6 +2200,10 @@ static int recover(struct spool *sp, spool_recover_fn cb, void *arg,
 					break;
 				}
 			}
+		}
+		if (!sp->readonly && !res.sealed && res.version >= 2 && res.size > 0) {
+			seal_recovered(sp, fd, seqs[i], &res);
+			rs->sealed += res.sealed;
 		}
 		struct stat st;
 		struct seg *s = seg_new(sp, seqs[i], fd, res.size);

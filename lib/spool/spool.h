@@ -69,11 +69,21 @@ struct spool_rcpt {
 	uint8_t notify;	   /* SPOOL_NOTIFY_* bits */
 };
 
+/*
+ * What the client declared at MAIL FROM, forwarded as received: BODY=8BITMIME
+ * (RFC 6152 section 2) and SMTPUTF8 (RFC 6531 section 3.4).  Without them a
+ * message recovered after a restart would go out as 7-bit ASCII mail.
+ */
+#define SPOOL_ENV_F_8BITMIME 0x01
+#define SPOOL_ENV_F_SMTPUTF8 0x02
+#define SPOOL_ENV_F_ALL (SPOOL_ENV_F_8BITMIME | SPOOL_ENV_F_SMTPUTF8)
+
 /* Every string may be NULL (stored as empty).  Strings are at most 65535 bytes. */
 struct spool_envelope {
 	const char *sender; /* reverse-path without <>, "" for the null sender */
 	const char *envid;  /* ENVID= (RFC 3461 section 4.4) */
 	uint8_t ret;	    /* enum spool_ret */
+	uint8_t flags;	    /* SPOOL_ENV_F_*; read as 0 from records older than version 3 */
 	const char *client_ip;
 	const char *helo;
 	int64_t arrival_us; /* wall clock, microseconds since the epoch */
@@ -137,6 +147,7 @@ struct spool_recovery_stats {
 	uint64_t torn_tails;	/* segments whose partial tail was cut */
 	uint64_t quarantined;	/* segments moved to <dir>/quarantine/ */
 	uint64_t empty_removed; /* segments without a record, removed */
+	uint64_t sealed;	/* unsealed segments given a seal at the end of their data */
 	uint64_t elapsed_us;
 };
 
@@ -310,15 +321,17 @@ uint64_t spool_id_make(uint32_t gen, unsigned core, uint32_t seq);
 uint32_t spool_crc32c(uint32_t crc, const void *data, size_t len);
 
 /**
- * Encode env into buf (capacity cap).  Returns the encoded length, or
- * -EINVAL (bad envelope), -ENOBUFS (cap too small).
+ * Encode env into buf (capacity cap), as envelope version 2 (with flags).
+ * Returns the encoded length, or -EINVAL (bad envelope, or a flag outside
+ * SPOOL_ENV_F_ALL), -ENOBUFS (cap too small).
  */
 long spool_env_encode(const struct spool_envelope *env, void *buf, size_t cap);
 /** Size spool_env_encode needs, or -EINVAL. */
 long spool_env_size(const struct spool_envelope *env);
 /**
- * Decode an encoded envelope (hostile input).  *out is one malloc'd block
- * (free() it).  0, -EINVAL (malformed: every length is checked), -ENOMEM.
+ * Decode an encoded envelope (hostile input), version 1 (flags read as 0)
+ * or 2.  *out is one malloc'd block (free() it).  0, -EINVAL (malformed:
+ * every length is checked; unknown flags), -ENOMEM.
  */
 int spool_env_decode(const void *buf, size_t len, struct spool_envelope **out);
 

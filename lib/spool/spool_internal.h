@@ -12,9 +12,10 @@
 #include <string.h>
 
 #define SPOOL_REC_MAGIC 0x5258534du /* "MSXR" as little-endian bytes */
-#define SPOOL_REC_VERSION 2	    /* written; version 1 is still read (FORMAT.md) */
+#define SPOOL_REC_VERSION 3	    /* written; versions 1 and 2 are still read (FORMAT.md) */
 #define SPOOL_REC_HDR 32
-#define SPOOL_ENV_VERSION 1
+/* Envelope version written: 2 adds the flags byte; version 1 (records 1 and 2) is read. */
+#define SPOOL_ENV_VERSION 2
 #define SPOOL_TEXT_MAX 1024 /* reply texts in state records are cut to this */
 /*
  * Batches in flight at most (commit_depth's bound).  Recovery's torn-tail

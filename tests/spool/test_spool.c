@@ -69,11 +69,15 @@ static struct spool_rcpt test_rcpts[3] = {
 	{"carol@example.org", NULL, SPOOL_NOTIFY_NEVER},
 };
 
+/* SPOOL_ENV_F_* that test_env() (and so put_msg()) gives the next messages */
+static uint8_t env_flags;
+
 static struct spool_envelope test_env(uint32_t rcpts)
 {
 	struct spool_envelope e = {.sender = "sensor-17@fleet.example",
 				   .envid = "ENV123",
 				   .ret = SPOOL_RET_HDRS,
+				   .flags = env_flags,
 				   .client_ip = "10.77.0.1",
 				   .helo = "cam17",
 				   .arrival_us = 1700000000123456LL,
@@ -180,6 +184,7 @@ static void test_ids(void)
 static void test_envelope_round_trip(void)
 {
 	struct spool_envelope e = test_env(3);
+	e.flags = SPOOL_ENV_F_8BITMIME | SPOOL_ENV_F_SMTPUTF8;
 	uint8_t buf[1024];
 	long n = spool_env_encode(&e, buf, sizeof(buf));
 	CU_ASSERT_TRUE_FATAL(n > 0);
@@ -190,6 +195,7 @@ static void test_envelope_round_trip(void)
 	CU_ASSERT_STRING_EQUAL(d->sender, e.sender);
 	CU_ASSERT_STRING_EQUAL(d->envid, "ENV123");
 	CU_ASSERT_EQUAL(d->ret, SPOOL_RET_HDRS);
+	CU_ASSERT_EQUAL(d->flags, SPOOL_ENV_F_8BITMIME | SPOOL_ENV_F_SMTPUTF8);
 	CU_ASSERT_STRING_EQUAL(d->client_ip, "10.77.0.1");
 	CU_ASSERT_STRING_EQUAL(d->helo, "cam17");
 	CU_ASSERT_EQUAL(d->arrival_us, 1700000000123456LL);
@@ -211,6 +217,47 @@ static void test_envelope_round_trip(void)
 	}
 	buf[n] = 0;
 	CU_ASSERT_EQUAL(spool_env_decode(buf, (size_t)n + 1, &d), -EINVAL);
+	/* each flag alone survives the trip */
+	for (uint8_t f = 0; f <= SPOOL_ENV_F_ALL; f++) {
+		e.flags = f;
+		CU_ASSERT_EQUAL_FATAL(spool_env_encode(&e, buf, sizeof(buf)), n);
+		CU_ASSERT_EQUAL(buf[0], 2);
+		CU_ASSERT_EQUAL(buf[12], f);
+		CU_ASSERT_EQUAL_FATAL(spool_env_decode(buf, (size_t)n, &d), 0);
+		CU_ASSERT_EQUAL(d->flags, f);
+		free(d);
+	}
+	/* unknown flags: refused when encoding and when decoding */
+	e.flags = 0x04;
+	CU_ASSERT_EQUAL(spool_env_size(&e), -EINVAL);
+	CU_ASSERT_EQUAL(spool_env_encode(&e, buf, sizeof(buf)), -EINVAL);
+	e.flags = SPOOL_ENV_F_8BITMIME;
+	CU_ASSERT_EQUAL_FATAL(spool_env_encode(&e, buf, sizeof(buf)), n);
+	buf[12] = 0x80 | SPOOL_ENV_F_8BITMIME;
+	CU_ASSERT_EQUAL(spool_env_decode(buf, (size_t)n, &d), -EINVAL);
+	/*
+	 * Envelope version 1 (written by record versions 1 and 2): no flags
+	 * byte; it reads as flags 0 with every other field intact.
+	 */
+	buf[12] = SPOOL_ENV_F_8BITMIME;
+	uint8_t v1[1024];
+	v1[0] = 1;
+	memcpy(v1 + 1, buf + 1, 11);
+	memcpy(v1 + 12, buf + 13, (size_t)n - 13);
+	CU_ASSERT_EQUAL_FATAL(spool_env_decode(v1, (size_t)n - 1, &d), 0);
+	CU_ASSERT_EQUAL(d->flags, 0);
+	CU_ASSERT_STRING_EQUAL(d->sender, e.sender);
+	CU_ASSERT_STRING_EQUAL(d->message_id, "<abc@cam17>");
+	CU_ASSERT_EQUAL_FATAL(d->rcpt_count, 3);
+	CU_ASSERT_STRING_EQUAL(d->rcpts[2].addr, "carol@example.org");
+	free(d);
+	for (long l = 0; l < n - 1; l++)
+		CU_ASSERT_EQUAL(spool_env_decode(v1, (size_t)l, &d), -EINVAL);
+	/* version 0 and versions after 2 are not envelopes this program knows */
+	v1[0] = 0;
+	CU_ASSERT_EQUAL(spool_env_decode(v1, (size_t)n - 1, &d), -EINVAL);
+	buf[0] = 3;
+	CU_ASSERT_EQUAL(spool_env_decode(buf, (size_t)n, &d), -EINVAL);
 	/* zero recipients is not an envelope */
 	e.rcpt_count = 0;
 	CU_ASSERT_EQUAL(spool_env_size(&e), -EINVAL);
@@ -453,6 +500,8 @@ static void test_limits(void)
 struct seen {
 	int n;
 	uint64_t ids[2048];
+	uint8_t flags[2048]; /* env->flags */
+	uint32_t body_len[2048];
 	uint8_t state0[2048];
 	char text0[2048][32];
 	uint32_t rcpts[2048];
@@ -465,6 +514,8 @@ static void on_recovered(void *arg, const struct spool_recovered *m)
 	if (s->n >= 2048)
 		return;
 	s->ids[s->n] = m->id;
+	s->flags[s->n] = m->env->flags;
+	s->body_len[s->n] = m->loc.body_len;
 	s->state0[s->n] = m->rcpt[0].state;
 	snprintf(s->text0[s->n], 32, "%s", m->rcpt[0].text ? m->rcpt[0].text : "");
 	s->rcpts[s->n] = m->env->rcpt_count;
@@ -575,16 +626,69 @@ static size_t image_data_end(const uint8_t *img, size_t len, uint64_t seq, size_
 	return off;
 }
 
-/* Rewrite every record of [0, end) as version 1 (unseeded header checksum). */
-static void image_to_v1(uint8_t *img, size_t end, uint64_t seq)
+/* Give a header version v: version 1 is unseeded, later ones seeded with seq. */
+static void relabel_hdr(uint8_t *hdr, uint64_t seq, int v)
+{
+	hdr[4] = (uint8_t)v;
+	if (v == 1)
+		spool_put32(hdr + 28, spool_crc32c(0, hdr, 28));
+	else
+		spool_rec_reseal(hdr, seq);
+}
+
+/*
+ * Relabel every record header of [0, end) as version v, payloads untouched:
+ * the record boundaries stay where they are (a stale older life lined up
+ * with the new one).
+ */
+static void image_relabel(uint8_t *img, size_t end, uint64_t seq, int v)
 {
 	for (size_t off = 0; off < end;) {
 		struct spool_rec_hdr h;
 		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, end - off, seq, &h), 0);
-		img[off + 4] = 1;
-		spool_put32(img + off + 28, spool_crc32c(0, img + off, 28));
+		relabel_hdr(img + off, seq, v);
 		off += SPOOL_REC_HDR + h.length;
 	}
+}
+
+/*
+ * The image as a relay of record version v (1 or 2) wrote it: headers of
+ * version v and envelopes of version 1 (no flags byte), so every message
+ * record is one byte shorter.  Returns a malloc'd image of *out_len bytes.
+ */
+static uint8_t *image_downgrade(const uint8_t *img, size_t end, uint64_t seq, int v,
+				size_t *out_len)
+{
+	uint8_t *out = malloc(end);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+	size_t o = 0;
+	for (size_t off = 0; off < end;) {
+		struct spool_rec_hdr h;
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, end - off, seq, &h), 0);
+		const uint8_t *pay = img + off + SPOOL_REC_HDR;
+		uint8_t *hdr = out + o;
+		uint8_t *dst = hdr + SPOOL_REC_HDR;
+		uint32_t len = h.length;
+		if (h.type == SPOOL_REC_MSG) {
+			CU_ASSERT_EQUAL_FATAL(pay[0], 2);
+			dst[0] = 1;
+			memcpy(dst + 1, pay + 1, 11);
+			memcpy(dst + 12, pay + 13, h.length - 13);
+			len = h.length - 1;
+			h.aux--;
+		} else {
+			memcpy(dst, pay, h.length);
+		}
+		h.length = len;
+		h.data_crc = spool_crc32c(0, dst, len);
+		h.seg = seq;
+		spool_rec_hdr_put(hdr, &h);
+		relabel_hdr(hdr, seq, v);
+		o += SPOOL_REC_HDR + len;
+		off += SPOOL_REC_HDR + (h.type == SPOOL_REC_MSG ? len + 1 : len);
+	}
+	*out_len = o;
+	return out;
 }
 
 /* Five messages in five batches; the image of the segment up to the end of its data. */
@@ -628,8 +732,12 @@ static void torn_tail_run(int version)
 	uint64_t seq;
 	size_t len;
 	uint8_t *img = five_batches(new_dir(dir, sizeof(dir)), &c, &seq, &len, 0);
-	if (version == 1)
-		image_to_v1(img, len, seq);
+	if (version < SPOOL_REC_VERSION) {
+		/* as an older relay wrote it (shorter envelopes) */
+		uint8_t *old = image_downgrade(img, len, seq, version, &len);
+		free(img);
+		img = old;
+	}
 	/* where each record ends (segment header, batch markers, messages) */
 	size_t ends[64], nends = 0, off = 0, msgs = 0;
 	bool is_msg[64];
@@ -677,12 +785,16 @@ static void torn_tail_run(int version)
 					(unsigned long long)rs.torn_tails);
 		}
 		spool_close(sp);
-		/* the torn part is cut away (an image without a whole record is removed) */
+		/*
+		 * The torn part is cut away (an image without a whole record is
+		 * removed); versions 2 and later are then sealed where the data ends.
+		 */
 		struct stat st;
-		if (keep > 0 && (stat(seg2, &st) != 0 || (size_t)st.st_size != keep)) {
+		size_t sealed_len = keep + (version >= 2 ? SPOOL_REC_HDR : 0);
+		if (keep > 0 && (stat(seg2, &st) != 0 || (size_t)st.st_size != sealed_len)) {
 			if (bad_size++ < 5)
 				fprintf(stderr, "  len %zu: size %lld, want %zu\n", l,
-					(long long)st.st_size, keep);
+					(long long)st.st_size, sealed_len);
 		}
 		if (keep == 0 && stat(seg2, &st) == 0)
 			bad_size++;
@@ -697,12 +809,149 @@ static void torn_tail_run(int version)
 
 static void test_torn_tail_every_length(void)
 {
+	torn_tail_run(SPOOL_REC_VERSION);
+}
+
+static void test_torn_tail_every_length_v2(void)
+{
 	torn_tail_run(2);
 }
 
 static void test_torn_tail_every_length_v1(void)
 {
 	torn_tail_run(1);
+}
+
+/*
+ * BODY=8BITMIME and SMTPUTF8 (RFC 6152, RFC 6531) outlive a restart: recovery
+ * reports each message's flags, and another core reading the record
+ * (spool_read_envelope) sees them too.
+ */
+static void test_recovery_returns_flags(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 1, NULL, NULL, NULL, &sp), 0);
+	uint64_t id[8];
+	for (int i = 0; i < 8; i++) {
+		env_flags = (uint8_t)(i & SPOOL_ENV_F_ALL);
+		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 100 + (size_t)i, 2, &id[i]), 0);
+	}
+	env_flags = 0;
+	CU_ASSERT_EQUAL(wait_completions(sp, 8, NULL, 0), 8);
+	spool_close(sp);
+
+	struct seen *s = calloc(1, sizeof(*s));
+	struct spool_recovery_stats rs;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 1, on_recovered, s, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.messages, 8);
+	CU_ASSERT_EQUAL_FATAL(s->n, 8);
+	for (int i = 0; i < 8; i++) {
+		int k = seen_index(s, id[i]);
+		CU_ASSERT_FATAL(k >= 0);
+		CU_ASSERT_EQUAL(s->flags[k], i & SPOOL_ENV_F_ALL);
+		CU_ASSERT_EQUAL(s->body_len[k], 100 + (uint32_t)i);
+		/* the same through the remote reader */
+		struct spool_location loc;
+		CU_ASSERT_EQUAL_FATAL(spool_locate(sp, id[i], &loc), 0);
+		int fd = spool_open_record(dir, &loc, id[i]);
+		CU_ASSERT_TRUE_FATAL(fd >= 0);
+		struct spool_envelope *env;
+		CU_ASSERT_EQUAL_FATAL(spool_read_envelope(fd, &loc, &env), 0);
+		CU_ASSERT_EQUAL(env->flags, i & SPOOL_ENV_F_ALL);
+		CU_ASSERT_EQUAL(env->rcpt_count, 2);
+		free(env);
+		close(fd);
+		CU_ASSERT_TRUE(body_ok(sp, id[i], (uint64_t)i, 100 + (size_t)i));
+	}
+	spool_close(sp);
+	free(s);
+}
+
+/*
+ * A spool written by a relay of record version 2 (envelopes without the
+ * flags byte) is read by this one: its messages come back with flags 0 and
+ * intact bodies, new messages go to a version 3 segment beside it, and
+ * compaction copies an old record into the new segment (relabelled as
+ * version 3, which a version 3 segment requires) without losing it.
+ */
+static void test_old_version_segment_read(void)
+{
+	char dir[300], dir2[300], cdir[400], seg[400];
+	struct spool_config c;
+	uint64_t seq;
+	size_t len, old_len;
+	env_flags = SPOOL_ENV_F_8BITMIME | SPOOL_ENV_F_SMTPUTF8; /* what v2 could not store */
+	uint8_t *img = five_batches(new_dir(dir, sizeof(dir)), &c, &seq, &len, 0);
+	env_flags = 0;
+	uint8_t *old = image_downgrade(img, len, seq, 2, &old_len);
+	CU_ASSERT_EQUAL_FATAL(old_len, len - 5);
+	new_dir(dir2, sizeof(dir2));
+	mkdir(dir2, 0700);
+	spool_core_path(cdir, sizeof(cdir), dir2, 0);
+	mkdir(cdir, 0700);
+	spool_seg_path(seg, sizeof(seg), dir2, 0, seq);
+	write_file(seg, old, old_len);
+	c.dir = dir2;
+	c.compact_min_age_us = 0;
+	c.compact_live_pct = 100;
+
+	struct seen *s = calloc(1, sizeof(*s));
+	struct spool_recovery_stats rs;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, on_recovered, s, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.messages, 5);
+	CU_ASSERT_EQUAL(rs.torn_tails + rs.quarantined, 0);
+	CU_ASSERT_EQUAL_FATAL(s->n, 5);
+	CU_ASSERT_TRUE(s->env_ok);
+	for (int i = 0; i < 5; i++) {
+		CU_ASSERT_EQUAL(s->flags[i], 0);
+		CU_ASSERT_EQUAL(s->body_len[i], 40 + 13 * (uint32_t)i);
+		CU_ASSERT_TRUE(body_ok(sp, s->ids[i], (uint64_t)i, 40 + 13 * (size_t)i));
+	}
+	/* finish all but the third; a new message starts a new (version 3) segment */
+	uint64_t keep = s->ids[2], nid;
+	for (int i = 0; i < 5; i++)
+		if (i != 2)
+			CU_ASSERT_EQUAL(spool_msg_finish(sp, s->ids[i]), 0);
+	env_flags = SPOOL_ENV_F_8BITMIME;
+	CU_ASSERT_EQUAL(put_msg(sp, 9, 500, 1, &nid), 0);
+	env_flags = 0;
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	struct spool_stats st;
+	for (int k = 0; k < 100; k++) {
+		spool_poll(sp, mx_now_us(), NULL, 0);
+		spool_sync(sp);
+		spool_get_stats(sp, &st);
+		if (st.compaction_msgs == 1 && st.segments_reclaimed == 1)
+			break;
+	}
+	CU_ASSERT_EQUAL(st.compaction_msgs, 1);
+	CU_ASSERT_EQUAL(st.segments_reclaimed, 1);
+	struct spool_location loc;
+	CU_ASSERT_EQUAL(spool_locate(sp, keep, &loc), 0);
+	CU_ASSERT_NOT_EQUAL(loc.segment, seq);
+	spool_close(sp);
+
+	memset(s, 0, sizeof(*s));
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, on_recovered, s, &rs, &sp), 0);
+	CU_ASSERT_EQUAL(rs.messages, 2);
+	CU_ASSERT_EQUAL(rs.torn_tails + rs.quarantined, 0);
+	int ko = seen_index(s, keep), kn = seen_index(s, nid);
+	CU_ASSERT_FATAL(ko >= 0 && kn >= 0);
+	CU_ASSERT_EQUAL(s->flags[ko], 0);
+	CU_ASSERT_EQUAL(s->flags[kn], SPOOL_ENV_F_8BITMIME);
+	CU_ASSERT_TRUE(body_ok(sp, keep, 2, 66));
+	CU_ASSERT_TRUE(body_ok(sp, nid, 9, 500));
+	CU_ASSERT_EQUAL(spool_locate(sp, keep, &loc), 0);
+	CU_ASSERT_EQUAL(spool_locate(sp, nid, &loc), 0);
+	spool_close(sp);
+	free(s);
+	free(old);
+	free(img);
+	rm_rf(dir);
 }
 
 /*
@@ -722,8 +971,8 @@ static void recycled_run(bool zero_tail, int old_version)
 	size_t len_old, len_new;
 	new_dir(dir, sizeof(dir));
 	uint8_t *old = five_batches(dir, &c, &seq_old, &len_old, 0);
-	if (old_version == 1)
-		image_to_v1(old, len_old, seq_old);
+	if (old_version != SPOOL_REC_VERSION)
+		image_relabel(old, len_old, seq_old, old_version);
 	/* the new life: a later open of another spool, a later generation, a new sequence */
 	char gen[400];
 	snprintf(gen, sizeof(gen), "%s/spool.gen", new_dir(dir2, sizeof(dir2)));
@@ -823,6 +1072,11 @@ static void recycled_run(bool zero_tail, int old_version)
 
 static void test_recycled_stale_tail_every_length(void)
 {
+	recycled_run(false, SPOOL_REC_VERSION);
+}
+
+static void test_recycled_v2_tail_every_length(void)
+{
 	recycled_run(false, 2);
 }
 
@@ -833,7 +1087,7 @@ static void test_recycled_v1_tail_every_length(void)
 
 static void test_zeroed_tail_every_length(void)
 {
-	recycled_run(true, 2);
+	recycled_run(true, SPOOL_REC_VERSION);
 }
 
 /*
@@ -960,6 +1214,206 @@ static void test_quarantine_corrupt_segment(void)
  * markers follow it) is corruption: quarantined, not cut; damage in the last
  * batch is a torn tail.
  */
+/* ---- recover, append, crash, recover again ----------------------------- */
+
+struct ids {
+	int n;
+	uint64_t v[64];
+};
+
+static void on_recovered_id(void *arg, const struct spool_recovered *m)
+{
+	struct ids *s = arg;
+	if (s->n < 64)
+		s->v[s->n++] = m->id;
+}
+
+static bool ids_has(const struct ids *s, uint64_t id)
+{
+	for (int i = 0; i < s->n; i++)
+		if (s->v[i] == id)
+			return true;
+	return false;
+}
+
+/* What the child saw and did (pipe): 'R'ecovered, 'A'cked, 'U'nacked, 'F'inished. */
+struct crash_note {
+	char kind;
+	uint64_t id;
+};
+
+static void note(int fd, char kind, uint64_t id)
+{
+	struct crash_note n = {kind, id};
+	if (write(fd, &n, sizeof(n)) != (ssize_t)sizeof(n))
+		_exit(3);
+}
+
+/*
+ * The relay after the first crash: recover, finish one recovered message,
+ * accept four more (acknowledged), start three (written, not acknowledged),
+ * and die by SIGKILL with them in flight.
+ */
+static void crash_child(const struct spool_config *c, int fd)
+{
+	struct ids rec = {0};
+	struct spool *sp;
+	if (spool_open(c, 0, on_recovered_id, &rec, NULL, &sp) != 0)
+		_exit(2);
+	for (int i = 0; i < rec.n; i++)
+		note(fd, 'R', rec.v[i]);
+	if (rec.n > 0 && spool_msg_finish(sp, rec.v[0]) == 0 && spool_sync(sp) == 0)
+		note(fd, 'F', rec.v[0]);
+	uint64_t id[7];
+	int status[7] = {1, 1, 1, 1, 1, 1, 1};
+	for (int i = 0; i < 4; i++)
+		if (put_msg(sp, (uint64_t)i, 200 + 31 * (size_t)i, 1, &id[i]) != 0)
+			_exit(4);
+	if (wait_completions(sp, 4, status, 7) != 4)
+		_exit(5);
+	for (int i = 0; i < 4; i++)
+		if (status[i] == 0)
+			note(fd, 'A', id[i]);
+	for (int i = 4; i < 7; i++)
+		if (put_msg(sp, (uint64_t)i, 300, 1, &id[i]) == 0)
+			note(fd, 'U', id[i]);
+	spool_poll(sp, mx_now_us() + 100000000, NULL, 0); /* the writes start; nobody waits */
+	kill(getpid(), SIGKILL);
+	_exit(6);
+}
+
+/*
+ * Torn at l bytes (a growing file of l bytes, or a preallocated one: the
+ * first l bytes of the image, zeros after), recovered by a relay that then
+ * appends and is killed, recovered again: the second recovery finds every
+ * message acknowledged in either life and not finished, and nothing that
+ * was never written.  Returns the number of failed checks.
+ */
+static int recover_twice_at(const char *dir, const struct spool_config *c, const uint8_t *img,
+			    size_t l, size_t file_len, size_t expect, uint64_t seq, size_t keep)
+{
+	char cdir[400], seg[400];
+	int bad = 0;
+	rm_rf(dir);
+	mkdir(dir, 0700);
+	spool_core_path(cdir, sizeof(cdir), dir, 0);
+	mkdir(cdir, 0700);
+	spool_seg_path(seg, sizeof(seg), dir, 0, seq);
+	uint8_t *file = calloc(1, file_len > l ? file_len : l + 1);
+	memcpy(file, img, l);
+	write_file(seg, file, file_len > l ? file_len : l);
+	free(file);
+	int p[2];
+	if (pipe(p) != 0)
+		return 1;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(p[0]);
+		crash_child(c, p[1]);
+	}
+	close(p[1]);
+	struct ids r = {0}, a = {0}, u = {0}, f = {0};
+	struct crash_note n;
+	while (read(p[0], &n, sizeof(n)) == (ssize_t)sizeof(n)) {
+		struct ids *t = n.kind == 'R' ? &r : n.kind == 'A' ? &a : n.kind == 'U' ? &u : &f;
+		if (t->n < 64)
+			t->v[t->n++] = n.id;
+	}
+	close(p[0]);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGKILL) {
+		fprintf(stderr, "  len %zu: child ended with status %#x\n", l, st);
+		return 1;
+	}
+	/* the first recovery: exactly the whole messages */
+	bad += r.n != (int)expect;
+	bad += a.n != 4;
+	bad += expect > 0 && f.n != 1;
+	/*
+	 * The cut segment ends with a seal now (later recoveries need no
+	 * search), unless it was reclaimed: nothing live was left in it.
+	 */
+	int fd = open(seg, O_RDONLY);
+	if (fd >= 0) {
+		struct spool_scan_seg res;
+		if (keep == 0 || spool_scan_segment(fd, seq, NULL, NULL, &res) != 0 ||
+		    !res.sealed || res.size != keep + SPOOL_REC_HDR || res.state != 0)
+			bad++;
+		close(fd);
+	} else if (r.n != f.n) {
+		bad++;
+	}
+	/* the second recovery */
+	struct ids r2 = {0};
+	struct spool_recovery_stats rs;
+	struct spool *sp;
+	if (spool_open(c, 0, on_recovered_id, &r2, &rs, &sp) != 0)
+		return bad + 1;
+	spool_close(sp);
+	bad += rs.quarantined != 0;
+	for (int i = 0; i < r.n; i++)
+		bad += ids_has(&r2, r.v[i]) == ids_has(&f, r.v[i]);
+	for (int i = 0; i < a.n; i++)
+		bad += !ids_has(&r2, a.v[i]);
+	for (int i = 0; i < r2.n; i++)
+		bad += !ids_has(&r, r2.v[i]) && !ids_has(&a, r2.v[i]) && !ids_has(&u, r2.v[i]);
+	if (bad)
+		fprintf(stderr,
+			"  len %zu (file %zu): recovered %d (want %zu), acked %d, unacked %d, "
+			"finished %d; then %d back, %llu quarantined\n",
+			l, file_len, r.n, expect, a.n, u.n, f.n, r2.n,
+			(unsigned long long)rs.quarantined);
+	return bad;
+}
+
+static void test_recover_append_crash_recover(void)
+{
+	char dir[300], dir2[300];
+	struct spool_config c;
+	uint64_t seq;
+	size_t len;
+	uint8_t *img = five_batches(new_dir(dir, sizeof(dir)), &c, &seq, &len, 0);
+	size_t ends[64], nends = 0, off = 0;
+	bool is_msg[64];
+	while (off < len && nends < 64) {
+		struct spool_rec_hdr h;
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len - off, seq, &h), 0);
+		off += SPOOL_REC_HDR + h.length;
+		is_msg[nends] = h.type == SPOOL_REC_MSG;
+		ends[nends++] = off;
+	}
+	struct spool_config c2 = c;
+	c2.dir = new_dir(dir2, sizeof(dir2));
+	c2.segment_bytes = 64 << 10;
+	c2.max_message_bytes = 16 << 10;
+	int bad = 0, points = 0;
+	for (size_t l = 0; l <= len; l++) {
+		/* every record boundary and the bytes around it, and every 11th byte */
+		bool near = false;
+		for (size_t k = 0; k < nends; k++)
+			near |= l + 1 >= ends[k] && l <= ends[k] + 1;
+		if (!near && l % 11 != 0)
+			continue;
+		size_t expect = 0, keep = 0;
+		for (size_t k = 0; k < nends; k++)
+			if (ends[k] <= l) {
+				expect += is_msg[k];
+				keep = ends[k];
+			}
+		/* a growing file, then a preallocated one (zeros after the data) */
+		bad += recover_twice_at(dir2, &c2, img, l, l, expect, seq, keep);
+		bad += recover_twice_at(dir2, &c2, img, l, c2.segment_bytes, expect, seq, keep);
+		points++;
+	}
+	CU_ASSERT_TRUE(points > 40);
+	CU_ASSERT_EQUAL(bad, 0);
+	free(img);
+	rm_rf(dir);
+	rm_rf(dir2);
+}
+
 static void test_active_segment_damage(void)
 {
 	char dir[300], seg[400];
@@ -1468,9 +1922,11 @@ static void test_mxspool_tool(void)
 	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 2, NULL, NULL, NULL, &sp), 0);
 	uint64_t id[3];
 	for (int i = 0; i < 3; i++) {
+		env_flags = i == 2 ? SPOOL_ENV_F_8BITMIME | SPOOL_ENV_F_SMTPUTF8 : 0;
 		CU_ASSERT_EQUAL(put_msg(sp, (uint64_t)i, 50, 2, &id[i]), 0);
 		spool_id_format(id[i], ids[i]);
 	}
+	env_flags = 0;
 	CU_ASSERT_EQUAL(wait_completions(sp, 3, NULL, 0), 3);
 	CU_ASSERT_EQUAL(spool_mark_deferred(sp, id[0], 1, 4000000000LL, "421 later"), 0);
 	CU_ASSERT_EQUAL(spool_mark_delivered(sp, id[1], 0), 0);
@@ -1486,6 +1942,10 @@ static void test_mxspool_tool(void)
 	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
 	CU_ASSERT_PTR_NOT_NULL(strstr(out, "state=deferred retry=4000000000 \"421 later\""));
 	CU_ASSERT_PTR_NOT_NULL(strstr(out, "body: 50 bytes\n\nabcdefghij"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "\nbody-type: 7BIT\nsmtputf8: no\n"));
+	snprintf(cmd, sizeof(cmd), "%s %s show %s", bin, dir, ids[2]);
+	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
+	CU_ASSERT_PTR_NOT_NULL(strstr(out, "\nbody-type: 8BITMIME\nsmtputf8: yes\n"));
 	snprintf(cmd, sizeof(cmd), "%s %s requeue %s", bin, dir, ids[0]);
 	CU_ASSERT_EQUAL(run_cmd(cmd, out, sizeof(out)), 0);
 	snprintf(cmd, sizeof(cmd), "%s %s show %s", bin, dir, ids[0]);
@@ -1561,14 +2021,19 @@ static CU_TestInfo spool_tests[] = {
 	{"durability_none", test_durability_none},
 	{"limits", test_limits},
 	{"recovery_with_state", test_recovery_with_state},
+	{"recovery_returns_flags", test_recovery_returns_flags},
+	{"old_version_segment_read", test_old_version_segment_read},
 	{"torn_tail_every_length", test_torn_tail_every_length},
+	{"torn_tail_every_length_v2", test_torn_tail_every_length_v2},
 	{"torn_tail_every_length_v1", test_torn_tail_every_length_v1},
 	{"recycled_stale_tail_every_length", test_recycled_stale_tail_every_length},
+	{"recycled_v2_tail_every_length", test_recycled_v2_tail_every_length},
 	{"recycled_v1_tail_every_length", test_recycled_v1_tail_every_length},
 	{"zeroed_tail_every_length", test_zeroed_tail_every_length},
 	{"recycle_through_api", test_recycle_through_api},
 	{"quarantine_corrupt_segment", test_quarantine_corrupt_segment},
 	{"active_segment_damage", test_active_segment_damage},
+	{"recover_append_crash_recover", test_recover_append_crash_recover},
 	{"reclaim", test_reclaim},
 	{"compaction_keeps_state", test_compaction_keeps_state},
 	{"spool_full_by_size", test_spool_full_by_size},

@@ -102,6 +102,10 @@ static void on_show(void *arg, const struct spool_recovered *m)
 	       m->loc.core, m->loc.segment, m->loc.offset, m->loc.length);
 	printf("arrival: %s\nsender: <%s>\n", when, e->sender);
 	printf("envid: %s\nret: %s\n", e->envid, ret[e->ret <= 2 ? e->ret : 0]);
+	/* as it will be forwarded at MAIL FROM (RFC 6152, RFC 6531) */
+	printf("body-type: %s\nsmtputf8: %s\n",
+	       (e->flags & SPOOL_ENV_F_8BITMIME) ? "8BITMIME" : "7BIT",
+	       (e->flags & SPOOL_ENV_F_SMTPUTF8) ? "yes" : "no");
 	printf("client: %s helo %s\n", e->client_ip, e->helo);
 	printf("tls: %s %s\nauth: %s\nmessage-id: %s\n", e->tls_version, e->tls_cipher,
 	       e->auth_user, e->message_id);
