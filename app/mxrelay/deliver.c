@@ -814,7 +814,11 @@ void deliver_recovered(struct deliver *dl, const struct spool_recovered *m)
 	if (dl == NULL)
 		return;
 	dl->stats.recovered++;
-	int rc = queue_message(dl, m->id, m->env, m->rcpt, &m->loc, QUEUE_DESC_F_RECOVERED);
+	/* BODY=8BITMIME and SMTPUTF8 as the spool kept them (format version 3) */
+	uint32_t flags = QUEUE_DESC_F_RECOVERED |
+			 (m->env->flags & SPOOL_ENV_F_8BITMIME ? QUEUE_DESC_F_8BITMIME : 0) |
+			 (m->env->flags & SPOOL_ENV_F_SMTPUTF8 ? QUEUE_DESC_F_SMTPUTF8 : 0);
+	int rc = queue_message(dl, m->id, m->env, m->rcpt, &m->loc, flags);
 	if (rc < 0) {
 		dl->stats.split_failures++;
 		MX_WARN("%s: recovered but cannot be queued: %s", m->id_str, strerror(-rc));

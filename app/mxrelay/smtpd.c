@@ -626,6 +626,9 @@ static void commit_message(struct smtpd_conn *c, const struct smtp_envelope *env
 		.ret = (uint8_t)(env->ret == SMTP_RET_FULL   ? SPOOL_RET_FULL
 				 : env->ret == SMTP_RET_HDRS ? SPOOL_RET_HDRS
 							     : SPOOL_RET_NONE),
+		/* kept so that a message recovered after a restart leaves as it came */
+		.flags = (uint8_t)((env->body == SMTP_BODY_8BITMIME ? SPOOL_ENV_F_8BITMIME : 0) |
+				   (env->smtputf8 ? SPOOL_ENV_F_SMTPUTF8 : 0)),
 		.client_ip = ip,
 		.helo = env->helo,
 		.arrival_us = mx_wall_s() * 1000000,

@@ -7,12 +7,15 @@
 # sender.  Postfix smtp-sinks on the host side of the TAP: 10.77.81.1
 # (announces 8BITMIME, not SMTPUTF8: a UTF-8 message to it bounces with 5.6.7)
 # and 10.77.81.3 (started with -8); Python's smtpd with SMTPUTF8 on
-# 10.77.81.4 records the MAIL parameters it gets.  Exit 0 pass, 77 skip.
+# 10.77.81.4 records the MAIL parameters it gets.  Then the flags survive a
+# restart: an 8-bit message for 10.77.81.5 (nothing there yet) waits in the
+# spool while the relay stops and starts again, and leaves the recovered
+# spool with BODY=8BITMIME (spool format 3 keeps it).  Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
 . "$(dirname "$0")/peers.bash"
 need_root_tap
 command -v smtp-sink >/dev/null || skip "smtp-sink (postfix) not installed"
-N=81 IF=mxt81 H=10.77.81.2 S=10.77.81.1 S2=10.77.81.3 S3=10.77.81.4
+N=81 IF=mxt81 H=10.77.81.2 S=10.77.81.1 S2=10.77.81.3 S3=10.77.81.4 S4=10.77.81.5
 
 write_delivery_config "$TMP/r.conf" $IF $N
 start_relay "$TMP/relay.log" "$TMP/r.conf"
@@ -78,5 +81,27 @@ print("BODY=8BITMIME and SMTPUTF8 passed on; an MX without them -> 5.6.3 / 5.6.7
 PYEOF
 grep -q "status=bounced.*5.6.3" "$TMP/relay.log" || fail "no 5.6.3 bounce in the log"
 grep -q "status=bounced.*5.6.7" "$TMP/relay.log" || fail "no 5.6.7 bounce in the log"
+
+# Across a restart: accepted (250) for a host that is not there, deferred, recovered.
+timeout 30 $PY - "$H" "$S4" <<'PYEOF' || fail "sending the message that waits"
+import smtplib, sys
+host, s4 = sys.argv[1:3]
+c = smtplib.SMTP(host, 25, timeout=20)
+c.ehlo("dev.test")
+c.sendmail(f"dev@[{s4}]", [f"ops@[{s4}]"],
+           "From: dev@fleet.test\r\nSubject: kept\r\nX-Probe: kept\r\n\r\n\u00e9t\u00e9\r\n".encode(),
+           mail_options=["BODY=8BITMIME"])
+c.quit()
+PYEOF
+wait_log "to=<ops@\\[$S4\\]>.*status=deferred" 30 || { tail "$TMP/relay.log"; fail "not deferred"; }
 stop_relay
-echo "8BITMIME / SMTPUTF8 delivery: ok"
+start_relay "$TMP/relay2.log" "$TMP/r.conf"
+ip addr add $S4/24 dev $IF || fail "fourth host address"
+start_bg "$TMP/u8sink2.log" $PY "$TMP/u8sink.py" $S4 "$TMP/u8-kept.txt"
+wait_listen $S4:25 || { cat "$TMP/u8sink2.log"; fail "the sink on $S4 did not start"; }
+for _ in $(seq 300); do [ -s "$TMP/u8-kept.txt" ] && break; sleep 0.1; done
+[ -s "$TMP/u8-kept.txt" ] || { tail "$TMP/relay2.log"; fail "the recovered message was not delivered"; }
+cat "$TMP/u8-kept.txt"
+grep -q "BODY=8BITMIME" "$TMP/u8-kept.txt" || fail "recovered message left without BODY=8BITMIME"
+stop_relay
+echo "8BITMIME / SMTPUTF8 delivery: ok (BODY=8BITMIME kept across a restart)"
