@@ -426,6 +426,7 @@ static const char help_text[] =
 	"show ID             one message: envelope and recipients' state\n"
 	"flush [DEST]        retry now (every destination, or one)\n"
 	"suspend DEST        hold a destination's queue; resume DEST lets it go\n"
+	"suspend '*'         hold every destination, new ones too; resume '*' lets them go\n"
 	"dns lookup NAME [TYPE]  the shared DNS cache's entry (TYPE: A, AAAA, MX, ...)\n"
 	"dns flush [NAME]    drop NAME (all types) or everything from the DNS cache\n"
 	"help                this text\n";

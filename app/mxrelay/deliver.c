@@ -82,6 +82,16 @@
  * kicked onto a list and looked at on the next turn.
  */
 #define SESSION_SCAN_US 10000u
+/*
+ * While transactions are out and one was sent or answered this recently,
+ * deliver_poll() reports work, so that the worker keeps polling instead of
+ * backing off to a sleep: the idle back-off sleeps up to 1 ms when the port
+ * has no RX interrupts (net_memif here), and a pooled session carries one
+ * transaction at a time, so every sleep through a reply is added to the
+ * round trip that bounds each session's rate.  A slow or silent MX lets the
+ * core sleep after this long.
+ */
+#define TXN_SPIN_US 500u
 
 struct dsess {
 	struct deliver *dl;
@@ -209,8 +219,10 @@ struct deliver {
 	struct dmsg *outbox[DELIVER_MAX_WORKERS], **outbox_tail[DELIVER_MAX_WORKERS];
 	uint64_t wake_mask; /* mailboxes posted to in this turn */
 	struct reloc_wait *relocs;
-	struct dsess *kicked;  /* sessions with something to do now (sess_kick) */
-	uint64_t next_scan_us; /* every session's timers are checked at this pace */
+	struct dsess *kicked;	 /* sessions with something to do now (sess_kick) */
+	uint64_t next_scan_us;	 /* every session's timers are checked at this pace */
+	uint32_t txns_out;	 /* sessions with a transaction sent, its replies awaited */
+	uint64_t last_txn_io_us; /* a transaction was sent or answered (mx_now_us) */
 	bool destroying, quiesced;
 };
 
@@ -1188,6 +1200,8 @@ static void c_ready(void *user)
 
 static void txn_clear(struct dsess *s)
 {
+	if (s->txn != NULL)
+		s->dl->txns_out--;
 	if (s->body_fd >= 0) {
 		close(s->body_fd);
 		s->body_fd = -1;
@@ -1238,6 +1252,7 @@ static void c_message_done(void *user, const struct smtp_client_result *r)
 		res[i] = (struct queue_rcpt_result){
 			.code = code, .status = rp->status[0] ? rp->status : NULL, .text = text[i]};
 	}
+	s->dl->last_txn_io_us = mx_now_us();
 	txn_clear(s); /* the queue may hand this session the next txn at once */
 	queue_txn_result(s->dl->q, s->handle, res, (unsigned)r->rcpt_count, wall_us());
 	free(res);
@@ -1477,6 +1492,8 @@ static void do_send(struct deliver *dl, const struct queue_action *a)
 		.user = s,
 	};
 	s->txn = t;
+	dl->txns_out++;
+	dl->last_txn_io_us = mx_now_us();
 	int rc = smtp_client_send_message(s->cl, &s->msg);
 	if (rc == 0)
 		return;
@@ -1613,6 +1630,8 @@ static void sess_free(struct deliver *dl, struct dsess *s)
 		dl->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
+	if (s->txn != NULL)
+		dl->txns_out--;
 	if (s->body_fd >= 0)
 		close(s->body_fd);
 	smtp_client_free(s->cl);
@@ -1740,6 +1759,8 @@ unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
 	work += n > 0 ? (unsigned)n : 0;
 	work += sessions_run(dl, now_us);
 	work += outbox_flush(dl);
+	if (dl->txns_out > 0 && now_us - dl->last_txn_io_us < TXN_SPIN_US)
+		work++; /* replies due soon: keep polling (see TXN_SPIN_US) */
 	if (dl->wake_mask != 0)
 		wake_peers(dl);
 	if (dl->dns != NULL)
@@ -2162,7 +2183,8 @@ int deliver_ctl_suspend(struct deliver *dl, const char *dest, bool suspend, FILE
 {
 	if (dest == NULL || dest[0] == 0 || strlen(dest) >= QUEUE_DEST_MAX)
 		return -EINVAL;
-	if (!owns(dl, dest))
+	/* "*" (QUEUE_HOLD_ALL) is every destination: each worker holds its own */
+	if (strcmp(dest, QUEUE_HOLD_ALL) != 0 && !owns(dl, dest))
 		return -ENOENT;
 	int rc = queue_suspend(dl->q, dest, suspend, wall_us());
 	if (rc != 0)

@@ -5,7 +5,7 @@
  *	mxsink --config FILE [--duration SEC] [--max-messages N] [--json FILE]
  *	       [--tempfail PERMILLE] [--slow PERMILLE --slow-ms MS]
  *	       [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]
- *	       [--domains N] [--seq-max N] [--quiet]
+ *	       [--domains N] [--seq-max N] [--quiet] [--busy-poll]
  *	       [--cert FILE --key FILE] [--auth USER:PASS]
  *
  * SMTP on ports 25 and 587 of every port address, served by lib/smtp's
@@ -13,7 +13,7 @@
  * accepted).  With --cert/--key (PEM, e.g. from lib/tls/gen-demo-cert.sh)
  * both offer STARTTLS and port 465 speaks implicit TLS (RFC 8314), so a
  * relay's outbound opportunistic TLS, its session pool and its TLS session
- * resumption (the sink issues TLS 1.3 tickets) are exercised; handshakes
+ * resumption (the sink issues two TLS 1.3 tickets per handshake) are exercised; handshakes
  * full and resumed and TLS failures are counted.  --auth makes 587 a
  * submission port that wants AUTH PLAIN/LOGIN with these credentials
  * (offered only inside TLS, RFC 4954 4); without it 587 behaves like 25.
@@ -35,6 +35,13 @@
  * DNS on UDP 53 answers the synthetic zone: dN.sink.test (N < --domains) has
  * MX 10 mx.dN.sink.test, and both names have an A record with the sink's
  * port 0 address; anything else is NXDOMAIN.
+ *
+ * --busy-poll: a worker with open connections polls flat out instead of
+ * backing off to short sleeps when a turn finds nothing, so a reply never
+ * waits for the sink to wake up: for delivery benchmarks (bench/run's
+ * backlog scenarios) where the sink's wake-up latency, not the relay,
+ * would otherwise bound a relay's few pooled sessions.  It costs a whole
+ * CPU while connections are open: not for runs where mxgen shares it.
  *
  * Counters go to stdout once a second; at exit a JSON summary goes to --json
  * (and to stdout when no file is given).
@@ -77,6 +84,7 @@ static uint64_t opt_max_messages;
 static unsigned opt_duration;
 static const char *opt_json;
 static bool opt_quiet;
+static bool opt_busy_poll; /* --busy-poll: no idle back-off while connections are open */
 static const char *opt_cert, *opt_key;
 static char opt_auth_user[128], opt_auth_pass[128]; /* --auth; "" = none */
 
@@ -126,6 +134,9 @@ struct worker {
 	uint64_t rcpt_4xx, rcpt_5xx;
 	uint64_t conns_by_listener[N_LISTENERS];
 	uint64_t tls_sessions, tls_resumed, tls_failed, dkim_signed;
+	/* CLOCK_MONOTONIC us of the first and the last message received (0: none yet): the
+	 * span a backlog was delivered in, finer than the per-second lines */
+	uint64_t first_rx_us, last_rx_us;
 };
 
 static volatile sig_atomic_t stop;
@@ -252,6 +263,9 @@ static void verify_end(struct sconn *sc, uint64_t now)
 {
 	struct worker *w = sc->w;
 	w->received++;
+	if (w->first_rx_us == 0)
+		__atomic_store_n(&w->first_rx_us, now, __ATOMIC_RELAXED);
+	__atomic_store_n(&w->last_rx_us, now, __ATOMIC_RELAXED);
 	if (sc->have_dkim)
 		w->dkim_signed++;
 	if (!sc->have_tag || sc->vs != V_BODY || sc->md == NULL) {
@@ -829,7 +843,8 @@ static int worker_main(void *arg)
 				last_timeouts = now;
 		}
 		/* Slow replies pending: never sleep past 1 ms. */
-		net_stack_idle(w->st, &w->idle, n > 0, now, opt_slow_pm ? 1000 : 10000);
+		net_stack_idle(w->st, &w->idle, n > 0 || (opt_busy_poll && w->n_conns > 0), now,
+			       opt_slow_pm ? 1000 : 10000);
 	}
 	for (uint64_t end = mx_now_us() + 100000; mx_now_us() < end;)
 		net_stack_poll(w->st, mx_now_us());
@@ -854,6 +869,7 @@ struct totals {
 	uint64_t conns_by_listener[N_LISTENERS];
 	uint64_t tls_sessions, tls_resumed, tls_failed, dkim_signed;
 	uint64_t auth_ok, auth_failed;
+	uint64_t first_rx_us, last_rx_us; /* over the workers: earliest first, latest last */
 };
 
 static void sum(struct totals *t)
@@ -876,6 +892,11 @@ static void sum(struct totals *t)
 		t->tls_failed += rd(&w->tls_failed), t->dkim_signed += rd(&w->dkim_signed);
 		t->auth_ok += rd(&w->sstats.auth_success);
 		t->auth_failed += rd(&w->sstats.auth_failures);
+		uint64_t f = rd(&w->first_rx_us), l = rd(&w->last_rx_us);
+		if (f && (t->first_rx_us == 0 || f < t->first_rx_us))
+			t->first_rx_us = f;
+		if (l > t->last_rx_us)
+			t->last_rx_us = l;
 	}
 }
 
@@ -912,10 +933,11 @@ static void write_json(FILE *f, double secs)
 		",\n  \"connections_465\": %" PRIu64 ",\n  \"tls_sessions\": %" PRIu64
 		",\n  \"tls_resumed\": %" PRIu64 ",\n  \"tls_failures\": %" PRIu64
 		",\n  \"dkim_signed\": %" PRIu64 ",\n  \"auth_success\": %" PRIu64
-		",\n  \"auth_failures\": %" PRIu64 ",\n",
+		",\n  \"auth_failures\": %" PRIu64 ",\n  \"first_rx_mono_us\": %" PRIu64
+		",\n  \"last_rx_mono_us\": %" PRIu64 ",\n",
 		t.conns_by_listener[L_SMTP], t.conns_by_listener[L_SUBMISSION],
 		t.conns_by_listener[L_SMTPS], t.tls_sessions, t.tls_resumed, t.tls_failed,
-		t.dkim_signed, t.auth_ok, t.auth_failed);
+		t.dkim_signed, t.auth_ok, t.auth_failed, t.first_rx_us, t.last_rx_us);
 	json_net(f);
 	fprintf(f,
 		"  \"e2e_latency_us\": {\"count\": %" PRIu64 ", \"p50\": %" PRIu64
@@ -931,7 +953,7 @@ static void usage(void)
 		"usage: mxsink --config FILE [--duration SEC] [--max-messages N] [--json FILE]\n"
 		"              [--tempfail PERMILLE] [--slow PERMILLE] [--slow-ms MS]\n"
 		"              [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]\n"
-		"              [--domains N] [--seq-max N] [--quiet]\n"
+		"              [--domains N] [--seq-max N] [--quiet] [--busy-poll]\n"
 		"              [--cert FILE --key FILE] [--auth USER:PASS]\n");
 }
 
@@ -957,6 +979,7 @@ int main(int argc, char **argv)
 		{"domains", required_argument, NULL, 'd'},
 		{"seq-max", required_argument, NULL, 'q'},
 		{"quiet", no_argument, NULL, 'Q'},
+		{"busy-poll", no_argument, NULL, 'P'},
 		{"rcpt-4xx", required_argument, NULL, '4'},
 		{"rcpt-5xx", required_argument, NULL, '5'},
 		{"cert", required_argument, NULL, 'C'},
@@ -974,6 +997,9 @@ int main(int argc, char **argv)
 			break;
 		case 'j':
 			opt_json = optarg;
+			break;
+		case 'P':
+			opt_busy_poll = true;
 			break;
 		case 'Q':
 			opt_quiet = true;
@@ -1068,7 +1094,9 @@ int main(int argc, char **argv)
 	sink_addr = nc.ports[0].addr;
 
 	if (opt_cert != NULL) {
-		struct tls_server_conf tc = {.cert_count = 1};
+		/* two TLS 1.3 tickets per handshake, as a stock OpenSSL server sends
+		 * (SSL_CTX_set_num_tickets' default): a client's pool can grow by resuming */
+		struct tls_server_conf tc = {.cert_count = 1, .num_tickets = 2};
 		tc.cert_file[0] = opt_cert;
 		tc.key_file[0] = opt_key;
 		if (tls_server_ctx_create(&tc, &tls_ctx, err, sizeof(err)) != 0) {

@@ -134,6 +134,7 @@ struct key_u64 {
 
 static const struct key_u64 keys[] = {
 	{"max_connections", false, 1, 100000, OFF(max_connections), true},
+	{"initial_connections", false, 0, 100000, OFF(initial_connections), true},
 	{"messages_per_connection", false, 1, 1000000, OFF(msgs_per_connection), true},
 	{"rate", false, 0, 10000000, OFF(msgs_per_second), true},
 	{"rate_burst", false, 0, 10000000, OFF(rate_burst), true},

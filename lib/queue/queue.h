@@ -42,6 +42,7 @@ struct queue;
 
 struct queue_config {
 	uint32_t max_connections;		  /* per destination, default 10 */
+	uint32_t initial_connections;		  /* ramp: see queue_config_from_cfg */
 	uint32_t msgs_per_connection;		  /* default 100 */
 	uint32_t msgs_per_second;		  /* per destination, 0 = unlimited (default) */
 	uint32_t rate_burst;			  /* token bucket depth, default max(1, rate) */
@@ -89,13 +90,15 @@ enum queue_tls queue_config_tls(const struct queue_config *c, const char *dest);
 
 void queue_config_defaults(struct queue_config *c);
 /**
- * Read [queue] (retry, max_age, max_connections, messages_per_connection,
- * rate, rate_burst, recipients_per_transaction, backoff_initial, backoff_max,
- * idle_timeout, connection_reuse_time_limit, route_ttl, dsn_max_full_size,
+ * Read [queue] (retry, max_age, max_connections, initial_connections,
+ * messages_per_connection, rate, rate_burst, recipients_per_transaction, backoff_initial,
+ * backoff_max, idle_timeout, connection_reuse_time_limit, route_ttl, dsn_max_full_size,
  * max_destinations, max_transactions, max_sessions), [relay] smarthost,
  * smarthost_user and smarthost_password_file (the file is read here),
  * [tls_policy] and [smtp] hostname over c.  0 or -EINVAL with
- * "file:line: message" in err.
+ * "file:line: message" in err.  initial_connections (default 0: off): a
+ * destination has at most max(initial_connections, its sessions up)
+ * connecting at once, up to max_connections (a slow start).
  */
 int queue_config_from_cfg(struct cfg_file *cf, struct queue_config *c, char *err, size_t errlen);
 /** Set the smarthost from "[host]:port", "host:port" or "host".  0 or -EINVAL. */
@@ -358,7 +361,11 @@ int queue_flush(struct queue *q, const char *dest, int64_t now_us);
  * while held nothing is sent to it, its transactions wait in its FIFO and
  * it is not forgotten when idle.  Holding creates it if needed.  0,
  * -ENOSPC (destination table full), -ENOENT (release of an unknown one).
+ * dest QUEUE_HOLD_ALL ("*") holds or releases every destination at once,
+ * those that appear while held too (a backlog benchmark, a maintenance
+ * window); a destination held on its own stays held after a release of "*".
  */
+#define QUEUE_HOLD_ALL "*"
 int queue_suspend(struct queue *q, const char *dest, bool suspend, int64_t now_us);
 /**
  * Reload: take the limits and schedules of c (connections, messages per

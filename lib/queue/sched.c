@@ -145,6 +145,7 @@ struct queue {
 	uint32_t heap_len, heap_cap;
 	struct qlink dirty, idle, closing, starved;
 	uint64_t txn_count, next_txn_id, dsn_seq;
+	bool hold_all; /* queue_suspend(QUEUE_HOLD_ALL): no destination is dispatched */
 	struct queue_counters c;
 };
 
@@ -825,7 +826,7 @@ static bool rate_take(struct queue *q, struct qdest *d, int64_t now, int64_t *wa
 static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue_action *out,
 		     unsigned max, unsigned *n)
 {
-	if (d->suspended)
+	if (d->suspended || q->hold_all)
 		return true; /* its FIFO waits for queue_suspend(false) */
 	if (d->state == QUEUE_DS_BACKOFF) {
 		if (now < d->backoff_until)
@@ -886,6 +887,22 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 		if (d->sessions >= q->cfg.max_connections) {
 			CNT(q, d, conn_limit_hits, 1);
 			return true; /* a session coming back idle or closing wakes us */
+		}
+		/*
+		 * Ramp (initial_connections, as Postfix's initial_destination_concurrency,
+		 * then a slow start): at most max(initial_connections, sessions up) connect
+		 * at once.  The first one up proves the host answers and leaves TLS
+		 * tickets, so the next ones resume instead of each doing a full handshake
+		 * (TLS 1.3 tickets are single-use: a server's one or two per handshake
+		 * cannot serve ten connections opened together), and a destination that
+		 * is down costs one attempt, not max_connections.
+		 */
+		if (q->cfg.initial_connections) {
+			uint32_t up = d->sessions - d->connecting;
+			uint32_t allowed =
+				up > q->cfg.initial_connections ? up : q->cfg.initial_connections;
+			if (d->connecting >= allowed)
+				return true; /* queue_conn_up or _down makes it dirty again */
 		}
 		/* Strict: a route TTL of 0 still serves the dispatch that asked for it. */
 		if (!d->has_route || now > d->route_until) {
@@ -1405,7 +1422,7 @@ int queue_dest_foreach(const struct queue *q, int (*fn)(void *arg, const struct 
 		info.idle_sessions = d->idle_count;
 		info.backoff_until_us = d->backoff_until;
 		info.backoff_us = d->backoff_us;
-		info.suspended = d->suspended;
+		info.suspended = d->suspended || q->hold_all;
 		info.c = d->c;
 		rc = fn(arg, &info);
 		if (rc)
@@ -1486,6 +1503,15 @@ int queue_flush(struct queue *q, const char *dest, int64_t now)
 
 int queue_suspend(struct queue *q, const char *dest, bool suspend, int64_t now)
 {
+	if (strcmp(dest, QUEUE_HOLD_ALL) == 0) {
+		/* Every destination, present and future; a destination's own hold stays. */
+		q->hold_all = suspend;
+		if (!suspend)
+			for (uint32_t i = 0; i < q->cfg.max_destinations; i++)
+				if (q->dslot[i] && q->dslot[i]->fifo_len)
+					dest_dirty(q, q->dslot[i]);
+		return 0;
+	}
 	struct qdest *d = suspend ? dest_get(q, dest, kind_of_name(q, dest)) : dest_find(q, dest);
 	if (d == NULL)
 		return suspend ? -ENOSPC : -ENOENT;
@@ -1503,6 +1529,7 @@ void queue_reconfigure(struct queue *q, const struct queue_config *c)
 {
 	/* Limits and schedules only: the tables keep the sizes they were made with. */
 	q->cfg.max_connections = c->max_connections;
+	q->cfg.initial_connections = c->initial_connections;
 	q->cfg.msgs_per_connection = c->msgs_per_connection;
 	q->cfg.msgs_per_second = c->msgs_per_second;
 	q->cfg.rate_burst = c->rate_burst;

@@ -16,6 +16,11 @@
 #   batch      the relay's outbound TLS to mxsink: full > 0 and resumed > 0;
 #   smarthost  everything went to mxsink's port 587, over TLS, each session with AUTH;
 #   dkim       every message mxsink received carries a DKIM-Signature.
+#   backlog-*  (delivery alone: a fill of 2000 messages held in the relay's queue,
+#              then released; bench/run fails a run where anything left while
+#              held) outbound sessions carried the mail; the TLS ones did full
+#              handshakes, backlog-tls resumed too; the 100-domain ones used
+#              at least one session per domain.
 # Plus the old faults check with mxgen's --dns-check against mxsink's zone, and
 # STARTTLS + AUTH from mxgen to mxsink's submission port (right and wrong password).
 # DPDK processes over net_memif (10.77.110.0/24 and 10.77.111.0/24, private
@@ -100,6 +105,8 @@ for f in bench/scenarios/*.conf; do
 	# 600 messages over 10 domains: 60 each, so every destination reconnects (20 messages
 	# per session in batch.conf) and resumes its TLS session
 	[ "$name" = batch ] && extra=(--gen "--domains 10")
+	# a small backlog: 2000 messages held, then delivered
+	case $name in backlog-*) extra=(--gen "--max-messages 2000") ;; esac
 	run "$name" "$f" --seconds 3 "${load[@]}" "${extra[@]}"
 	common_checks "$name" "${path:-direct}"
 	case $name in
@@ -138,6 +145,17 @@ for f in bench/scenarios/*.conf; do
 			[ "$(field sink_auth_failures)" = 0 ] ||
 			fail "smarthost: AUTH ok $(field sink_auth_ok), failed $(field sink_auth_failures)," \
 				"sessions $(field sink_conns_587)"
+		;;
+	backlog-*)
+		[ "$acc" = 2000 ] || fail "$name: $acc accepted, 2000 expected"
+		[ "$(field sessions)" -gt 0 ] && [ "$(field delivered_per_s)" -gt 0 ] ||
+			fail "$name: sessions $(field sessions), delivered/s $(field delivered_per_s)"
+		case $name in *-100) [ "$(field sessions)" -ge 100 ] ||
+			fail "$name: $(field sessions) sessions for 100 domains" ;; esac
+		case $name in backlog-tls*) [ "$(field out_tls_full)" -gt 0 ] ||
+			fail "$name: no outbound TLS handshake" ;; esac
+		[ "$name" != backlog-tls ] || [ "$(field out_tls_resumed)" -gt 0 ] ||
+			fail "backlog-tls: no outbound TLS session resumed"
 		;;
 	dkim)
 		[ "$(field sink_dkim_signed)" = "$(field sink_received)" ] ||

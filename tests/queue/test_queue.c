@@ -331,6 +331,7 @@ static void test_config_from_cfg(void)
 	struct cfg_file *cf;
 	char err[256];
 	const char *text = "[queue]\nretry = 30s, 2m ,1h\nmax_age = 1d\nmax_connections = 3\n"
+			   "initial_connections = 2\n"
 			   "rate = 5\nrecipients_per_transaction = 50\nidle_timeout = 2s\n"
 			   "[relay]\nsmarthost = [10.77.0.1]:2525\n[smtp]\nhostname = mx.test\n";
 	cfg_init(&c);
@@ -341,6 +342,7 @@ static void test_config_from_cfg(void)
 	CU_ASSERT_EQUAL(c.retry_us[2], 3600 * SEC);
 	CU_ASSERT_EQUAL(c.max_age_us, 86400 * SEC);
 	CU_ASSERT_EQUAL(c.max_connections, 3);
+	CU_ASSERT_EQUAL(c.initial_connections, 2);
 	CU_ASSERT_EQUAL(c.msgs_per_second, 5);
 	CU_ASSERT_EQUAL(c.rcpts_per_txn, 50);
 	CU_ASSERT_EQUAL(c.idle_timeout_us, 2 * SEC);
@@ -350,6 +352,7 @@ static void test_config_from_cfg(void)
 
 	cfg_init(&c);
 	CU_ASSERT_EQUAL(c.max_connections, 10);
+	CU_ASSERT_EQUAL(c.initial_connections, 0);
 	CU_ASSERT_EQUAL(c.msgs_per_connection, 100);
 	CU_ASSERT_EQUAL(c.rcpts_per_txn, 100);
 	CU_ASSERT_EQUAL(c.retry_count, 5);
@@ -1551,6 +1554,73 @@ static void test_suspend_resume(void)
 	queue_destroy(q);
 }
 
+/* "*": every destination held, one that appears while held too; release sends them all. */
+static void test_hold_all(void)
+{
+	struct queue_config c;
+	struct queue_dest_info di;
+	cfg_init(&c);
+	struct queue *q = mkq(&c);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_LIT, 1, 0, 0, 1), 0, T0), 0);
+	CU_ASSERT_EQUAL(queue_suspend(q, QUEUE_HOLD_ALL, true, T0), 0);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_DOM, 1, 0, 0, 2), 0, T0), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0 + 3600 * SEC), 0);
+	CU_ASSERT_TRUE(dest_info(q, "[192.0.2.10]", &di));
+	CU_ASSERT_TRUE(di.suspended);
+	CU_ASSERT_EQUAL(di.fifo_len, 1);
+	/* One held on its own stays held after the release of "*". */
+	CU_ASSERT_EQUAL(queue_suspend(q, "[192.0.2.10]", true, T0), 0);
+	CU_ASSERT_EQUAL(queue_suspend(q, QUEUE_HOLD_ALL, false, T0 + 3600 * SEC), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0 + 3600 * SEC), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_RESOLVE), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0);
+	CU_ASSERT_EQUAL(queue_suspend(q, "[192.0.2.10]", false, T0 + 3600 * SEC), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0 + 3600 * SEC), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	queue_destroy(q);
+}
+
+/* initial_connections = 1: one probe connection until it is up, then up to max_connections. */
+static void test_initial_connections(void)
+{
+	struct queue_config c;
+	cfg_init(&c);
+	c.max_connections = 3;
+	c.initial_connections = 1;
+	struct queue *q = mkq(&c);
+	for (int i = 0; i < 20; i++)
+		CU_ASSERT_EQUAL(
+			queue_submit(q, desc_for(&c, "s@f", ONE_LIT, 1, 0, 0, 10 + i), 0, T0), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0), 1);
+	uint64_t s = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(pollq(q, T0), 0); /* still connecting: no second one */
+	CU_ASSERT_EQUAL(queue_conn_up(q, s, "h", 1, 25, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_SEND), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1); /* one up: one more connecting */
+	s = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_up(q, s, "h", 1, 25, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_SEND), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1); /* max_connections (3) reached */
+	/* A probe that fails backs the destination off after one attempt, not three. */
+	struct queue_counters k;
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.conns_opened, 3);
+	queue_destroy(q);
+
+	q = mkq(&c);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_LIT, 1, 0, 0, 1), 0, T0), 0);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", ONE_LIT, 1, 0, 0, 2), 0, T0), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0), 1);
+	s = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_down(q, s, "refused", T0), 0);
+	CU_ASSERT_EQUAL(pollq(q, T0 + SEC), 0);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.conns_opened, 1);
+	queue_destroy(q);
+}
+
 static void test_reconfigure_limits(void)
 {
 	struct queue_config c, c2;
@@ -1696,6 +1766,8 @@ static CU_TestInfo sched_tests[] = {
 	{"expired_while_backed_off", test_expired_while_backed_off},
 	{"flush_retries_now", test_flush_retries_now},
 	{"suspend_resume", test_suspend_resume},
+	{"hold_all", test_hold_all},
+	{"initial_connections", test_initial_connections},
 	{"reconfigure_limits", test_reconfigure_limits},
 	{"zero_route_ttl_and_idle", test_zero_route_ttl_and_idle},
 	{"route_ttl_from_dns", test_route_ttl_from_dns},
