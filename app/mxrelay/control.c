@@ -978,6 +978,9 @@ static void metrics_destinations(struct obuf *o)
 		{"sent", "recipients delivered", true},
 		{"deferred", "recipient delivery attempts deferred (4xx, no answer)", true},
 		{"bounced", "recipients bounced (5xx, or too old)", true},
+		{"reused", "messages sent on a session that had carried one before", true},
+		{"tls_full", "outbound TLS handshakes that were full ones", true},
+		{"tls_resumed", "outbound TLS handshakes that resumed a cached session", true},
 	};
 	struct worker_answer ans[64];
 	unsigned n = workers_count() < 64 ? workers_count() : 64;

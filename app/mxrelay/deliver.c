@@ -1116,9 +1116,10 @@ static size_t l_plain_in(void *user, const uint8_t *data, size_t len)
 static void l_done(void *user, const struct tls_handshake_info *info)
 {
 	struct dsess *s = user;
-	(void)info;
 	if (s->cl == NULL)
 		return;
+	if (!s->qdone)
+		queue_conn_tls(s->dl->q, s->handle, info->resumed);
 	if (!s->started) {
 		s->started = true; /* implicit TLS: now the greeting */
 		smtp_client_start(s->cl, true);
@@ -2063,11 +2064,13 @@ static int dest_print(void *arg, const struct queue_dest_info *di)
 		}
 	fprintf(p->out,
 		"%s worker=%u state=%s queued=%" PRIu64 " waiting=%u in_flight=%" PRIu64
-		" conns=%u idle=%u sent=%" PRIu64 " deferred=%" PRIu64 " bounced=%" PRIu64,
+		" conns=%u idle=%u sent=%" PRIu64 " deferred=%" PRIu64 " bounced=%" PRIu64
+		" reused=%" PRIu64 " tls_full=%" PRIu64 " tls_resumed=%" PRIu64,
 		di->name, p->worker,
 		di->suspended ? "suspended" : dest_state_name[di->state < 4 ? di->state : 0],
 		di->c.queued, wr, di->c.in_flight, di->sessions, di->idle_sessions, di->c.sent,
-		di->c.deferred, di->c.bounced);
+		di->c.deferred, di->c.bounced, di->c.sessions_reused, di->c.tls_full,
+		di->c.tls_resumed);
 	if (wr > 0)
 		fprintf(p->out, " next_retry_in=%" PRId64 "s",
 			next > p->now ? (next - p->now + 999999) / 1000000 : 0);

@@ -270,6 +270,8 @@ struct queue_counters {
 	uint64_t txns;		  /* SEND actions */
 	uint64_t rate_limited;	  /* dispatch held by msgs_per_second */
 	uint64_t conn_limit_hits; /* wanted a connection, max_connections reached */
+	uint64_t tls_full;	  /* sessions whose TLS handshake was a full one */
+	uint64_t tls_resumed;	  /* ... resumed a cached session (queue_conn_tls) */
 	/* totals only */
 	uint64_t dsn_sent, dsn_failed, dsn_null_sender_dropped, dsn_suppressed;
 	uint64_t dest_limit_hits, txn_limit_hits, session_limit_hits;
@@ -320,6 +322,8 @@ int queue_route_result(struct queue *q, uint64_t dest, const struct dns_mail_rou
 /** A CONNECT succeeded (greeting, EHLO, TLS done) to host[addr]:port. */
 int queue_conn_up(struct queue *q, uint64_t session, const char *host, uint32_t addr, uint16_t port,
 		  int64_t now_us);
+/** The session's TLS handshake is done (before queue_conn_up): counted per destination. */
+int queue_conn_tls(struct queue *q, uint64_t session, bool resumed);
 /**
  * A session is gone: a CONNECT that failed (every MX: refused, timeout, 4xx/5xx
  * greeting, TLS failure: the destination backs off) or a session that dropped

@@ -1191,6 +1191,19 @@ int queue_conn_up(struct queue *q, uint64_t session, const char *host, uint32_t 
 	return 0;
 }
 
+int queue_conn_tls(struct queue *q, uint64_t session, bool resumed)
+{
+	struct qsession *s = sess_by_handle(q, session);
+
+	if (!s)
+		return -ENOENT;
+	if (resumed)
+		CNT(q, s->dest, tls_resumed, 1);
+	else
+		CNT(q, s->dest, tls_full, 1);
+	return 0;
+}
+
 int queue_conn_down(struct queue *q, uint64_t session, const char *reason, int64_t now)
 {
 	struct qsession *s = sess_by_handle(q, session);

@@ -10,6 +10,8 @@
 #   - every message arrives exactly once, over TLS, body byte-exact (SHA-256);
 #   - mxctl stats: tls_client_handshakes_full is far below queue_conns_opened
 #     (at most a quarter), the rest resumed; full + resumed = TLS sessions;
+#     the destination's own counters (mxctl queue) say the same: sent, reused
+#     sessions, TLS full and resumed;
 #   - the spool ends empty.
 # MX_POOL_N overrides the 10,000 (for a quick look).  Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
@@ -85,6 +87,7 @@ sleep 1
 got=$(wc -l <"$TMP/got" 2>/dev/null || echo 0)
 [ "$got" -ge "$K" ] || { tail -5 "$TMP/relay.log"; fail "$got of $K messages arrived"; }
 "$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
+"$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" queue "[$S]" >"$TMP/queue" || fail "mxctl queue"
 touch "$TMP/ss.stop"
 wait $SAMPLER
 k_peak=$(sort -n "$TMP/ss.samples" | tail -1)
@@ -138,6 +141,13 @@ BAD=()
 [ "$s_conns" -le "$opened" ] || BAD+=("the sink saw $s_conns connections, the relay counted $opened")
 [ $((full + res)) = "$s_tls" ] || BAD+=("relay counted $((full + res)) TLS handshakes, the sink $s_tls")
 [ "$res" = "$s_res" ] || BAD+=("relay counted $res resumed handshakes, the sink $s_res")
+# dfield KEY: the destination's value of KEY in `mxctl queue` (summed over workers).
+dfield() { tr ' ' '\n' <"$TMP/queue" | awk -F= -v k="$1" '$1 == k { t += $2 } END { print t + 0 }'; }
+cat "$TMP/queue"
+[ "$(dfield sent)" = "$K" ] && [ "$(dfield reused)" = "$reused" ] &&
+	[ "$(dfield tls_full)" = "$full" ] && [ "$(dfield tls_resumed)" = "$res" ] ||
+	BAD+=("per destination: sent $(dfield sent) reused $(dfield reused) TLS $(dfield tls_full)" \
+		"full + $(dfield tls_resumed) resumed; relay totals $reused reused, $full + $res")
 [ $((full * 4)) -le "$opened" ] ||
 	BAD+=("$full full TLS handshakes for $opened connections: resumption does not save them")
 stop_pid $R || BAD+=("relay did not stop cleanly")

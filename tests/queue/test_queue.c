@@ -394,6 +394,20 @@ static void test_literal_no_dns(void)
 	queue_destroy(q);
 }
 
+struct dest_seen {
+	unsigned n;
+	uint64_t sent, tls_resumed;
+};
+
+static int dest_seen_fn(void *arg, const struct queue_dest_info *di)
+{
+	struct dest_seen *ds = arg;
+	ds->n++;
+	ds->sent += di->c.sent;
+	ds->tls_resumed += di->c.tls_resumed;
+	return 0;
+}
+
 static void test_domain_full_delivery(void)
 {
 	struct queue_config c;
@@ -420,6 +434,9 @@ static void test_domain_full_delivery(void)
 	CU_ASSERT_PTR_NOT_NULL_FATAL(a);
 	CU_ASSERT_STRING_EQUAL(a->route->hosts[0].name, "mx.example.com");
 	uint64_t sess = a->session;
+	/* TLS before up: counted for the destination and in the totals */
+	CU_ASSERT_EQUAL(queue_conn_tls(q, sess, true), 0);
+	CU_ASSERT_EQUAL(queue_conn_tls(q, sess + 12345, false), -ENOENT);
 	CU_ASSERT_EQUAL(queue_conn_up(q, sess, "mx.example.com", 0xc0000205, 25, T0 + SEC / 2), 0);
 	CU_ASSERT_EQUAL(pollq(q, T0 + SEC / 2), 1);
 	a = find_act(QUEUE_ACT_SEND);
@@ -438,6 +455,13 @@ static void test_domain_full_delivery(void)
 	CU_ASSERT_EQUAL(k.sent, 1);
 	CU_ASSERT_EQUAL(k.in_flight, 0);
 	CU_ASSERT_EQUAL(k.conns_open, 1);
+	CU_ASSERT_EQUAL(k.tls_resumed, 1);
+	CU_ASSERT_EQUAL(k.tls_full, 0);
+	struct dest_seen ds = {0};
+	queue_dest_foreach(q, dest_seen_fn, &ds);
+	CU_ASSERT_EQUAL(ds.n, 1);
+	CU_ASSERT_EQUAL(ds.sent, 1);
+	CU_ASSERT_EQUAL(ds.tls_resumed, 1);
 	queue_destroy(q);
 }
 
