@@ -1884,9 +1884,8 @@ int spool_requeue(struct spool *sp, uint64_t id)
 	return 0;
 }
 
-int spool_locate(const struct spool *sp, uint64_t id, struct spool_location *loc)
+static int ent_locate(const struct spool *sp, const struct ent *e, struct spool_location *loc)
 {
-	struct ent *e = tab_find(sp, id);
 	if (e == NULL)
 		return -ENOENT;
 	if ((e->flags & ENT_PENDING) || e->seg == NULL)
@@ -1898,6 +1897,11 @@ int spool_locate(const struct spool *sp, uint64_t id, struct spool_location *loc
 	loc->body_offset = SPOOL_REC_HDR + e->env_len;
 	loc->body_len = e->len - SPOOL_REC_HDR - e->env_len;
 	return 0;
+}
+
+int spool_locate(const struct spool *sp, uint64_t id, struct spool_location *loc)
+{
+	return ent_locate(sp, tab_find(sp, id), loc);
 }
 
 int spool_rcpt_states(const struct spool *sp, uint64_t id, const struct spool_rcpt_status **st,
@@ -1928,10 +1932,11 @@ int spool_rcpt_states(const struct spool *sp, uint64_t id, const struct spool_rc
 long spool_read_body(struct spool *sp, uint64_t id, uint64_t off, void *buf, size_t len)
 {
 	struct spool_location loc;
-	int rc = spool_locate(sp, id, &loc);
+	struct ent *e = tab_find(sp, id); /* once: a delivery reads every body through here */
+	int rc = ent_locate(sp, e, &loc);
 	if (rc < 0)
 		return rc;
-	return spool_pread_body(tab_find(sp, id)->seg->fd, &loc, off, buf, len);
+	return spool_pread_body(e->seg->fd, &loc, off, buf, len);
 }
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *st)
