@@ -193,6 +193,8 @@ struct deliver_stats {
 	uint64_t dsn_injected, dsn_inject_failures, dsn_limit_hits, dsn_unknown_commits;
 };
 
+#define SESS_SLOTS 4096 /* sessions found by their queue slot; more share (and are searched) */
+
 struct deliver {
 	const struct relay_config *conf;
 	struct net_stack *st;
@@ -206,6 +208,7 @@ struct deliver {
 	struct tls_client_ctx *tls;
 	struct tls_session_cache *tls_cache;
 	struct tls_stats tls_stats;
+	struct dsess *by_slot[SESS_SLOTS]; /* a session by the slot in its queue handle */
 	struct deliver_stats stats;
 	struct dsess *sessions;
 	struct group *groups[GROUP_BUCKETS];
@@ -1392,6 +1395,7 @@ static void do_connect(struct deliver *dl, uint64_t session, struct dsess *s)
 	if (dl->sessions != NULL)
 		dl->sessions->prev = s;
 	dl->sessions = s;
+	dl->by_slot[(uint32_t)s->handle % SESS_SLOTS] = s;
 	dl->stats.sessions_open++;
 	if (!connect_next(s)) {
 		sess_down(s, s->reason);
@@ -1402,6 +1406,10 @@ static void do_connect(struct deliver *dl, uint64_t session, struct dsess *s)
 
 static struct dsess *find_sess(struct deliver *dl, uint64_t handle)
 {
+	/* The low 32 bits of a handle are the queue's session slot: direct, as a rule. */
+	struct dsess *h = dl->by_slot[(uint32_t)handle % SESS_SLOTS];
+	if (h != NULL && h->handle == handle && !h->qdone)
+		return h;
 	for (struct dsess *s = dl->sessions; s != NULL; s = s->next)
 		if (s->handle == handle && !s->qdone)
 			return s;
@@ -1631,6 +1639,8 @@ static void sess_free(struct deliver *dl, struct dsess *s)
 		dl->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
+	if (dl->by_slot[(uint32_t)s->handle % SESS_SLOTS] == s)
+		dl->by_slot[(uint32_t)s->handle % SESS_SLOTS] = NULL;
 	if (s->txn != NULL)
 		dl->txns_out--;
 	if (s->body_fd >= 0)

@@ -29,7 +29,10 @@ write_delivery_config "$TMP/r.conf" $IF $N "
 [tls]
 outbound = opportunistic
 [spool]
-durability = none"
+durability = none
+[queue]
+# the destination (and its counters, read at the end) outlives the last message
+idle_timeout = 60s"
 start_relay "$TMP/relay.log" "$TMP/r.conf"
 
 start_bg "$TMP/sink.log" $PY "$ROOT/tests/integration/deliver_tls_sink.py" $S 25 \
@@ -87,7 +90,8 @@ sleep 1
 got=$(wc -l <"$TMP/got" 2>/dev/null || echo 0)
 [ "$got" -ge "$K" ] || { tail -5 "$TMP/relay.log"; fail "$got of $K messages arrived"; }
 "$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" stats >"$TMP/stats" || fail "mxctl stats"
-"$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" queue "[$S]" >"$TMP/queue" || fail "mxctl queue"
+"$BUILD/tools/mxctl/mxctl" -s "$TMP/control.sock" queue "[$S]" >"$TMP/queue" ||
+	{ cat "$TMP/queue"; fail "mxctl queue [$S]"; }
 touch "$TMP/ss.stop"
 wait $SAMPLER
 k_peak=$(sort -n "$TMP/ss.samples" | tail -1)
