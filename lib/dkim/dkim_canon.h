@@ -47,6 +47,21 @@ void dkim_body_canon_final(struct dkim_body_canon *c);
  * (add_crlf is ignored; the field keeps whatever line end it has).
  * out must hold len + 3 bytes.  Returns the output length.
  */
+/*
+ * How the relaxed body scan finds the bytes that need the state machine.
+ * Chosen from the CPU on first use; the tests force each one in turn so that
+ * every implementation is checked against the reference on the same inputs.
+ */
+enum dkim_canon_scan {
+	DKIM_SCAN_AUTO = -1,
+	DKIM_SCAN_WORDS = 0, /* 8 bytes at a time in a uint64_t, any CPU */
+	DKIM_SCAN_SSE2 = 1,  /* x86-64 */
+	DKIM_SCAN_AVX2 = 2,  /* x86-64 with AVX2 */
+};
+
+/** Select the scan for the whole process; -ENOTSUP if this CPU or build lacks it. */
+int dkim_canon_scan_select(enum dkim_canon_scan kind);
+
 size_t dkim_header_canon(bool relaxed, const uint8_t *field, size_t len, bool add_crlf,
 			 uint8_t *out);
 

@@ -65,6 +65,7 @@ struct dkim_signer {
 	char *selector;
 	char *ed25519_selector;
 	char **headers;
+	size_t *header_lens; /* strlen of each, made once: field matching is per message */
 	size_t header_count;
 	bool header_relaxed, body_relaxed;
 	bool oversign_from, body_length_tag;
@@ -92,6 +93,7 @@ struct dkim_signer {
 	size_t field_count;
 	bool *used;
 	const char *hlist[DKIM_MAX_SIGNED_FIELDS];
+	size_t hlist_len[DKIM_MAX_SIGNED_FIELDS];
 	size_t hlist_count;
 	uint8_t *scratch;
 	size_t scratch_cap;
@@ -244,11 +246,13 @@ int dkim_signer_create(const struct dkim_signer_config *c, struct dkim_signer **
 	s->selector = strdup(c->selector);
 	s->ed25519_selector = strdup(c->ed25519_selector ? c->ed25519_selector : c->selector);
 	s->headers = calloc(name_count, sizeof(char *));
-	if (!s->domain || !s->selector || !s->ed25519_selector || !s->headers)
+	s->header_lens = calloc(name_count ? name_count : 1, sizeof(size_t));
+	if (!s->domain || !s->selector || !s->ed25519_selector || !s->headers || !s->header_lens)
 		goto out_free;
 	for (size_t i = 0; i < name_count; i++) {
 		if (!(s->headers[i] = strdup(names[i])))
 			goto out_free;
+		s->header_lens[i] = strlen(names[i]);
 		s->header_count++;
 	}
 	s->hbuf = malloc(s->max_header_bytes + 2);
@@ -318,6 +322,7 @@ void dkim_signer_free(struct dkim_signer *s)
 	for (size_t i = 0; i < s->header_count; i++)
 		free(s->headers[i]);
 	free(s->headers);
+	free(s->header_lens);
 	free(s->domain);
 	free(s->selector);
 	free(s->ed25519_selector);
@@ -362,39 +367,52 @@ int dkim_sign_begin(struct dkim_signer *s, int64_t now)
 	return 0;
 }
 
-/* Copy header bytes until the blank line; returns bytes consumed. */
+/*
+ * eoh after a run of bytes that holds no LF, from the state before it: only
+ * the run's last byte matters, and a CR is "CR at line start" only when it
+ * is the whole run and the run started a line.
+ */
+static int eoh_after_run(int eoh, const uint8_t *run, size_t len)
+{
+	if (len == 0)
+		return eoh;
+	if (run[len - 1] != '\r')
+		return 0;
+	return len == 1 && eoh == 2 ? 3 : 1;
+}
+
+/*
+ * Copy header bytes until the blank line; returns bytes consumed.  Works a
+ * line at a time (memchr for LF, one memcpy) rather than a byte at a time.
+ */
 static size_t header_feed(struct dkim_signer *s, const uint8_t *p, size_t n)
 {
-	size_t i;
-	for (i = 0; i < n; i++) {
-		uint8_t b = p[i];
-		if (s->hlen >= s->max_header_bytes + 2) {
+	size_t i = 0;
+	while (i < n) {
+		size_t room = s->max_header_bytes + 2 - s->hlen;
+		if (room == 0) {
 			s->stats.header_overflow++;
 			fail(s, -EMSGSIZE, "header block larger than %zu bytes",
 			     s->max_header_bytes);
 			return i;
 		}
-		s->hbuf[s->hlen++] = b;
-		switch (s->eoh) {
-		case 0:
-			s->eoh = b == '\r' ? 1 : 0;
-			break;
-		case 1:
-			s->eoh = b == '\n' ? 2 : b == '\r' ? 1 : 0;
-			break;
-		case 2:
-			s->eoh = b == '\r' ? 3 : 0;
-			break;
-		default:
-			if (b == '\n') {
-				/* The blank line ends the header block (RFC 5322 2.1). */
-				s->hlen -= 2;
-				s->state = ST_BODY;
-				return i + 1;
-			}
-			s->eoh = b == '\r' ? 1 : 0;
-			break;
+		size_t avail = n - i < room ? n - i : room;
+		const uint8_t *lf = memchr(p + i, '\n', avail);
+		size_t run = lf ? (size_t)(lf - (p + i)) : avail;
+		memcpy(s->hbuf + s->hlen, p + i, run + (lf != NULL));
+		s->hlen += run + (lf != NULL);
+		s->eoh = eoh_after_run(s->eoh, p + i, run);
+		i += run;
+		if (!lf)
+			continue;
+		i++; /* the LF */
+		if (s->eoh == 3) {
+			/* The blank line ends the header block (RFC 5322 2.1). */
+			s->hlen -= 2;
+			s->state = ST_BODY;
+			return i;
 		}
+		s->eoh = s->eoh == 1 ? 2 : 0;
 	}
 	return i;
 }
@@ -455,9 +473,9 @@ static int parse_fields(struct dkim_signer *s)
 	return 0;
 }
 
-static bool field_is(const struct dkim_signer *s, const struct hfield *f, const char *name)
+static bool field_is(const struct dkim_signer *s, const struct hfield *f, const char *name,
+		     size_t len)
 {
-	size_t len = strlen(name);
 	return f->name_len == len && strncasecmp((const char *)s->hbuf + f->off, name, len) == 0;
 }
 
@@ -466,10 +484,10 @@ static int build_hlist(struct dkim_signer *s)
 {
 	for (size_t k = 0; k < s->header_count; k++) {
 		const char *name = s->headers[k];
-		size_t count = 0;
+		size_t len = s->header_lens[k], count = 0;
 		for (size_t j = 0; j < s->field_count; j++)
-			count += field_is(s, &s->fields[j], name);
-		bool is_from = strcasecmp(name, "From") == 0;
+			count += field_is(s, &s->fields[j], name, len);
+		bool is_from = len == 4 && strcasecmp(name, "From") == 0;
 		if (is_from && count == 0) {
 			s->stats.no_from++;
 			return fail(s, -EBADMSG,
@@ -484,6 +502,7 @@ static int build_hlist(struct dkim_signer *s)
 				s->stats.h_list_truncated++;
 				break;
 			}
+			s->hlist_len[s->hlist_count] = len;
 			s->hlist[s->hlist_count++] = name;
 		}
 	}
@@ -497,7 +516,7 @@ static void hash_fields(struct dkim_signer *s)
 	for (size_t k = 0; k < s->hlist_count; k++) {
 		for (size_t j = s->field_count; j-- > 0;) {
 			struct hfield *f = &s->fields[j];
-			if (s->used[j] || !field_is(s, f, s->hlist[k]))
+			if (s->used[j] || !field_is(s, f, s->hlist[k], s->hlist_len[k]))
 				continue;
 			s->used[j] = true;
 			bool crlf = f->len < 2 || s->hbuf[f->off + f->len - 1] != '\n';
@@ -528,8 +547,8 @@ static void text_add(struct text *t, const char *p, size_t n)
 	memcpy(t->buf + t->len, p, n);
 	t->len += n;
 	t->buf[t->len] = '\0';
-	for (size_t i = 0; i < n; i++)
-		t->col = p[i] == '\n' ? 0 : t->col + 1;
+	const char *lf = memrchr(p, '\n', n);
+	t->col = lf ? (size_t)(p + n - lf - 1) : t->col + n;
 }
 
 static void text_str(struct text *t, const char *p)
@@ -597,7 +616,7 @@ static void build_sig_prefix(struct dkim_signer *s, struct text *t, const struct
 	/* h= folds between names: FWS is allowed around ':' (3.5). */
 	text_str(t, t->col + 3 > LINE_MAX_COLS ? "\r\n\th=" : " h=");
 	for (size_t k = 0; k < s->hlist_count; k++) {
-		size_t n = strlen(s->hlist[k]);
+		size_t n = s->hlist_len[k];
 		if (k > 0) {
 			text_add(t, ":", 1);
 			if (t->col + n + 1 > LINE_MAX_COLS)

@@ -519,6 +519,253 @@ static void test_stream_random(void)
 	}
 }
 
+/*
+ * A third canonicaliser, line by line, sharing no code with canon_ref.h or
+ * lib/dkim: cut the body at each CRLF; relaxed, squeeze each WSP run to one
+ * SP and drop the line's trailing SP when a CRLF ended it; drop the empty
+ * CRLF-ended lines at the end; write each remaining line with a CRLF.  An
+ * empty result is "" (relaxed) or one CRLF (simple).  out: 2 * len + 2.
+ */
+static size_t line_ref_canon(bool relaxed, const uint8_t *in, size_t len, uint8_t *out)
+{
+	size_t o = 0, keep = 0; /* keep: output up to the last line with content */
+	for (size_t i = 0; i < len;) {
+		size_t end = i;
+		while (end < len && !(in[end] == '\r' && end + 1 < len && in[end + 1] == '\n'))
+			end++;
+		bool ended = end < len;
+		size_t start = o;
+		for (size_t k = i; k < end; k++) {
+			bool wsp = in[k] == ' ' || in[k] == '\t';
+			if (relaxed && wsp) {
+				if (o == start || out[o - 1] != ' ' ||
+				    (in[k - 1] != ' ' && in[k - 1] != '\t'))
+					out[o++] = ' ';
+				continue;
+			}
+			out[o++] = in[k];
+		}
+		if (relaxed && ended && o > start && out[o - 1] == ' ')
+			o--;
+		out[o++] = '\r';
+		out[o++] = '\n';
+		if (o - start > 2)
+			keep = o;
+		i = ended ? end + 2 : end;
+	}
+	if (keep == 0 && !relaxed) {
+		out[0] = '\r';
+		out[1] = '\n';
+		return 2;
+	}
+	return keep;
+}
+
+/* Bodies that look like device text: long plain runs, sometimes something to canonicalise. */
+static size_t gen_body(uint32_t *seed, char *buf, size_t cap)
+{
+	static const char *const specials[] = {
+		"  ",	      "\t",	     " \t ",   " \r\n",	 "\r\n",  "\r\n\r\n", "\r\n \r\n",
+		"\r\n\t\r\n", "\r",	     "\n",     "\r\r\n", " ",	  "\r\n ",    "\r\n\t",
+		"\n\r",	      "   \r\n\r\n", "\r\n\r", "\t\t",	 "x\r\n",
+	};
+	size_t len = 0;
+	*seed = *seed * 1103515245u + 12345u;
+	size_t target = (*seed >> 8) % cap;
+	while (len < target) {
+		*seed = *seed * 1103515245u + 12345u;
+		uint32_t r = *seed >> 8;
+		if (r % 3) {
+			/* a word of 1 to 90 plain bytes, a single SP after it half the time */
+			size_t w = 1 + (r >> 4) % 90;
+			for (size_t k = 0; k < w && len < target; k++)
+				buf[len++] = (char)('a' + (r + k * 7) % 26);
+			if ((r >> 12) & 1 && len < target)
+				buf[len++] = ' ';
+		} else {
+			const char *sp =
+				specials[(r >> 4) % (sizeof(specials) / sizeof(specials[0]))];
+			for (size_t k = 0; sp[k] && len < target; k++)
+				buf[len++] = sp[k];
+		}
+	}
+	return len;
+}
+
+/* Canonicalise in chunks: step 0 random sizes up to max_step, otherwise fixed. */
+static size_t canon_chunks(bool relaxed, const char *in, size_t len, size_t step, size_t max_step,
+			   uint32_t *seed, struct collect *out)
+{
+	struct dkim_body_canon c;
+	out->len = 0;
+	dkim_body_canon_init(&c, relaxed, collect_sink, out);
+	for (size_t off = 0; off < len;) {
+		size_t n = step;
+		if (n == 0) {
+			*seed = *seed * 1103515245u + 12345u;
+			n = 1 + (*seed >> 8) % max_step;
+		}
+		if (n > len - off)
+			n = len - off;
+		dkim_body_canon_update(&c, (const uint8_t *)in + off, n);
+		off += n;
+	}
+	dkim_body_canon_final(&c);
+	return (size_t)c.length;
+}
+
+/*
+ * Randomized differential test of the fast paths: every scan implementation
+ * this CPU has, text-like and byte-soup bodies, whole, one byte at a time and
+ * in random chunks, against the line-by-line reference above (and it against
+ * canon_ref.h).
+ */
+static void test_canon_differential(void)
+{
+	enum { CAP = 3000 };
+	static const char soup[] = " \t\r\n\r\nab  \r\n";
+	char *in = malloc(CAP);
+	uint8_t *ref = malloc(2 * CAP + 4), *ref2 = malloc(2 * CAP + 4);
+	struct collect out = {0};
+	int kinds = 0, failures = 0;
+	CU_ASSERT_FATAL(in && ref && ref2);
+	for (int kind = DKIM_SCAN_WORDS; kind <= DKIM_SCAN_AVX2; kind++) {
+		if (dkim_canon_scan_select((enum dkim_canon_scan)kind) != 0)
+			continue;
+		kinds++;
+		uint32_t seed = 777 + (uint32_t)kind;
+		for (int iter = 0; iter < 1500 && failures < 5; iter++) {
+			size_t len;
+			if (iter % 4 == 3) {
+				seed = seed * 1103515245u + 12345u;
+				len = (seed >> 8) % 400;
+				for (size_t i = 0; i < len; i++) {
+					seed = seed * 1103515245u + 12345u;
+					in[i] = soup[(seed >> 16) % (sizeof(soup) - 1)];
+				}
+			} else {
+				len = gen_body(&seed, in, CAP);
+			}
+			for (int relaxed = 0; relaxed < 2; relaxed++) {
+				size_t rn = line_ref_canon(relaxed, (const uint8_t *)in, len, ref);
+				size_t rn2 =
+					ref_body_canon(relaxed, (const uint8_t *)in, len, ref2);
+				bool refs_agree = rn == rn2 && memcmp(ref, ref2, rn) == 0;
+				CU_ASSERT(refs_agree);
+				size_t steps[3] = {len ? len : 1, 1, 0};
+				for (int k = 0; k < 3; k++) {
+					size_t max_step = 1 + iter % 64 * 37;
+					size_t n = canon_chunks(relaxed, in, len, steps[k],
+								max_step, &seed, &out);
+					bool ok = n == rn && out.len == rn &&
+						  (rn == 0 || memcmp(out.buf, ref, rn) == 0);
+					CU_ASSERT(ok);
+					if (!ok && failures++ < 5)
+						fprintf(stderr,
+							"scan %d iter %d relaxed %d len %zu split "
+							"%d\n",
+							kind, iter, relaxed, len, k);
+				}
+			}
+		}
+	}
+	dkim_canon_scan_select(DKIM_SCAN_AUTO);
+#if defined(__x86_64__)
+	CU_ASSERT(kinds >= 2); /* words and SSE2 at least; AVX2 where the CPU has it */
+#else
+	CU_ASSERT(kinds == 1);
+#endif
+	free(out.buf);
+	free(in);
+	free(ref);
+	free(ref2);
+}
+
+/*
+ * Each special pattern at every offset of a 70-byte plain run, so that it
+ * falls at each position of a 8-, 16- and 32-byte block and at the 2-byte
+ * look-ahead edge; bodies cut at every offset into two pieces.
+ */
+static void test_canon_block_edges(void)
+{
+	static const char *const pats[] = {"  ", "\t",	 " \r\n", "\r\n\r\n",  "\r\n ", "\r\n\t",
+					   "\r", "\r\n", " ",	  "\r\n \r\n", "\r\r\n"};
+	char in[128];
+	uint8_t ref[300];
+	struct collect out = {0};
+	for (int kind = DKIM_SCAN_WORDS; kind <= DKIM_SCAN_AVX2; kind++) {
+		if (dkim_canon_scan_select((enum dkim_canon_scan)kind) != 0)
+			continue;
+		for (size_t p = 0; p < sizeof(pats) / sizeof(pats[0]); p++) {
+			size_t pl = strlen(pats[p]);
+			for (size_t at = 0; at + pl <= 70; at++) {
+				memset(in, 'q', 70);
+				memcpy(in + at, pats[p], pl);
+				for (int relaxed = 0; relaxed < 2; relaxed++) {
+					size_t rn = line_ref_canon(relaxed, (const uint8_t *)in, 70,
+								   ref);
+					for (size_t cut = 0; cut <= 70; cut += 5) {
+						struct dkim_body_canon c;
+						out.len = 0;
+						dkim_body_canon_init(&c, relaxed, collect_sink,
+								     &out);
+						dkim_body_canon_update(&c, (const uint8_t *)in,
+								       cut);
+						dkim_body_canon_update(
+							&c, (const uint8_t *)in + cut, 70 - cut);
+						dkim_body_canon_final(&c);
+						CU_ASSERT(out.len == rn &&
+							  memcmp(out.buf, ref, rn) == 0);
+					}
+				}
+			}
+		}
+	}
+	dkim_canon_scan_select(DKIM_SCAN_AUTO);
+	free(out.buf);
+}
+
+/* Random header fields (folding, WSP runs, bare CR and LF) against canon_ref.h. */
+static void test_header_random(void)
+{
+	static const char *const parts[] = {"Subject", ":",	" ",	  "\t",
+					    "  ",      "\r\n ", "\r\n\t", "\r",
+					    "\n",      "word",	"x",	  "Long-Value-Text",
+					    "\r\n",    "A:B",	" :\t "};
+	uint32_t seed = 99;
+	char f[600];
+	uint8_t out[700], ref[700];
+	for (int iter = 0; iter < 5000; iter++) {
+		size_t len = 0;
+		seed = seed * 1103515245u + 12345u;
+		size_t count = (seed >> 8) % 40;
+		/* a name and a colon first, mostly */
+		if ((seed >> 20) % 8 != 0)
+			len = (size_t)sprintf(f, "%s:", (seed >> 24) % 2 ? "X-Test " : "Subject");
+		for (size_t k = 0; k < count; k++) {
+			seed = seed * 1103515245u + 12345u;
+			const char *p = parts[(seed >> 8) % (sizeof(parts) / sizeof(parts[0]))];
+			size_t pl = strlen(p);
+			if (len + pl + 2 >= sizeof(f))
+				break;
+			memcpy(f + len, p, pl);
+			len += pl;
+		}
+		memcpy(f + len, "\r\n", 2);
+		len += 2;
+		size_t n = dkim_header_canon(true, (const uint8_t *)f, len, true, out);
+		size_t rn = ref_header_relaxed((const uint8_t *)f, len, ref);
+		bool has_colon = memchr(f, ':', len) != NULL;
+		/* the reference omits the CRLF for a field without a colon */
+		bool ok = !has_colon || (n == rn && memcmp(out, ref, n) == 0);
+		CU_ASSERT(ok);
+		if (!ok) {
+			fprintf(stderr, "header iter %d: %.*s\n", iter, (int)len, f);
+			return;
+		}
+	}
+}
+
 /* ---- signing ------------------------------------------------------------- */
 
 static void test_body_hash_values(void)
@@ -551,6 +798,50 @@ static void test_body_hash_values(void)
 		CU_ASSERT_EQUAL(verify_all(out, cases[i].msg, 1), 0);
 		dkim_signer_free(s);
 	}
+}
+
+/*
+ * Dual signing (rsa-sha256 + ed25519-sha256, both SHA-256): one pass over the
+ * body serves both signatures.  Both bh= are the reference body hash, the
+ * body byte counter moves by the canonical length once per message, and
+ * both signatures verify.  Body of device-like text over several TCP-sized
+ * pieces.
+ */
+static void test_dual_sign_one_body_hash(void)
+{
+	enum { CAP = 20000 };
+	char *msg = malloc(CAP + 200), out[8192], bh_rsa[128], bh_ed[128], want[128];
+	uint8_t *canon = malloc(2 * CAP + 4), dig[32];
+	uint32_t seed = 4242;
+	CU_ASSERT_FATAL(msg && canon);
+	size_t hl = (size_t)sprintf(msg, "From: dev@football.example.com\r\nSubject: dual\r\n\r\n");
+	size_t bl = gen_body(&seed, msg + hl, CAP);
+	struct dkim_signer *s =
+		make_signer(rsa_key, ed_key, DKIM_CANON_RELAXED, DKIM_CANON_RELAXED);
+	CU_ASSERT_FATAL(s != NULL);
+	for (int round = 0; round < 2; round++) {
+		uint64_t before = dkim_signer_stats(s)->body_bytes;
+		CU_ASSERT(sign_msg(s, msg, hl + bl, 1448, out, sizeof(out)) > 0);
+		const char *second = strstr(out + 1, "\r\nDKIM-Signature:");
+		CU_ASSERT_FATAL(second != NULL);
+		CU_ASSERT(strstr(out, "a=rsa-sha256") < second);
+		CU_ASSERT(strstr(second, "a=ed25519-sha256") != NULL);
+		CU_ASSERT(sig_tag(out, "bh", bh_rsa, sizeof(bh_rsa)));
+		CU_ASSERT(sig_tag(second + 2, "bh", bh_ed, sizeof(bh_ed)));
+		size_t cn = ref_body_canon(true, (const uint8_t *)msg + hl, bl, canon);
+		CU_ASSERT_EQUAL(EVP_Digest(canon, cn, dig, NULL, EVP_sha256(), NULL), 1);
+		EVP_EncodeBlock((unsigned char *)want, dig, 32);
+		CU_ASSERT_STRING_EQUAL(bh_rsa, want);
+		CU_ASSERT_STRING_EQUAL(bh_ed, want);
+		CU_ASSERT_EQUAL(dkim_signer_stats(s)->body_bytes - before, cn);
+		CU_ASSERT_EQUAL(verify_all(out, msg, 2), 0);
+		/* the second round reuses every context of the first */
+		msg[hl + bl / 2] = msg[hl + bl / 2] == 'q' ? 'r' : 'q';
+	}
+	CU_ASSERT_EQUAL(dkim_signer_stats(s)->messages_signed, 2);
+	dkim_signer_free(s);
+	free(msg);
+	free(canon);
 }
 
 static void test_rfc8463_key(void)
@@ -1466,12 +1757,16 @@ static CU_TestInfo canon_tests[] = {
 	{"body_cases", test_body_cases},
 	{"header_relaxed", test_header_relaxed},
 	{"stream_random_splits", test_stream_random},
+	{"differential_all_scans", test_canon_differential},
+	{"block_edges_all_scans", test_canon_block_edges},
+	{"header_random", test_header_random},
 	CU_TEST_INFO_NULL,
 };
 
 static CU_TestInfo sign_tests[] = {
 	{"body_hash_values", test_body_hash_values},
 	{"rfc8463_key", test_rfc8463_key},
+	{"dual_sign_one_body_hash", test_dual_sign_one_body_hash},
 	{"rfc8463_foreign_signature", test_rfc8463_foreign_signature},
 	{"sign_verify_all_modes", test_sign_verify_all_modes},
 	{"stream_equals_oneshot", test_stream_equals_oneshot},

@@ -1,8 +1,9 @@
 /*
  * fuzz_dkim_canon.c - libFuzzer target for lib/dkim's canonicalisation.
  *
- * Input layout: byte 0 picks the mode (bit 0: relaxed body) and the split
- * seed; the rest is a message body.  The body is canonicalised three ways:
+ * Input layout: byte 0 picks the mode (bit 0: relaxed body), the relaxed
+ * scan implementation (byte 0 / 2 mod 3: words, SSE2, AVX2, where the CPU
+ * has it) and the split seed; the rest is a message body.  The body is canonicalised three ways:
  * in one piece, in pieces whose sizes come from the seed (so the fuzzer
  * chooses the split points, including between CR and LF), and by the naive
  * reference in tests/dkim/canon_ref.h.  All three must agree.  The first
@@ -37,6 +38,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	bool relaxed = data[0] & 1;
 	uint32_t seed = data[0] >> 1;
+	if (dkim_canon_scan_select((enum dkim_canon_scan)(seed % 3)) != 0)
+		dkim_canon_scan_select(DKIM_SCAN_AUTO);
 	const uint8_t *in = data + 1;
 	size_t len = size - 1;
 	size_t cap = 2 * len + 4;
