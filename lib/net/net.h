@@ -231,6 +231,7 @@ struct net_stats {
 	uint64_t icmp_in, icmp_echo_replies, icmp_bad, icmp_rate_limited;
 	uint64_t udp_in, udp_no_port, udp_bad;
 	uint64_t fault_drops, fault_dups, fault_reorders, fault_corrupts;
+	uint64_t tx_held; /* packets kept for a later tx_burst: the TX queue was full */
 };
 
 void net_stack_get_stats(const struct net_stack *st, struct net_stats *out);
@@ -300,14 +301,16 @@ void net_dataplane_stop(struct net_dataplane *dp);
 /** Idle back-off state of one worker loop (see net_stack_idle). */
 struct net_idle {
 	unsigned empty_turns;
+	uint64_t idle_since_us; /* start of the current run of empty turns */
 	uint64_t sleeps, interrupt_sleeps;
 };
 
 /**
  * Call once per loop turn with whether the turn did any work.  After a few
- * empty turns it pauses, then sleeps on RX interrupts (or briefly, if the
- * ports have none), never past the stack's next timer deadline nor
- * max_sleep_us; any work resets it, so under load the loop polls flat out.
+ * empty turns it pauses, then sleeps on RX interrupts (or, if the ports
+ * have none, for a quarter of the idle time so far, 20 us to 1 ms), never
+ * past the stack's next timer deadline nor max_sleep_us; any work resets
+ * it, so under load the loop polls flat out.  Zero-initialise *idle.
  */
 void net_stack_idle(struct net_stack *st, struct net_idle *idle, bool worked, uint64_t now_us,
 		    uint64_t max_sleep_us);

@@ -422,18 +422,41 @@ ring:
 
 /* ---- transmit ----------------------------------------------------------- */
 
+/*
+ * Send what the turn produced in one tx_burst (two if more than 64).  A TX
+ * queue that is full (a net_memif peer that is napping or descheduled, a
+ * NIC ring that is behind) keeps the rest, in order, for the next flush,
+ * up to NET_TX_HOLD packets (counted in tx_held): dropping them would cost
+ * TCP a retransmission and a round of recovery for a pause of a few
+ * microseconds.  Beyond that bound the newest are dropped (tx_drops), and
+ * a queue that has taken nothing for NET_TX_HOLD_US (a link down, a memif
+ * peer gone) has its held packets dropped too, so the worker, which does
+ * not sleep while it holds packets, goes back to idling; TCP retransmits.
+ * Fault injection sees every packet once, when it is first flushed.
+ */
 void net_port_flush(struct net_stack_priv *sp, struct net_port_ctx *pc)
 {
 	struct net_port *p = pc->port;
-	struct rte_mbuf *faulted[2 * NET_BURST + 1];
+	struct rte_mbuf *faulted[NET_TX_HOLD + 2 * NET_BURST + 1];
 	struct rte_mbuf **out = pc->tx;
 	unsigned n = pc->tx_count;
 
 	if (n == 0)
 		return;
-	pc->tx_count = 0;
-	if (p->fault.tx && fault_on(&p->fault)) {
-		n = fault_apply(sp, &p->fault, &pc->fault_tx, pc->tx, n, faulted);
+	if (pc->tx_held && sp->now_us - pc->tx_stuck_since_us > NET_TX_HOLD_US) {
+		sp->stats.tx_drops += pc->tx_held;
+		rte_pktmbuf_free_bulk(pc->tx, pc->tx_held);
+		n -= pc->tx_held;
+		memmove(pc->tx, pc->tx + pc->tx_held, n * sizeof(*pc->tx));
+		pc->tx_count = (uint16_t)n;
+		pc->tx_held = 0;
+		if (n == 0)
+			return;
+	}
+	if (p->fault.tx && fault_on(&p->fault) && n > pc->tx_held) {
+		memcpy(faulted, pc->tx, pc->tx_held * sizeof(*faulted));
+		n = pc->tx_held + fault_apply(sp, &p->fault, &pc->fault_tx, pc->tx + pc->tx_held,
+					      n - pc->tx_held, faulted + pc->tx_held);
 		out = faulted;
 	}
 	unsigned sent = 0;
@@ -445,16 +468,33 @@ void net_port_flush(struct net_stack_priv *sp, struct net_port_ctx *pc)
 		sent += k;
 	}
 	sp->stats.tx_pkts += sent;
-	if (sent < n) {
-		sp->stats.tx_drops += n - sent;
-		rte_pktmbuf_free_bulk(out + sent, n - sent);
+	unsigned keep = RTE_MIN(n - sent, (unsigned)NET_TX_HOLD);
+	if (sent + keep < n) {
+		sp->stats.tx_drops += n - sent - keep;
+		rte_pktmbuf_free_bulk(out + sent + keep, n - sent - keep);
 	}
+	if (keep > 0 && (sent > 0 || pc->tx_held == 0))
+		pc->tx_stuck_since_us = sp->now_us;
+	/* Packets at out[tx_held..] are held for the first time. */
+	if (sent + keep > pc->tx_held)
+		sp->stats.tx_held += sent + keep - RTE_MAX(sent, (unsigned)pc->tx_held);
+	memmove(pc->tx, out + sent, keep * sizeof(*out));
+	pc->tx_count = pc->tx_held = (uint16_t)keep;
 }
 
 void net_port_tx(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rte_mbuf *m)
 {
 	sp->stats.tx_bytes += rte_pktmbuf_pkt_len(m);
 	pc->tx[pc->tx_count++] = m;
-	if (pc->tx_count == NET_BURST)
+	if (pc->tx_count - pc->tx_held == NET_BURST)
 		net_port_flush(sp, pc);
+}
+
+void net_port_drop_held(struct net_stack_priv *sp, struct net_port_ctx *pc)
+{
+	if (pc->tx_count == 0)
+		return;
+	sp->stats.tx_drops += pc->tx_count;
+	rte_pktmbuf_free_bulk(pc->tx, pc->tx_count);
+	pc->tx_count = pc->tx_held = 0;
 }

@@ -15,6 +15,8 @@
 #define NET_MAX_WORKERS 64
 #define NET_MAX_PORTS 8
 #define NET_BURST 32
+#define NET_TX_HOLD 480	      /* packets kept for a later tx_burst while the TX queue is full */
+#define NET_TX_HOLD_US 100000 /* a TX queue that takes nothing this long: drop what it holds */
 #define NET_RETA_SIZE 128
 #define NET_DISPATCH_RING 4096
 #define NET_ARP_ENTRIES 1024 /* power of two */
@@ -71,8 +73,10 @@ struct net_port_ctx {
 	uint16_t queue; /* this worker's RX/TX queue */
 	bool reads_rx;  /* this worker polls the RX queue */
 	int intr_fd;    /* RX interrupt fd in the worker's epoll set, 0 = none */
-	uint16_t tx_count;
-	struct rte_mbuf *tx[NET_BURST];
+	uint16_t tx_count;	    /* packets in tx[] */
+	uint16_t tx_held;	    /* of which the first tx_held found the TX queue full before */
+	uint64_t tx_stuck_since_us; /* tx_held > 0: when the queue last took a packet */
+	struct rte_mbuf *tx[NET_TX_HOLD + NET_BURST];
 	struct net_fault fault_rx, fault_tx;
 };
 
@@ -102,6 +106,8 @@ struct net_stack_priv {
 void net_port_rx(struct net_stack_priv *sp, struct net_port_ctx *pc);
 void net_port_tx(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rte_mbuf *m);
 void net_port_flush(struct net_stack_priv *sp, struct net_port_ctx *pc);
+/** Free the packets a full TX queue left in pc->tx (counted as drops): at destroy. */
+void net_port_drop_held(struct net_stack_priv *sp, struct net_port_ctx *pc);
 uint32_t net_port_flow_hash(const struct net_port *p, uint32_t saddr, uint32_t daddr,
 			    uint16_t sport, uint16_t dport);
 unsigned net_port_flow_owner(const struct net_port *p, uint32_t saddr, uint32_t daddr,
@@ -122,6 +128,14 @@ void net_ipv4_input(struct net_stack_priv *sp, struct net_port_ctx *pc, struct r
 /** Build Ethernet+IPv4 around payload (copied) and route it.  0 or -errno. */
 int net_ipv4_output(struct net_stack_priv *sp, uint32_t src, uint32_t dst, uint8_t proto,
 		    const uint8_t *payload, size_t len);
+/** A piece of an IPv4 payload given in several (TCP: header, then the send ring's bytes). */
+struct net_piece {
+	const uint8_t *data;
+	size_t len;
+};
+/** net_ipv4_output() of the concatenation of n pieces, copied once.  0 or -errno. */
+int net_ipv4_output_v(struct net_stack_priv *sp, uint32_t src, uint32_t dst, uint8_t proto,
+		      const struct net_piece *pieces, unsigned n);
 struct net_port_ctx *net_route(struct net_stack_priv *sp, uint32_t dst, uint32_t *nexthop);
 
 /* icmp.c */

@@ -256,7 +256,10 @@ struct tcp_conn *tcp_conn_new(struct tcp_state *ts, uint32_t laddr, uint16_t lpo
 	c->sbuf_size = ts->conf.sndbuf;
 	uint32_t b = tuple_bucket(ts->hash_key, ts->conn_mask, laddr, lport, raddr, rport);
 	c->hnext = ts->conn_tab[b];
+	if (c->hnext)
+		c->hnext->hpprev = &c->hnext;
 	ts->conn_tab[b] = c;
+	c->hpprev = &ts->conn_tab[b];
 	ts->conn_count++;
 	return c;
 }
@@ -278,18 +281,21 @@ int tcp_conn_alloc_bufs(struct tcp_conn *c)
 	return c->sbuf && c->rbuf ? 0 : -ENOMEM;
 }
 
+/*
+ * Chains are doubly linked so that unhashing touches only the neighbours:
+ * no hash, no bucket, no walk (a bucket is a cache miss in a table sized
+ * for max_conns; bench/net's short transactions unhash 2 per transaction).
+ */
 static void conn_unhash(struct tcp_conn *c)
 {
-	struct tcp_state *ts = c->ts;
-	struct tcp_conn **pp = &ts->conn_tab[tuple_bucket(ts->hash_key, ts->conn_mask, c->laddr,
-							  c->lport, c->raddr, c->rport)];
-	for (; *pp; pp = &(*pp)->hnext) {
-		if (*pp == c) {
-			*pp = c->hnext;
-			ts->conn_count--;
-			return;
-		}
-	}
+	if (c->hpprev == NULL)
+		return;
+	*c->hpprev = c->hnext;
+	if (c->hnext)
+		c->hnext->hpprev = c->hpprev;
+	c->hnext = NULL;
+	c->hpprev = NULL;
+	c->ts->conn_count--;
 }
 
 void tcp_conn_hold(struct tcp_conn *c)
@@ -434,14 +440,12 @@ static void tw_fifo_append(struct tcp_state *ts, struct tcp_tw *tw)
 
 void tcp_tw_remove(struct tcp_state *ts, struct tcp_tw *tw)
 {
-	struct tcp_tw **pp = &ts->tw_tab[tuple_bucket(ts->hash_key, ts->tw_mask, tw->laddr,
-						      tw->lport, tw->raddr, tw->rport)];
-	for (; *pp; pp = &(*pp)->hnext) {
-		if (*pp == tw) {
-			*pp = tw->hnext;
-			break;
-		}
-	}
+	/* Doubly linked, as the connection table: the oldest entry is evicted on
+	 * every close while the table is full, without hashing or walking. */
+	*tw->hpprev = tw->hnext;
+	if (tw->hnext)
+		tw->hnext->hpprev = tw->hpprev;
+	tw->hpprev = NULL;
 	tw_fifo_unlink(ts, tw);
 	tw->in_use = false;
 	tw->hnext = ts->tw_free;
@@ -491,7 +495,10 @@ void tcp_enter_time_wait(struct tcp_conn *c)
 		uint32_t b = tuple_bucket(ts->hash_key, ts->tw_mask, tw->laddr, tw->lport,
 					  tw->raddr, tw->rport);
 		tw->hnext = ts->tw_tab[b];
+		if (tw->hnext)
+			tw->hnext->hpprev = &tw->hnext;
 		ts->tw_tab[b] = tw;
+		tw->hpprev = &ts->tw_tab[b];
 		tw_fifo_append(ts, tw);
 		ts->tw_count++;
 		ts->stats.time_wait_conns++;

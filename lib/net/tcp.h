@@ -56,6 +56,15 @@ struct tcp_stack_ops {
 	 * segment as far as TCP is concerned (retransmission repairs it).
 	 */
 	int (*output)(void *ctx, uint32_t src, uint32_t dst, const uint8_t *seg, size_t len);
+	/**
+	 * Optional, for segments with data: as output, but the segment comes
+	 * as the header (TCP header and options, checksum zero) and the
+	 * payload in up to two pieces (the send buffer is a ring), so the
+	 * payload is copied once, from the send buffer into the frame, instead
+	 * of through a scratch buffer.  NULL: output() gets every segment.
+	 */
+	int (*output_data)(void *ctx, uint32_t src, uint32_t dst, const uint8_t *hdr, size_t hlen,
+			   const uint8_t *data1, size_t len1, const uint8_t *data2, size_t len2);
 	/** Source address to use toward dst (0 = no route). */
 	uint32_t (*route_src)(void *ctx, uint32_t dst);
 	/**

@@ -85,6 +85,7 @@ struct tcp_listener {
 
 struct tcp_conn {
 	struct tcp_conn *hnext;			/* connection table chain */
+	struct tcp_conn **hpprev;		/* what points at us in it (NULL: unhashed) */
 	struct tcp_conn *ack_next, **ack_pprev; /* pending-ACK list */
 	struct tcp_state *ts;
 	uint32_t laddr, raddr;
@@ -158,7 +159,8 @@ struct tcp_conn {
 
 /* A connection in TIME_WAIT (RFC 9293 section 3.10.7.4), compact. */
 struct tcp_tw {
-	struct tcp_tw *hnext;
+	struct tcp_tw *hnext;	      /* hash chain, or the free list */
+	struct tcp_tw **hpprev;	      /* what points at us in the hash chain */
 	struct tcp_tw *fnext, *fprev; /* FIFO by expiry: oldest first */
 	uint32_t laddr, raddr;
 	uint16_t lport, rport;

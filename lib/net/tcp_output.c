@@ -2,7 +2,10 @@
  * tcp_output.c - building and sending TCP segments.
  *
  * Segments are built in the per-core scratch buffer and handed to
- * ops->output() with the checksum left zero (the IPv4 layer fills it).
+ * ops->output() with the checksum left zero (the IPv4 layer fills it);
+ * where the stack offers ops->output_data() (lib/net's IPv4 does), a data
+ * segment goes as the scratch header plus the send ring's bytes, so the
+ * payload is copied once, into the frame.
  * tcp_output() sends what the window allows as soon as the app gives it
  * (no Nagle: SMTP is request/response), cut at the MSS.  Every segment we
  * send carries an ACK (after the SYN), so it also settles a pending
@@ -203,14 +206,17 @@ void tcp_send_segment(struct tcp_conn *c, uint32_t seq, uint32_t len, uint8_t fl
 		flags |= TH_ACK;
 	unsigned hlen = build_header(ts->scratch, c->lport, c->rport, seq,
 				     (flags & TH_ACK) ? c->rcv_nxt : 0, flags, field, opts, optlen);
+	uint32_t pos = 0, first = 0;
 	if (len) {
 		uint32_t off = seq - c->snd_buf_seq;
-		uint32_t pos = (c->sbuf_head + off) % c->sbuf_size;
-		uint32_t first = c->sbuf_size - pos;
+		pos = (c->sbuf_head + off) % c->sbuf_size;
+		first = c->sbuf_size - pos;
 		if (first > len)
 			first = len;
-		memcpy(ts->scratch + hlen, c->sbuf + pos, first);
-		memcpy(ts->scratch + hlen + first, c->sbuf, len - first);
+		if (ts->ops.output_data == NULL) {
+			memcpy(ts->scratch + hlen, c->sbuf + pos, first);
+			memcpy(ts->scratch + hlen + first, c->sbuf, len - first);
+		}
 		ts->stats.bytes_out += len;
 	}
 	if (flags & TH_RST)
@@ -222,6 +228,13 @@ void tcp_send_segment(struct tcp_conn *c, uint32_t seq, uint32_t len, uint8_t fl
 		c->segs_unacked = 0;
 		net_timer_cancel(&ts->wheel, &c->delack_timer);
 		tcp_ack_list_remove(c);
+	}
+	if (len && ts->ops.output_data != NULL) {
+		/* The payload goes from the send buffer straight into the frame. */
+		ts->stats.segs_out++;
+		ts->ops.output_data(ts->ctx, c->laddr, c->raddr, ts->scratch, hlen, c->sbuf + pos,
+				    first, c->sbuf, len - first);
+		return;
 	}
 	emit(ts, c->laddr, c->raddr, hlen + len);
 }

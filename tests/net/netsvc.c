@@ -5,7 +5,7 @@
  *	netsvc --config FILE [--echo PORT] [--discard PORT]
  *	       [--connect A.B.C.D:PORT --conns N --bytes B [--start-delay MS]]
  *	       [--connect A.B.C.D:PORT --rr C [--start-delay MS]]
- *	       [--duration SEC] [--no-verify]
+ *	       [--duration SEC] [--no-verify] [--poll]
  *
  * --echo and --discard listen on every worker.  --connect opens N
  * connections (spread over the workers), sends B bytes of a per-connection
@@ -17,7 +17,19 @@
  * server modes run until SIGINT/SIGTERM or --duration.  Counters are
  * printed as "name value" lines at exit.  --no-verify (benchmarks): the
  * client sends a constant buffer and only counts what comes back, so the
- * figure is the stack's and not the per-byte stream generator's.
+ * figure is the stack's and not the per-byte stream generator's.  --poll:
+ * the workers never sleep when idle (pure poll mode, for comparison).
+ *
+ * For the benchmark (bench/net/run) each worker also counts, from the end
+ * of --start-delay to the end of the run, the TSC cycles of its busy turns
+ * (turns that handled packets or opened connections) and the TCP segments
+ * in and out they handled, leaving out turns preempted by the scheduler
+ * (LONG_TURN_US): "worker_busy_cycles" / "worker_busy_segs" is the stack's
+ * cost per segment, independent of how long the worker idled waiting for
+ * its peer.  Also its busy, idle and preempted turns and its thread CPU
+ * time over that span.  The loop's clock is the
+ * TSC (one rdtsc per turn, no clock_gettime), and the main thread sleeps
+ * while the workers run instead of spinning in rte_eal_mp_wait_lcore().
  */
 #include "core.h"
 #include "net.h"
@@ -30,9 +42,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <rte_cycles.h>
 #include <rte_eal.h>
 #include <rte_launch.h>
 #include <rte_lcore.h>
+#include <time.h>
 
 struct stream {
 	uint64_t state;
@@ -61,6 +75,11 @@ struct worker {
 	struct client *clients;
 	unsigned n_clients, clients_done, clients_failed, clients_closed;
 	uint64_t echo_bytes, discard_bytes, accepted;
+	/* benchmark accounting, from the end of --start-delay */
+	uint64_t busy_cycles, busy_segs, busy_turns, idle_turns;
+	uint64_t long_turns;	  /* busy turns over LONG_TURN_US: preempted, left out of busy_* */
+	uint64_t cpu_ns, wall_ns; /* thread CPU time and wall time of the measured span */
+	bool finished;		  /* worker_main returned (atomic; the main thread waits on it) */
 };
 
 static volatile sig_atomic_t stop;
@@ -73,6 +92,29 @@ static unsigned n_conns;
 static uint64_t conn_bytes;
 static uint64_t start_delay_us;
 static unsigned rr_concurrency; /* --rr C: short transactions, C at a time per worker */
+static uint64_t max_sleep_us = 10000; /* idle sleep cap; --poll: 0, never sleep */
+
+static uint64_t tsc_per_us;
+
+/*
+ * A turn handles at most a few bursts of 32 packets, tens of microseconds;
+ * one that took longer was preempted (5 engineers share 2 vCPUs here), so
+ * its cycles are not the stack's and it is left out of the busy figures.
+ */
+#define LONG_TURN_US 250
+
+/* The loop's clock: one rdtsc, no system call (the TSC is invariant here). */
+static inline uint64_t now_us(void)
+{
+	return rte_rdtsc() / tsc_per_us;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
 
 static void on_signal(int sig)
 {
@@ -298,7 +340,7 @@ static size_t rr_data(struct tcp_conn *c, void *user, const uint8_t *data, size_
 	if (s->got >= sizeof(rr_request)) {
 		struct rr_state *r = &rr[rr_worker(s)->index];
 		r->txns++;
-		r->latency_sum_us += mx_now_us() - s->started;
+		r->latency_sum_us += now_us() - s->started;
 		tcp_close(c);
 	}
 	return len;
@@ -351,9 +393,18 @@ static unsigned rr_restart(struct worker *w, uint64_t now)
 
 /* ---- worker loop ----------------------------------------------------------- */
 
+static int worker_run(struct worker *w);
+
 static int worker_main(void *arg)
 {
 	struct worker *w = arg;
+	int rc = worker_run(w);
+	__atomic_store_n(&w->finished, true, __ATOMIC_RELEASE);
+	return rc;
+}
+
+static int worker_run(struct worker *w)
+{
 	struct net_stack_conf sc;
 	net_dataplane_stack_conf(&dp, w->index, &sc);
 	w->st = net_stack_create(&sc);
@@ -369,9 +420,19 @@ static int worker_main(void *arg)
 		return -1;
 	}
 	unsigned next_client = 0;
-	uint64_t last_open = mx_now_us() + start_delay_us;
+	uint64_t last_open = now_us() + start_delay_us;
+	uint64_t measure_from = last_open, cpu0 = 0, wall0 = 0;
+	bool measuring = false;
+	const struct tcp_stats *tst = net_stack_tcp_stats(w->st);
 	while (!stop) {
-		uint64_t now = mx_now_us();
+		uint64_t segs0 = tst->segs_in + tst->segs_out;
+		uint64_t t0 = rte_rdtsc();
+		uint64_t now = t0 / tsc_per_us;
+		if (!measuring && now >= measure_from) {
+			measuring = true;
+			cpu0 = thread_cpu_ns();
+			wall0 = t0;
+		}
 		unsigned n = net_stack_poll(w->st, now);
 		/* Open connections gradually: at most 16 per ms per worker. */
 		if (next_client < w->n_clients && now >= last_open + 1000) {
@@ -392,13 +453,31 @@ static int worker_main(void *arg)
 		}
 		if (rr_concurrency && now >= last_open)
 			n += rr_restart(w, now);
+		if (measuring) {
+			uint64_t dt = rte_rdtsc() - t0;
+			if (n > 0 && dt > LONG_TURN_US * tsc_per_us) {
+				w->long_turns++;
+			} else if (n > 0) {
+				w->busy_cycles += dt;
+				w->busy_segs += tst->segs_in + tst->segs_out - segs0;
+				w->busy_turns++;
+			} else {
+				w->idle_turns++;
+			}
+		}
 		if (w->n_clients && w->clients_closed == w->n_clients)
 			break;
-		net_stack_idle(w->st, &w->idle, n > 0, now, 10000);
+		net_stack_idle(w->st, &w->idle, n > 0, now, max_sleep_us);
 	}
-	/* Let FINs and ACKs leave. */
-	for (uint64_t end = mx_now_us() + 200000; mx_now_us() < end;)
-		net_stack_poll(w->st, mx_now_us());
+	if (measuring) {
+		w->cpu_ns = thread_cpu_ns() - cpu0;
+		w->wall_ns = (rte_rdtsc() - wall0) * 1000 / tsc_per_us;
+	}
+	/* Let FINs and ACKs leave (idling, not spinning, when there is nothing to do). */
+	for (uint64_t end = now_us() + 200000; now_us() < end;) {
+		uint64_t now = now_us();
+		net_stack_idle(w->st, &w->idle, net_stack_poll(w->st, now) > 0, now, 10000);
+	}
 	return 0;
 }
 
@@ -433,6 +512,8 @@ static void print_stats(void)
 			printf("%s %llu\n", sums.name[i], (unsigned long long)sums.value[i]);
 	uint64_t rx = 0, tx = 0, accepted = 0, echo = 0, discard = 0, sleeps = 0, isleeps = 0;
 	uint64_t retrans = 0, cookies = 0, cookies_ok = 0, estab = 0, bad_ck = 0, resets = 0;
+	uint64_t busy = 0, busy_segs = 0, busy_turns = 0, idle_turns = 0, long_turns = 0;
+	uint64_t cpu_ns = 0, wall_ns = 0;
 	for (unsigned i = 0; i < dp.n_workers; i++) {
 		struct worker *w = &workers[i];
 		if (w->st == NULL)
@@ -446,6 +527,9 @@ static void print_stats(void)
 		retrans += ts->retransmits, cookies += ts->cookies_sent;
 		cookies_ok += ts->cookies_valid, estab += ts->conns_established;
 		resets += ts->resets_in;
+		busy += w->busy_cycles, busy_turns += w->busy_turns, idle_turns += w->idle_turns;
+		busy_segs += w->busy_segs, long_turns += w->long_turns;
+		cpu_ns += w->cpu_ns, wall_ns += w->wall_ns;
 	}
 	printf("rx_pkts %llu\ntx_pkts %llu\naccepted %llu\nestablished %llu\necho_bytes %llu\n"
 	       "discard_bytes %llu\nretransmits %llu\ncookies_sent %llu\ncookies_valid %llu\n"
@@ -455,6 +539,14 @@ static void print_stats(void)
 	       (unsigned long long)retrans, (unsigned long long)cookies,
 	       (unsigned long long)cookies_ok, (unsigned long long)bad_ck,
 	       (unsigned long long)sleeps, (unsigned long long)isleeps, (unsigned long long)resets);
+	/* Summed over the workers; bench/net/run divides by the segments. */
+	printf("worker_busy_cycles %llu\nworker_busy_segs %llu\nworker_busy_turns %llu\n"
+	       "worker_long_turns %llu\nworker_idle_turns %llu\n"
+	       "worker_cpu_seconds %.3f\nworker_wall_seconds %.3f\ntsc_hz %llu\n",
+	       (unsigned long long)busy, (unsigned long long)busy_segs,
+	       (unsigned long long)busy_turns, (unsigned long long)long_turns,
+	       (unsigned long long)idle_turns, (double)cpu_ns / 1e9, (double)wall_ns / 1e9,
+	       (unsigned long long)rte_get_tsc_hz());
 	fflush(stdout);
 }
 
@@ -471,6 +563,7 @@ int main(int argc, char **argv)
 		{"start-delay", required_argument, NULL, 's'},
 		{"rr", required_argument, NULL, 'r'},
 		{"no-verify", no_argument, NULL, 'V'},
+		{"poll", no_argument, NULL, 'P'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
@@ -501,6 +594,9 @@ int main(int argc, char **argv)
 			break;
 		case 'r':
 			rr_concurrency = (unsigned)atoi(optarg);
+			break;
+		case 'P':
+			max_sleep_us = 0;
 			break;
 		case 'V':
 			no_verify = true;
@@ -537,6 +633,9 @@ int main(int argc, char **argv)
 	}
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
+	tsc_per_us = rte_get_tsc_hz() / 1000000;
+	if (tsc_per_us == 0)
+		tsc_per_us = 1;
 	for (unsigned i = 0; i < dp.n_workers; i++) {
 		struct worker *w = &workers[i];
 		w->index = i;
@@ -571,6 +670,11 @@ int main(int argc, char **argv)
 		}
 	}
 	stop = 1;
+	/* rte_eal_mp_wait_lcore() spins: sleep until the workers are done first. */
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		for (unsigned k = 0;
+		     k < 500 && !__atomic_load_n(&workers[i].finished, __ATOMIC_ACQUIRE); k++)
+			usleep(2000);
 	rte_eal_mp_wait_lcore();
 	print_stats();
 	int rc = 0;

@@ -491,6 +491,66 @@ static void test_time_wait_port_reuse(void)
 	th_free(l.side[1]);
 }
 
+/*
+ * A full TIME_WAIT table evicts its oldest entry for each new one (counted
+ * in time_wait_full): after 40 active closes with room for 8, exactly the
+ * last 8 4-tuples are found and the 32 evicted ones are not (the hash chains
+ * of a 16-bucket table stay consistent through the unlinking), and all go
+ * at 2*MSL.
+ */
+static void test_time_wait_table_full(void)
+{
+	struct link l;
+	struct tcp_conf conf;
+	tcp_conf_defaults(&conf);
+	conf.sndbuf = conf.rcvbuf = 8192;
+	conf.max_conns = 64;
+	conf.time_wait_max = 8;
+	conf.time_wait_us = 60ull * 1000000;
+	link_setup(&l, &conf, 41);
+	struct peer pb_tmpl = {.total = 10, .tx_salt = 2, .rx_salt = 1};
+	static struct peer pb;
+	CU_ASSERT_EQUAL_FATAL(tcp_listen(&l.side[1]->st, 0, 25, peer_accept, &pb), 0);
+	enum { N = 40, KEEP = 8 };
+	uint16_t lports[N];
+	unsigned ok = 0;
+	for (unsigned i = 0; i < N; i++) {
+		struct peer pa = {.total = 10, .tx_salt = 1, .rx_salt = 2};
+		pb = pb_tmpl;
+		struct tcp_conn *c =
+			tcp_connect(&l.side[0]->st, ADDR_A, 0, ADDR_B, 25, &peer_ops, &pa);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(c);
+		tcp_conn_endpoints(c, NULL, &lports[i], NULL, NULL);
+		link_loop(&l, &pa, &pb, 30ull * 1000000);
+		ok += pa.closed == 1 && pb.closed == 1 && !pa.bad && !pb.bad;
+	}
+	CU_ASSERT_EQUAL(ok, N);
+	struct tcp_state *ts = l.side[0]->ts;
+	const struct tcp_stats *st = tcp_get_stats(ts);
+	CU_ASSERT_EQUAL(st->time_wait_conns, N);
+	CU_ASSERT_EQUAL(st->time_wait_full, N - KEEP);
+	CU_ASSERT_EQUAL(ts->tw_count, KEEP);
+	unsigned found = 0, wrong = 0;
+	for (unsigned i = 0; i < N; i++) {
+		bool in = tcp_tw_lookup(ts, ADDR_A, lports[i], ADDR_B, 25) != NULL;
+		found += in;
+		wrong += in != (i >= N - KEEP);
+	}
+	CU_ASSERT_EQUAL(found, KEEP);
+	CU_ASSERT_EQUAL(wrong, 0);
+	/* 2*MSL later every entry is gone, through the same unlinking. */
+	uint64_t later = l.side[0]->now + conf.time_wait_us + 2000000;
+	tcp_poll(ts, later);
+	CU_ASSERT_EQUAL(ts->tw_count, 0);
+	found = 0;
+	for (unsigned i = 0; i < N; i++)
+		found += tcp_tw_lookup(ts, ADDR_A, lports[i], ADDR_B, 25) != NULL;
+	CU_ASSERT_EQUAL(found, 0);
+	link_free(&l);
+	th_free(l.side[0]);
+	th_free(l.side[1]);
+}
+
 /* Both ISNs near 2^32: force them through the seed until they are. */
 static void test_wraparound_transfer(void)
 {
@@ -906,6 +966,7 @@ static CU_TestInfo link_tests[] = {
 	{"lossy link, no timestamps, no window scaling", test_lossy_no_timestamps_no_wscale},
 	{"large scaled window, 4 MiB", test_large_scaled_window},
 	{"TIME_WAIT does not exhaust active-open ports", test_time_wait_port_reuse},
+	{"a full TIME_WAIT table evicts the oldest, chains stay whole", test_time_wait_table_full},
 	{"transfer across sequence wraparound", test_wraparound_transfer},
 	{"slow consumer over lossy link loses nothing", test_slow_consumer_lossy},
 	{"throughput, clean in-memory link", test_throughput},
