@@ -665,7 +665,15 @@ ssize_t tcp_send(struct tcp_conn *c, const void *data, size_t len)
 		memcpy(c->sbuf + tail, data, first);
 		memcpy(c->sbuf, (const uint8_t *)data + first, n - first);
 		c->sbuf_len += (uint32_t)n;
-		tcp_output(c);
+		/*
+		 * An answer made inside on_data leaves when on_data returns: what
+		 * the app sends (and a close right after, its FIN) then shares
+		 * segments, as a reply and its FIN, or several replies, should.
+		 */
+		if (c->delivering)
+			c->output_deferred = true;
+		else
+			tcp_output(c);
 	}
 	return (ssize_t)n;
 }

@@ -212,6 +212,12 @@ void tcp_deliver(struct tcp_conn *c)
 	c->delivering = false;
 	if (c->dead)
 		return;
+	if (c->output_deferred) {
+		c->output_deferred = false;
+		tcp_output(c);
+		if (c->dead)
+			return;
+	}
 	notify_peer_closed(c);
 	if (c->dead)
 		return;

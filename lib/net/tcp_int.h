@@ -109,6 +109,7 @@ struct tcp_conn {
 	bool sws_override;	/* tcp_output(): send a short segment anyway */
 	bool dead;		/* closed; freed when no callback frame holds it */
 	bool delivering;	/* inside tcp_deliver(): on_data may re-enter */
+	bool output_deferred;	/* tcp_send() inside on_data: output once it returns */
 	uint8_t finish_pending; /* 1: enter TIME_WAIT, 2: close, once the app read all */
 	uint8_t busy;		/* callback frames on the stack */
 	uint8_t dupacks;

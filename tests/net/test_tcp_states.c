@@ -307,6 +307,48 @@ static void test_ack_piggybacks_on_reply(void)
 	teardown();
 }
 
+/* A reply and a close made inside on_data (SMTP's 221 after QUIT) share one segment. */
+static void test_reply_and_fin_in_one_segment(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	app.reply_on_data = 1;
+	app.close_on_data = 1;
+	peer(PEER_ISN + 1, iss + 1, TH_ACK, "QUIT", 4);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_EQUAL(h->cap[0].len, 4);
+	CU_ASSERT_EQUAL(memcmp(h->cap[0].data, "QUIT", 4), 0);
+	CU_ASSERT_EQUAL(h->cap[0].flags & (TH_FIN | TH_ACK), TH_FIN | TH_ACK);
+	CU_ASSERT_EQUAL(h->cap[0].ack, PEER_ISN + 5);
+	teardown();
+}
+
+/* Two sends inside one on_data go out together; a send outside on_data leaves at once. */
+static size_t twice_data(struct tcp_conn *c, void *u, const uint8_t *d, size_t len)
+{
+	(void)u;
+	tcp_send(c, d, len);
+	tcp_send(c, d, len);
+	return len;
+}
+
+static void test_sends_in_on_data_coalesce(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	static const struct tcp_conn_ops twice = {.on_data = twice_data,
+						  .on_closed = th_app_closed};
+	tcp_conn_set_ops(app.c, &twice, &app);
+	peer(PEER_ISN + 1, iss + 1, TH_ACK, "ab", 2);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_EQUAL(h->cap[0].len, 4);
+	CU_ASSERT_EQUAL(memcmp(h->cap[0].data, "abab", 4), 0);
+	th_clear(h);
+	CU_ASSERT_EQUAL(tcp_send(app.c, "x", 1), 1);
+	CU_ASSERT_EQUAL(h->ncap, 1);
+	teardown();
+}
+
 static void test_send_segmentation_and_release(void)
 {
 	setup();
@@ -869,6 +911,8 @@ static void test_keepalive(void)
 static CU_TestInfo state_tests[] = {
 	{"keepalive (when enabled)", test_keepalive},
 	{"passive open with options", test_passive_open},
+	{"reply and close in on_data: one segment with FIN", test_reply_and_fin_in_one_segment},
+	{"sends inside on_data coalesce", test_sends_in_on_data_coalesce},
 	{"retransmitted SYN-ACK carries no data", test_synack_retransmit_has_no_data},
 	{"SYN_RCVD times out", test_syn_rcvd_timeout},
 	{"active open", test_active_open},
