@@ -1410,6 +1410,11 @@ static bool next_busy(const struct spool *sp)
 	return sp->next_state != NEXT_NONE && sp->next_state != NEXT_READY;
 }
 
+bool spool_spare_preparing(const struct spool *sp)
+{
+	return next_busy(sp);
+}
+
 /* Reap CQEs; with wait, block while batches are in flight (never for next_state alone). */
 static void reap(struct spool *sp, bool wait)
 {

@@ -229,6 +229,11 @@ int spool_dir_cores(const char *dir, uint64_t cores[4]);
 
 /** True if a new message may be accepted now (check at MAIL FROM). */
 bool spool_has_room(const struct spool *sp);
+/**
+ * The next segment is being prepared (recycled or zero-filled, then synced, in io_uring's
+ * worker); once ready, a roll-over needs no syscall.
+ */
+bool spool_spare_preparing(const struct spool *sp);
 
 /**
  * Start a message; its ID is assigned now.  -ENOSPC (spool or disk full:
