@@ -77,13 +77,7 @@ static int worker_main(void *arg)
 		w->ready = -1;
 		return -1;
 	}
-	struct spool *spool = smtpd_spool(w->smtpd);
-	deliver_attach_spool(w->deliver, spool);
-	/* A commit's fdatasync completing wakes a worker asleep on its ports. */
-	int wrc = spool_set_wake_fd(spool, net_stack_wake_fd(w->st));
-	if (wrc != 0)
-		MX_WARN("worker %u: spool completions cannot wake the worker: %s", w->index,
-			strerror(-wrc));
+	deliver_attach_spool(w->deliver, smtpd_spool(w->smtpd));
 	w->gen = &shared;
 	w->gen_seen = shared.generation;
 	w->ready = 1;
@@ -100,11 +94,7 @@ static int worker_main(void *arg)
 		unsigned n = net_stack_poll(w->st, now);
 		n += smtpd_poll(w->smtpd, now);
 		n += deliver_poll(w->deliver, now);
-		/* Idle, never past the end of the spool's open commit window. */
-		uint64_t sleep_max = 10000, sdl = spool_next_deadline(spool);
-		if (sdl != UINT64_MAX)
-			sleep_max = sdl <= now ? 0 : (sdl - now < sleep_max ? sdl - now : sleep_max);
-		net_stack_idle(w->st, &w->idle, n > 0, now, sleep_max);
+		net_stack_idle(w->st, &w->idle, n > 0, now, 10000);
 	}
 	/*
 	 * smtpd first: its last spool completions still go to deliver, and the

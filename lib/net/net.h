@@ -217,11 +217,6 @@ void net_stack_kick_timers(struct net_stack *st);
 
 /** Wake a worker sleeping in net_stack_wait (any thread may call it). */
 void net_stack_wake(struct net_stack *st);
-/**
- * The eventfd that wakes the worker: a writer of its own (an io_uring's
- * completions, io_uring_register_eventfd) may signal it directly.  -1 if none.
- */
-int net_stack_wake_fd(const struct net_stack *st);
 
 /** Counters of one core's IP layers (TCP has its own, in tcp.h). */
 struct net_stats {

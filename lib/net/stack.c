@@ -16,7 +16,6 @@
 #include "stack_priv.h"
 
 #include <errno.h>
-#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -243,13 +242,8 @@ bool net_stack_wait(struct net_stack *st, uint64_t timeout_us)
 	}
 	if (!pending) {
 		struct epoll_event evs[NET_MAX_PORTS + 1];
-		/* microsecond timeouts: a 200 us deadline must not become epoll_wait's 1 ms */
-		struct timespec ts = {.tv_sec = (time_t)(timeout_us / 1000000),
-				      .tv_nsec = (long)(timeout_us % 1000000) * 1000};
-		int n = epoll_pwait2(sp->epfd, evs, NET_MAX_PORTS + 1, &ts, NULL);
-		if (n < 0 && errno == ENOSYS)
-			n = epoll_wait(sp->epfd, evs, NET_MAX_PORTS + 1,
-				       (int)((timeout_us + 999) / 1000));
+		int ms = (int)((timeout_us + 999) / 1000);
+		int n = epoll_wait(sp->epfd, evs, NET_MAX_PORTS + 1, ms);
 		for (int i = 0; i < n; i++)
 			if (evs[i].data.u32 == UINT32_MAX) {
 				uint64_t v;
@@ -264,11 +258,6 @@ bool net_stack_wait(struct net_stack *st, uint64_t timeout_us)
 			rte_eth_dev_rx_intr_disable(pc->port->port_id, pc->queue);
 	}
 	return true;
-}
-
-int net_stack_wake_fd(const struct net_stack *st)
-{
-	return net_priv((struct net_stack *)st)->wake_fd;
 }
 
 void net_stack_wake(struct net_stack *st)

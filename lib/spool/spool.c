@@ -1405,24 +1405,6 @@ static void handle_cqe(struct spool *sp, struct io_uring_cqe *cqe)
 	settle(sp);
 }
 
-uint64_t spool_next_deadline(const struct spool *sp)
-{
-	if (sp->readonly)
-		return UINT64_MAX;
-	if (sp->out_len > 0)
-		return 0;
-	if (sp->fill->len > 0)
-		return sp->fill->first_us + sp->cfg.commit_window_us;
-	return UINT64_MAX;
-}
-
-int spool_set_wake_fd(struct spool *sp, int fd)
-{
-	if (sp->readonly || fd < 0)
-		return -EINVAL;
-	return io_uring_register_eventfd(&sp->ring, fd);
-}
-
 static bool next_busy(const struct spool *sp)
 {
 	return sp->next_state != NEXT_NONE && sp->next_state != NEXT_READY;

@@ -230,15 +230,6 @@ int spool_dir_cores(const char *dir, uint64_t cores[4]);
 /** True if a new message may be accepted now (check at MAIL FROM). */
 bool spool_has_room(const struct spool *sp);
 /**
- * For a poll loop that sleeps when idle: the time (mx_now_us clock) by which
- * spool_poll() must run again: 0 while completions wait to be taken, the end
- * of the open batch's commit window, else UINT64_MAX.  Completions of
- * submitted I/O wake an eventfd given to spool_set_wake_fd().
- */
-uint64_t spool_next_deadline(const struct spool *sp);
-/** Signal fd (an eventfd) on every I/O completion of this spool.  0 or -errno. */
-int spool_set_wake_fd(struct spool *sp, int fd);
-/**
  * The next segment is being prepared (recycled or zero-filled, then synced, in io_uring's
  * worker); once ready, a roll-over needs no syscall.
  */
