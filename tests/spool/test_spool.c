@@ -724,6 +724,39 @@ static uint8_t *five_batches(const char *dir, struct spool_config *c, uint64_t *
  * and version 1 as older relays wrote it): whole records survive, the torn
  * part is cut away, an image without a whole record is removed.
  */
+/*
+ * Where each record of a segment image ends (segment header, batch markers,
+ * messages), and which are messages; every record checks (of version
+ * `version`, when not 0).  Returns the count, at most max.
+ */
+static size_t record_ends(const uint8_t *img, size_t len, uint64_t seq, int version, size_t *ends,
+			  bool *is_msg, size_t max)
+{
+	size_t n = 0, off = 0;
+	while (off < len && n < max) {
+		struct spool_rec_hdr h;
+		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len - off, seq, &h), 0);
+		if (version != 0)
+			CU_ASSERT_EQUAL_FATAL(h.version, version);
+		off += SPOOL_REC_HDR + h.length;
+		is_msg[n] = h.type == SPOOL_REC_MSG;
+		ends[n++] = off;
+	}
+	return n;
+}
+
+/*
+ * Make dir (named already, empty) a spool with core 0's directory, cdir
+ * (400 bytes); seg: segment seq's path in it.
+ */
+static void seg_dir(const char *dir, uint64_t seq, char *cdir, char *seg, size_t seglen)
+{
+	mkdir(dir, 0700);
+	spool_core_path(cdir, 400, dir, 0);
+	mkdir(cdir, 0700);
+	spool_seg_path(seg, seglen, dir, 0, seq);
+}
+
 static void torn_tail_run(int version)
 {
 	char dir[300], dir2[300], seg2[400], cdir[400];
@@ -738,25 +771,14 @@ static void torn_tail_run(int version)
 		free(img);
 		img = old;
 	}
-	/* where each record ends (segment header, batch markers, messages) */
-	size_t ends[64], nends = 0, off = 0, msgs = 0;
+	size_t ends[64], msgs = 0;
 	bool is_msg[64];
-	while (off < len && nends < 64) {
-		struct spool_rec_hdr h;
-		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len - off, seq, &h), 0);
-		CU_ASSERT_EQUAL_FATAL(h.version, version);
-		off += SPOOL_REC_HDR + h.length;
-		is_msg[nends] = h.type == SPOOL_REC_MSG;
-		msgs += is_msg[nends];
-		ends[nends++] = off;
-	}
+	size_t nends = record_ends(img, len, seq, version, ends, is_msg, 64);
+	for (size_t k = 0; k < nends; k++)
+		msgs += is_msg[k];
 	CU_ASSERT_EQUAL_FATAL(msgs, 5);
-	CU_ASSERT_EQUAL_FATAL(off, len);
-	new_dir(dir2, sizeof(dir2));
-	mkdir(dir2, 0700);
-	spool_core_path(cdir, sizeof(cdir), dir2, 0);
-	mkdir(cdir, 0700);
-	spool_seg_path(seg2, sizeof(seg2), dir2, 0, seq);
+	CU_ASSERT_EQUAL_FATAL(nends > 0 ? ends[nends - 1] : 0, len);
+	seg_dir(new_dir(dir2, sizeof(dir2)), seq, cdir, seg2, sizeof(seg2));
 	struct spool_config c2 = c;
 	c2.dir = dir2;
 	int bad_scan = 0, bad_open = 0, bad_size = 0;
@@ -888,11 +910,7 @@ static void test_old_version_segment_read(void)
 	env_flags = 0;
 	uint8_t *old = image_downgrade(img, len, seq, 2, &old_len);
 	CU_ASSERT_EQUAL_FATAL(old_len, len - 5);
-	new_dir(dir2, sizeof(dir2));
-	mkdir(dir2, 0700);
-	spool_core_path(cdir, sizeof(cdir), dir2, 0);
-	mkdir(cdir, 0700);
-	spool_seg_path(seg, sizeof(seg), dir2, 0, seq);
+	seg_dir(new_dir(dir2, sizeof(dir2)), seq, cdir, seg, sizeof(seg));
 	write_file(seg, old, old_len);
 	c.dir = dir2;
 	c.compact_min_age_us = 0;
@@ -989,22 +1007,11 @@ static void recycled_run(bool zero_tail, int old_version)
 	size_t file_len = c.segment_bytes;
 	uint8_t *file = calloc(1, file_len);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(file);
-	size_t ends[64], nends = 0, off = 0;
+	size_t ends[64];
 	bool is_msg[64];
-	while (off < len_new && nends < 64) {
-		struct spool_rec_hdr h;
-		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len_new - off, seq_new, &h),
-				      0);
-		off += SPOOL_REC_HDR + h.length;
-		is_msg[nends] = h.type == SPOOL_REC_MSG;
-		ends[nends++] = off;
-	}
+	size_t nends = record_ends(img, len_new, seq_new, 0, ends, is_msg, 64);
 	rm_rf(dir);
-	new_dir(dir, sizeof(dir));
-	mkdir(dir, 0700);
-	spool_core_path(cdir, sizeof(cdir), dir, 0);
-	mkdir(cdir, 0700);
-	spool_seg_path(seg2, sizeof(seg2), dir, 0, seq_new);
+	seg_dir(new_dir(dir, sizeof(dir)), seq_new, cdir, seg2, sizeof(seg2));
 	struct spool_config c2 = c;
 	c2.dir = dir;
 	int bad_scan = 0, bad_open = 0, bad_size = 0;
@@ -1295,10 +1302,7 @@ static int recover_twice_at(const char *dir, const struct spool_config *c, const
 	char cdir[400], seg[400];
 	int bad = 0;
 	rm_rf(dir);
-	mkdir(dir, 0700);
-	spool_core_path(cdir, sizeof(cdir), dir, 0);
-	mkdir(cdir, 0700);
-	spool_seg_path(seg, sizeof(seg), dir, 0, seq);
+	seg_dir(dir, seq, cdir, seg, sizeof(seg));
 	uint8_t *file = calloc(1, file_len > l ? file_len : l + 1);
 	memcpy(file, img, l);
 	write_file(seg, file, file_len > l ? file_len : l);
@@ -1375,15 +1379,9 @@ static void test_recover_append_crash_recover(void)
 	uint64_t seq;
 	size_t len;
 	uint8_t *img = five_batches(new_dir(dir, sizeof(dir)), &c, &seq, &len, 0);
-	size_t ends[64], nends = 0, off = 0;
+	size_t ends[64];
 	bool is_msg[64];
-	while (off < len && nends < 64) {
-		struct spool_rec_hdr h;
-		CU_ASSERT_EQUAL_FATAL(spool_rec_check_seg(img + off, len - off, seq, &h), 0);
-		off += SPOOL_REC_HDR + h.length;
-		is_msg[nends] = h.type == SPOOL_REC_MSG;
-		ends[nends++] = off;
-	}
+	size_t nends = record_ends(img, len, seq, 0, ends, is_msg, 64);
 	struct spool_config c2 = c;
 	c2.dir = new_dir(dir2, sizeof(dir2));
 	c2.segment_bytes = 64 << 10;
