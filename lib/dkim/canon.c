@@ -101,6 +101,19 @@ static inline bool relaxed_crlf_plain(const uint8_t *p, size_t i)
 	return p[i + 1] == '\n' && relaxed_class[p[i + 2]] == 0;
 }
 
+/* Of the candidate bytes set in mask (bit k: p[i + k]), the first the state machine
+ * must see, or SIZE_MAX: the SSE2 and AVX2 scans share it. */
+static inline size_t mask_first_stop(const uint8_t *p, size_t i, uint32_t mask)
+{
+	while (mask) {
+		size_t j = i + (size_t)__builtin_ctz(mask);
+		if (p[j] != '\r' || !relaxed_crlf_plain(p, j))
+			return j;
+		mask &= mask - 1;
+	}
+	return SIZE_MAX;
+}
+
 /*
  * The first byte at or after i that the relaxed state machine must see:
  * HTAB, a SP followed by SP, HTAB or CR (a WSP run or trailing WSP), or a CR
@@ -163,13 +176,9 @@ static size_t scan_relaxed_sse2(const uint8_t *p, size_t i, size_t n)
 		__m128i hit =
 			_mm_or_si128(_mm_and_si128(_mm_cmpeq_epi8(v, sp), next_ws),
 				     _mm_or_si128(_mm_cmpeq_epi8(v, tab), _mm_cmpeq_epi8(v, cr)));
-		unsigned mask = (unsigned)_mm_movemask_epi8(hit);
-		while (mask) {
-			size_t j = i + (size_t)__builtin_ctz(mask);
-			if (p[j] != '\r' || !relaxed_crlf_plain(p, j))
-				return j;
-			mask &= mask - 1;
-		}
+		size_t j = mask_first_stop(p, i, (uint32_t)_mm_movemask_epi8(hit));
+		if (j != SIZE_MAX)
+			return j;
 		i += 16;
 	}
 	return i;
@@ -189,13 +198,9 @@ __attribute__((target("avx2"))) static size_t scan_relaxed_avx2(const uint8_t *p
 		__m256i hit = _mm256_or_si256(
 			_mm256_and_si256(_mm256_cmpeq_epi8(v, sp), next_ws),
 			_mm256_or_si256(_mm256_cmpeq_epi8(v, tab), _mm256_cmpeq_epi8(v, cr)));
-		uint32_t mask = (uint32_t)_mm256_movemask_epi8(hit);
-		while (mask) {
-			size_t j = i + (size_t)__builtin_ctz(mask);
-			if (p[j] != '\r' || !relaxed_crlf_plain(p, j))
-				return j;
-			mask &= mask - 1;
-		}
+		size_t j = mask_first_stop(p, i, (uint32_t)_mm256_movemask_epi8(hit));
+		if (j != SIZE_MAX)
+			return j;
 		i += 32;
 	}
 	/* the last 16 to 33 bytes: the SSE2 blocks, then bytewise */
