@@ -9,6 +9,7 @@
 #include "signer.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +95,17 @@ static int worker_main(void *arg)
 		unsigned n = net_stack_poll(w->st, now);
 		n += smtpd_poll(w->smtpd, now);
 		n += deliver_poll(w->deliver, now);
+		/*
+		 * A turn with nothing to do gives the CPU away for a moment.  The
+		 * spool's io_uring workers (its writes and fdatasyncs) inherit this
+		 * lcore's CPU, and against a loop that only spins they wait for the
+		 * scheduler's slice: group commits then took milliseconds, not the
+		 * ~300 us of window plus disk (spool_bench --cpu 1 --idle-yield,
+		 * bench/spool/README.md: p99 about halved at 200k/s).  With nothing
+		 * else runnable on this CPU the yield is one cheap system call.
+		 */
+		if (n == 0)
+			sched_yield();
 		net_stack_idle(w->st, &w->idle, n > 0, now, 10000);
 	}
 	/*

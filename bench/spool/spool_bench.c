@@ -6,7 +6,7 @@
  *		    [--inflight N] [--durability fsync|none] [--finish 0|1]
  *		    [--window US] [--commit-bytes B] [--depth N] [--segment-mb M]
  *		    [--recover N] [--drop-caches] [--probe-only] [--probe-same 0|1]
- *		    [--idle-sleep US]
+ *		    [--idle-sleep US] [--idle-yield 0|1] [--cpu N]
  *
  * One thread plays the SMTP core: it starts messages at the offered rate
  * (0 = as fast as the spool completes them, with at most --inflight waiting),
@@ -27,7 +27,10 @@
  * roll, and in how many distinct 100 ms windows slow messages completed
  * (a few windows: stalls; many: a steady cost).  --recover N writes N messages of --size,
  * closes, and times spool_open() over them.  Put --dir on a real
- * disk (not tmpfs): fdatasync is what is measured.
+ * disk (not tmpfs): fdatasync is what is measured.  --cpu N pins the loop to
+ * one CPU, as mxrelay's worker lcore is (io_uring's workers, which do the
+ * writes and fdatasyncs, inherit it); --idle-yield 1 then yields on idle
+ * turns as that worker does, so they are not left waiting for a slice.
  */
 #include "spool.h"
 #include "core.h"
@@ -35,6 +38,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +114,7 @@ static void probe_one(const char *path, size_t bsize, bool overwrite, bool direc
 static int probe_n = 1000;
 static uint64_t probe_max_us; /* 0: no time bound; else stop a probe after this long */
 static long idle_sleep_us;    /* --idle-sleep: a loop that did nothing sleeps this long */
+static bool idle_yield; /* --idle-yield: a loop that did nothing yields (as mxrelay's worker) */
 
 static int run_load(const struct spool_config *cfg, size_t size, double seconds, double rate,
 		    unsigned inflight_max, bool finish, bool probe_same)
@@ -182,6 +187,8 @@ static int run_load(const struct spool_config *cfg, size_t size, double seconds,
 			t_done[done] = tn;
 			lat[done++] = tn - t_commit[out[i].cookie];
 		}
+		if (idle_yield && n == 0 && burst == 0)
+			sched_yield();
 		if (idle_sleep_us > 0 && n == 0 && burst == 0) {
 			/* an idle-aware poll loop (DESIGN.md principle 6) backs off */
 			struct timespec ts = {0, idle_sleep_us * 1000};
@@ -428,6 +435,7 @@ int main(int argc, char **argv)
 	uint64_t recover_n = 0;
 	bool drop = false, finish = true, probe_only = false, probe_same = true;
 	size_t probe_size = 64 << 10;
+	int cpu = -1;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (strcmp(a, "--drop-caches") == 0) {
@@ -463,6 +471,10 @@ int main(int argc, char **argv)
 			cfg.segment_bytes = (uint64_t)atoll(v) << 20;
 		else if (strcmp(a, "--idle-sleep") == 0)
 			idle_sleep_us = atol(v);
+		else if (strcmp(a, "--idle-yield") == 0)
+			idle_yield = atoi(v) != 0;
+		else if (strcmp(a, "--cpu") == 0)
+			cpu = atoi(v);
 		else if (strcmp(a, "--probe-same") == 0)
 			probe_same = atoi(v) != 0;
 		else if (strcmp(a, "--probe-size") == 0)
@@ -483,12 +495,23 @@ int main(int argc, char **argv)
 		return 0;
 	if (recover_n)
 		return run_recover(&cfg, size, recover_n, drop);
+	if (cpu >= 0) {
+		/* As mxrelay's worker lcore: io_uring's workers inherit this CPU. */
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+		if (sched_setaffinity(0, sizeof(set), &set) != 0) {
+			fprintf(stderr, "--cpu %d: %s\n", cpu, strerror(errno));
+			return 1;
+		}
+	}
 	return run_load(&cfg, size, seconds, rate, inflight, finish, probe_same);
 usage:
 	fprintf(stderr,
 		"usage: spool_bench [--dir D] [--seconds S] [--size B] [--rate R] "
 		"[--inflight N] [--durability fsync|none] [--finish 0|1] [--window US] "
 		"[--commit-bytes B] [--depth N] [--segment-mb M] [--probe-size B] [--probe-only] "
-		"[--probe-same 0|1] [--idle-sleep US] [--recover N] [--drop-caches]\n");
+		"[--probe-same 0|1] [--idle-sleep US] [--idle-yield 0|1] [--cpu N] [--recover N] "
+		"[--drop-caches]\n");
 	return 2;
 }
