@@ -8,10 +8,14 @@
  *	      [--rcpts R] [--domains N] [--big-domains K] [--big-share PERMILLE]
  *	      [--literal-share PERMILLE] [--drain SEC] [--json FILE] [--quiet]
  *	      [--tls starttls|implicit] [--tls-resume] [--auth USER:PASS]
+ *	      [--device-ports K] [--corrupt PERMILLE] [--start-delay MS]
+ *	      [--start-on-signal]
  *
  * Each connection is one device (dev<N>@fleet.test, N cycling over
  * --devices) opening a TCP connection (ephemeral source port, steered to
- * the opening core), speaking SMTP through lib/smtp's client session
+ * the opening core; with --device-ports K, device N uses its own K source
+ * ports from 1024 + N * K on, as a fleet of hosts behind one address
+ * would), speaking SMTP through lib/smtp's client session
  * (PIPELINING when the server offers it), sending --msgs-per-conn
  * messages and quitting.  Recipients are userK@dD.sink.test: --big-share
  * of them go to d0..d(K-1), the rest to the long tail dK..d(N-1);
@@ -30,14 +34,26 @@
  * --auth logs in (AUTH PLAIN or LOGIN, lib/smtp's client) before MAIL,
  * only inside TLS (RFC 4954 4), as a device submitting on 587 does.
  *
- * Every message carries "X-Mxgen: SEQ SHA256-OF-BODY SEND-US" for mxsink's
- * verification; SEQ is unique over the run (worker + n_workers * k).
+ * Every message carries "X-Mxgen: SEQ DIGEST SEND-US" for mxsink's
+ * verification (DIGEST: digest.h's 64-bit hash of the body, 16 hex digits);
+ * SEQ is unique over the run (worker + n_workers * k).  --corrupt sends
+ * that share of messages with their first body byte changed after the
+ * digest was taken (counted as "corrupted"): a test that mxsink's
+ * verification catches what it should.  Bodies are windows
+ * of a text each worker generates once (lines of 76 characters), starting
+ * at one of TEXT_SLOTS line starts: a message costs no generation, and its
+ * digest comes from a small cache keyed by (start, size).
  *
  * Open loop (--rate): new connections arrive at a fixed rate whatever
  * happens to earlier ones, so latency stays honest under overload; when
  * the per-core in-flight bound (--max-inflight) is reached an arrival is
  * dropped and counted, not queued.  Closed loop (--concurrency): that many
  * connections are kept open.
+ *
+ * The load begins --start-delay ms (200) after the start, for ARP to
+ * settle; with --start-on-signal only once SIGUSR1 came (mxload, whose
+ * links come up only when the relay, started after it, connects).
+ * --duration counts from the start (the gate's opening) on.
  *
  * After --duration (or once --max-messages were offered) no new connection
  * starts and the ones in flight get --drain seconds; what is left then is
@@ -47,11 +63,18 @@
  * Unless --quiet, a progress line once a second: rate, totals, in flight,
  * errors, the p99 accept latency of that second, TLS handshakes full/
  * resumed and mono_ms (CLOCK_MONOTONIC, which mxsink's line carries too:
- * bench/run puts both on one time line for its plot).
+ * bench/run puts both on one time line for its plot).  The JSON summary
+ * has busy_us_per_msg: the time of the loop turns that found work per
+ * message offered (standalone only; bench/mxload accounts its one loop).
+ *
+ * mxgen is also a role that bench/mxload runs next to mxsink's in one
+ * process (mxgen.h); main() below is the standalone process around it.
  */
 #include "core.h"
+#include "digest.h"
 #include "dns.h"
 #include "hist.h"
+#include "mxgen.h"
 #include "net.h"
 #include "netjson.h"
 #include "smtp.h"
@@ -61,12 +84,11 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include <openssl/evp.h>
 
 #include <rte_eal.h>
 #include <rte_launch.h>
@@ -77,6 +99,10 @@
 #define MAX_SIZE (16u << 20)
 #define ADDR_MAX 96
 #define HDR_MAX 512
+#define TEXT_LINE 78	     /* a body line: 76 characters and CRLF */
+#define TEXT_SLOTS 64	     /* line starts a body may begin at */
+#define DIGEST_CACHE 1024    /* digests of (start, size) pairs, direct-mapped */
+#define DEVICE_PORT_LO 1024u /* --device-ports: device N's ports start at LO + N * K */
 
 /* ---- options ---------------------------------------------------------------------- */
 
@@ -98,6 +124,11 @@ enum gen_tls { GEN_TLS_NONE, GEN_TLS_STARTTLS, GEN_TLS_IMPLICIT };
 static enum gen_tls opt_tls;
 static bool opt_tls_resume, opt_port_given;
 static char opt_auth_user[128], opt_auth_pass[128]; /* --auth; "" = none */
+static unsigned opt_device_ports;		    /* --device-ports K; 0 = ephemeral ports */
+static unsigned opt_start_delay_ms = 200;	    /* --start-delay: from the start to the load */
+static volatile bool start_gate; /* --start-on-signal: mxgen_role_go() opens it */
+static bool opt_start_on_signal;
+static unsigned opt_corrupt_pm; /* --corrupt: per mille of messages sent corrupted */
 
 #define TLS_RESUME_MAX_DEVICES 1000000 /* --tls-resume: one session cache pointer each */
 
@@ -114,16 +145,24 @@ struct gconn {
 	struct tls_conn *tls; /* NULL until STARTTLS's 220 (or at once for implicit TLS) */
 	unsigned device, msgs_left;
 	bool want_next, want_abort, want_close, tcp_gone, msg_active, aborting;
+	bool corrupt;	 /* --corrupt: the first body byte goes out changed */
 	uint64_t eod_us; /* the last body byte went to TCP */
 	/* the message in flight */
 	struct smtp_client_msg msg;
-	struct smtp_client_rcpt rcpt[MAX_RCPTS];
-	char rcpt_addr[MAX_RCPTS][ADDR_MAX];
+	size_t hdr_len;
+	const uint8_t *body; /* body_len - 2 bytes of the worker's text, then CRLF */
+	size_t body_len;
+	/* from here on a recycled gconn is not cleared (rewritten for every message) */
 	char sender[ADDR_MAX];
 	char hdr[HDR_MAX];
-	size_t hdr_len;
-	uint8_t *body;
-	size_t body_len, body_cap;
+	struct smtp_client_rcpt rcpt[MAX_RCPTS];
+	char rcpt_addr[MAX_RCPTS][ADDR_MAX];
+};
+
+struct digest_entry {
+	uint32_t size; /* 0: empty */
+	uint32_t off;
+	uint64_t digest;
 };
 
 struct worker {
@@ -138,6 +177,11 @@ struct worker {
 	struct tls_session_cache **tcache; /* --tls-resume: per device, made on first use */
 	struct mxb_hist lat;		   /* end of data -> reply */
 	struct mxb_hist lat_total;	   /* message submitted -> reply */
+	uint8_t *text;			   /* bodies are windows of it (see make_body) */
+	struct digest_entry dcache[DIGEST_CACHE];
+	struct gconn *spare; /* ended connections' gconns, for the next ones */
+	unsigned spare_count;
+	uint16_t *dport_next; /* --device-ports: per device, the next of its ports to try */
 	/* counters (read by the main thread) */
 	uint64_t conns_started, conns_done, connect_errors, arrivals_dropped, conns_failed;
 	uint64_t offered, accepted, rejected, unfinished, bytes;
@@ -145,9 +189,22 @@ struct worker {
 	uint64_t dns_sent, dns_ok, dns_bad;
 	uint64_t tls_full, tls_resumed, tls_failed; /* handshakes done / failed */
 	uint64_t late_starts, max_lag_us; /* open loop: arrivals started > 1 ms behind schedule */
+	uint64_t device_ports_busy;	  /* --device-ports: all of a device's ports were in use */
+	uint64_t digest_misses;		  /* bodies whose digest was computed (not cached) */
+	uint64_t corrupted;		  /* --corrupt */
 	uint64_t load_start, load_end;	  /* µs: first arrival, start of the drain */
 	volatile bool draining;
 	bool link_up; /* a TCP connection to the target came up: ARP is resolved */
+	bool done;    /* the drain is over (mxgen_role_turn): read by the main thread */
+	bool dns_check;
+	/* the loop's schedule (mxgen_role_turn) */
+	uint64_t start, next_dns, next_arrival, last_scan, drain_end;
+	double interval; /* open loop: us between arrivals on this worker; 0: closed loop */
+	unsigned conc;	 /* closed loop: this worker's share of --concurrency */
+	unsigned arrivals_k;
+	/* time of the loop turns that found work, up to the next turn's clock read: CPU per
+	 * message without the idle polling (busy_us_per_msg; standalone loop only) */
+	uint64_t busy_us;
 };
 
 static volatile sig_atomic_t stop;
@@ -155,13 +212,18 @@ static volatile bool drain_all;
 static struct net_dataplane dp;
 static struct worker workers[MAX_WORKERS];
 static struct smtp_client_conf cconf;
-static EVP_MD *sha256;
 static struct tls_client_ctx *tls_ctx;
 static char target_text[20]; /* the target's address: SNI is not sent for it, the cache key */
 
-static void on_signal(int sig)
+/* --start-on-signal: the load begins --start-delay from now (mxgen.h; async-signal-safe). */
+void mxgen_role_go(void)
 {
-	(void)sig;
+	start_gate = true;
+}
+
+/* No new connection from now on: the drain begins (mxgen.h; async-signal-safe). */
+void mxgen_role_stop(void)
+{
 	stop = 1;
 }
 
@@ -191,66 +253,130 @@ static void format_ipv4(char *out, size_t cap, uint32_t a)
 }
 
 /*
- * Body: lines of 76 printable characters + CRLF (never a leading '.', so
- * what mxsink hashes after unstuffing is exactly what was hashed here),
- * the last line shortened to make the size exact.
+ * The worker's text: lines of 76 printable characters + CRLF (never a
+ * leading '.', so what mxsink hashes after unstuffing is exactly what was
+ * hashed here), long enough for the largest body from any slot.
  */
-static int make_body(struct gconn *g, size_t size)
+static int text_init(struct worker *w)
 {
-	if (size < 2)
-		size = 2;
-	if (size > g->body_cap) {
-		uint8_t *nb = realloc(g->body, size);
-		if (nb == NULL)
-			return -ENOMEM;
-		g->body = nb;
-		g->body_cap = size;
-	}
-	uint64_t s = rnd(g->w);
+	size_t len = (size_t)opt_size_max + (TEXT_SLOTS + 1) * TEXT_LINE;
+	w->text = malloc(len);
+	if (w->text == NULL)
+		return -ENOMEM;
 	static const char alphabet[] =
 		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t col = 0, end = size - 2, i = 0;
-	while (i < end) {
-		if (col == 76 && i + 2 <= end) {
-			g->body[i++] = '\r';
-			g->body[i++] = '\n';
-			col = 0;
+	uint64_t s = rnd(w);
+	for (size_t i = 0; i < len; i++) {
+		size_t col = i % TEXT_LINE;
+		if (col >= TEXT_LINE - 2) {
+			w->text[i] = col == TEXT_LINE - 2 ? '\r' : '\n';
 			continue;
 		}
 		s = s * 6364136223846793005ull + 1442695040888963407ull;
-		g->body[i++] = (uint8_t)alphabet[s >> 58];
-		col++;
+		w->text[i] = (uint8_t)alphabet[s >> 58];
 	}
-	g->body[end] = '\r'; /* the body ends with CRLF: nothing for the client to add */
-	g->body[end + 1] = '\n';
-	g->body_len = size;
 	return 0;
+}
+
+/*
+ * Body of `size` bytes: size - 2 bytes of the text from a random line start,
+ * then CRLF (nothing for the client to add).  Should the text's part end on
+ * the CR of a CRLF, it starts one byte later instead, so that the body holds
+ * no bare CR.  The digest comes from the cache when the same (start, size)
+ * was used before.  Returns the digest.
+ */
+static uint64_t make_body(struct gconn *g, size_t size)
+{
+	struct worker *w = g->w;
+	size_t off = (size_t)(rnd(w) % TEXT_SLOTS) * TEXT_LINE;
+	if (size < 2)
+		size = 2;
+	if (size >= 3 && w->text[off + size - 3] == '\r')
+		off++;
+	g->body = w->text + off;
+	g->body_len = size;
+	struct digest_entry *e = &w->dcache[(off * 31 + size) % DIGEST_CACHE];
+	if (e->size != size || e->off != off) {
+		struct mxb_digest d;
+		mxb_digest_init(&d);
+		mxb_digest_update(&d, g->body, size - 2);
+		mxb_digest_update(&d, "\r\n", 2);
+		e->size = (uint32_t)size;
+		e->off = (uint32_t)off;
+		e->digest = mxb_digest_final(&d);
+		add(&w->digest_misses, 1);
+	}
+	return e->digest;
 }
 
 static long body_read(void *user, uint64_t off, uint8_t *buf, size_t len)
 {
 	struct gconn *g = user;
+	const struct {
+		const uint8_t *p;
+		size_t n;
+	} piece[3] = {
+		{(const uint8_t *)g->hdr, g->hdr_len},
+		{g->body, g->body_len - 2},
+		{(const uint8_t *)"\r\n", 2},
+	};
 	uint64_t total = g->hdr_len + g->body_len;
 	if (off >= total)
 		return -EINVAL;
 	size_t n = 0;
-	if (off < g->hdr_len) {
-		n = g->hdr_len - (size_t)off;
-		if (n > len)
-			n = len;
-		memcpy(buf, g->hdr + off, n);
-	}
-	if (n < len && off + n < total) {
-		size_t boff = (size_t)(off + n - g->hdr_len);
-		size_t m = g->body_len - boff;
-		if (m > len - n)
-			m = len - n;
-		memcpy(buf + n, g->body + boff, m);
-		n += m;
+	uint64_t base = 0;
+	for (unsigned i = 0; i < 3 && n < len; base += piece[i].n, i++) {
+		if (off + n >= base + piece[i].n)
+			continue;
+		size_t from = (size_t)(off + n - base), k = piece[i].n - from;
+		if (k > len - n)
+			k = len - n;
+		memcpy(buf + n, piece[i].p + from, k);
+		if (i == 1 && from == 0 && g->corrupt && k > 0)
+			buf[n] = buf[n] == 'A' ? 'B' : 'A'; /* another letter: still no '.' */
+		n += k;
 	}
 	if (off + n == total)
 		g->eod_us = mx_now_us();
 	return (long)n;
+}
+
+/* Formatting without printf (a third of mxgen's per-message CPU went to snprintf). */
+struct fmt {
+	char *p, *end; /* end: the last byte, kept for the NUL */
+	bool over;
+};
+
+static void put(struct fmt *f, const char *s, size_t n)
+{
+	if ((size_t)(f->end - f->p) < n) {
+		f->over = true;
+		n = (size_t)(f->end - f->p);
+	}
+	memcpy(f->p, s, n);
+	f->p += n;
+	*f->p = '\0';
+}
+
+static void put_s(struct fmt *f, const char *s)
+{
+	put(f, s, strlen(s));
+}
+
+static void put_u(struct fmt *f, uint64_t v)
+{
+	char d[20];
+	size_t i = sizeof(d);
+	do
+		d[--i] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	put(f, d + i, sizeof(d) - i);
+}
+
+static struct fmt fmt_on(char *buf, size_t cap)
+{
+	buf[0] = '\0';
+	return (struct fmt){buf, buf + cap - 1, false};
 }
 
 static unsigned pick_domain(struct worker *w)
@@ -267,35 +393,48 @@ static int submit(struct gconn *g)
 	size_t size = opt_size_min;
 	if (opt_size_max > opt_size_min)
 		size += (size_t)(rnd(w) % (opt_size_max - opt_size_min + 1));
-	if (make_body(g, size) != 0)
-		return -ENOMEM;
-	uint8_t d[32];
-	unsigned dl = 0;
-	if (EVP_Digest(g->body, g->body_len, d, &dl, sha256, NULL) != 1 || dl != 32)
-		return -EIO;
-	char hex[65];
-	for (int i = 0; i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+	char hex[17];
+	mxb_hex64(hex, make_body(g, size));
 	uint64_t seq = w->index + (uint64_t)dp.n_workers * w->next_seq_k++;
-	snprintf(g->sender, sizeof(g->sender), "dev%u@fleet.test", g->device);
-	char lit[20];
-	format_ipv4(lit, sizeof(lit), opt_target);
+	struct fmt f = fmt_on(g->sender, sizeof(g->sender));
+	put_s(&f, "dev");
+	put_u(&f, g->device);
+	put_s(&f, "@fleet.test");
 	for (unsigned i = 0; i < opt_rcpts; i++) {
-		if (opt_literal_share && rnd(w) % 1000 < opt_literal_share)
-			snprintf(g->rcpt_addr[i], ADDR_MAX, "ops%u@[%s]", i, lit);
-		else
-			snprintf(g->rcpt_addr[i], ADDR_MAX, "ops%u@d%u.sink.test", i,
-				 pick_domain(w));
+		f = fmt_on(g->rcpt_addr[i], ADDR_MAX);
+		put_s(&f, "ops");
+		put_u(&f, i);
+		if (opt_literal_share && rnd(w) % 1000 < opt_literal_share) {
+			put_s(&f, "@[");
+			put_s(&f, target_text);
+			put_s(&f, "]");
+		} else {
+			put_s(&f, "@d");
+			put_u(&f, pick_domain(w));
+			put_s(&f, ".sink.test");
+		}
 		g->rcpt[i] = (struct smtp_client_rcpt){.addr = g->rcpt_addr[i]};
 	}
 	uint64_t now = mx_now_us();
-	int hl = snprintf(g->hdr, sizeof(g->hdr),
-			  "From: <%s>\r\nTo: <%s>\r\nSubject: alert %" PRIu64
-			  " from device %u\r\nX-Mxgen: %" PRIu64 " %s %" PRIu64 "\r\n\r\n",
-			  g->sender, g->rcpt_addr[0], seq, g->device, seq, hex, now);
-	if (hl < 0 || (size_t)hl >= sizeof(g->hdr))
+	f = fmt_on(g->hdr, sizeof(g->hdr));
+	put_s(&f, "From: <");
+	put_s(&f, g->sender);
+	put_s(&f, ">\r\nTo: <");
+	put_s(&f, g->rcpt_addr[0]);
+	put_s(&f, ">\r\nSubject: alert ");
+	put_u(&f, seq);
+	put_s(&f, " from device ");
+	put_u(&f, g->device);
+	put_s(&f, "\r\nX-Mxgen: ");
+	put_u(&f, seq);
+	put_s(&f, " ");
+	put_s(&f, hex);
+	put_s(&f, " ");
+	put_u(&f, now);
+	put_s(&f, "\r\n\r\n");
+	if (f.over)
 		return -ENAMETOOLONG;
-	g->hdr_len = (size_t)hl;
+	g->hdr_len = (size_t)(f.p - g->hdr);
 	g->msg = (struct smtp_client_msg){
 		.sender = g->sender,
 		.rcpts = g->rcpt,
@@ -308,6 +447,9 @@ static int submit(struct gconn *g)
 	g->eod_us = 0;
 	g->msg_active = true;
 	g->msgs_left--;
+	g->corrupt = opt_corrupt_pm && rnd(w) % 1000 < opt_corrupt_pm;
+	if (g->corrupt)
+		add(&w->corrupted, 1);
 	add(&w->offered, 1);
 	add(&w->bytes, g->msg.body_len);
 	int rc = smtp_client_send_message(g->cl, &g->msg);
@@ -478,6 +620,25 @@ static int tls_begin(struct gconn *g)
 	return rc;
 }
 
+/* A cleared gconn: a spare one (the per-message part is rewritten by submit) or a new one. */
+static struct gconn *gconn_get(struct worker *w)
+{
+	struct gconn *g = w->spare;
+	if (g == NULL)
+		return calloc(1, sizeof(*g));
+	w->spare = g->next;
+	w->spare_count--;
+	memset(g, 0, offsetof(struct gconn, sender));
+	return g;
+}
+
+static void gconn_put(struct worker *w, struct gconn *g)
+{
+	g->next = w->spare;
+	w->spare = g;
+	w->spare_count++;
+}
+
 /* ---- TCP ------------------------------------------------------------------------------ */
 
 /*
@@ -582,8 +743,7 @@ static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
 	tls_conn_free(g->tls);
 	w->in_flight--;
 	add(&w->conns_done, 1);
-	free(g->body);
-	free(g);
+	gconn_put(w, g); /* at most max_inflight: as many as were open at once */
 }
 
 static const struct tcp_conn_ops gen_ops = {
@@ -594,23 +754,49 @@ static const struct tcp_conn_ops gen_ops = {
 	.on_closed = t_closed,
 };
 
+/*
+ * --device-ports: the next free port of g's device that steers to this
+ * core; with one worker every port does.  A port whose last connection is
+ * in TIME_WAIT here is taken over at once (lib/net picks an ISN above it).
+ */
+static struct tcp_conn *connect_device(struct worker *w, struct gconn *g)
+{
+	unsigned base = DEVICE_PORT_LO + g->device * opt_device_ports;
+	unsigned cur = w->dport_next[g->device];
+	for (unsigned k = 0; k < opt_device_ports; k++) {
+		unsigned i = (cur + k) % opt_device_ports;
+		uint16_t port = (uint16_t)(base + i);
+		if (dp.n_workers > 1 && !udp_port_steers_here(w->st, port, opt_target, opt_port))
+			continue;
+		struct tcp_conn *c = tcp_connect(w->st, 0, port, opt_target, opt_port, &gen_ops, g);
+		if (c != NULL || errno != EADDRINUSE) {
+			w->dport_next[g->device] = (uint16_t)((i + 1) % opt_device_ports);
+			return c;
+		}
+	}
+	add(&w->device_ports_busy, 1);
+	errno = EADDRINUSE;
+	return NULL;
+}
+
 static int start_conn(struct worker *w)
 {
-	struct gconn *g = calloc(1, sizeof(*g));
+	struct gconn *g = gconn_get(w);
 	if (g == NULL)
 		return -ENOMEM;
 	g->w = w;
 	g->device = (w->index + dp.n_workers * (unsigned)(w->conns_started)) % opt_devices;
 	g->msgs_left = opt_msgs_per_conn;
 	if (smtp_client_new(&cconf, &client_cb, g, &w->cstats, &g->cl) != 0) {
-		free(g);
+		gconn_put(w, g);
 		return -ENOMEM;
 	}
-	g->tcp = tcp_connect(w->st, 0, 0, opt_target, opt_port, &gen_ops, g);
+	g->tcp = opt_device_ports ? connect_device(w, g)
+				  : tcp_connect(w->st, 0, 0, opt_target, opt_port, &gen_ops, g);
 	if (g->tcp == NULL) {
 		int e = errno;
 		smtp_client_free(g->cl);
-		free(g);
+		gconn_put(w, g);
 		add(&w->connect_errors, 1);
 		return -e;
 	}
@@ -732,96 +918,104 @@ static void dns_check_send(struct worker *w)
 		add(&w->dns_bad, 1), add(&w->dns_sent, 1);
 }
 
-static int worker_main(void *arg)
+/* Worker i starts on st (mxgen.h): the DNS check's bind, the schedule.  0 always. */
+int mxgen_role_open(unsigned i, struct net_stack *st)
 {
-	struct worker *w = arg;
-	struct net_stack_conf sc;
-	net_dataplane_stack_conf(&dp, w->index, &sc);
-	w->st = net_stack_create(&sc);
-	if (w->st == NULL) {
-		fprintf(stderr, "mxgen: worker %u: stack: %s\n", w->index, strerror(errno));
-		stop = 1;
-		return -1;
-	}
-	bool dns_check = w->index == 0 && opt_dns_check > 0;
-	if (dns_check && udp_bind(w->st, DNS_CHECK_PORT, dns_check_recv, w) != 0) {
+	struct worker *w = &workers[i];
+	w->st = st;
+	w->dns_check = w->index == 0 && opt_dns_check > 0;
+	if (w->dns_check && udp_bind(w->st, DNS_CHECK_PORT, dns_check_recv, w) != 0) {
 		fprintf(stderr, "mxgen: cannot bind UDP %u\n", DNS_CHECK_PORT);
-		dns_check = false;
+		w->dns_check = false;
 	}
-	uint64_t start = mx_now_us() + 200000; /* let the ARP exchange settle */
-	w->load_start = start;
-	uint64_t next_dns = start;
-	uint64_t next_arrival = start, last_scan = start;
-	double interval = opt_rate > 0 ? 1e6 * dp.n_workers / opt_rate : 0;
-	unsigned conc =
-		opt_concurrency / dp.n_workers + (w->index < opt_concurrency % dp.n_workers);
-	uint64_t max_offer = w->max_offer;
-	uint64_t drain_end = 0;
-	unsigned arrivals_k = 0;
-	for (;;) {
-		uint64_t now = mx_now_us();
-		unsigned n = net_stack_poll(w->st, now);
-		bool no_more = stop || drain_all || w->offered >= max_offer;
-		if (no_more && !w->draining) {
-			w->draining = true;
-			w->load_end = now;
-			drain_end = now + opt_drain * 1000000ull;
-		}
-		if (!w->draining && now >= start) {
-			if (interval > 0) {
-				/* open loop: arrivals on schedule, at most 64 per turn */
-				for (unsigned k = 0; k < 64 && now >= next_arrival; k++) {
-					/* a generator that falls behind its schedule is no longer
-					 * an open loop: say so (late_starts, max_lag_us) */
-					uint64_t lag = now - next_arrival;
-					if (lag > 1000)
-						add(&w->late_starts, 1);
-					if (lag > w->max_lag_us)
-						w->max_lag_us = lag;
-					next_arrival = start + (uint64_t)(interval * ++arrivals_k);
-					if (w->in_flight >= opt_max_inflight ||
-					    w->offered >= max_offer) {
-						add(&w->arrivals_dropped, 1);
-						continue;
-					}
-					start_conn(w);
-					n++;
+	/* let the ARP exchange settle; with --start-on-signal the schedule is set once the
+	 * gate opens (mxgen_role_turn) */
+	w->start = opt_start_on_signal ? UINT64_MAX : mx_now_us() + opt_start_delay_ms * 1000ull;
+	w->load_start = w->start;
+	w->next_dns = w->next_arrival = w->last_scan = w->start;
+	w->interval = opt_rate > 0 ? 1e6 * dp.n_workers / opt_rate : 0;
+	w->conc = opt_concurrency / dp.n_workers + (w->index < opt_concurrency % dp.n_workers);
+	return 0;
+}
+
+/*
+ * mxgen's part of one loop turn of worker i, after net_stack_poll (mxgen.h):
+ * arrivals, the DNS check, timeouts, the drain.  Returns the work done;
+ * *max_sleep_us: the longest nap that keeps arrivals on schedule.  Once the
+ * drain is over it aborts what is left and sets the worker's done flag
+ * (mxgen_role_done); later turns do nothing.
+ */
+unsigned mxgen_role_turn(unsigned i, uint64_t now, uint64_t *max_sleep_us)
+{
+	struct worker *w = &workers[i];
+	unsigned n = 0;
+	*max_sleep_us = w->interval > 0 && w->interval < 10000 ? (uint64_t)w->interval : 10000;
+	if (w->done)
+		return 0;
+	if (w->start == UINT64_MAX) {
+		if (!start_gate)
+			return 0;
+		w->start = now + opt_start_delay_ms * 1000ull;
+		w->load_start = w->start;
+		w->next_dns = w->next_arrival = w->last_scan = w->start;
+	}
+	bool no_more = stop || drain_all || w->offered >= w->max_offer;
+	if (no_more && !w->draining) {
+		w->draining = true;
+		w->load_end = now;
+		w->drain_end = now + opt_drain * 1000000ull;
+	}
+	if (!w->draining && now >= w->start) {
+		if (w->interval > 0) {
+			/* open loop: arrivals on schedule, at most 64 per turn */
+			for (unsigned k = 0; k < 64 && now >= w->next_arrival; k++) {
+				/* a generator that falls behind its schedule is no longer
+				 * an open loop: say so (late_starts, max_lag_us) */
+				uint64_t lag = now - w->next_arrival;
+				if (lag > 1000)
+					add(&w->late_starts, 1);
+				if (lag > w->max_lag_us)
+					w->max_lag_us = lag;
+				w->next_arrival =
+					w->start + (uint64_t)(w->interval * ++w->arrivals_k);
+				if (w->in_flight >= opt_max_inflight ||
+				    w->offered >= w->max_offer) {
+					add(&w->arrivals_dropped, 1);
+					continue;
 				}
-			} else {
-				/* closed loop: keep conc connections open */
-				for (unsigned k = 0; k < 64 && w->in_flight < conc &&
-						     w->offered + w->in_flight < max_offer;
-				     k++) {
-					if (start_conn(w) != 0)
-						break;
-					n++;
-				}
+				start_conn(w);
+				n++;
+			}
+		} else {
+			/* closed loop: keep conc connections open */
+			for (unsigned k = 0; k < 64 && w->in_flight < w->conc &&
+					     w->offered + w->in_flight < w->max_offer;
+			     k++) {
+				if (start_conn(w) != 0)
+					break;
+				n++;
 			}
 		}
-		/*
-		 * Once the target's address is resolved (lib/net drops what waits for ARP,
-		 * and nothing retransmits a query here), one every 2 ms: the sink answers
-		 * each at once.
-		 */
-		if (dns_check && w->link_up && w->dns_sent < opt_dns_check && now >= next_dns) {
-			dns_check_send(w);
-			next_dns = now + 2000;
-			n++;
-		}
-		if (now - last_scan >= 100000) {
-			scan_conns(w, now, false);
-			last_scan = now;
-		}
-		if (w->draining && (w->in_flight == 0 || now >= drain_end)) {
-			scan_conns(w, now, true);
-			break;
-		}
-		net_stack_idle(w->st, &w->idle, n > 0, now,
-			       interval > 0 && interval < 10000 ? (uint64_t)interval : 10000);
 	}
-	for (uint64_t end = mx_now_us() + 200000; mx_now_us() < end;)
-		net_stack_poll(w->st, mx_now_us());
-	return 0;
+	/*
+	 * Once the target's address is resolved (lib/net drops what waits for ARP,
+	 * and nothing retransmits a query here), one every 2 ms: the sink answers
+	 * each at once.
+	 */
+	if (w->dns_check && w->link_up && w->dns_sent < opt_dns_check && now >= w->next_dns) {
+		dns_check_send(w);
+		w->next_dns = now + 2000;
+		n++;
+	}
+	if (now - w->last_scan >= 100000) {
+		scan_conns(w, now, false);
+		w->last_scan = now;
+	}
+	if (w->draining && (w->in_flight == 0 || now >= w->drain_end)) {
+		scan_conns(w, now, true);
+		__atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
+	}
+	return n;
 }
 
 /* ---- reporting -------------------------------------------------------------------------- */
@@ -840,6 +1034,7 @@ struct totals {
 	uint64_t offered, accepted, rejected, unfinished, bytes;
 	uint64_t dns_sent, dns_ok, dns_bad, late_starts, max_lag_us;
 	uint64_t tls_full, tls_resumed, tls_failed;
+	uint64_t device_ports_busy, digest_misses, busy_us, corrupted;
 	unsigned in_flight;
 };
 
@@ -860,11 +1055,18 @@ static void sum(struct totals *t)
 		t->late_starts += rd(&w->late_starts);
 		t->tls_full += rd(&w->tls_full), t->tls_resumed += rd(&w->tls_resumed);
 		t->tls_failed += rd(&w->tls_failed);
+		t->device_ports_busy += rd(&w->device_ports_busy);
+		t->digest_misses += rd(&w->digest_misses);
+		t->corrupted += rd(&w->corrupted);
+		t->busy_us += rd(&w->busy_us);
 		if (w->max_lag_us > t->max_lag_us)
 			t->max_lag_us = w->max_lag_us;
 	}
 	t->in_flight = (unsigned)(t->conns_started - t->conns_done);
 }
+
+static uint64_t mon_start, mon_last_print, mon_last_acc; /* mxgen_role_tick */
+static struct mxb_hist snap_prev, snap_now, snap_delta;
 
 static void json_hist(FILE *f, const char *name, const struct mxb_hist *h, bool last)
 {
@@ -897,6 +1099,12 @@ static void write_json(FILE *f, double secs, const struct totals *t, const struc
 		secs > 0 ? (double)t->conns_started / secs : 0.0);
 	fprintf(f, "  \"late_starts\": %" PRIu64 ",\n  \"max_schedule_lag_us\": %" PRIu64 ",\n",
 		t->late_starts, t->max_lag_us);
+	fprintf(f,
+		"  \"device_ports\": %u,\n  \"device_ports_busy\": %" PRIu64
+		",\n  \"digests_computed\": %" PRIu64 ",\n  \"corrupted\": %" PRIu64
+		",\n  \"busy_us\": %" PRIu64 ",\n  \"busy_us_per_msg\": %.2f,\n",
+		opt_device_ports, t->device_ports_busy, t->digest_misses, t->corrupted, t->busy_us,
+		t->offered ? (double)t->busy_us / (double)t->offered : 0.0);
 	fprintf(f,
 		"  \"dns_queries\": %" PRIu64 ",\n  \"dns_ok\": %" PRIu64
 		",\n  \"dns_bad\": %" PRIu64 ",\n",
@@ -934,7 +1142,9 @@ static void usage(void)
 		"             [--msgs-per-conn M] [--size B|MIN-MAX] [--rcpts R] [--domains N]\n"
 		"             [--big-domains K] [--big-share PERMILLE] [--literal-share PERMILLE]\n"
 		"             [--max-inflight N] [--dns-check N] [--json FILE] [--quiet]\n"
-		"             [--tls starttls|implicit|none] [--tls-resume] [--auth USER:PASS]\n");
+		"             [--tls starttls|implicit|none] [--tls-resume] [--auth USER:PASS]\n"
+		"             [--device-ports K] [--corrupt PERMILLE] [--start-delay MS]\n"
+		"             [--start-on-signal]\n");
 }
 
 static int num(const char *s, uint64_t min, uint64_t max, unsigned *out)
@@ -948,7 +1158,12 @@ static int num(const char *s, uint64_t min, uint64_t max, unsigned *out)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/*
+ * Options, the SMTP client's configuration and the TLS context (mxgen.h).
+ * The config file's name goes to *config (NULL if none was given).  0, or
+ * the exit status for a bad command line (2).
+ */
+int mxgen_role_setup(int argc, char **argv, const char **config_out)
 {
 	static const struct option opts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -973,9 +1188,14 @@ int main(int argc, char **argv)
 		{"tls", required_argument, NULL, 'S'},
 		{"tls-resume", no_argument, NULL, 'U'},
 		{"auth", required_argument, NULL, 'A'},
+		{"device-ports", required_argument, NULL, 'P'},
+		{"corrupt", required_argument, NULL, 'X'},
+		{"start-delay", required_argument, NULL, 'Y'},
+		{"start-on-signal", no_argument, NULL, 'Z'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
+	optind = 0; /* a fresh getopt: mxload parses two command lines */
 	int opt, bad = 0;
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (opt) {
@@ -1096,6 +1316,18 @@ int main(int argc, char **argv)
 		case 'U':
 			opt_tls_resume = true;
 			break;
+		case 'Y':
+			bad |= num(optarg, 0, 600000, &opt_start_delay_ms);
+			break;
+		case 'Z':
+			opt_start_on_signal = true;
+			break;
+		case 'X':
+			bad |= num(optarg, 0, 1000, &opt_corrupt_pm);
+			break;
+		case 'P':
+			bad |= num(optarg, 1, 65535 - DEVICE_PORT_LO, &opt_device_ports);
+			break;
 		case 'A': {
 			const char *colon = strchr(optarg, ':');
 			size_t ul = colon ? (size_t)(colon - optarg) : 0;
@@ -1114,8 +1346,8 @@ int main(int argc, char **argv)
 			bad = 1;
 		}
 	}
-	if (bad || config == NULL || opt_target == 0 || optind != argc ||
-	    (opt_rate > 0) == (opt_concurrency > 0)) {
+	*config_out = config;
+	if (bad || opt_target == 0 || optind != argc || (opt_rate > 0) == (opt_concurrency > 0)) {
 		usage();
 		return 2;
 	}
@@ -1132,9 +1364,13 @@ int main(int argc, char **argv)
 			TLS_RESUME_MAX_DEVICES);
 		return 2;
 	}
+	if (opt_device_ports && (uint64_t)opt_devices * opt_device_ports > 65536 - DEVICE_PORT_LO) {
+		fprintf(stderr, "mxgen: --devices x --device-ports must fit in ports %u..65535\n",
+			DEVICE_PORT_LO);
+		return 2;
+	}
 	format_ipv4(target_text, sizeof(target_text), opt_target);
 
-	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
 	smtp_client_conf_defaults(&cconf);
 	cconf.helo_name = "device.fleet.test";
 	/* implicit TLS: the session starts inside TLS, no STARTTLS to ask for */
@@ -1147,8 +1383,8 @@ int main(int argc, char **argv)
 		cconf.timeout_rcpt_us = cconf.timeout_data_init_us = cconf.timeout_data_xfer_us =
 			cconf.timeout_data_done_us = cconf.timeout_quit_us = 30000000;
 	char err[512];
-	if (sha256 == NULL || smtp_client_conf_check(&cconf, err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxgen: smtp client: %s\n", sha256 ? err : "no SHA-256");
+	if (smtp_client_conf_check(&cconf, err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxgen: smtp client: %s\n", err);
 		return 2;
 	}
 
@@ -1160,92 +1396,101 @@ int main(int argc, char **argv)
 		}
 	}
 
-	struct cfg_file *cf;
-	struct cfg_report rep = {0};
-	struct net_dp_conf nc;
-	if (net_config_load(config, &cf, &nc, &rep) != 0) {
-		fputs(rep.text, stderr);
-		return 2;
-	}
-	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxgen: %s\n", err);
-		return 1;
-	}
-	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
-		fprintf(stderr, "mxgen: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
-			dp.n_workers);
-		net_dataplane_stop(&dp);
-		return 2;
-	}
-	for (unsigned i = 0; opt_tls_resume && i < dp.n_workers; i++) {
-		workers[i].tcache = calloc(opt_devices, sizeof(*workers[i].tcache));
-		if (workers[i].tcache == NULL) {
-			fprintf(stderr, "mxgen: no memory for the TLS session cache\n");
-			net_dataplane_stop(&dp);
-			return 1;
-		}
-	}
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	return 0;
+}
+
+/*
+ * mxgen runs on d's workers (mxgen.h): per-worker state (message text, TLS
+ * session caches, device ports).  0, or 1 when out of memory.
+ */
+int mxgen_role_attach(const struct net_dataplane *d)
+{
+	dp = *d;
 	for (unsigned i = 0; i < dp.n_workers; i++) {
 		struct worker *w = &workers[i];
 		w->index = i;
 		w->max_offer = opt_max_messages ? opt_max_messages / dp.n_workers +
 							  (i < opt_max_messages % dp.n_workers)
 						: UINT64_MAX;
-		w->rng = 0x9e3779b97f4a7c15ull * (i + 1) ^ mx_now_us();
 		w->live.next = w->live.prev = &w->live;
 		mxb_hist_init(&w->lat);
 		mxb_hist_init(&w->lat_total);
-		rte_eal_remote_launch(worker_main, w, dp.worker_lcore[i]);
+		w->rng = 0x9e3779b97f4a7c15ull * (i + 1) ^ mx_now_us();
+		if (opt_tls_resume) {
+			w->tcache = calloc(opt_devices, sizeof(*w->tcache));
+			if (w->tcache == NULL) {
+				fprintf(stderr, "mxgen: no memory for the TLS session cache\n");
+				return 1;
+			}
+		}
+		if (opt_device_ports)
+			w->dport_next = calloc(opt_devices, sizeof(*w->dport_next));
+		if (text_init(w) != 0 || (opt_device_ports && w->dport_next == NULL)) {
+			fprintf(stderr, "mxgen: no memory for the message text\n");
+			return 1;
+		}
 	}
 	fprintf(stderr, "mxgen: %u worker(s), %s loop, port 0 steering %s\n", dp.n_workers,
 		opt_rate > 0 ? "open" : "closed", net_port_steering(dp.ports[0]));
-	uint64_t start = mx_now_us(), last_print = start, last_acc = 0;
-	/* The progress line's p99 is over the last second: this snapshot minus the previous
-	 * one (the workers' buckets are read while they write: a live view, not the result). */
-	static struct mxb_hist snap_prev, snap_now, snap_delta;
+	mon_start = mon_last_print = mx_now_us();
+	mon_last_acc = 0;
 	mxb_hist_init(&snap_prev);
-	for (;;) {
-		usleep(20000);
-		uint64_t now = mx_now_us();
-		if (now - start >= opt_duration * 1000000ull)
+	return 0;
+}
+
+/*
+ * The main thread's part, every ~20 ms (mxgen.h): the end of the load
+ * (--duration) and the progress line once a second.  True once every
+ * worker is done.
+ */
+bool mxgen_role_tick(uint64_t now)
+{
+	uint64_t start = __atomic_load_n(&workers[0].start, __ATOMIC_RELAXED);
+	if (start != UINT64_MAX) {
+		start -= opt_start_delay_ms * 1000ull; /* the start, before the ARP settling */
+		if (now >= start && now - start >= opt_duration * 1000000ull)
 			drain_all = true;
-		bool running = false;
-		for (unsigned i = 0; i < dp.n_workers; i++)
-			if (rte_eal_get_lcore_state(dp.worker_lcore[i]) != WAIT)
-				running = true;
-		if (!running)
-			break;
-		if (now - last_print >= 1000000) {
-			struct totals t;
-			sum(&t);
-			if (!opt_quiet) {
-				mxb_hist_init(&snap_now);
-				for (unsigned i = 0; i < dp.n_workers; i++)
-					mxb_hist_merge(&snap_now, &workers[i].lat);
-				snap_delta = snap_now;
-				mxb_hist_sub(&snap_delta, &snap_prev);
-				snap_prev = snap_now;
-				printf("mxgen %6.1fs acc/s %8.0f offered %" PRIu64
-				       " accepted %" PRIu64 " rejected %" PRIu64
-				       " in-flight %u conn-err %" PRIu64 " dropped %" PRIu64
-				       " p99 %" PRIu64 "us tls %" PRIu64 "/%" PRIu64
-				       " mono_ms %" PRIu64 "\n",
-				       (double)(now - start) / 1e6,
-				       (double)(t.accepted - last_acc) * 1e6 /
-					       (double)(now - last_print),
-				       t.offered, t.accepted, t.rejected, t.in_flight,
-				       t.connect_errors, t.arrivals_dropped,
-				       mxb_hist_quantile(&snap_delta, 0.99), t.tls_full,
-				       t.tls_resumed, now / 1000);
-				fflush(stdout);
-			}
-			last_print = now;
-			last_acc = t.accepted;
-		}
 	}
-	rte_eal_mp_wait_lcore();
+	bool running = false;
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		if (!__atomic_load_n(&workers[i].done, __ATOMIC_ACQUIRE))
+			running = true;
+	if (!running)
+		return true;
+	if (now - mon_last_print >= 1000000) {
+		struct totals t;
+		sum(&t);
+		if (!opt_quiet) {
+			/* The progress line's p99 is over the last second: this snapshot minus
+			 * the previous one (the workers' buckets are read while they write: a
+			 * live view, not the result). */
+			mxb_hist_init(&snap_now);
+			for (unsigned i = 0; i < dp.n_workers; i++)
+				mxb_hist_merge(&snap_now, &workers[i].lat);
+			snap_delta = snap_now;
+			mxb_hist_sub(&snap_delta, &snap_prev);
+			snap_prev = snap_now;
+			printf("mxgen %6.1fs acc/s %8.0f offered %" PRIu64 " accepted %" PRIu64
+			       " rejected %" PRIu64 " in-flight %u conn-err %" PRIu64
+			       " dropped %" PRIu64 " p99 %" PRIu64 "us tls %" PRIu64 "/%" PRIu64
+			       " mono_ms %" PRIu64 "\n",
+			       (double)(now - mon_start) / 1e6,
+			       (double)(t.accepted - mon_last_acc) * 1e6 /
+				       (double)(now - mon_last_print),
+			       t.offered, t.accepted, t.rejected, t.in_flight, t.connect_errors,
+			       t.arrivals_dropped, mxb_hist_quantile(&snap_delta, 0.99), t.tls_full,
+			       t.tls_resumed, now / 1000);
+			fflush(stdout);
+		}
+		mon_last_print = now;
+		mon_last_acc = t.accepted;
+	}
+	return false;
+}
+
+/* After every worker is done (mxgen.h): the summary line, the JSON file; frees.  0 or 1. */
+int mxgen_role_finish(void)
+{
 	/* Rates are over the load phase: first arrival to the start of the drain. */
 	uint64_t l0 = UINT64_MAX, l1 = 0;
 	for (unsigned i = 0; i < dp.n_workers; i++) {
@@ -1282,14 +1527,119 @@ int main(int argc, char **argv)
 			fclose(f);
 		}
 	}
-	net_dataplane_stop(&dp);
 	for (unsigned i = 0; opt_tls_resume && i < dp.n_workers; i++) {
 		for (unsigned d = 0; d < opt_devices; d++)
 			tls_session_cache_free(workers[i].tcache[d]);
 		free(workers[i].tcache);
 	}
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		struct worker *w = &workers[i];
+		while (w->spare != NULL) {
+			struct gconn *g = w->spare;
+			w->spare = g->next;
+			free(g);
+		}
+		free(w->text);
+		free(w->dport_next);
+	}
 	tls_client_ctx_free(tls_ctx);
-	cfg_free(cf);
-	EVP_MD_free(sha256);
+	for (unsigned i = 0; i < dp.n_workers; i++) {
+		workers[i].tcache = NULL;
+		workers[i].text = NULL;
+		workers[i].dport_next = NULL;
+	}
+	tls_ctx = NULL;
 	return rc;
 }
+
+#ifndef MXB_ROLE_ONLY
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop = 1;
+}
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	mxgen_role_go();
+}
+
+/* The standalone worker: its own stack, the role's turns, idle back-off. */
+static int worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct net_stack_conf sc;
+	net_dataplane_stack_conf(&dp, w->index, &sc);
+	struct net_stack *st = net_stack_create(&sc);
+	if (st == NULL) {
+		fprintf(stderr, "mxgen: worker %u: stack: %s\n", w->index, strerror(errno));
+		stop = 1;
+		__atomic_store_n(&w->done, true, __ATOMIC_RELEASE);
+		return -1;
+	}
+	mxgen_role_open(w->index, st);
+	uint64_t prev = 0;
+	bool worked = false;
+	while (!w->done) {
+		uint64_t now = mx_now_us(), max_sleep;
+		if (worked)
+			add(&w->busy_us, now - prev);
+		unsigned n = net_stack_poll(w->st, now);
+		n += mxgen_role_turn(w->index, now, &max_sleep);
+		net_stack_idle(w->st, &w->idle, n > 0, now, max_sleep);
+		worked = n > 0;
+		prev = now;
+	}
+	for (uint64_t end = mx_now_us() + 200000; mx_now_us() < end;)
+		net_stack_poll(w->st, mx_now_us());
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *config;
+	int rc = mxgen_role_setup(argc, argv, &config);
+	if (rc != 0)
+		return rc;
+	if (config == NULL) {
+		usage();
+		return 2;
+	}
+	struct cfg_file *cf;
+	char err[512];
+	struct cfg_report rep = {0};
+	struct net_dp_conf nc;
+	if (net_config_load(config, &cf, &nc, &rep) != 0) {
+		fputs(rep.text, stderr);
+		return 2;
+	}
+	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxgen: %s\n", err);
+		return 1;
+	}
+	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
+		fprintf(stderr, "mxgen: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
+			dp.n_workers);
+		net_dataplane_stop(&dp);
+		return 2;
+	}
+	struct net_dataplane started = dp;
+	if (mxgen_role_attach(&started) != 0) {
+		net_dataplane_stop(&dp);
+		return 1;
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	signal(SIGUSR1, on_usr1);
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		rte_eal_remote_launch(worker_main, &workers[i], dp.worker_lcore[i]);
+	while (!mxgen_role_tick(mx_now_us()))
+		usleep(20000);
+	rte_eal_mp_wait_lcore();
+	rc = mxgen_role_finish();
+	net_dataplane_stop(&dp);
+	cfg_free(cf);
+	return rc;
+}
+#endif

@@ -23,8 +23,9 @@
  * --rcpt-4xx / --rcpt-5xx answer that share of RCPT commands 450 / 550
  * (see feed_filtered).
  *
- * Every message is verified: mxgen writes "X-Mxgen: SEQ SHA256HEX SENDUS"
- * in the header; the sink hashes the body it received (after the header
+ * Every message is verified: mxgen writes "X-Mxgen: SEQ DIGEST SENDUS" in
+ * the header (DIGEST: 16 hex digits of bench/mxgen/digest.h's 64-bit hash of
+ * the body); the sink hashes the body while it arrives (after the header
  * block) and counts ok / corrupt / missing header / duplicate SEQ (a shared
  * bitmap of --seq-max bits; larger SEQs count as unchecked), and records the
  * end-to-end latency now - SENDUS (both processes read CLOCK_MONOTONIC
@@ -44,15 +45,22 @@
  * CPU while connections are open: not for runs where mxgen shares it.
  *
  * Counters go to stdout once a second; at exit a JSON summary goes to --json
- * (and to stdout when no file is given).
+ * (and to stdout when no file is given), with busy_us_per_msg: the time of
+ * the loop turns that found work per message received, the sink's own cost
+ * without its idle polling (wall time: preemption inside such a turn counts).
+ *
+ * The sink is also a role that bench/mxload runs next to mxgen's in one
+ * process (mxsink.h); main() below is the standalone process around it.
  */
 #include "core.h"
 #include "dns.h"
 #include "hist.h"
+#include "mxsink.h"
 #include "net.h"
 #include "netjson.h"
 #include "smtp.h"
 #include "tls.h"
+#include "verify.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -64,14 +72,11 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include <rte_eal.h>
 #include <rte_launch.h>
 #include <rte_lcore.h>
 
 #define MAX_WORKERS 64
-#define HDR_LINE_MAX 256	   /* header line kept for matching; longer lines are cut */
 #define MAX_CONNS_PER_WORKER 65536 /* sessions per core; more are refused (counted) */
 
 /* ---- options ------------------------------------------------------------------ */
@@ -94,8 +99,6 @@ static const uint16_t listen_port[N_LISTENERS] = {25, 587, 465};
 
 /* ---- state -------------------------------------------------------------------- */
 
-enum vstate { V_HEADER, V_BODY };
-
 struct sconn {
 	struct sconn *prev, *next; /* worker's live list */
 	struct worker *w;
@@ -105,17 +108,10 @@ struct sconn {
 	unsigned listener;    /* L_* */
 	bool in_tls;	      /* inside a tls_conn_* call: closing waits until it returns */
 	bool want_close, closed;
-	bool in_data;	    /* between our 354 and the end of data (the RCPT filter) */
-	uint64_t bdat_left; /* BDAT chunk bytes still to pass through unexamined */
-	uint64_t done_at;   /* slow reply: message_done due at this time (0: none) */
-	/* verification of the message being received */
-	enum vstate vs;
-	char line[HDR_LINE_MAX];
-	size_t line_len;
-	bool have_tag, line_cut, have_dkim;
-	uint64_t seq, send_us;
-	char digest_hex[65];
-	EVP_MD_CTX *md;
+	bool in_data;	     /* between our 354 and the end of data (the RCPT filter) */
+	uint64_t bdat_left;  /* BDAT chunk bytes still to pass through unexamined */
+	uint64_t done_at;    /* slow reply: message_done due at this time (0: none) */
+	struct mxb_verify v; /* the message being received (verify.h) */
 };
 
 struct worker {
@@ -137,6 +133,10 @@ struct worker {
 	/* CLOCK_MONOTONIC us of the first and the last message received (0: none yet): the
 	 * span a backlog was delivered in, finer than the per-second lines */
 	uint64_t first_rx_us, last_rx_us;
+	uint64_t last_scan, last_timeouts; /* the loop's periodic work (mxsink_role_turn) */
+	/* time of the loop turns that found work (net_stack_poll > 0), up to the next turn's
+	 * clock read: the sink's CPU per message without its idle polling (busy_us_per_msg) */
+	uint64_t busy_us;
 };
 
 static volatile sig_atomic_t stop;
@@ -146,12 +146,6 @@ static struct smtp_server_conf sconf[N_LISTENERS];
 static struct tls_server_ctx *tls_ctx;
 static uint8_t *seq_bitmap;
 static uint32_t sink_addr;
-
-static void on_signal(int sig)
-{
-	(void)sig;
-	stop = 1;
-}
 
 static uint64_t rnd(struct worker *w)
 {
@@ -174,83 +168,6 @@ static uint64_t rd(const uint64_t *p)
 
 /* ---- verification --------------------------------------------------------------- */
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
-/* "X-Mxgen: SEQ HEX64 SENDUS": all three fields or nothing. */
-static void parse_tag(struct sconn *sc, const char *p, size_t n)
-{
-	static const char name[] = "X-Mxgen:";
-	if (n < sizeof(name) - 1 || strncasecmp(p, name, sizeof(name) - 1) != 0)
-		return;
-	char buf[HDR_LINE_MAX + 1];
-	memcpy(buf, p, n);
-	buf[n] = '\0';
-	char hex[80];
-	unsigned long long seq, sent;
-	if (sscanf(buf + sizeof(name) - 1, " %llu %79s %llu", &seq, hex, &sent) != 3)
-		return;
-	if (strlen(hex) != 64)
-		return;
-	for (int i = 0; i < 64; i++)
-		if (hexval(hex[i]) < 0)
-			return;
-	sc->seq = seq;
-	sc->send_us = sent;
-	memcpy(sc->digest_hex, hex, 65);
-	sc->have_tag = true;
-}
-
-static void verify_begin(struct sconn *sc)
-{
-	sc->vs = V_HEADER;
-	sc->line_len = 0;
-	sc->line_cut = false;
-	sc->have_tag = false;
-	sc->have_dkim = false;
-	if (sc->md == NULL)
-		sc->md = EVP_MD_CTX_new();
-	if (sc->md != NULL)
-		EVP_DigestInit_ex(sc->md, EVP_sha256(), NULL);
-}
-
-static void verify_data(struct sconn *sc, const uint8_t *p, size_t n)
-{
-	size_t i = 0;
-	while (sc->vs == V_HEADER && i < n) {
-		uint8_t ch = p[i++];
-		if (ch != '\n') {
-			if (sc->line_len < HDR_LINE_MAX)
-				sc->line[sc->line_len++] = (char)ch;
-			else
-				sc->line_cut = true;
-			continue;
-		}
-		size_t len = sc->line_len;
-		if (len > 0 && sc->line[len - 1] == '\r')
-			len--;
-		if (len == 0 && !sc->line_cut)
-			sc->vs = V_BODY; /* the empty line ends the header (RFC 5322 2.1) */
-		else if (!sc->line_cut)
-			parse_tag(sc, sc->line, len);
-		/* a signature's first line is often longer than the kept part: the name suffices */
-		if (len >= 15 && strncasecmp(sc->line, "DKIM-Signature:", 15) == 0)
-			sc->have_dkim = true;
-		sc->line_len = 0;
-		sc->line_cut = false;
-	}
-	if (sc->vs == V_BODY && i < n && sc->md != NULL)
-		EVP_DigestUpdate(sc->md, p + i, n - i);
-}
-
 /* Atomically set the seq's bit: true when it was set before (a duplicate). */
 static bool seq_seen(uint64_t seq)
 {
@@ -266,31 +183,26 @@ static void verify_end(struct sconn *sc, uint64_t now)
 	if (w->first_rx_us == 0)
 		__atomic_store_n(&w->first_rx_us, now, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->last_rx_us, now, __ATOMIC_RELAXED);
-	if (sc->have_dkim)
+	if (sc->v.have_dkim)
 		w->dkim_signed++;
-	if (!sc->have_tag || sc->vs != V_BODY || sc->md == NULL) {
+	switch (mxb_verify_end(&sc->v)) {
+	case MXB_VERIFY_NO_TAG:
 		w->no_tag++;
 		return;
-	}
-	uint8_t d[32];
-	unsigned dl = 0;
-	EVP_DigestFinal_ex(sc->md, d, &dl);
-	bool match = dl == 32;
-	for (unsigned i = 0; match && i < 32; i++)
-		if (hexval(sc->digest_hex[2 * i]) != d[i] >> 4 ||
-		    hexval(sc->digest_hex[2 * i + 1]) != (d[i] & 15))
-			match = false;
-	if (match)
+	case MXB_VERIFY_OK:
 		w->ok++;
-	else
+		break;
+	case MXB_VERIFY_CORRUPT:
 		w->corrupt++;
-	if (sc->seq < opt_seq_max) {
-		if (seq_seen(sc->seq))
+		break;
+	}
+	if (sc->v.seq < opt_seq_max) {
+		if (seq_seen(sc->v.seq))
 			w->dup++;
 	} else {
 		w->unchecked++;
 	}
-	mxb_hist_add(&w->lat, now >= sc->send_us ? now - sc->send_us : 0);
+	mxb_hist_add(&w->lat, now >= sc->v.send_us ? now - sc->v.send_us : 0);
 }
 
 /* ---- SMTP session callbacks -------------------------------------------------------- */
@@ -323,12 +235,12 @@ static void s_close(void *user)
 
 static void s_begin(void *user)
 {
-	verify_begin(user);
+	mxb_verify_begin(&((struct sconn *)user)->v);
 }
 
 static void s_data(void *user, const uint8_t *p, size_t n)
 {
-	verify_data(user, p, n);
+	mxb_verify_data(&((struct sconn *)user)->v, p, n);
 }
 
 static void s_abort(void *user)
@@ -351,9 +263,14 @@ static void s_starttls(void *user);
 static void ack(struct sconn *sc)
 {
 	struct worker *w = sc->w;
-	char id[24];
-	snprintf(id, sizeof(id), "S%02X%012" PRIX64, w->index & 0xff,
-		 (uint64_t)(w->acked & 0xffffffffffffull));
+	/* "S" + 2 hex digits of the worker + 12 of the count, as "S%02X%012X" would */
+	static const char hex[] = "0123456789ABCDEF";
+	char id[16];
+	uint64_t v = (uint64_t)(w->index & 0xff) << 48 | (w->acked & 0xffffffffffffull);
+	id[0] = 'S';
+	for (int i = 14; i >= 1; i--, v >>= 4)
+		id[i] = hex[v & 15];
+	id[15] = '\0';
 	w->acked++;
 	smtp_session_message_done(sc->sess, 0, id);
 }
@@ -612,8 +529,6 @@ static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
 	 * only once the session call has returned. */
 	smtp_session_free(sc->sess);
 	tls_conn_free(sc->tls);
-	if (sc->md)
-		EVP_MD_CTX_free(sc->md);
 	free(sc);
 }
 
@@ -805,49 +720,49 @@ static void dns_recv(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint
 
 /* ---- worker ---------------------------------------------------------------------- */
 
-static int worker_main(void *arg)
+/* Listen and bind on st for worker i (mxsink.h).  0 or -1 (said on stderr). */
+int mxsink_role_open(unsigned i, struct net_stack *st)
 {
-	struct worker *w = arg;
-	struct net_stack_conf sc;
-	net_dataplane_stack_conf(&dp, w->index, &sc);
-	w->st = net_stack_create(&sc);
-	if (w->st == NULL) {
-		fprintf(stderr, "mxsink: worker %u: stack: %s\n", w->index, strerror(errno));
-		stop = 1;
-		return -1;
-	}
+	struct worker *w = &workers[i];
+	w->st = st;
 	for (unsigned l = 0; l < N_LISTENERS; l++) {
 		if (l == L_SMTPS && tls_ctx == NULL)
 			continue;
 		if (tcp_listen(w->st, 0, listen_port[l], t_accept, w) != 0) {
 			fprintf(stderr, "mxsink: worker %u: listen on %u failed\n", w->index,
 				listen_port[l]);
-			stop = 1;
 			return -1;
 		}
 	}
 	if (udp_bind(w->st, 53, dns_recv, w) != 0) {
 		fprintf(stderr, "mxsink: worker %u: DNS bind failed\n", w->index);
-		stop = 1;
 		return -1;
 	}
-	uint64_t last_scan = 0, last_timeouts = 0;
-	while (!stop) {
-		uint64_t now = mx_now_us();
-		unsigned n = net_stack_poll(w->st, now);
-		if (now - last_scan >= 1000) {
-			bool t = now - last_timeouts >= 100000;
-			scan_conns(w, now, t);
-			last_scan = now;
-			if (t)
-				last_timeouts = now;
-		}
-		/* Slow replies pending: never sleep past 1 ms. */
-		net_stack_idle(w->st, &w->idle, n > 0 || (opt_busy_poll && w->n_conns > 0), now,
-			       opt_slow_pm ? 1000 : 10000);
+	return 0;
+}
+
+/*
+ * The sink's part of one loop turn of worker i, after net_stack_poll (mxsink.h):
+ * slow replies due (each millisecond) and timeouts (each 100 ms).  *busy: poll
+ * without backing off (--busy-poll with connections open); *max_sleep_us:
+ * the longest nap that keeps slow replies on time.  Returns the work done.
+ */
+unsigned mxsink_role_turn(unsigned i, uint64_t now, bool *busy, uint64_t *max_sleep_us)
+{
+	struct worker *w = &workers[i];
+	/* the walk over every connection: each millisecond only while slow replies can be
+	 * due (--slow), else every 100 ms for the timeouts alone (a walk over thousands of
+	 * open connections each millisecond would find nothing to do) */
+	if (now - w->last_scan >= (opt_slow_pm ? 1000 : 100000)) {
+		bool t = now - w->last_timeouts >= 100000;
+		scan_conns(w, now, t);
+		w->last_scan = now;
+		if (t)
+			w->last_timeouts = now;
 	}
-	for (uint64_t end = mx_now_us() + 100000; mx_now_us() < end;)
-		net_stack_poll(w->st, mx_now_us());
+	*busy = opt_busy_poll && w->n_conns > 0;
+	/* Slow replies pending: never sleep past 1 ms. */
+	*max_sleep_us = opt_slow_pm ? 1000 : 10000;
 	return 0;
 }
 
@@ -870,6 +785,7 @@ struct totals {
 	uint64_t tls_sessions, tls_resumed, tls_failed, dkim_signed;
 	uint64_t auth_ok, auth_failed;
 	uint64_t first_rx_us, last_rx_us; /* over the workers: earliest first, latest last */
+	uint64_t busy_us;
 };
 
 static void sum(struct totals *t)
@@ -892,6 +808,7 @@ static void sum(struct totals *t)
 		t->tls_failed += rd(&w->tls_failed), t->dkim_signed += rd(&w->dkim_signed);
 		t->auth_ok += rd(&w->sstats.auth_success);
 		t->auth_failed += rd(&w->sstats.auth_failures);
+		t->busy_us += rd(&w->busy_us);
 		uint64_t f = rd(&w->first_rx_us), l = rd(&w->last_rx_us);
 		if (f && (t->first_rx_us == 0 || f < t->first_rx_us))
 			t->first_rx_us = f;
@@ -901,6 +818,7 @@ static void sum(struct totals *t)
 }
 
 static struct mxb_hist merged;
+static uint64_t mon_start, mon_last_print, mon_last_received; /* mxsink_role_tick */
 
 static void merge_hist(void)
 {
@@ -934,10 +852,12 @@ static void write_json(FILE *f, double secs)
 		",\n  \"tls_resumed\": %" PRIu64 ",\n  \"tls_failures\": %" PRIu64
 		",\n  \"dkim_signed\": %" PRIu64 ",\n  \"auth_success\": %" PRIu64
 		",\n  \"auth_failures\": %" PRIu64 ",\n  \"first_rx_mono_us\": %" PRIu64
-		",\n  \"last_rx_mono_us\": %" PRIu64 ",\n",
+		",\n  \"last_rx_mono_us\": %" PRIu64 ",\n  \"busy_us\": %" PRIu64
+		",\n  \"busy_us_per_msg\": %.2f,\n",
 		t.conns_by_listener[L_SMTP], t.conns_by_listener[L_SUBMISSION],
 		t.conns_by_listener[L_SMTPS], t.tls_sessions, t.tls_resumed, t.tls_failed,
-		t.dkim_signed, t.auth_ok, t.auth_failed, t.first_rx_us, t.last_rx_us);
+		t.dkim_signed, t.auth_ok, t.auth_failed, t.first_rx_us, t.last_rx_us, t.busy_us,
+		t.received ? (double)t.busy_us / (double)t.received : 0.0);
 	json_net(f);
 	fprintf(f,
 		"  \"e2e_latency_us\": {\"count\": %" PRIu64 ", \"p50\": %" PRIu64
@@ -966,7 +886,12 @@ static int parse_num(const char *s, uint64_t max, uint64_t *out)
 	return 0;
 }
 
-int main(int argc, char **argv)
+/*
+ * Options, the TLS context and the SMTP configurations (mxsink.h).  The
+ * config file's name goes to *config (NULL if none was given).  0, or the
+ * exit status for a bad command line (2) or set-up failure (1).
+ */
+int mxsink_role_setup(int argc, char **argv, const char **config_out)
 {
 	static const struct option opts[] = {
 		{"config", required_argument, NULL, 'c'},
@@ -988,6 +913,7 @@ int main(int argc, char **argv)
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
+	optind = 0; /* a fresh getopt: mxload parses two command lines */
 	uint64_t v;
 	int opt;
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1073,7 +999,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (config == NULL || optind != argc || !opt_cert != !opt_key) {
+	*config_out = config;
+	if (optind != argc || !opt_cert != !opt_key) {
 		usage();
 		return 2;
 	}
@@ -1082,17 +1009,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mxsink: no memory for the seq bitmap\n");
 		return 1;
 	}
-
-	struct cfg_file *cf;
 	char err[512];
-	struct cfg_report rep = {0};
-	struct net_dp_conf nc;
-	if (net_config_load(config, &cf, &nc, &rep) != 0) {
-		fputs(rep.text, stderr);
-		return 2;
-	}
-	sink_addr = nc.ports[0].addr;
-
 	if (opt_cert != NULL) {
 		/* two TLS 1.3 tickets per handshake, as a stock OpenSSL server sends
 		 * (SSL_CTX_set_num_tickets' default): a client's pool can grow by resuming */
@@ -1123,62 +1040,68 @@ int main(int argc, char **argv)
 		}
 	}
 
-	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxsink: %s\n", err);
-		return 1;
-	}
-	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
-		fprintf(stderr, "mxsink: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
-			dp.n_workers);
-		net_dataplane_stop(&dp);
-		return 2;
-	}
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	return 0;
+}
+
+/*
+ * The sink runs on d's workers and answers DNS with addr (mxsink.h): the
+ * per-worker state is set up; the caller runs mxsink_role_open and _turn on
+ * each worker and mxsink_role_tick on its main thread.
+ */
+void mxsink_role_attach(const struct net_dataplane *d, uint32_t addr)
+{
+	dp = *d;
+	sink_addr = addr;
 	for (unsigned i = 0; i < dp.n_workers; i++) {
 		struct worker *w = &workers[i];
 		w->index = i;
 		w->rng = 0x9e3779b97f4a7c15ull * (i + 1);
 		w->live.next = w->live.prev = &w->live;
 		mxb_hist_init(&w->lat);
-		rte_eal_remote_launch(worker_main, w, dp.worker_lcore[i]);
 	}
 	fprintf(stderr,
 		"mxsink: %u worker(s), SMTP on 25 and 587%s%s, DNS on 53, port 0 steering %s\n",
 		dp.n_workers, tls_ctx ? " (STARTTLS) and 465 (TLS)" : "",
 		opt_auth_user[0] ? ", AUTH required on 587" : "", net_port_steering(dp.ports[0]));
-	uint64_t start = mx_now_us(), last_print = start, last_received = 0;
-	while (!stop) {
-		usleep(20000);
-		uint64_t now = mx_now_us();
-		if (opt_duration && now - start >= opt_duration * 1000000ull)
-			stop = 1;
-		struct totals t;
-		sum(&t);
-		if (opt_max_messages && t.received >= opt_max_messages)
-			stop = 1;
-		if (now - last_print >= 1000000) {
-			if (!opt_quiet) {
-				merge_hist();
-				printf("mxsink %6.1fs recv/s %8.0f ok %" PRIu64 " corrupt %" PRIu64
-				       " dup %" PRIu64 " notag %" PRIu64 " 4xx %" PRIu64
-				       " e2e p50 %" PRIu64 "us p99 %" PRIu64 "us mono_ms %" PRIu64
-				       "\n",
-				       (double)(now - start) / 1e6,
-				       (double)(t.received - last_received) * 1e6 /
-					       (double)(now - last_print),
-				       t.ok, t.corrupt, t.dup, t.no_tag, t.tempfailed,
-				       mxb_hist_quantile(&merged, 0.5),
-				       mxb_hist_quantile(&merged, 0.99), now / 1000);
-				fflush(stdout);
-			}
-			last_print = now;
-			last_received = t.received;
+	mon_start = mon_last_print = mx_now_us();
+}
+
+/*
+ * The main thread's part, every ~20 ms (mxsink.h): the progress line once a
+ * second, --duration and --max-messages.  True once the sink should stop.
+ */
+bool mxsink_role_tick(uint64_t now)
+{
+	if (opt_duration && now - mon_start >= opt_duration * 1000000ull)
+		stop = 1;
+	struct totals t;
+	sum(&t);
+	if (opt_max_messages && t.received >= opt_max_messages)
+		stop = 1;
+	if (now - mon_last_print >= 1000000) {
+		if (!opt_quiet) {
+			merge_hist();
+			printf("mxsink %6.1fs recv/s %8.0f ok %" PRIu64 " corrupt %" PRIu64
+			       " dup %" PRIu64 " notag %" PRIu64 " 4xx %" PRIu64 " e2e p50 %" PRIu64
+			       "us p99 %" PRIu64 "us mono_ms %" PRIu64 "\n",
+			       (double)(now - mon_start) / 1e6,
+			       (double)(t.received - mon_last_received) * 1e6 /
+				       (double)(now - mon_last_print),
+			       t.ok, t.corrupt, t.dup, t.no_tag, t.tempfailed,
+			       mxb_hist_quantile(&merged, 0.5), mxb_hist_quantile(&merged, 0.99),
+			       now / 1000);
+			fflush(stdout);
 		}
+		mon_last_print = now;
+		mon_last_received = t.received;
 	}
-	stop = 1;
-	rte_eal_mp_wait_lcore();
-	double secs = (double)(mx_now_us() - start) / 1e6;
+	return stop != 0;
+}
+
+/* After the workers stopped (mxsink.h): the JSON summary; frees.  0 or 1. */
+int mxsink_role_finish(void)
+{
+	double secs = (double)(mx_now_us() - mon_start) / 1e6;
 	int rc = 0;
 	if (opt_json) {
 		FILE *f = fopen(opt_json, "w");
@@ -1192,9 +1115,97 @@ int main(int argc, char **argv)
 	} else {
 		write_json(stdout, secs);
 	}
-	net_dataplane_stop(&dp);
 	tls_server_ctx_free(tls_ctx);
-	cfg_free(cf);
+	tls_ctx = NULL;
 	free(seq_bitmap);
+	seq_bitmap = NULL;
 	return rc;
 }
+
+#ifndef MXB_ROLE_ONLY
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop = 1;
+}
+
+/* The standalone worker: its own stack, the role's turns, idle back-off. */
+static int worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct net_stack_conf sc;
+	net_dataplane_stack_conf(&dp, w->index, &sc);
+	struct net_stack *st = net_stack_create(&sc);
+	if (st == NULL) {
+		fprintf(stderr, "mxsink: worker %u: stack: %s\n", w->index, strerror(errno));
+		stop = 1;
+		return -1;
+	}
+	if (mxsink_role_open(w->index, st) != 0) {
+		stop = 1;
+		return -1;
+	}
+	uint64_t prev = 0;
+	bool worked = false;
+	while (!stop) {
+		uint64_t now = mx_now_us(), max_sleep;
+		bool busy;
+		if (worked)
+			__atomic_store_n(&w->busy_us, w->busy_us + (now - prev), __ATOMIC_RELAXED);
+		unsigned n = net_stack_poll(w->st, now);
+		n += mxsink_role_turn(w->index, now, &busy, &max_sleep);
+		net_stack_idle(w->st, &w->idle, n > 0 || busy, now, max_sleep);
+		worked = n > 0;
+		prev = now;
+	}
+	for (uint64_t end = mx_now_us() + 100000; mx_now_us() < end;)
+		net_stack_poll(w->st, mx_now_us());
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *config;
+	int rc = mxsink_role_setup(argc, argv, &config);
+	if (rc != 0)
+		return rc;
+	if (config == NULL) {
+		usage();
+		return 2;
+	}
+	struct cfg_file *cf;
+	char err[512];
+	struct cfg_report rep = {0};
+	struct net_dp_conf nc;
+	if (net_config_load(config, &cf, &nc, &rep) != 0) {
+		fputs(rep.text, stderr);
+		return 2;
+	}
+	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
+		fprintf(stderr, "mxsink: %s\n", err);
+		return 1;
+	}
+	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
+		fprintf(stderr, "mxsink: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
+			dp.n_workers);
+		net_dataplane_stop(&dp);
+		return 2;
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	struct net_dataplane started = dp;
+	mxsink_role_attach(&started, nc.ports[0].addr);
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		rte_eal_remote_launch(worker_main, &workers[i], dp.worker_lcore[i]);
+	while (!stop) {
+		usleep(20000);
+		mxsink_role_tick(mx_now_us());
+	}
+	stop = 1;
+	rte_eal_mp_wait_lcore();
+	rc = mxsink_role_finish();
+	net_dataplane_stop(&dp);
+	cfg_free(cf);
+	return rc;
+}
+#endif
