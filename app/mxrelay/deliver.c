@@ -15,6 +15,10 @@
  *   SEND     -> smtp_client_send_message() with the body read from the
  *               spool (spool_read_body: a synchronous pread on this core,
  *               acceptable for now); message_done -> queue_txn_result().
+ *               A session whose server pipelines carries up to [queue]
+ *               pipeline_depth transactions at once (struct dtxn, in order;
+ *               queue_conn_depth tells the queue), and the queue's SEND and
+ *               CLOSE actions carry the session (queue_session_set_user).
  *   CLOSE    -> QUIT, then close TCP.
  *   queue_ops -> spool_mark_delivered / deferred / bounced, and
  *               spool_msg_finish once every descriptor of a message is done;
@@ -87,11 +91,27 @@
  * deliver_poll() reports work, so that the worker keeps polling instead of
  * backing off to a sleep: the idle back-off sleeps up to 1 ms when the port
  * has no RX interrupts (net_memif here), and a pooled session carries one
- * transaction at a time, so every sleep through a reply is added to the
- * round trip that bounds each session's rate.  A slow or silent MX lets the
- * core sleep after this long.
+ * transaction (or a few, pipelined) at a time, so every sleep through a reply
+ * is added to the round trip that bounds each session's rate.  A slow or
+ * silent MX lets the core sleep after this long.
  */
 #define TXN_SPIN_US 500u
+
+/*
+ * One transaction of a session, from its SEND to its message_done.  A
+ * session carries up to [queue] pipeline_depth of them when the server
+ * pipelines (lib/queue's queue_conn_depth); they are answered in order.
+ */
+#define DTXN_RCPTS_SMALL 4 /* recipients kept inside struct dtxn (no allocation) */
+
+struct dtxn {
+	struct dsess *s;
+	const struct queue_txn *txn;
+	struct smtp_client_msg msg;
+	struct smtp_client_rcpt *rcpts; /* rcpt_small, or malloc'd for more */
+	struct smtp_client_rcpt rcpt_small[DTXN_RCPTS_SMALL];
+	int body_fd; /* another core's segment holding the body, or -1 */
+};
 
 struct dsess {
 	struct deliver *dl;
@@ -114,13 +134,11 @@ struct dsess {
 	struct dsess *kick_next;
 	uint64_t connect_deadline_us;
 	char reason[640]; /* why the last attempt failed */
-	/* the transaction in flight */
-	const struct queue_txn *txn;
-	struct smtp_client_msg msg;
-	struct smtp_client_rcpt *rcpts;
+	/* the transactions in flight, oldest first: tx[tx_head], ... ntx of them */
+	struct dtxn tx[QUEUE_PIPELINE_MAX];
+	unsigned tx_head, ntx;
 	uint8_t *out;
 	size_t out_len;
-	int body_fd;	     /* another core's segment holding the txn's body, or -1 */
 	enum tls_policy pol; /* this destination's ([tls_policy], else [tls] outbound) */
 	bool implicit_tls;   /* smarthost on 465: TLS before the greeting */
 	bool started;	     /* smtp_client_start() ran */
@@ -193,8 +211,6 @@ struct deliver_stats {
 	uint64_t dsn_injected, dsn_inject_failures, dsn_limit_hits, dsn_unknown_commits;
 };
 
-#define SESS_SLOTS 4096 /* sessions found by their queue slot; more share (and are searched) */
-
 struct deliver {
 	const struct relay_config *conf;
 	struct net_stack *st;
@@ -208,7 +224,6 @@ struct deliver {
 	struct tls_client_ctx *tls;
 	struct tls_session_cache *tls_cache;
 	struct tls_stats tls_stats;
-	struct dsess *by_slot[SESS_SLOTS]; /* a session by the slot in its queue handle */
 	struct deliver_stats stats;
 	struct dsess *sessions;
 	struct group *groups[GROUP_BUCKETS];
@@ -224,8 +239,12 @@ struct deliver {
 	struct reloc_wait *relocs;
 	struct dsess *kicked;	 /* sessions with something to do now (sess_kick) */
 	uint64_t next_scan_us;	 /* every session's timers are checked at this pace */
-	uint32_t txns_out;	 /* sessions with a transaction sent, its replies awaited */
+	uint32_t txns_out;	 /* transactions sent, their replies awaited */
 	uint64_t last_txn_io_us; /* a transaction was sent or answered (mx_now_us) */
+	bool txn_io;		 /* ... since the last turn: last_txn_io_us = that turn's time */
+	uint64_t now_us;	 /* this turn's mx_now_us (clock_turn) */
+	int64_t wall_off_us;	 /* wall clock minus now_us */
+	uint64_t wall_sync_us;	 /* take wall_off_us again at this now_us */
 	bool destroying, quiesced;
 };
 
@@ -236,11 +255,52 @@ static _Atomic uint64_t mbox_seen_us[DELIVER_MAX_WORKERS];
 static unsigned mbox_workers;
 static atomic_uint quiesce_count;
 
-static int64_t wall_us(void)
+static int64_t clock_wall_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * The worker's time, read once per poll turn (deliver_poll's now_us) rather
+ * than at every callback: a clock read costs more than a message's queue
+ * work on a VM without a TSC vDSO clock.  Wall-clock microseconds (what
+ * lib/queue and the spool keep) are that monotonic time plus an offset
+ * taken again every WALL_SYNC_US, so a step of the system clock is followed
+ * within that time.  Callbacks between two turns see the turn's time: a
+ * few microseconds late, well inside the queue's and the client's
+ * millisecond-to-second timers.
+ */
+#define WALL_SYNC_US 100000u
+
+static uint64_t mono_us(const struct deliver *dl)
+{
+	return dl->now_us;
+}
+
+static int64_t wall_us_of(const struct deliver *dl)
+{
+	return (int64_t)dl->now_us + dl->wall_off_us;
+}
+
+/* The turn's time for lib/smtp's client (smtp_client_conf.now_us), per worker thread. */
+static __thread uint64_t turn_now_us;
+
+static uint64_t client_now_us(void)
+{
+	return turn_now_us ? turn_now_us : mx_now_us();
+}
+
+/* A new turn's time; the wall-clock offset again when due. */
+static void clock_turn(struct deliver *dl, uint64_t now_us)
+{
+	dl->now_us = now_us;
+	turn_now_us = now_us;
+	if (now_us >= dl->wall_sync_us) {
+		dl->wall_off_us = clock_wall_us() - (int64_t)now_us;
+		dl->wall_sync_us = now_us + WALL_SYNC_US;
+	}
 }
 
 static const struct tcp_conn_ops sess_tcp_ops;
@@ -328,7 +388,7 @@ static unsigned outbox_flush(struct deliver *dl)
 /* Wake the workers posted to that have not looked at their mailbox lately (asleep). */
 static void wake_peers(struct deliver *dl)
 {
-	uint64_t now = mx_now_us();
+	uint64_t now = mono_us(dl);
 	for (unsigned to = 0; dl->wake_mask != 0 && to < mbox_workers; to++) {
 		if (!(dl->wake_mask & (1ull << to)))
 			continue;
@@ -512,7 +572,7 @@ static int dsn_inject(struct deliver *dl, const char *orig_id, const char *rcpt,
 		struct spool_envelope env = {.sender = "",
 					     .helo = dl->qc.hostname,
 					     .client_ip = "127.0.0.1",
-					     .arrival_us = wall_us(),
+					     .arrival_us = wall_us_of(dl),
 					     .rcpts = &r,
 					     .rcpt_count = 1};
 		p->cookie = (++dl->dsn_seq << 1) | 1; /* smtpd's cookies are pointers: even */
@@ -573,7 +633,7 @@ bool deliver_commit_done(struct deliver *dl, const struct spool_completion *c)
 		struct spool_location loc;
 		struct spool_rcpt r = {.addr = p->rcpt};
 		struct spool_envelope env = {
-			.sender = "", .arrival_us = wall_us(), .rcpts = &r, .rcpt_count = 1};
+			.sender = "", .arrival_us = wall_us_of(dl), .rcpts = &r, .rcpt_count = 1};
 		int rc = spool_locate(dl->spool, c->id, &loc);
 		if (rc == 0)
 			rc = queue_message(dl, c->id, &env, NULL, &loc, QUEUE_DESC_F_DSN);
@@ -683,7 +743,7 @@ static void submit_local(struct deliver *dl, struct queue_desc *d, int64_t not_b
 		backlog_add(dl, d, not_before_us);
 		return;
 	}
-	int rc = queue_submit(dl->q, d, not_before_us, wall_us());
+	int rc = queue_submit(dl->q, d, not_before_us, wall_us_of(dl));
 	if (rc == 0)
 		return;
 	if (rc != -ENOBUFS) {
@@ -718,7 +778,7 @@ static unsigned backlog_run(struct deliver *dl)
 	unsigned n = 0;
 	while (dl->backlog != NULL && n < BACKLOG_PER_POLL) {
 		struct backlog *b = dl->backlog;
-		int rc = queue_submit(dl->q, b->d, b->not_before_us, wall_us());
+		int rc = queue_submit(dl->q, b->d, b->not_before_us, wall_us_of(dl));
 		if (rc == -ENOBUFS)
 			break; /* still full: later */
 		if (rc != 0)
@@ -809,7 +869,7 @@ void deliver_accepted(struct deliver *dl, uint64_t id, const struct smtp_envelop
 				 : env->ret == SMTP_RET_HDRS ? SPOOL_RET_HDRS
 							     : SPOOL_RET_NONE),
 		.helo = env->helo,
-		.arrival_us = wall_us(),
+		.arrival_us = wall_us_of(dl),
 		.rcpts = rcpts,
 		.rcpt_count = (uint32_t)env->rcpt_count,
 	};
@@ -918,7 +978,7 @@ static unsigned inbox_run(struct deliver *dl)
 	void *objs[MBOX_BURST];
 	if (mbox[dl->worker] == NULL)
 		return 0;
-	atomic_store_explicit(&mbox_seen_us[dl->worker], mx_now_us(), memory_order_relaxed);
+	atomic_store_explicit(&mbox_seen_us[dl->worker], mono_us(dl), memory_order_relaxed);
 	unsigned n = rte_ring_sc_dequeue_burst(mbox[dl->worker], objs, MBOX_BURST, NULL);
 	for (unsigned i = 0; i < n; i++)
 		inbox_one(dl, objs[i]);
@@ -989,7 +1049,7 @@ static void sess_down(struct dsess *s, const char *reason)
 	if (s->qdone || s->dl->destroying)
 		return;
 	s->qdone = true;
-	queue_conn_down(s->dl->q, s->handle, reason, wall_us());
+	queue_conn_down(s->dl->q, s->handle, reason, wall_us_of(s->dl));
 }
 
 /* ---- TCP -------------------------------------------------------------------------------- */
@@ -1193,49 +1253,110 @@ static void c_ready(void *user)
 		return;
 	char name[DNS_NAME_TEXT_MAX];
 	s->up = true;
+	/* Transactions it can carry at once (the queue caps it at [queue] pipeline_depth). */
+	queue_conn_depth(s->dl->q, s->handle, smtp_client_txn_depth(s->cl));
 	/* A literal's host is "[a.b.c.d]": log it as Postfix does, relay=a.b.c.d[a.b.c.d]. */
 	size_t len = strlen(host);
 	if (len > 2 && host[0] == '[' && host[len - 1] == ']' && len - 2 < sizeof(name))
 		snprintf(name, sizeof(name), "%.*s", (int)(len - 2), host + 1);
 	else
 		snprintf(name, sizeof(name), "%s", host[0] ? host : "unknown");
-	queue_conn_up(s->dl->q, s->handle, name, s->addr, s->port, wall_us());
+	queue_conn_up(s->dl->q, s->handle, name, s->addr, s->port, wall_us_of(s->dl));
 }
 
-static void txn_clear(struct dsess *s)
+/* The session's oldest transaction, or NULL. */
+static struct dtxn *dtxn_oldest(struct dsess *s)
 {
-	if (s->txn != NULL)
-		s->dl->txns_out--;
-	if (s->body_fd >= 0) {
-		close(s->body_fd);
-		s->body_fd = -1;
+	return s->ntx ? &s->tx[s->tx_head] : NULL;
+}
+
+/* The oldest transaction is over (reported, or given up with the session). */
+static void dtxn_pop(struct dsess *s)
+{
+	struct dtxn *dt = &s->tx[s->tx_head];
+
+	s->dl->txns_out--;
+	if (dt->body_fd >= 0) {
+		close(dt->body_fd);
+		dt->body_fd = -1;
 	}
-	s->txn = NULL;
-	free(s->rcpts);
-	s->rcpts = NULL;
+	if (dt->rcpts != dt->rcpt_small)
+		free(dt->rcpts);
+	dt->rcpts = NULL;
+	dt->txn = NULL;
+	s->tx_head = (s->tx_head + 1) % QUEUE_PIPELINE_MAX;
+	s->ntx--;
+}
+
+/* Every transaction of s forgotten (the queue defers them with sess_down). */
+static void dtxn_clear_all(struct dsess *s)
+{
+	while (s->ntx)
+		dtxn_pop(s);
+}
+
+#define RESULT_SMALL 4 /* recipients whose results c_message_done keeps on the stack */
+
+/* "250 2.0.0 text" (status left out when empty) into out, cut at REPLY_TEXT_MAX; no stdio. */
+static void reply_text(char out[REPLY_TEXT_MAX], uint16_t code, const char *status,
+		       const char *text)
+{
+	size_t o = 0, n;
+
+	out[o++] = (char)('0' + code / 100 % 10);
+	out[o++] = (char)('0' + code / 10 % 10);
+	out[o++] = (char)('0' + code % 10);
+	n = strnlen(status, 16);
+	if (n > 0) {
+		out[o++] = ' ';
+		memcpy(out + o, status, n);
+		o += n;
+	}
+	out[o++] = ' ';
+	n = strlen(text);
+	if (n > REPLY_TEXT_MAX - 1 - o)
+		n = REPLY_TEXT_MAX - 1 - o;
+	memcpy(out + o, text, n);
+	out[o + n] = '\0';
 }
 
 static void c_message_done(void *user, const struct smtp_client_result *r)
 {
 	struct dsess *s = user;
-	const struct queue_txn *t = s->txn;
-	if (t == NULL || s->qdone || s->dl->destroying) {
-		txn_clear(s);
+	struct dtxn *dt = r->msg != NULL ? r->msg->user : NULL;
+	const struct queue_txn *t = dt != NULL ? dt->txn : NULL;
+	if (dt == NULL || dt != dtxn_oldest(s) || t == NULL) {
+		/* Not the oldest: cannot happen with lib/smtp's in-order reports; the
+		 * queue's results are in order too, so only dropping the session is safe. */
+		dtxn_clear_all(s);
+		sess_down(s, "transaction reported out of order");
+		sess_abort_tcp(s);
+		return;
+	}
+	if (s->qdone || s->dl->destroying) {
+		dtxn_pop(s);
 		return;
 	}
 	if (r->rcpt_count != t->rcpt_count) {
-		/* Cannot happen with a sane client; losing the session defers the txn. */
-		txn_clear(s);
+		/* Cannot happen with a sane client; losing the session defers the txns. */
+		dtxn_clear_all(s);
 		sess_down(s, "recipient count mismatch");
 		sess_abort_tcp(s);
 		return;
 	}
-	struct queue_rcpt_result *res = calloc(t->rcpt_count, sizeof(*res));
-	char(*text)[REPLY_TEXT_MAX] = calloc(t->rcpt_count, REPLY_TEXT_MAX);
+	/* A message to a few recipients (the rule) needs no allocation here. */
+	struct queue_rcpt_result res_small[RESULT_SMALL], *res = res_small;
+	char text_small[RESULT_SMALL][REPLY_TEXT_MAX], (*text)[REPLY_TEXT_MAX] = text_small;
+	if (t->rcpt_count > RESULT_SMALL) {
+		res = calloc(t->rcpt_count, sizeof(*res));
+		text = calloc(t->rcpt_count, REPLY_TEXT_MAX);
+	}
 	if (res == NULL || text == NULL) {
-		free(res);
-		free(text);
-		txn_clear(s);
+		if (res != res_small)
+			free(res);
+		if (text != text_small)
+			free(text);
+		dtxn_clear_all(s);
 		/* Cannot report per recipient: losing the session defers the whole txn. */
 		sess_down(s, "out of memory");
 		sess_abort_tcp(s);
@@ -1251,16 +1372,17 @@ static void c_message_done(void *user, const struct smtp_client_result *r)
 			code = 451;
 		else if (r->rcpts[i].outcome == SMTP_CLIENT_BOUNCED && (code < 500 || code > 599))
 			code = 550;
-		snprintf(text[i], REPLY_TEXT_MAX, "%u%s%s %s", code, rp->status[0] ? " " : "",
-			 rp->status, rp->text);
+		reply_text(text[i], code, rp->status, rp->text);
 		res[i] = (struct queue_rcpt_result){
 			.code = code, .status = rp->status[0] ? rp->status : NULL, .text = text[i]};
 	}
-	s->dl->last_txn_io_us = mx_now_us();
-	txn_clear(s); /* the queue may hand this session the next txn at once */
-	queue_txn_result(s->dl->q, s->handle, res, (unsigned)r->rcpt_count, wall_us());
-	free(res);
-	free(text);
+	s->dl->txn_io = true;
+	dtxn_pop(s); /* the queue may hand this session the next txn at once */
+	queue_txn_result(s->dl->q, s->handle, res, (unsigned)r->rcpt_count, wall_us_of(s->dl));
+	if (res != res_small) {
+		free(res);
+		free(text);
+	}
 }
 
 static void c_failed(void *user, const struct smtp_reply *why)
@@ -1273,7 +1395,7 @@ static void c_failed(void *user, const struct smtp_reply *why)
 		snprintf(s->reason, sizeof(s->reason), "%s", why->text);
 	else if (!s->reason[0])
 		snprintf(s->reason, sizeof(s->reason), "session failed");
-	txn_clear(s);
+	dtxn_clear_all(s); /* reported already (lib/smtp reports each before failed) */
 	if (s->up)
 		sess_down(s, s->reason);
 	/* Not up: t_closed moves to the next address (or reports the failure). */
@@ -1305,12 +1427,13 @@ static const struct smtp_client_cb sess_smtp_cb = {
 
 static long body_read(void *user, uint64_t off, uint8_t *buf, size_t len)
 {
-	struct dsess *s = user;
-	if (s->txn == NULL || s->dl->spool == NULL)
+	struct dtxn *dt = user;
+	struct dsess *s = dt->s;
+	if (dt->txn == NULL || s->dl->spool == NULL)
 		return -EIO;
-	long n = s->body_fd >= 0
-			 ? spool_pread_body(s->body_fd, &s->txn->desc->loc, off, buf, len)
-			 : spool_read_body(s->dl->spool, s->txn->desc->msg_id, off, buf, len);
+	long n = dt->body_fd >= 0
+			 ? spool_pread_body(dt->body_fd, &dt->txn->desc->loc, off, buf, len)
+			 : spool_read_body(s->dl->spool, dt->txn->desc->msg_id, off, buf, len);
 	return n == 0 ? -EIO : n; /* the body ended before body_len: the record is damaged */
 }
 
@@ -1330,7 +1453,7 @@ static bool connect_next(struct dsess *s)
 		s->addr = h->addrs[s->addr_i++];
 		s->connected = false;
 		s->try_next = false;
-		s->connect_deadline_us = mx_now_us() + CONNECT_TIMEOUT_US;
+		s->connect_deadline_us = mono_us(dl) + CONNECT_TIMEOUT_US;
 		dl->stats.connects++;
 		s->tc = tcp_connect(dl->st, 0, 0, s->addr, s->port, &sess_tcp_ops, s);
 		if (s->tc != NULL)
@@ -1366,7 +1489,10 @@ static struct dsess *sess_prepare(struct deliver *dl, const struct queue_action 
 	if (s == NULL)
 		return NULL;
 	s->dl = dl;
-	s->body_fd = -1;
+	for (unsigned i = 0; i < QUEUE_PIPELINE_MAX; i++) {
+		s->tx[i].s = s;
+		s->tx[i].body_fd = -1;
+	}
 	s->handle = a->session;
 	s->route = *a->route;
 	if (s->route.host_count > DNS_MAIL_MAX_HOSTS)
@@ -1388,14 +1514,14 @@ static struct dsess *sess_prepare(struct deliver *dl, const struct queue_action 
 static void do_connect(struct deliver *dl, uint64_t session, struct dsess *s)
 {
 	if (s == NULL) {
-		queue_conn_down(dl->q, session, "out of memory", wall_us());
+		queue_conn_down(dl->q, session, "out of memory", wall_us_of(dl));
 		return;
 	}
 	s->next = dl->sessions;
 	if (dl->sessions != NULL)
 		dl->sessions->prev = s;
 	dl->sessions = s;
-	dl->by_slot[(uint32_t)s->handle % SESS_SLOTS] = s;
+	queue_session_set_user(dl->q, session, s); /* its SENDs and CLOSE carry s */
 	dl->stats.sessions_open++;
 	if (!connect_next(s)) {
 		sess_down(s, s->reason);
@@ -1404,15 +1530,17 @@ static void do_connect(struct deliver *dl, uint64_t session, struct dsess *s)
 	}
 }
 
-static struct dsess *find_sess(struct deliver *dl, uint64_t handle)
+/*
+ * The session of a SEND or CLOSE: the queue hands back what
+ * queue_session_set_user() gave it.  A session is freed only after the
+ * queue forgot its handle (sess_down, or CLOSE then queue_conn_closed), so
+ * the pointer is live; the checks are for a session the queue is done with.
+ */
+static struct dsess *action_sess(const struct queue_action *a)
 {
-	/* The low 32 bits of a handle are the queue's session slot: direct, as a rule. */
-	struct dsess *h = dl->by_slot[(uint32_t)handle % SESS_SLOTS];
-	if (h != NULL && h->handle == handle && !h->qdone)
-		return h;
-	for (struct dsess *s = dl->sessions; s != NULL; s = s->next)
-		if (s->handle == handle && !s->qdone)
-			return s;
+	struct dsess *s = a->user;
+	if (s != NULL && s->handle == a->session && !s->qdone)
+		return s;
 	return NULL;
 }
 
@@ -1421,12 +1549,12 @@ static void fail_txn(struct deliver *dl, uint64_t session, const struct queue_tx
 {
 	struct queue_rcpt_result *res = calloc(t->rcpt_count ? t->rcpt_count : 1, sizeof(*res));
 	if (res == NULL) {
-		queue_conn_down(dl->q, session, "out of memory", wall_us());
+		queue_conn_down(dl->q, session, "out of memory", wall_us_of(dl));
 		return;
 	}
 	for (uint32_t i = 0; i < t->rcpt_count; i++)
 		res[i] = (struct queue_rcpt_result){.code = 451, .status = "4.3.0", .text = why};
-	queue_txn_result(dl->q, session, res, t->rcpt_count, wall_us());
+	queue_txn_result(dl->q, session, res, t->rcpt_count, wall_us_of(dl));
 	free(res);
 }
 
@@ -1447,47 +1575,66 @@ static bool desc_non_ascii(const struct queue_desc *d)
 	return false;
 }
 
+/*
+ * A transaction that cannot be sent: with nothing else in flight it is
+ * deferred alone; behind others it cannot be (results go to the queue in the
+ * order of its SENDs), so the session is given up and the queue defers all.
+ */
+static void send_failed(struct deliver *dl, struct dsess *s, const struct queue_action *a,
+			const char *why)
+{
+	if (s->ntx == 0) {
+		fail_txn(dl, a->session, a->txn, why);
+		return;
+	}
+	sess_down(s, why);
+	sess_abort_tcp(s);
+}
+
 static void do_send(struct deliver *dl, const struct queue_action *a)
 {
-	struct dsess *s = find_sess(dl, a->session);
+	struct dsess *s = action_sess(a);
 	const struct queue_txn *t = a->txn;
 	const struct queue_desc *d = t->desc;
-	if (s == NULL || s->cl == NULL || s->txn != NULL) {
-		queue_conn_down(dl->q, a->session, "session lost", wall_us());
+	if (s == NULL || s->cl == NULL || s->ntx >= QUEUE_PIPELINE_MAX) {
+		queue_conn_down(dl->q, a->session, "session lost", wall_us_of(dl));
 		if (s != NULL) {
 			s->qdone = true;
 			sess_abort_tcp(s);
 		}
 		return;
 	}
+	struct dtxn *dt = &s->tx[(s->tx_head + s->ntx) % QUEUE_PIPELINE_MAX];
+	int fd = -1;
 	if (!spool_local(dl, d->msg_id)) {
 		/* Another core's message: read its record from here (see the file comment). */
-		int fd = spool_open_record(dl->conf->spool.dir, &d->loc, d->msg_id);
+		fd = spool_open_record(dl->conf->spool.dir, &d->loc, d->msg_id);
 		if (fd < 0) {
 			dl->stats.remote_moved++;
 			reloc_ask(dl, (struct queue_desc *)d);
-			fail_txn(dl, a->session, t,
-				 "451 4.3.0 message moved in the spool; will retry");
+			send_failed(dl, s, a, "451 4.3.0 message moved in the spool; will retry");
 			return;
 		}
-		s->body_fd = fd;
 	}
-	s->rcpts = calloc(t->rcpt_count ? t->rcpt_count : 1, sizeof(*s->rcpts));
-	if (s->rcpts == NULL) {
-		txn_clear(s);
-		fail_txn(dl, a->session, t, "451 4.3.0 local error sending");
+	dt->rcpts = t->rcpt_count <= DTXN_RCPTS_SMALL ? dt->rcpt_small
+						      : calloc(t->rcpt_count, sizeof(*dt->rcpts));
+	if (dt->rcpts == NULL) {
+		if (fd >= 0)
+			close(fd);
+		send_failed(dl, s, a, "451 4.3.0 local error sending");
 		return;
 	}
 	for (uint32_t i = 0; i < t->rcpt_count; i++) {
 		uint32_t k = t->rcpt[i];
 		const struct queue_desc_rcpt *r = k < d->rcpt_count ? &d->rcpts[k] : NULL;
-		s->rcpts[i] = (struct smtp_client_rcpt){.addr = r ? r->addr : "",
-							.notify = r ? r->notify : 0,
-							.orcpt = r ? r->orcpt : NULL};
+		dt->rcpts[i] = (struct smtp_client_rcpt){.addr = r ? r->addr : "",
+							 .notify = r ? r->notify : 0,
+							 .orcpt = r ? r->orcpt : NULL};
 	}
-	s->msg = (struct smtp_client_msg){
+	dt->body_fd = fd;
+	dt->msg = (struct smtp_client_msg){
 		.sender = d->sender ? d->sender : "",
-		.rcpts = s->rcpts,
+		.rcpts = dt->rcpts,
 		.rcpt_count = t->rcpt_count,
 		.ret = d->ret == SPOOL_RET_FULL	  ? SMTP_RET_FULL
 		       : d->ret == SPOOL_RET_HDRS ? SMTP_RET_HDRS
@@ -1497,18 +1644,27 @@ static void do_send(struct deliver *dl, const struct queue_action *a)
 		.smtputf8 = (d->flags & QUEUE_DESC_F_SMTPUTF8) != 0 || desc_non_ascii(d),
 		.body_len = d->body_len,
 		.body_read = body_read,
-		.body_user = s,
-		.user = s,
+		.body_user = dt,
+		.user = dt,
 	};
-	s->txn = t;
+	dt->txn = t;
+	s->ntx++;
 	dl->txns_out++;
-	dl->last_txn_io_us = mx_now_us();
-	int rc = smtp_client_send_message(s->cl, &s->msg);
+	dl->txn_io = true;
+	int rc = smtp_client_send_message(s->cl, &dt->msg);
 	if (rc == 0)
 		return;
-	if (s->txn == NULL)
-		return; /* message_done already reported it */
-	txn_clear(s);
+	/* Refused before it was taken: no message_done will come for it. */
+	if (dt->txn == NULL)
+		return; /* message_done reported it (or the session failed) */
+	if (s->ntx == 0 || dtxn_oldest(s) != dt) {
+		/* behind others: the session goes (sess_down defers them all) */
+		dtxn_clear_all(s);
+		sess_down(s, rc == -EPIPE ? "session lost before sending" : "local error sending");
+		sess_abort_tcp(s);
+		return;
+	}
+	dtxn_pop(s);
 	if (rc == -EPIPE) {
 		sess_down(s, "session lost before sending");
 		sess_abort_tcp(s);
@@ -1519,9 +1675,9 @@ static void do_send(struct deliver *dl, const struct queue_action *a)
 
 static void do_close(struct deliver *dl, const struct queue_action *a)
 {
-	struct dsess *s = find_sess(dl, a->session);
+	struct dsess *s = action_sess(a);
 	if (s == NULL) {
-		queue_conn_closed(dl->q, a->session, wall_us()); /* nothing of ours left */
+		queue_conn_closed(dl->q, a->session, wall_us_of(dl)); /* nothing of ours left */
 		return;
 	}
 	s->qdone = true; /* the handle is dead */
@@ -1546,7 +1702,7 @@ static void resolved(void *arg, const struct dns_mail_route *route)
 	struct resolve_ctx *rc = arg;
 	struct deliver *dl = rc->dl;
 	if (!dl->destroying)
-		queue_route_result(dl->q, rc->dest, route, wall_us());
+		queue_route_result(dl->q, rc->dest, route, wall_us_of(dl));
 	free(rc);
 }
 
@@ -1555,7 +1711,7 @@ static void resolve_tempfail(struct deliver *dl, uint64_t dest, const char *why)
 	struct dns_mail_route r = {
 		.result = DNS_MAIL_TEMPFAIL, .reply = 451, .status = "4.4.3", .reason = why};
 	dl->stats.resolve_tempfail++;
-	queue_route_result(dl->q, dest, &r, wall_us());
+	queue_route_result(dl->q, dest, &r, wall_us_of(dl));
 }
 
 /*
@@ -1639,15 +1795,9 @@ static void sess_free(struct deliver *dl, struct dsess *s)
 		dl->sessions = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
-	if (dl->by_slot[(uint32_t)s->handle % SESS_SLOTS] == s)
-		dl->by_slot[(uint32_t)s->handle % SESS_SLOTS] = NULL;
-	if (s->txn != NULL)
-		dl->txns_out--;
-	if (s->body_fd >= 0)
-		close(s->body_fd);
-	smtp_client_free(s->cl);
+	smtp_client_free(s->cl); /* may report what is in flight: before the txns go */
+	dtxn_clear_all(s);
 	tls_conn_free(s->tls);
-	free(s->rcpts);
 	free(s->out);
 	free(s);
 	dl->stats.sessions_open--;
@@ -1681,7 +1831,7 @@ static unsigned sess_run(struct deliver *dl, struct dsess *s, uint64_t now, bool
 	if (s->reap && s->tc == NULL) {
 		sess_down(s, s->reason[0] ? s->reason : "connection closed");
 		if (s->close_pending && !dl->destroying)
-			queue_conn_closed(dl->q, s->handle, wall_us());
+			queue_conn_closed(dl->q, s->handle, wall_us_of(dl));
 		sess_free(dl, s);
 		*freed = true;
 		return work + 1;
@@ -1734,12 +1884,13 @@ unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
 	struct queue_action acts[ACTIONS_PER_POLL];
 	char names[ACTIONS_PER_POLL][QUEUE_DEST_MAX];
 	struct dsess *pre[ACTIONS_PER_POLL];
+	clock_turn(dl, now_us);
 	unsigned work = inbox_run(dl);
 	work += backlog_run(dl);
 
 	if (dl->dns != NULL)
 		resolve_poll(dl->dns, now_us);
-	int n = queue_poll(dl->q, wall_us(), acts, ACTIONS_PER_POLL);
+	int n = queue_poll(dl->q, wall_us_of(dl), acts, ACTIONS_PER_POLL);
 	/*
 	 * Names and routes are valid only until the next call on the queue, and
 	 * executing one action calls the queue: copy them all first.
@@ -1770,6 +1921,12 @@ unsigned deliver_poll(struct deliver *dl, uint64_t now_us)
 	work += n > 0 ? (unsigned)n : 0;
 	work += sessions_run(dl, now_us);
 	work += outbox_flush(dl);
+	/* Stamped here, not in the callbacks: between two turns the worker may have
+	 * slept, and the last turn's time would end the spin window too soon. */
+	if (dl->txn_io) {
+		dl->txn_io = false;
+		dl->last_txn_io_us = now_us;
+	}
 	if (dl->txns_out > 0 && now_us - dl->last_txn_io_us < TXN_SPIN_US)
 		work++; /* replies due soon: keep polling (see TXN_SPIN_US) */
 	if (dl->wake_mask != 0)
@@ -1793,6 +1950,7 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 	dl->worker = worker;
 	dl->n_workers = n_workers ? n_workers : 1;
 	dl->backlog_tail = &dl->backlog;
+	clock_turn(dl, mx_now_us());
 	if (worker < DELIVER_MAX_WORKERS) {
 		atomic_store_explicit(&mbox_seen_us[worker], mx_now_us(), memory_order_relaxed);
 		atomic_store_explicit(&mbox_stack[worker], st, memory_order_release);
@@ -1824,6 +1982,9 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 			struct smtp_client_conf *cc = &dl->cc[a][p];
 			smtp_client_conf_defaults(cc);
 			cc->helo_name = dl->qc.hostname[0] ? dl->qc.hostname : "localhost";
+			cc->now_us = client_now_us;
+			/* the queue sends at most [queue] pipeline_depth (queue_conn_depth) */
+			cc->max_txns_in_flight = SMTP_CLIENT_TXNS_MAX;
 			cc->tls = dl->tls != NULL ? cpol[p] : SMTP_CLIENT_TLS_NONE;
 			if (a == 1) {
 				cc->auth_user = dl->qc.smarthost_user;
@@ -1870,6 +2031,7 @@ void deliver_quiesce(struct deliver *dl)
 	dl->quiesced = true;
 	uint64_t end = mx_now_us() + QUIESCE_WAIT_US;
 	while (mx_now_us() < end) {
+		clock_turn(dl, mx_now_us());
 		outbox_flush(dl);
 		bool empty = true;
 		for (unsigned to = 0; to < mbox_workers; to++)
@@ -1956,6 +2118,7 @@ void deliver_stats_foreach(const struct deliver *dl,
 	fn(arg, "queue_sessions_reused", qc.sessions_reused);
 	fn(arg, "queue_backoffs", qc.backoffs);
 	fn(arg, "queue_txns", qc.txns);
+	fn(arg, "queue_txns_pipelined", qc.txns_pipelined);
 	fn(arg, "queue_dsn_sent", qc.dsn_sent);
 	fn(arg, "queue_dsn_failed", qc.dsn_failed);
 	fn(arg, "queue_dests", qc.dests);
@@ -1971,6 +2134,7 @@ void deliver_stats_foreach(const struct deliver *dl,
 	fn(arg, "smtpc_starttls", c->starttls);
 	fn(arg, "smtpc_timeouts", c->timeouts);
 	fn(arg, "smtpc_bytes_out", c->bytes_out);
+	fn(arg, "smtpc_txns_pipelined", c->txns_pipelined);
 	fn(arg, "tls_client_handshakes_full", dl->tls_stats.client_handshakes_full);
 	fn(arg, "tls_client_handshakes_resumed", dl->tls_stats.client_handshakes_resumed);
 
@@ -2094,7 +2258,7 @@ static int dest_print(void *arg, const struct queue_dest_info *di)
 int deliver_ctl_queue(struct deliver *dl, FILE *out)
 {
 	struct waiting_set ws = {0};
-	int64_t now = wall_us();
+	int64_t now = wall_us_of(dl);
 	int rc = queue_retry_foreach(dl->q, waiting_add, &ws);
 	if (rc == 0) {
 		struct dest_print p = {.out = out, .ws = &ws, .now = now, .worker = dl->worker};
@@ -2185,7 +2349,7 @@ int deliver_ctl_flush(struct deliver *dl, const char *dest, FILE *out)
 {
 	if (dest != NULL && !owns(dl, dest))
 		return -ENOENT;
-	int n = queue_flush(dl->q, dest, wall_us());
+	int n = queue_flush(dl->q, dest, wall_us_of(dl));
 	if (n < 0)
 		return n;
 	fprintf(out, "worker %u: %s: %d to retry now\n", dl->worker, dest ? dest : "all", n);
@@ -2199,7 +2363,7 @@ int deliver_ctl_suspend(struct deliver *dl, const char *dest, bool suspend, FILE
 	/* "*" (QUEUE_HOLD_ALL) is every destination: each worker holds its own */
 	if (strcmp(dest, QUEUE_HOLD_ALL) != 0 && !owns(dl, dest))
 		return -ENOENT;
-	int rc = queue_suspend(dl->q, dest, suspend, wall_us());
+	int rc = queue_suspend(dl->q, dest, suspend, wall_us_of(dl));
 	if (rc != 0)
 		return rc;
 	MX_INFO("queue: destination %s %s by the operator", dest,

@@ -22,6 +22,7 @@ void queue_config_defaults(struct queue_config *c)
 	c->msgs_per_second = 0;
 	c->rate_burst = 0;
 	c->rcpts_per_txn = 100;
+	c->pipeline_depth = 4;
 	c->backoff_initial_us = 60ull * 1000000;
 	c->backoff_max_us = 3600ull * 1000000;
 	c->idle_timeout_us = 5ull * 1000000;
@@ -139,6 +140,7 @@ static const struct key_u64 keys[] = {
 	{"rate", false, 0, 10000000, OFF(msgs_per_second), true},
 	{"rate_burst", false, 0, 10000000, OFF(rate_burst), true},
 	{"recipients_per_transaction", false, 1, 65535, OFF(rcpts_per_txn), true},
+	{"pipeline_depth", false, 1, QUEUE_PIPELINE_MAX, OFF(pipeline_depth), true},
 	{"max_destinations", false, 1, 10000000, OFF(max_destinations), true},
 	{"max_transactions", false, 1, 100000000, OFF(max_transactions), true},
 	{"max_sessions", false, 1, 1000000, OFF(max_sessions), true},

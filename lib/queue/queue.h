@@ -37,21 +37,23 @@ struct queue;
 #define QUEUE_RETRY_STEPS_MAX 16
 #define QUEUE_REPLY_MAX 512    /* remote reply text kept per recipient */
 #define QUEUE_TLS_RULES_MAX 64 /* [tls_policy] entries */
+#define QUEUE_PIPELINE_MAX 8   /* [queue] pipeline_depth bound */
 
 /* ---- configuration --------------------------------------------------------- */
 
 struct queue_config {
-	uint32_t max_connections;		  /* per destination, default 10 */
-	uint32_t initial_connections;		  /* ramp: see queue_config_from_cfg */
-	uint32_t msgs_per_connection;		  /* default 100 */
-	uint32_t msgs_per_second;		  /* per destination, 0 = unlimited (default) */
-	uint32_t rate_burst;			  /* token bucket depth, default max(1, rate) */
-	uint32_t rcpts_per_txn;			  /* default 100: more recipients are split */
-	uint64_t backoff_initial_us;		  /* default 60 s, doubling ... */
-	uint64_t backoff_max_us;		  /* ... up to 1 h */
-	uint64_t idle_timeout_us;		  /* pooled session idle close, default 5 s */
-	uint64_t conn_max_age_us;		  /* connection reuse time limit, default 300 s */
-	uint64_t route_ttl_us;			  /* re-resolve a route after this, default 60 s */
+	uint32_t max_connections;     /* per destination, default 10 */
+	uint32_t initial_connections; /* ramp: see queue_config_from_cfg */
+	uint32_t msgs_per_connection; /* default 100 */
+	uint32_t msgs_per_second;     /* per destination, 0 = unlimited (default) */
+	uint32_t rate_burst;	      /* token bucket depth, default max(1, rate) */
+	uint32_t rcpts_per_txn;	      /* default 100: more recipients are split */
+	uint32_t pipeline_depth;      /* transactions in flight per session, default 4 (1..8) */
+	uint64_t backoff_initial_us;  /* default 60 s, doubling ... */
+	uint64_t backoff_max_us;      /* ... up to 1 h */
+	uint64_t idle_timeout_us;     /* pooled session idle close, default 5 s */
+	uint64_t conn_max_age_us;     /* connection reuse time limit, default 300 s */
+	uint64_t route_ttl_us;	      /* re-resolve a route after this, default 60 s */
 	uint64_t retry_us[QUEUE_RETRY_STEPS_MAX]; /* default 1m,5m,15m,1h,4h; last repeats */
 	unsigned retry_count;
 	uint64_t max_age_us;	       /* default 5 days, then bounce 4.4.7 */
@@ -93,7 +95,7 @@ void queue_config_defaults(struct queue_config *c);
  * Read [queue] (retry, max_age, max_connections, initial_connections,
  * messages_per_connection, rate, rate_burst, recipients_per_transaction, backoff_initial,
  * backoff_max, idle_timeout, connection_reuse_time_limit, route_ttl, dsn_max_full_size,
- * max_destinations, max_transactions, max_sessions), [relay] smarthost,
+ * max_destinations, max_transactions, max_sessions, pipeline_depth), [relay] smarthost,
  * smarthost_user and smarthost_password_file (the file is read here),
  * [tls_policy] and [smtp] hostname over c.  0 or -EINVAL with
  * "file:line: message" in err.  initial_connections (default 0: off): a
@@ -246,6 +248,7 @@ struct queue_action {
 	const struct dns_mail_route *route; /* CONNECT: hosts in order */
 	uint16_t port;			    /* CONNECT */
 	const struct queue_txn *txn;	    /* SEND */
+	void *user; /* SEND, CLOSE: what queue_session_set_user() gave the session, or NULL */
 };
 
 /** Result of one recipient of a transaction (in txn->rcpt order). */
@@ -275,7 +278,8 @@ struct queue_counters {
 	/* totals only */
 	uint64_t dsn_sent, dsn_failed, dsn_null_sender_dropped, dsn_suppressed;
 	uint64_t dest_limit_hits, txn_limit_hits, session_limit_hits;
-	uint64_t dests; /* gauge */
+	uint64_t txns_pipelined; /* SENDs to a session that had another transaction in flight */
+	uint64_t dests;		 /* gauge */
 };
 
 enum queue_dest_state {
@@ -325,6 +329,20 @@ int queue_conn_up(struct queue *q, uint64_t session, const char *host, uint32_t 
 /** The session's TLS handshake is done (before queue_conn_up): counted per destination. */
 int queue_conn_tls(struct queue *q, uint64_t session, bool resumed);
 /**
+ * How many transactions the session can carry at once (the SMTP client's
+ * smtp_client_txn_depth(): more than 1 when the server pipelines them).  The
+ * queue then sends it up to min(depth, [queue] pipeline_depth) SENDs before
+ * the first result; results must come in the order of the SENDs, and a
+ * queue_conn_down() defers every transaction still in flight.  A session
+ * starts at 1.  0 or -ENOENT.
+ */
+int queue_conn_depth(struct queue *q, uint64_t session, unsigned depth);
+/**
+ * The transport's pointer for a session (after CONNECT), given back in its
+ * SEND and CLOSE actions so that the caller needs no lookup.  0 or -ENOENT.
+ */
+int queue_session_set_user(struct queue *q, uint64_t session, void *user);
+/**
  * A session is gone: a CONNECT that failed (every MX: refused, timeout, 4xx/5xx
  * greeting, TLS failure: the destination backs off) or a session that dropped
  * (its running transaction is deferred).  reason is logged and kept.
@@ -336,7 +354,10 @@ int queue_conn_down(struct queue *q, uint64_t session, const char *reason, int64
  * max_connections.  0, or -ENOENT (not a session waiting for this).
  */
 int queue_conn_closed(struct queue *q, uint64_t session, int64_t now_us);
-/** Result of a SEND: n == txn->rcpt_count results.  The session is idle again. */
+/**
+ * Result of a SEND (the session's oldest transaction in flight): n ==
+ * txn->rcpt_count results.  With none left in flight the session is idle again.
+ */
 int queue_txn_result(struct queue *q, uint64_t session, const struct queue_rcpt_result *res,
 		     unsigned n, int64_t now_us);
 

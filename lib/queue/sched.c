@@ -6,9 +6,12 @@
  * Everything waits on something explicit: a transaction is in exactly one
  * place (its destination's FIFO, a session, or the timer heap), a
  * destination with work is on the dirty list, idle sessions are on an LRU
- * list ordered by idle time.  queue_poll() pops due timers, closes idle
- * sessions, and dispatches the dirty destinations only: nothing is scanned.
- * The README in this folder draws the destination state machine.
+ * list ordered by idle time, and busy sessions that can take one more
+ * transaction (queue_conn_depth: the server pipelines) are on their
+ * destination's room list; a session's transactions are answered in order.
+ * queue_poll() pops due timers, closes idle sessions, and dispatches the
+ * dirty destinations only: nothing is scanned.  The README in this folder
+ * draws the destination state machine.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -95,7 +98,12 @@ struct qsession {
 	struct qdest *dest;
 	struct qlink link;  /* dest idle list, or q->closing */
 	struct qlink glink; /* q->idle LRU */
-	struct qtxn *txn;
+	struct qlink rlink; /* dest->room: busy, with room for another transaction */
+	/* transactions in flight, oldest first: txns[tx_head], ... ntx of them */
+	struct qtxn *txns[QUEUE_PIPELINE_MAX];
+	uint8_t tx_head, ntx;
+	uint8_t depth; /* how many it may carry at once (queue_conn_depth), 1 until told */
+	void *user;    /* the transport's (queue_session_set_user) */
 	int64_t connect_us, up_us, idle_since_us;
 	uint32_t msgs;
 	char host[DNS_NAME_TEXT_MAX];
@@ -112,6 +120,7 @@ struct qdest {
 	uint32_t fifo_len;
 	struct qlink idle;
 	uint32_t idle_count;
+	struct qlink room; /* busy sessions that can take another transaction */
 	uint32_t sessions, connecting;
 	bool has_route, mx;
 	bool suspended; /* held by the operator: nothing is dispatched */
@@ -282,6 +291,7 @@ static struct qdest *dest_get(struct queue *q, const char *name, uint8_t kind)
 	d->kind = kind;
 	ql_init(&d->fifo);
 	ql_init(&d->idle);
+	ql_init(&d->room);
 	ql_init(&d->dirty);
 	ql_init(&d->starved);
 	d->timer.kind = T_DEST;
@@ -406,7 +416,10 @@ static void sess_release(struct queue *q, struct qsession *s)
 {
 	s->state = S_FREE;
 	s->dest = NULL;
-	s->txn = NULL;
+	s->ntx = 0;
+	s->user = NULL;
+	if (ql_linked(&s->rlink))
+		ql_del(&s->rlink);
 	q->sfree[q->sfree_count++] = (uint32_t)(s - q->sess);
 	/* A slot is free: destinations that wanted one may try again. */
 	while (!ql_empty(&q->starved)) {
@@ -429,7 +442,32 @@ static void sess_make_idle(struct queue *q, struct qsession *s, int64_t now)
 static bool sess_too_old(const struct queue *q, const struct qsession *s, int64_t now)
 {
 	return now >= s->up_us + (int64_t)q->cfg.conn_max_age_us ||
-	       s->msgs >= q->cfg.msgs_per_connection;
+	       s->msgs + s->ntx >= q->cfg.msgs_per_connection;
+}
+
+/* The session's oldest transaction in flight, or NULL. */
+static struct qtxn *sess_oldest(const struct qsession *s)
+{
+	return s->ntx ? s->txns[s->tx_head] : NULL;
+}
+
+/*
+ * On dest->room exactly when busy and able to take one more (depth, age,
+ * message count).  dirty: make the destination dirty when room appears (not
+ * from dispatch(), which goes on with the same destination itself).
+ */
+static void sess_room_update(struct queue *q, struct qsession *s, int64_t now, bool dirty)
+{
+	bool room =
+		s->state == S_BUSY && s->ntx > 0 && s->ntx < s->depth && !sess_too_old(q, s, now);
+
+	if (room && !ql_linked(&s->rlink)) {
+		ql_add_tail(&s->dest->room, &s->rlink);
+		if (dirty)
+			dest_dirty(q, s->dest);
+	} else if (!room && ql_linked(&s->rlink)) {
+		ql_del(&s->rlink);
+	}
 }
 
 /* ---- recipient outcomes -------------------------------------------------------------- */
@@ -437,29 +475,68 @@ static bool sess_too_old(const struct queue *q, const struct qsession *s, int64_
 static void set_text(char **dst, const char *src)
 {
 	char buf[QUEUE_REPLY_MAX];
+	size_t n = 0;
 
+	if (src)
+		n = qi_sanitize(buf, sizeof(buf), src);
+	if (n > 0 && *dst && strcmp(*dst, buf) == 0)
+		return; /* the same host or reply as last time: keep it (no allocation) */
 	free(*dst);
 	*dst = NULL;
-	if (src && qi_sanitize(buf, sizeof(buf), src) > 0)
+	if (n > 0)
 		*dst = strdup(buf);
+}
+
+/* Up to max digits at s[*i] (at least one) into *v. */
+static bool digits(const char *s, size_t *i, unsigned max, unsigned *v)
+{
+	unsigned k = 0;
+
+	*v = 0;
+	while (k < max && s[*i] >= '0' && s[*i] <= '9') {
+		*v = *v * 10 + (unsigned)(s[*i] - '0');
+		(*i)++;
+		k++;
+	}
+	return k > 0;
+}
+
+/* v (< 1000) in decimal at out[*o]. */
+static void put_num(char *out, size_t *o, unsigned v)
+{
+	if (v >= 100)
+		out[(*o)++] = (char)('0' + v / 100);
+	if (v >= 10)
+		out[(*o)++] = (char)('0' + v / 10 % 10);
+	out[(*o)++] = (char)('0' + v % 10);
 }
 
 static void status_from(char out[12], const char *status, uint16_t code)
 {
-	/* RFC 3463 2: class.subject.detail, each at most 3 digits. */
+	/*
+	 * RFC 3463 2: class.subject.detail, each at most 3 digits; the whole
+	 * string.  Written without stdio: this runs for every recipient.
+	 * Leading zeros are dropped, as "%u" did ("2.00.000" -> "2.0.0").
+	 */
 	if (status) {
 		unsigned a, b, c;
-		int used = 0;
-		if (sscanf(status, "%1u.%3u.%3u%n", &a, &b, &c, &used) == 3 &&
-		    (size_t)used == strlen(status) && (a == 2 || a == 4 || a == 5)) {
-			snprintf(out, 12, "%u.%u.%u", a, b, c);
+		size_t i = 0;
+		if (digits(status, &i, 1, &a) && status[i] == '.' && (++i, true) &&
+		    digits(status, &i, 3, &b) && status[i] == '.' && (++i, true) &&
+		    digits(status, &i, 3, &c) && status[i] == '\0' &&
+		    (a == 2 || a == 4 || a == 5)) {
+			size_t o = 0;
+			put_num(out, &o, a);
+			out[o++] = '.';
+			put_num(out, &o, b);
+			out[o++] = '.';
+			put_num(out, &o, c);
+			out[o] = '\0';
 			return;
 		}
 	}
-	snprintf(out, 12, "%c.0.0",
-		 code >= 200 && code < 300   ? '2'
-		 : code >= 500 && code < 600 ? '5'
-					     : '4');
+	out[0] = code >= 200 && code < 300 ? '2' : code >= 500 && code < 600 ? '5' : '4';
+	memcpy(out + 1, ".0.0", 5);
 }
 
 static void log_attempt(struct queue *q, const struct qtxn *t, const struct queue_desc_rcpt *r,
@@ -846,12 +923,25 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 		}
 		if (*n == max)
 			return false;
-		if (d->idle_count) {
-			struct qsession *s = container_of(d->idle.next, struct qsession, link);
+		/*
+		 * An idle session first, then one that carries transactions but has
+		 * room for another (pipelined behind them: queue_conn_depth), then a
+		 * new connection.
+		 */
+		struct qsession *s = NULL;
+		if (d->idle_count)
+			s = container_of(d->idle.next, struct qsession, link);
+		else if (!ql_empty(&d->room))
+			s = container_of(d->room.next, struct qsession, rlink);
+		if (s) {
 			int64_t wake;
 
-			if (sess_too_old(q, s, now)) {
+			if (s->state == S_IDLE && sess_too_old(q, s, now)) {
 				sess_close(q, s);
+				continue;
+			}
+			if (s->state == S_BUSY && sess_too_old(q, s, now)) {
+				ql_del(&s->rlink); /* ends when its transactions do */
 				continue;
 			}
 			ql_del(&t->link);
@@ -867,10 +957,14 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 			}
 			sess_unidle(s);
 			s->state = S_BUSY;
-			s->txn = t;
-			t->dispatched_us = now;
-			if (s->msgs > 0)
+			if (s->msgs + s->ntx > 0)
 				CNT(q, d, sessions_reused, 1);
+			if (s->ntx > 0)
+				q->c.txns_pipelined++;
+			s->txns[(s->tx_head + s->ntx) % QUEUE_PIPELINE_MAX] = t;
+			s->ntx++;
+			sess_room_update(q, s, now, false);
+			t->dispatched_us = now;
 			CNT(q, d, txns, 1);
 			q->c.queued -= t->pub.rcpt_count;
 			CNT(q, d, in_flight, t->pub.rcpt_count);
@@ -878,7 +972,8 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 							.dest = HANDLE(d->gen, d->slot),
 							.dest_name = d->name,
 							.session = sess_handle(q, s),
-							.txn = &t->pub};
+							.txn = &t->pub,
+							.user = s->user};
 			(*n)++;
 			continue;
 		}
@@ -923,13 +1018,16 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 				ql_add_tail(&q->starved, &d->starved);
 			return true;
 		}
-		struct qsession *s = &q->sess[q->sfree[--q->sfree_count]];
+		s = &q->sess[q->sfree[--q->sfree_count]];
 		s->gen++;
 		if (s->gen == 0)
 			s->gen = 1;
 		s->state = S_CONNECTING;
 		s->dest = d;
-		s->txn = NULL;
+		s->ntx = 0;
+		s->tx_head = 0;
+		s->depth = 1;
+		s->user = NULL;
 		s->msgs = 0;
 		s->connect_us = now;
 		s->up_us = 0;
@@ -938,6 +1036,7 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 		s->port = d->port;
 		ql_init(&s->link);
 		ql_init(&s->glink);
+		ql_init(&s->rlink);
 		d->sessions++;
 		d->connecting++;
 		CNT(q, d, conns_open, 1);
@@ -998,6 +1097,9 @@ int queue_poll(struct queue *q, int64_t now, struct queue_action *out, unsigned 
 		struct qdest *d = container_of(q->dirty.next, struct qdest, dirty);
 		ql_del(&d->dirty);
 		if (!dispatch(q, d, now, out, max, &n)) {
+			/* out of action slots: first in line next time (once on the list) */
+			if (ql_linked(&d->dirty))
+				ql_del(&d->dirty);
 			ql_add_head(&q->dirty, &d->dirty);
 			break;
 		}
@@ -1014,8 +1116,8 @@ int queue_poll(struct queue *q, int64_t now, struct queue_action *out, unsigned 
 	while (!ql_empty(&q->closing) && n < max) {
 		struct qsession *s = container_of(q->closing.next, struct qsession, link);
 		ql_del(&s->link);
-		out[n++] = (struct queue_action){.type = QUEUE_ACT_CLOSE,
-						 .session = sess_handle(q, s)};
+		out[n++] = (struct queue_action){
+			.type = QUEUE_ACT_CLOSE, .session = sess_handle(q, s), .user = s->user};
 		s->state = S_QUITTING;
 	}
 	/* Closing sessions made destinations dirty again: free the idle ones. */
@@ -1204,6 +1306,32 @@ int queue_conn_tls(struct queue *q, uint64_t session, bool resumed)
 	return 0;
 }
 
+int queue_conn_depth(struct queue *q, uint64_t session, unsigned depth)
+{
+	struct qsession *s = sess_by_handle(q, session);
+
+	if (!s)
+		return -ENOENT;
+	if (depth > q->cfg.pipeline_depth)
+		depth = q->cfg.pipeline_depth;
+	if (depth > QUEUE_PIPELINE_MAX)
+		depth = QUEUE_PIPELINE_MAX;
+	s->depth = (uint8_t)(depth ? depth : 1);
+	/* Busy already: room for more now (dispatch checks the age with the real time). */
+	sess_room_update(q, s, s->up_us, true);
+	return 0;
+}
+
+int queue_session_set_user(struct queue *q, uint64_t session, void *user)
+{
+	struct qsession *s = sess_by_handle(q, session);
+
+	if (!s)
+		return -ENOENT;
+	s->user = user;
+	return 0;
+}
+
 int queue_conn_down(struct queue *q, uint64_t session, const char *reason, int64_t now)
 {
 	struct qsession *s = sess_by_handle(q, session);
@@ -1221,15 +1349,20 @@ int queue_conn_down(struct queue *q, uint64_t session, const char *reason, int64
 	CNT(q, d, conns_open, -1);
 	if (s->state == S_CONNECTING) {
 		dest_fail(q, d, reason ? reason : "connection failed", now);
-	} else if (s->state == S_BUSY && s->txn) {
-		struct qtxn *t = s->txn;
+	} else if (s->state == S_BUSY && s->ntx) {
+		/* Every transaction in flight, oldest first: none lost, none sent twice. */
 		char text[QUEUE_REPLY_MAX];
 		snprintf(text, sizeof(text), "lost connection with %s: %s",
 			 s->host[0] ? s->host : d->name, reason ? reason : "closed");
-		q->c.in_flight -= t->pub.rcpt_count;
-		d->c.in_flight -= t->pub.rcpt_count;
-		q->c.queued += t->pub.rcpt_count;
-		txn_defer_all(q, d, t, "4.4.2", text, s, 0, now);
+		while (s->ntx) {
+			struct qtxn *t = s->txns[s->tx_head];
+			s->tx_head = (uint8_t)((s->tx_head + 1) % QUEUE_PIPELINE_MAX);
+			s->ntx--;
+			q->c.in_flight -= t->pub.rcpt_count;
+			d->c.in_flight -= t->pub.rcpt_count;
+			q->c.queued += t->pub.rcpt_count;
+			txn_defer_all(q, d, t, "4.4.2", text, s, 0, now);
+		}
 	}
 	s->state = S_CLOSING; /* no CLOSE action: the transport already closed it */
 	sess_release(q, s);
@@ -1245,9 +1378,9 @@ int queue_txn_result(struct queue *q, uint64_t session, const struct queue_rcpt_
 	struct qtxn *t;
 	uint32_t keep = 0;
 
-	if (!s || s->state != S_BUSY || !s->txn)
+	if (!s || s->state != S_BUSY || !s->ntx)
 		return -ENOENT;
-	t = s->txn;
+	t = sess_oldest(s); /* results come in the order the transactions were sent */
 	if (!res || n != t->pub.rcpt_count)
 		return -EINVAL;
 	d = s->dest;
@@ -1289,8 +1422,15 @@ int queue_txn_result(struct queue *q, uint64_t session, const struct queue_rcpt_
 		}
 	}
 	s->msgs++;
-	s->txn = NULL;
-	if (sess_too_old(q, s, now))
+	s->tx_head = (uint8_t)((s->tx_head + 1) % QUEUE_PIPELINE_MAX);
+	s->ntx--;
+	if (s->ntx)
+		sess_room_update(q, s, now, true);
+	else if (ql_linked(&s->rlink))
+		ql_del(&s->rlink);
+	if (s->ntx)
+		; /* still busy with the ones behind it */
+	else if (sess_too_old(q, s, now))
 		sess_close(q, s);
 	else
 		sess_make_idle(q, s, now);
@@ -1369,10 +1509,13 @@ void queue_destroy(struct queue *q)
 	seen = calloc(q->txn_count + 1, sizeof(*seen));
 	for (uint32_t i = 0; q->sess && i < q->cfg.max_sessions; i++) {
 		struct qsession *s = &q->sess[i];
-		if (s->state == S_BUSY && s->txn) {
+		while (s->state == S_BUSY && s->ntx) {
+			struct qtxn *t = s->txns[s->tx_head];
+			s->tx_head = (uint8_t)((s->tx_head + 1) % QUEUE_PIPELINE_MAX);
+			s->ntx--;
 			if (seen)
-				free_desc_ref(seen, &nseen, s->txn->desc);
-			txn_free(q, s->txn);
+				free_desc_ref(seen, &nseen, t->desc);
+			txn_free(q, t);
 		}
 	}
 	for (uint32_t i = 0; q->dslot && i < q->cfg.max_destinations; i++) {
@@ -1547,6 +1690,7 @@ void queue_reconfigure(struct queue *q, const struct queue_config *c)
 	q->cfg.msgs_per_second = c->msgs_per_second;
 	q->cfg.rate_burst = c->rate_burst;
 	q->cfg.rcpts_per_txn = c->rcpts_per_txn;
+	q->cfg.pipeline_depth = c->pipeline_depth; /* sessions told their depth later get it */
 	q->cfg.backoff_initial_us = c->backoff_initial_us;
 	q->cfg.backoff_max_us = c->backoff_max_us;
 	q->cfg.idle_timeout_us = c->idle_timeout_us;

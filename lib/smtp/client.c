@@ -5,9 +5,11 @@
  * Use: smtp_client_new(), smtp_client_start() once connected, then
  * smtp_client_input() for every received segment, smtp_client_writable()
  * when the transport drained after a short cb->send().  After cb->ready the
- * caller submits messages one at a time with smtp_client_send_message(); each
- * is reported once through cb->message_done() with per-recipient outcomes.
- * smtp_client_quit() ends the session; cb->failed() says it died.
+ * caller submits messages with smtp_client_send_message(), one at a time or,
+ * with conf->max_txns_in_flight > 1 and a server that offers PIPELINING and
+ * CHUNKING, up to smtp_client_txn_depth() in flight; each is reported once,
+ * in the order submitted, through cb->message_done() with per-recipient
+ * outcomes.  smtp_client_quit() ends the session; cb->failed() says it died.
  *
  * Flow (RFC 5321 3, 4.1): 220 greeting, EHLO (HELO when EHLO gets 5xx),
  * STARTTLS per policy (RFC 3207; capabilities are forgotten and EHLO is sent
@@ -20,7 +22,15 @@
  * Connection reuse: after a transaction that ran to its end (the reply to
  * "." or to BDAT LAST, whatever its code, ends it: RFC 5321 4.1.1.4) the next
  * MAIL goes without RSET.  After an abandoned transaction (MAIL refused, all
- * RCPTs refused, DATA/BDAT refused) RSET is sent and must get 250.  Postfix
+ * RCPTs refused, DATA/BDAT refused) RSET is sent and must get 250.
+ *
+ * Transactions in flight (can_start): the next message's commands follow
+ * the previous BDAT LAST at once, before its reply (RFC 2920 3.1: MAIL and
+ * RCPT may appear anywhere in a group; RFC 3030 2: nothing more is owed to
+ * a transaction after BDAT LAST).  Such a follow-on transaction starts with
+ * RSET, because the one before may yet fail and leave the server inside it
+ * (every RCPT refused); each reply is matched to its transaction through the
+ * FIFO, which names the transaction, and transactions settle oldest first.  Postfix
  * does the same for reuse within a session; its RSET probe of cached
  * connections is the pool's business, not this module's.
  *
@@ -185,6 +195,7 @@ void smtp_client_conf_defaults(struct smtp_client_conf *c)
 	c->bdat_chunk = 64u << 10;
 	c->max_bdat_in_flight = 4;
 	c->max_recipients = 1000;
+	c->max_txns_in_flight = 1;
 	c->timeout_greeting_us = 300ull * 1000000;
 	c->timeout_helo_us = 300ull * 1000000;
 	c->timeout_mail_us = 300ull * 1000000;
@@ -217,6 +228,8 @@ int smtp_client_conf_check(const struct smtp_client_conf *c, char *err, size_t e
 		msg = "max_bdat_in_flight must be 1..64";
 	else if (c->max_recipients == 0 || c->max_recipients > 100000)
 		msg = "max_recipients must be 1..100000";
+	else if (c->max_txns_in_flight > SMTP_CLIENT_TXNS_MAX) /* 0 counts as 1 */
+		msg = "max_txns_in_flight must be 1..8";
 	else if (!c->timeout_greeting_us || !c->timeout_helo_us || !c->timeout_mail_us ||
 		 !c->timeout_rcpt_us || !c->timeout_data_init_us || !c->timeout_data_xfer_us ||
 		 !c->timeout_data_done_us || !c->timeout_rset_us || !c->timeout_quit_us)
@@ -261,8 +274,12 @@ enum expect {
 	X_QUIT,
 };
 
+#define NO_SLOT 0xff /* a reply that belongs to no transaction (EHLO, session RSET, ...) */
+#define TXN_SLOTS (SMTP_CLIENT_TXNS_MAX + 1) /* one spare: a message reported unstarted */
+
 struct pend {
 	uint8_t kind;
+	uint8_t slot; /* the transaction (tx[] index) this reply belongs to, or NO_SLOT */
 	uint32_t idx; /* recipient index for X_RCPT */
 };
 
@@ -270,6 +287,7 @@ struct pend {
 enum gen {
 	G_NONE,
 	G_WAIT, /* a reply decides what comes next */
+	G_RSET, /* a transaction pipelined behind another starts with RSET (see start_txn) */
 	G_MAIL,
 	G_RCPT,
 	G_DATA_CMD,
@@ -293,7 +311,11 @@ struct txn {
 	uint64_t chunk_left;
 	bool chunk_last;
 	unsigned bdat_outstanding;
-	bool bol, cr; /* DATA: at the beginning of a line; a CR is held back */
+	bool bol, cr;	  /* DATA: at the beginning of a line; a CR is held back */
+	unsigned pending; /* replies still due to this transaction's commands */
+	struct smtp_client_rcpt_result *res;
+	bool *skip; /* recipient refused locally, not sent */
+	size_t res_cap;
 };
 
 struct smtp_client {
@@ -313,15 +335,43 @@ struct smtp_client {
 	size_t q_cap, q_head, q_len;
 
 	const struct smtp_client_msg *next; /* submitted, not started */
-	struct txn t;
-	struct smtp_client_rcpt_result *res;
-	bool *skip; /* recipient refused locally, not sent */
-	size_t res_cap;
+	/*
+	 * Transactions in flight, oldest first: tx[tx_head], ... tx_count of
+	 * them (more than one only with PIPELINING and CHUNKING: see
+	 * can_start).  Replies arrive in order, so the oldest settles first.
+	 */
+	struct txn tx[TXN_SLOTS];
+	unsigned tx_head, tx_count;
 
 	uint8_t out[OUT_MAX];
 	size_t out_off, out_len;
 	uint8_t rbuf[READ_MAX];
 };
+
+static struct txn *oldest(struct smtp_client *c)
+{
+	return c->tx_count ? &c->tx[c->tx_head] : NULL;
+}
+
+static struct txn *newest(struct smtp_client *c)
+{
+	return c->tx_count ? &c->tx[(c->tx_head + c->tx_count - 1) % TXN_SLOTS] : NULL;
+}
+
+/* The slot the next started transaction takes (free: tx_count < TXN_SLOTS). */
+static struct txn *spare(struct smtp_client *c)
+{
+	return &c->tx[(c->tx_head + c->tx_count) % TXN_SLOTS];
+}
+
+static unsigned depth(const struct smtp_client *c)
+{
+	unsigned d = c->conf->max_txns_in_flight;
+
+	if (!c->caps.pipelining || !c->caps.chunking || d < 1)
+		return 1;
+	return d > SMTP_CLIENT_TXNS_MAX ? SMTP_CLIENT_TXNS_MAX : d;
+}
 
 static uint64_t now_us(const struct smtp_client *c)
 {
@@ -359,9 +409,21 @@ static bool q_push(struct smtp_client *c, enum expect kind, uint32_t idx)
 		return false;
 	struct pend *p = &c->q[(c->q_head + c->q_len) % c->q_cap];
 	p->kind = (uint8_t)kind;
+	p->slot = NO_SLOT;
 	p->idx = idx;
 	c->q_len++;
 	return true;
+}
+
+/* A reply expected for transaction t's command (the caller checked there is room). */
+static void tq_push(struct smtp_client *c, struct txn *t, enum expect kind, uint32_t idx)
+{
+	struct pend *p = &c->q[(c->q_head + c->q_len) % c->q_cap];
+	p->kind = (uint8_t)kind;
+	p->slot = (uint8_t)(t - c->tx);
+	p->idx = idx;
+	c->q_len++;
+	t->pending++;
 }
 
 static struct pend q_pop(struct smtp_client *c)
@@ -376,6 +438,8 @@ static struct pend q_pop(struct smtp_client *c)
 
 static void flush(struct smtp_client *c)
 {
+	bool sent = false;
+
 	while (c->out_off < c->out_len) {
 		size_t left = c->out_len - c->out_off;
 		size_t k = c->cb->send(c->user, c->out + c->out_off, left);
@@ -387,10 +451,14 @@ static void flush(struct smtp_client *c)
 		}
 		c->out_off += k;
 		c->st->bytes_out += k;
-		c->last_progress = now_us(c);
+		sent = true;
 		if (c->state == CS_DEAD)
-			return;
+			break;
 	}
+	if (sent)
+		c->last_progress = now_us(c);
+	if (c->state == CS_DEAD)
+		return;
 	if (c->out_off == c->out_len)
 		c->out_off = c->out_len = 0;
 }
@@ -429,7 +497,59 @@ static int emit(struct smtp_client *c, bool content, const char *fmt, ...)
 		return -ENOSPC;
 	memcpy(c->out + c->out_len, buf, (size_t)n);
 	c->out_len += (size_t)n;
-	c->last_progress = now_us(c);
+	return 0; /* flush() or the caller's input notes the progress */
+}
+
+/*
+ * The transaction commands (MAIL, RCPT, BDAT: several per message) are built
+ * with these appends rather than printf: formatting was a visible share of
+ * the per-message CPU.  A line is built in a CMD_MAX buffer; put_* stop
+ * writing at its end and line_end() then refuses it.
+ */
+struct line {
+	char b[CMD_MAX + 2];
+	size_t n;
+	bool over;
+};
+
+static void put_mem(struct line *l, const char *s, size_t n)
+{
+	if (l->over || n > CMD_MAX - l->n) {
+		l->over = true;
+		return;
+	}
+	memcpy(l->b + l->n, s, n);
+	l->n += n;
+}
+
+static void put_str(struct line *l, const char *s)
+{
+	put_mem(l, s, strlen(s));
+}
+
+static void put_u64(struct line *l, uint64_t v)
+{
+	char d[20];
+	size_t i = sizeof(d);
+
+	do {
+		d[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v && i > 0);
+	put_mem(l, d + i, sizeof(d) - i);
+}
+
+/* The line with CRLF into the output buffer, as emit() does. */
+static int emit_line(struct smtp_client *c, bool content, struct line *l)
+{
+	if (l->over)
+		return -ENAMETOOLONG;
+	l->b[l->n++] = '\r';
+	l->b[l->n++] = '\n';
+	if (l->n > out_room(c, content))
+		return -ENOSPC;
+	memcpy(c->out + c->out_len, l->b, l->n);
+	c->out_len += l->n;
 	return 0;
 }
 
@@ -444,18 +564,18 @@ static enum smtp_client_outcome classify(const struct smtp_reply *r)
 	return SMTP_CLIENT_DEFERRED;
 }
 
-static void report(struct smtp_client *c, const struct smtp_client_msg *m, bool bdat)
+static void report(struct smtp_client *c, struct txn *t, const struct smtp_client_msg *m, bool bdat)
 {
 	struct smtp_client_result r;
 
 	memset(&r, 0, sizeof(r));
 	r.msg = m;
-	r.rcpts = c->res;
+	r.rcpts = t->res;
 	r.rcpt_count = m->rcpt_count;
 	r.used_bdat = bdat;
 	for (size_t i = 0; i < m->rcpt_count; i++) {
-		c->res[i].outcome = classify(&c->res[i].final);
-		switch (c->res[i].outcome) {
+		t->res[i].outcome = classify(&t->res[i].final);
+		switch (t->res[i].outcome) {
 		case SMTP_CLIENT_DELIVERED:
 			r.delivered++;
 			break;
@@ -480,33 +600,37 @@ static void report(struct smtp_client *c, const struct smtp_client_msg *m, bool 
 	}
 }
 
-static int prepare_results(struct smtp_client *c, size_t n)
+/* Result arrays of slot t for n recipients (kept across transactions: no allocation). */
+static int prepare_results(struct txn *t, size_t n)
 {
-	if (n > c->res_cap) {
-		struct smtp_client_rcpt_result *nr = realloc(c->res, n * sizeof(*nr));
+	if (n > t->res_cap) {
+		struct smtp_client_rcpt_result *nr = realloc(t->res, n * sizeof(*nr));
 		if (!nr)
 			return -ENOMEM;
-		c->res = nr;
-		bool *ns = realloc(c->skip, n * sizeof(*ns));
+		t->res = nr;
+		bool *ns = realloc(t->skip, n * sizeof(*ns));
 		if (!ns)
 			return -ENOMEM;
-		c->skip = ns;
-		c->res_cap = n;
+		t->skip = ns;
+		t->res_cap = n;
 	}
-	memset(c->res, 0, n * sizeof(*c->res));
-	memset(c->skip, 0, n * sizeof(*c->skip));
+	memset(t->res, 0, n * sizeof(*t->res));
+	memset(t->skip, 0, n * sizeof(*t->skip));
 	return 0;
 }
 
-static void settle_rcpt(struct smtp_client *c, size_t i, const struct smtp_reply *fallback);
+static void settle_rcpt(struct txn *t, size_t i, const struct smtp_reply *fallback);
 
-/* Everything of message m gets reply why, except recipients already refused for good. */
-static void report_all(struct smtp_client *c, const struct smtp_client_msg *m, bool started,
-		       bool bdat, const struct smtp_reply *why)
+/*
+ * Everything of message m gets reply why, except recipients already refused
+ * for good.  started: m is transaction t's; else t is a spare slot.
+ */
+static void report_all(struct smtp_client *c, struct txn *t, const struct smtp_client_msg *m,
+		       bool started, bool bdat, const struct smtp_reply *why)
 {
-	if (!started && prepare_results(c, m->rcpt_count) < 0) {
+	if (!started && prepare_results(t, m->rcpt_count) < 0) {
 		/* cannot even say it per recipient: still report once */
-		c->res_cap = 0;
+		t->res_cap = 0;
 		struct smtp_client_result r = {.msg = m, .rcpt_count = 0};
 		c->st->messages_deferred++;
 		if (c->cb->message_done) {
@@ -518,11 +642,11 @@ static void report_all(struct smtp_client *c, const struct smtp_client_msg *m, b
 	}
 	for (size_t i = 0; i < m->rcpt_count; i++) {
 		if (started)
-			settle_rcpt(c, i, why);
+			settle_rcpt(t, i, why);
 		else
-			c->res[i].final = *why;
+			t->res[i].final = *why;
 	}
-	report(c, m, bdat);
+	report(c, t, m, bdat);
 }
 
 /* The session is dead: every message not reported yet is deferred. */
@@ -543,16 +667,20 @@ static void fail(struct smtp_client *c, const struct smtp_reply *why)
 		synth(&lost, 421, "4.4.2", "Connection lost: %s%s%s", why->status,
 		      why->status[0] ? " " : "", why->text);
 	}
-	if (c->t.m) {
-		const struct smtp_client_msg *m = c->t.m;
-		bool bdat = c->t.bdat;
-		c->t.m = NULL;
-		report_all(c, m, true, bdat, &lost);
+	/* Oldest first: every message in flight is reported, in the order sent. */
+	while (c->tx_count) {
+		struct txn *t = oldest(c);
+		const struct smtp_client_msg *m = t->m;
+		c->tx_head = (c->tx_head + 1) % TXN_SLOTS;
+		c->tx_count--;
+		t->m = NULL;
+		if (m)
+			report_all(c, t, m, true, t->bdat, &lost);
 	}
 	if (c->next) {
 		const struct smtp_client_msg *m = c->next;
 		c->next = NULL;
-		report_all(c, m, false, false, &lost);
+		report_all(c, spare(c), m, false, false, &lost);
 	}
 	c->in_cb++;
 	if (quitting) {
@@ -714,14 +842,19 @@ static bool valid_path(const char *addr, bool null_ok, bool utf8)
 {
 	char buf[SMTP_PATH_MAX + 8];
 	struct smtp_address a;
-	size_t used;
+	size_t used, len;
 	int n;
 
 	if (!addr)
 		return false;
-	n = snprintf(buf, sizeof(buf), "<%s>", addr);
-	if (n < 0 || (size_t)n >= sizeof(buf))
+	len = strlen(addr);
+	if (len + 3 > sizeof(buf))
 		return false;
+	buf[0] = '<';
+	memcpy(buf + 1, addr, len);
+	buf[len + 1] = '>';
+	buf[len + 2] = '\0';
+	n = (int)len + 2;
 	/* the parser's checks keep CR, LF and spaces (command injection) out */
 	return smtp_parse_path(buf, (size_t)n, null_ok, utf8, &a, &used) == 0 && used == (size_t)n;
 }
@@ -739,12 +872,11 @@ static bool orcpt_ok(const char *v)
  * then only say "need MAIL"), its own RCPT refusal, the end-of-data reply or
  * DATA/BDAT refusal, else fallback.
  */
-static void settle_rcpt(struct smtp_client *c, size_t i, const struct smtp_reply *fallback)
+static void settle_rcpt(struct txn *t, size_t i, const struct smtp_reply *fallback)
 {
-	struct smtp_client_rcpt_result *rr = &c->res[i];
-	const struct txn *t = &c->t;
+	struct smtp_client_rcpt_result *rr = &t->res[i];
 
-	if (c->skip[i])
+	if (t->skip[i])
 		return;
 	if (t->mail_failed)
 		rr->final = t->mail;
@@ -756,19 +888,37 @@ static void settle_rcpt(struct smtp_client *c, size_t i, const struct smtp_reply
 		rr->final = *fallback;
 }
 
+/*
+ * The oldest transaction has all its replies: report it.  An abandoned one
+ * is followed by RSET (RFC 5321 4.1.1.5) unless a transaction pipelined
+ * behind it is already on the wire: that one began with its own RSET.
+ */
+#define ABORTED_TEXT "Transaction aborted before this recipient was sent"
+
+/* What a recipient whose RCPT was never sent gets (a constant: no formatting per message). */
+static const struct smtp_reply aborted = {
+	.code = 451,
+	.status = "4.3.0",
+	.text = ABORTED_TEXT,
+	.text_len = sizeof(ABORTED_TEXT) - 1,
+	.lines = 1,
+	.synthetic = true,
+};
+
 static void finish_txn(struct smtp_client *c)
 {
-	struct txn *t = &c->t;
+	struct txn *t = oldest(c);
 	const struct smtp_client_msg *m = t->m;
-	bool rset = t->abandon;
-	struct smtp_reply aborted;
+	bool rset = t->abandon && c->tx_count == 1;
 
-	synth(&aborted, 451, "4.3.0", "Transaction aborted before this recipient was sent");
 	for (size_t i = 0; i < m->rcpt_count; i++)
-		settle_rcpt(c, i, &aborted);
+		settle_rcpt(t, i, &aborted);
 	t->m = NULL;
 	t->gen = G_NONE;
-	c->state = rset ? CS_RSET : CS_IDLE;
+	c->tx_head = (c->tx_head + 1) % TXN_SLOTS;
+	c->tx_count--;
+	if (c->tx_count == 0)
+		c->state = rset ? CS_RSET : CS_IDLE;
 	if (rset) {
 		c->st->rsets++;
 		if (emit(c, false, "RSET") < 0 || !q_push(c, X_RSET, 0)) {
@@ -776,56 +926,90 @@ static void finish_txn(struct smtp_client *c)
 			return;
 		}
 	}
-	report(c, m, t->bdat);
+	report(c, t, m, t->bdat);
 }
 
-static bool txn_settled(const struct smtp_client *c)
+static bool txn_settled(struct smtp_client *c)
 {
-	const struct txn *t = &c->t;
+	const struct txn *t = oldest(c);
 
-	return c->state == CS_TXN && t->m && (t->abandon || t->complete) &&
-	       (t->gen == G_NONE || t->gen == G_WAIT) && c->q_len == 0;
+	return c->state == CS_TXN && t && t->m && (t->abandon || t->complete) &&
+	       (t->gen == G_NONE || t->gen == G_WAIT) && t->pending == 0;
+}
+
+/* Why m cannot go to this server at all (then true and *why), checked before MAIL. */
+static bool refused_here(struct smtp_client *c, const struct smtp_client_msg *m,
+			 struct smtp_reply *why)
+{
+	if (c->caps.size && c->caps.size_max && m->body_len > c->caps.size_max) {
+		/* RFC 1870 6.1: do not send what the server said it will not take */
+		synth(why, 552, "5.3.4",
+		      "Message size exceeds fixed limit of remote server (%" PRIu64 " > %" PRIu64
+		      ")",
+		      m->body_len, c->caps.size_max);
+		return true;
+	}
+	if (m->body_8bit && !c->caps.eightbitmime) {
+		/* RFC 6152 3: no 8-bit to a server without 8BITMIME; we do not downgrade */
+		synth(why, 554, "5.6.3", "Server does not support 8BITMIME; conversion not done");
+		return true;
+	}
+	if (m->smtputf8 && !c->caps.smtputf8) {
+		/* RFC 6531 3.4 */
+		synth(why, 553, "5.6.7", "Server does not support SMTPUTF8");
+		return true;
+	}
+	if (!valid_path(m->sender, true, m->smtputf8)) {
+		synth(why, 553, "5.1.7", "Bad sender address syntax");
+		return true;
+	}
+	return false;
+}
+
+/*
+ * May the next message start now?  On an idle session, yes.  Behind
+ * transactions in flight only when the server offered PIPELINING and
+ * CHUNKING, up to depth(): RFC 2920 3.1 lets MAIL and RCPT go anywhere in
+ * a group, and after BDAT LAST (RFC 3030 2) the client owes nothing more to
+ * that transaction, so the next one can follow before its reply.  The
+ * newest transaction must have written all of its commands and content and
+ * must not have failed yet.  A message that this server cannot take
+ * (refused_here) waits for an idle session, so that every message is
+ * reported in the order it was submitted.
+ */
+static bool can_start(struct smtp_client *c, const struct smtp_client_msg *m)
+{
+	struct txn *n = newest(c);
+	struct smtp_reply why;
+
+	if (c->state == CS_IDLE)
+		return true;
+	if (c->state != CS_TXN || !n || c->tx_count >= depth(c) || c->quit_requested)
+		return false;
+	if (!n->pipelined || !n->bdat || n->gen != G_NONE || n->abandon || !n->chunk_last)
+		return false;
+	return !refused_here(c, m, &why);
 }
 
 /* Start message m, or report it at once when it cannot be sent to this server. */
 static void start_txn(struct smtp_client *c, const struct smtp_client_msg *m)
 {
 	struct smtp_reply why;
-	struct txn *t = &c->t;
-	bool refuse = false;
+	struct txn *t = spare(c);
 	size_t sendable = 0;
 
-	if (prepare_results(c, m->rcpt_count) < 0) {
+	if (prepare_results(t, m->rcpt_count) < 0) {
 		synth(&why, 451, "4.3.0", "Out of memory");
-		report_all(c, m, false, false, &why);
+		report_all(c, t, m, false, false, &why);
 		return;
 	}
-	if (c->caps.size && c->caps.size_max && m->body_len > c->caps.size_max) {
-		/* RFC 1870 6.1: do not send what the server said it will not take */
-		synth(&why, 552, "5.3.4",
-		      "Message size exceeds fixed limit of remote server (%" PRIu64 " > %" PRIu64
-		      ")",
-		      m->body_len, c->caps.size_max);
-		refuse = true;
-	} else if (m->body_8bit && !c->caps.eightbitmime) {
-		/* RFC 6152 3: no 8-bit to a server without 8BITMIME; we do not downgrade */
-		synth(&why, 554, "5.6.3", "Server does not support 8BITMIME; conversion not done");
-		refuse = true;
-	} else if (m->smtputf8 && !c->caps.smtputf8) {
-		/* RFC 6531 3.4 */
-		synth(&why, 553, "5.6.7", "Server does not support SMTPUTF8");
-		refuse = true;
-	} else if (!valid_path(m->sender, true, m->smtputf8)) {
-		synth(&why, 553, "5.1.7", "Bad sender address syntax");
-		refuse = true;
-	}
-	if (refuse) {
+	if (refused_here(c, m, &why)) {
 		c->st->refused_local++;
 		for (size_t i = 0; i < m->rcpt_count; i++) {
-			c->res[i].final = why;
-			c->skip[i] = true;
+			t->res[i].final = why;
+			t->skip[i] = true;
 		}
-		report(c, m, false);
+		report(c, t, m, false);
 		return;
 	}
 	for (size_t i = 0; i < m->rcpt_count; i++) {
@@ -833,20 +1017,37 @@ static void start_txn(struct smtp_client *c, const struct smtp_client_msg *m)
 			sendable++;
 			continue;
 		}
-		c->skip[i] = true;
-		synth(&c->res[i].final, 553, "5.1.3", "Bad recipient address syntax");
+		t->skip[i] = true;
+		synth(&t->res[i].final, 553, "5.1.3", "Bad recipient address syntax");
 	}
 	if (sendable == 0) {
 		c->st->refused_local++;
-		report(c, m, false);
+		report(c, t, m, false);
 		return;
 	}
+	/* Keep the slot's result arrays; the rest starts from zero. */
+	struct smtp_client_rcpt_result *res = t->res;
+	bool *skip = t->skip;
+	size_t res_cap = t->res_cap;
 	memset(t, 0, sizeof(*t));
+	t->res = res;
+	t->skip = skip;
+	t->res_cap = res_cap;
 	t->m = m;
 	t->pipelined = c->caps.pipelining;
 	t->bdat = c->caps.chunking;
-	t->gen = G_MAIL;
+	/*
+	 * Behind another transaction: RSET first.  The one before may still
+	 * fail (every RCPT refused, BDAT LAST refused) and leave the server
+	 * inside its transaction (MAIL given); a MAIL would then get "503 nested
+	 * MAIL" and our RCPTs would join that transaction under its sender.
+	 * After a completed transaction RSET changes nothing (RFC 5321 4.1.1.5).
+	 */
+	t->gen = c->tx_count ? G_RSET : G_MAIL;
 	t->bol = true;
+	if (c->tx_count)
+		c->st->txns_pipelined++;
+	c->tx_count++;
 	c->state = CS_TXN;
 	if (t->pipelined)
 		c->st->pipelined_flights++;
@@ -856,73 +1057,80 @@ static void start_txn(struct smtp_client *c, const struct smtp_client_msg *m)
 		c->st->data_messages++;
 }
 
-static size_t next_sendable(const struct smtp_client *c, size_t from)
+static size_t next_sendable(const struct txn *t, size_t from)
 {
-	while (from < c->t.m->rcpt_count && c->skip[from])
+	while (from < t->m->rcpt_count && t->skip[from])
 		from++;
 	return from;
 }
 
 /* After the envelope replies (non-pipelined) or the last command was queued. */
-static enum gen gen_after_envelope(const struct smtp_client *c)
+static enum gen gen_after_envelope(const struct txn *t)
 {
-	return c->t.bdat ? G_BDAT_HDR : G_DATA_CMD;
+	return t->bdat ? G_BDAT_HDR : G_DATA_CMD;
 }
 
-static int emit_mail(struct smtp_client *c)
+static int emit_mail(struct smtp_client *c, const struct txn *t)
 {
-	const struct smtp_client_msg *m = c->t.m;
-	char params[300];
-	size_t o = 0;
+	const struct smtp_client_msg *m = t->m;
+	struct line l = {.n = 0};
 
-	params[0] = '\0';
+	put_str(&l, "MAIL FROM:<");
+	put_str(&l, m->sender);
+	put_str(&l, ">");
 	/* RFC 1870 */
-	if (c->caps.size)
-		o += (size_t)snprintf(params + o, sizeof(params) - o, " SIZE=%" PRIu64,
-				      m->body_len);
+	if (c->caps.size) {
+		put_str(&l, " SIZE=");
+		put_u64(&l, m->body_len);
+	}
 	if (m->body_8bit)
-		o += (size_t)snprintf(params + o, sizeof(params) - o, " BODY=8BITMIME");
+		put_str(&l, " BODY=8BITMIME");
 	if (m->smtputf8)
-		o += (size_t)snprintf(params + o, sizeof(params) - o, " SMTPUTF8");
+		put_str(&l, " SMTPUTF8");
 	/* RFC 3461 4.3, 4.4: only to a server that offers DSN */
 	if (c->caps.dsn && m->ret != SMTP_RET_NONE)
-		o += (size_t)snprintf(params + o, sizeof(params) - o, " RET=%s",
-				      m->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
+		put_str(&l, m->ret == SMTP_RET_FULL ? " RET=FULL" : " RET=HDRS");
 	if (c->caps.dsn && m->envid && m->envid[0] && strlen(m->envid) <= SMTP_ENVID_MAX &&
-	    smtp_xtext_valid(m->envid, strlen(m->envid)) == 0)
-		snprintf(params + o, sizeof(params) - o, " ENVID=%s", m->envid);
-	return emit(c, true, "MAIL FROM:<%s>%s", m->sender, params);
+	    smtp_xtext_valid(m->envid, strlen(m->envid)) == 0) {
+		put_str(&l, " ENVID=");
+		put_str(&l, m->envid);
+	}
+	return emit_line(c, true, &l);
 }
 
-static int emit_rcpt(struct smtp_client *c, size_t i)
+static int emit_rcpt(struct smtp_client *c, const struct txn *t, size_t i)
 {
-	const struct smtp_client_rcpt *r = &c->t.m->rcpts[i];
-	char notify[40] = "", orcpt[SMTP_ORCPT_MAX + 10] = "";
+	const struct smtp_client_rcpt *r = &t->m->rcpts[i];
+	struct line l = {.n = 0};
 
+	put_str(&l, "RCPT TO:<");
+	put_str(&l, r->addr);
+	put_str(&l, ">");
 	if (c->caps.dsn && r->notify) {
 		if (r->notify & SMTP_NOTIFY_NEVER) {
-			snprintf(notify, sizeof(notify), " NOTIFY=NEVER");
+			put_str(&l, " NOTIFY=NEVER");
 		} else {
-			size_t o = (size_t)snprintf(notify, sizeof(notify), " NOTIFY=");
-			const char *sep = "";
 			static const struct {
 				uint8_t bit;
 				const char *name;
 			} names[] = {{SMTP_NOTIFY_SUCCESS, "SUCCESS"},
 				     {SMTP_NOTIFY_FAILURE, "FAILURE"},
 				     {SMTP_NOTIFY_DELAY, "DELAY"}};
+			const char *sep = " NOTIFY=";
 			for (size_t k = 0; k < 3; k++) {
 				if (!(r->notify & names[k].bit))
 					continue;
-				o += (size_t)snprintf(notify + o, sizeof(notify) - o, "%s%s", sep,
-						      names[k].name);
+				put_str(&l, sep);
+				put_str(&l, names[k].name);
 				sep = ",";
 			}
 		}
 	}
-	if (c->caps.dsn && r->orcpt && orcpt_ok(r->orcpt))
-		snprintf(orcpt, sizeof(orcpt), " ORCPT=%s", r->orcpt);
-	return emit(c, true, "RCPT TO:<%s>%s%s", r->addr, notify, orcpt);
+	if (c->caps.dsn && r->orcpt && orcpt_ok(r->orcpt)) {
+		put_str(&l, " ORCPT=");
+		put_str(&l, r->orcpt);
+	}
+	return emit_line(c, true, &l);
 }
 
 static void body_error(struct smtp_client *c, long rc)
@@ -968,12 +1176,12 @@ static size_t stuff(struct txn *t, const uint8_t *in, size_t n, uint8_t *out)
 }
 
 /* Generate what the transaction may send now, as far as the buffer allows. */
-static bool gen_some(struct smtp_client *c)
+static bool gen_some_inner(struct smtp_client *c)
 {
-	struct txn *t = &c->t;
+	struct txn *t = newest(c);
 	bool any = false;
 
-	while (c->state == CS_TXN && t->m) {
+	while (c->state == CS_TXN && t && t->m) {
 		const struct smtp_client_msg *m = t->m;
 		size_t room;
 
@@ -981,11 +1189,17 @@ static bool gen_some(struct smtp_client *c)
 		case G_NONE:
 		case G_WAIT:
 			return any;
-		case G_MAIL:
-			if (c->q_len == c->q_cap || emit_mail(c) < 0)
+		case G_RSET:
+			if (c->q_len == c->q_cap || emit(c, true, "RSET") < 0)
 				return any;
-			q_push(c, X_MAIL, 0);
-			t->next_rcpt = next_sendable(c, 0);
+			tq_push(c, t, X_RSET, 0);
+			t->gen = G_MAIL;
+			break;
+		case G_MAIL:
+			if (c->q_len == c->q_cap || emit_mail(c, t) < 0)
+				return any;
+			tq_push(c, t, X_MAIL, 0);
+			t->next_rcpt = next_sendable(t, 0);
 			t->gen = t->pipelined ? G_RCPT : G_WAIT;
 			break;
 		case G_RCPT:
@@ -993,14 +1207,14 @@ static bool gen_some(struct smtp_client *c)
 				t->gen = G_NONE;
 				break;
 			}
-			if (c->q_len == c->q_cap || emit_rcpt(c, t->next_rcpt) < 0)
+			if (c->q_len == c->q_cap || emit_rcpt(c, t, t->next_rcpt) < 0)
 				return any;
-			q_push(c, X_RCPT, (uint32_t)t->next_rcpt);
-			t->next_rcpt = next_sendable(c, t->next_rcpt + 1);
+			tq_push(c, t, X_RCPT, (uint32_t)t->next_rcpt);
+			t->next_rcpt = next_sendable(t, t->next_rcpt + 1);
 			if (!t->pipelined)
 				t->gen = G_WAIT;
 			else if (t->next_rcpt >= m->rcpt_count)
-				t->gen = gen_after_envelope(c);
+				t->gen = gen_after_envelope(t);
 			break;
 		case G_DATA_CMD:
 			if (t->abandon) {
@@ -1009,7 +1223,7 @@ static bool gen_some(struct smtp_client *c)
 			}
 			if (c->q_len == c->q_cap || emit(c, true, "DATA") < 0)
 				return any;
-			q_push(c, X_DATA, 0);
+			tq_push(c, t, X_DATA, 0);
 			t->gen = G_WAIT;
 			break;
 		case G_DATA_BODY: {
@@ -1051,13 +1265,13 @@ static bool gen_some(struct smtp_client *c)
 			}
 			memcpy(c->out + c->out_len, ".\r\n", 3);
 			c->out_len += 3;
-			q_push(c, X_DOT, 0);
+			tq_push(c, t, X_DOT, 0);
 			t->gen = G_NONE;
 			break;
 		case G_DISCARD_DOT:
 			if (c->q_len == c->q_cap || emit(c, true, ".") < 0)
 				return any;
-			q_push(c, X_DOT, 0);
+			tq_push(c, t, X_DOT, 0);
 			t->dot_discard = true;
 			t->gen = G_NONE;
 			break;
@@ -1072,9 +1286,14 @@ static bool gen_some(struct smtp_client *c)
 			uint64_t left = m->body_len - t->body_off;
 			uint64_t chunk = left < c->conf->bdat_chunk ? left : c->conf->bdat_chunk;
 			bool last = chunk == left;
-			if (emit(c, true, "BDAT %" PRIu64 "%s", chunk, last ? " LAST" : "") < 0)
+			struct line l = {.n = 0};
+			put_str(&l, "BDAT ");
+			put_u64(&l, chunk);
+			if (last)
+				put_str(&l, " LAST");
+			if (emit_line(c, true, &l) < 0)
 				return any;
-			q_push(c, last ? X_BDAT_LAST : X_BDAT, 0);
+			tq_push(c, t, last ? X_BDAT_LAST : X_BDAT, 0);
 			t->bdat_outstanding++;
 			c->st->bdat_chunks++;
 			t->chunk_left = chunk;
@@ -1113,14 +1332,23 @@ static bool gen_some(struct smtp_client *c)
 		}
 		}
 		any = true;
-		c->last_progress = now_us(c);
 	}
+	return any;
+}
+
+/* One clock read per generation run, not per command. */
+static bool gen_some(struct smtp_client *c)
+{
+	bool any = gen_some_inner(c);
+
+	if (any)
+		c->last_progress = now_us(c);
 	return any;
 }
 
 static void maybe_start(struct smtp_client *c)
 {
-	while (c->state == CS_IDLE && c->next && !c->in_cb) {
+	while (c->next && !c->in_cb && can_start(c, c->next)) {
 		const struct smtp_client_msg *m = c->next;
 		c->next = NULL;
 		start_txn(c, m);
@@ -1147,13 +1375,19 @@ static void pump(struct smtp_client *c)
 		for (int guard = 0; guard < 1000000 && c->state != CS_DEAD; guard++) {
 			maybe_start(c);
 			bool any = gen_some(c);
-			size_t before = c->out_len - c->out_off;
-			flush(c);
+			if (c->state == CS_DEAD)
+				break;
 			if (txn_settled(c)) {
 				finish_txn(c);
 				continue;
 			}
-			if (!any && (c->out_len - c->out_off == before || c->out_len == 0))
+			/* Fill the buffer before writing it: one transport write (one TLS
+			 * record) for a whole transaction, or for several pipelined ones. */
+			if (any)
+				continue;
+			size_t before = c->out_len - c->out_off;
+			flush(c);
+			if (before == 0 || c->out_len - c->out_off == before)
 				break;
 		}
 	} while (c->pump_again && c->state != CS_DEAD);
@@ -1169,12 +1403,13 @@ static bool ok2(const struct smtp_reply *r)
 
 static void on_txn_reply(struct smtp_client *c, struct pend p, const struct smtp_reply *r)
 {
-	struct txn *t = &c->t;
+	struct txn *t = p.slot < TXN_SLOTS ? &c->tx[p.slot] : NULL;
 
-	if (!t->m) {
+	if (!t || !t->m || !t->pending) {
 		protocol_error(c, "reply outside a transaction");
 		return;
 	}
+	t->pending--;
 	switch (p.kind) {
 	case X_MAIL:
 		t->mail = *r;
@@ -1192,7 +1427,7 @@ static void on_txn_reply(struct smtp_client *c, struct pend p, const struct smtp
 			protocol_error(c, "recipient index");
 			return;
 		}
-		c->res[p.idx].rcpt = *r;
+		t->res[p.idx].rcpt = *r;
 		if (ok2(r) && !t->mail_failed)
 			t->accepted++;
 		bool more = t->next_rcpt < t->m->rcpt_count;
@@ -1200,11 +1435,11 @@ static void on_txn_reply(struct smtp_client *c, struct pend p, const struct smtp
 			if (more)
 				t->gen = G_RCPT;
 			else if (t->accepted)
-				t->gen = gen_after_envelope(c);
+				t->gen = gen_after_envelope(t);
 			else
 				t->gen = G_NONE;
 			t->abandon = t->gen == G_NONE;
-		} else if (t->pipelined && next_sendable(c, p.idx + 1) >= t->m->rcpt_count &&
+		} else if (t->pipelined && next_sendable(t, p.idx + 1) >= t->m->rcpt_count &&
 			   t->accepted == 0) {
 			t->abandon = true; /* DATA/BDAT is refused too (RFC 2920 3.1) */
 		}
@@ -1251,11 +1486,19 @@ static void on_txn_reply(struct smtp_client *c, struct pend p, const struct smtp
 			t->complete = true;
 		}
 		break;
+	case X_RSET:
+		/* the RSET a pipelined transaction starts with (start_txn): 2xx or the
+		 * session is in a state we do not know */
+		if (!ok2(r)) {
+			fail(c, r);
+			return;
+		}
+		break;
 	default:
 		protocol_error(c, "unexpected reply");
 		return;
 	}
-	if (txn_settled(c))
+	while (c->state != CS_DEAD && txn_settled(c))
 		finish_txn(c);
 }
 
@@ -1354,6 +1597,10 @@ static void on_reply(struct smtp_client *c, const struct smtp_reply *r)
 				 "", X_AUTH);
 		break;
 	case X_RSET:
+		if (p.slot != NO_SLOT) {
+			on_txn_reply(c, p, r);
+			break;
+		}
 		if (!ok2(r)) {
 			fail(c, r);
 			return;
@@ -1381,8 +1628,11 @@ static uint64_t current_timeout(const struct smtp_client *c)
 	default:
 		break;
 	}
-	if (c->state == CS_TXN && (c->t.gen == G_DATA_BODY || c->t.gen == G_BDAT_BODY ||
-				   c->t.gen == G_DATA_END || c->t.gen == G_BDAT_HDR))
+	const struct txn *t =
+		c->tx_count ? &c->tx[(c->tx_head + c->tx_count - 1) % TXN_SLOTS] : NULL;
+	if (c->state == CS_TXN && t &&
+	    (t->gen == G_DATA_BODY || t->gen == G_BDAT_BODY || t->gen == G_DATA_END ||
+	     t->gen == G_BDAT_HDR))
 		return f->timeout_data_xfer_us;
 	if (c->q_len == 0)
 		return c->state == CS_TXN ? f->timeout_data_xfer_us : 0;
@@ -1447,13 +1697,15 @@ void smtp_client_free(struct smtp_client *c)
 {
 	if (!c)
 		return;
-	if (c->state != CS_DEAD && (c->t.m || c->next)) {
+	if (c->state != CS_DEAD && (c->tx_count || c->next)) {
 		c->quit_requested = false;
 		fail_synth(c, 421, "4.4.2", "Session closed by the relay");
 	}
 	free(c->q);
-	free(c->res);
-	free(c->skip);
+	for (unsigned i = 0; i < TXN_SLOTS; i++) {
+		free(c->tx[i].res);
+		free(c->tx[i].skip);
+	}
 	free(c);
 }
 
@@ -1539,7 +1791,8 @@ int smtp_client_send_message(struct smtp_client *c, const struct smtp_client_msg
 	for (size_t i = 0; i < m->rcpt_count; i++)
 		if (!m->rcpts[i].addr)
 			return -EINVAL;
-	if (c->next || c->t.m)
+	/* One waiting to start, at most depth() (1 without PIPELINING and CHUNKING) in flight. */
+	if (c->next || c->tx_count >= depth(c))
 		return -EBUSY;
 	c->next = m;
 	if (!c->in_cb)
@@ -1600,4 +1853,9 @@ bool smtp_client_tls_active(const struct smtp_client *c)
 const struct smtp_client_caps *smtp_client_caps(const struct smtp_client *c)
 {
 	return &c->caps;
+}
+
+unsigned smtp_client_txn_depth(const struct smtp_client *c)
+{
+	return depth(c);
 }

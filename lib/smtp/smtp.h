@@ -433,7 +433,17 @@ struct smtp_client_conf {
 	uint64_t timeout_rset_us;      /* 20 s */
 	uint64_t timeout_quit_us;      /* 300 s */
 	uint64_t (*now_us)(void);      /* monotonic clock; NULL: mx_now_us */
+	/*
+	 * 1 (0 counts as 1): transactions in flight at once (up to
+	 * SMTP_CLIENT_TXNS_MAX) when the server offers PIPELINING and CHUNKING:
+	 * the next message's RSET, MAIL, RCPTs and BDAT LAST follow the previous
+	 * BDAT LAST without waiting for its reply (RFC 2920 3.1, RFC 3030 2).
+	 * Otherwise 1 whatever this says.
+	 */
+	unsigned max_txns_in_flight;
 };
+
+#define SMTP_CLIENT_TXNS_MAX 8
 
 void smtp_client_conf_defaults(struct smtp_client_conf *conf);
 /** 0, or -EINVAL with a message in err. */
@@ -507,6 +517,7 @@ struct smtp_client_stats {
 	uint64_t refused_local; /* SIZE, 8BITMIME, SMTPUTF8, bad address: not sent */
 	uint64_t protocol_errors, timeouts, send_blocked;
 	uint64_t bytes_in, bytes_out, body_bytes;
+	uint64_t txns_pipelined; /* transactions started behind another still in flight */
 };
 
 struct smtp_client;
@@ -528,10 +539,12 @@ void smtp_client_writable(struct smtp_client *c);
 /** The handshake asked by cb->starttls finished. */
 void smtp_client_tls_started(struct smtp_client *c);
 /**
- * Submit one message (one at a time: the next after message_done).  It is sent
+ * Submit one message (one at a time, or up to smtp_client_txn_depth() in flight:
+ * the next one after message_done, or after this call returned).  It is sent
  * once the session is ready.  Refusals decided on the server's capabilities
  * (SIZE, 8BITMIME, SMTPUTF8) come through message_done, maybe from inside this
- * call.  0, -EINVAL (bad message), -EBUSY (one is in progress), -EPIPE (dead).
+ * call.  0, -EINVAL (bad message), -EBUSY (no room: one is waiting to start,
+ * or depth in flight), -EPIPE (dead).
  */
 int smtp_client_send_message(struct smtp_client *c, const struct smtp_client_msg *m);
 /** QUIT after the message in progress (if any); cb->closed after the reply. */
@@ -553,5 +566,13 @@ struct smtp_client_caps {
 	uint64_t size_max; /* 0: no limit given */
 };
 const struct smtp_client_caps *smtp_client_caps(const struct smtp_client *c);
+/**
+ * How many messages may be in flight on this session at once (valid once
+ * ready): conf->max_txns_in_flight when the server offered PIPELINING and
+ * CHUNKING, else 1.  smtp_client_send_message() takes a message while fewer
+ * than this are unreported (and none waits to start); message_done comes
+ * for each in the order they were submitted.
+ */
+unsigned smtp_client_txn_depth(const struct smtp_client *c);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * fuzz_queue_sched.c - libFuzzer target for lib/queue: the input is a script
  * of scheduler events (submits to a few destinations, polls with a moving
- * clock, route results, connection up/down, per-recipient SMTP codes with
+ * clock, route results, connection up/down with a pipelining depth (several
+ * transactions in flight per session), per-recipient SMTP codes with
  * hostile reply text, stale handles), and, at the end, the same bytes as the
  * original message and diagnostic of a DSN.  Checks that gauges never wrap
  * and every DSN line stays under 998 octets; ASan/UBSan do the rest.
@@ -87,6 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c.max_sessions = 1 + (take(&in) & 7);
 	c.max_destinations = 1 + (take(&in) & 7);
 	c.max_transactions = 1 + take(&in);
+	c.pipeline_depth = 1 + c.max_transactions % QUEUE_PIPELINE_MAX;
 	c.max_age_us = 3600ull * 1000000;
 	g_body = (struct in){data, size};
 	struct queue *q = queue_create(&c, &OPS, NULL);
@@ -117,6 +119,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			now += (int64_t)take(&in) * 1000000 * ((op & 8) ? 60 : 1);
 			int na = queue_poll(q, now, act, 32);
 			for (int i = 0; i < na; i++) {
+				/* a SEND or CLOSE carries what set_user gave, or NULL */
+				if (act[i].user != NULL && act[i].user != &sess[0])
+					abort();
 				if (act[i].type == QUEUE_ACT_RESOLVE)
 					dests[take(&in) & 7] = act[i].dest;
 				else if (act[i].type != QUEUE_ACT_CLOSE)
@@ -135,9 +140,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			queue_route_result(q, dests[take(&in) & 7], &r, now);
 			break;
 		}
-		case 3:
-			queue_conn_up(q, sess[take(&in) & 15], "mx", 1, 25, now);
+		case 3: {
+			uint64_t h = sess[take(&in) & 15];
+			queue_conn_depth(q, h, op >> 4); /* 0..15: capped by pipeline_depth */
+			queue_session_set_user(q, h, &sess[0]);
+			queue_conn_up(q, h, "mx", 1, 25, now);
 			break;
+		}
 		case 4:
 			queue_conn_down(q, sess[take(&in) & 15], "gone\r\nx", now);
 			break;
@@ -158,6 +167,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 6: /* stale or random handles */
 			queue_conn_up(q, ((uint64_t)take(&in) << 32) | take(&in), "h", 1, 25, now);
 			queue_route_result(q, take(&in), NULL, now);
+			queue_conn_depth(q, ((uint64_t)take(&in) << 32) | take(&in), 2);
 			break;
 		default:
 			now += 1000000;

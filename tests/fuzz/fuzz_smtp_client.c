@@ -4,14 +4,18 @@
  *
  * Input layout: byte 0 picks the configuration (TLS policy, AUTH, BDAT chunk
  * size, how many bytes the transport takes per send), byte 1 the number of
- * messages (1..4) submitted one after the other from message_done; then
+ * messages (1..4), both together the transactions allowed in flight (1..4:
+ * several when the replies offer PIPELINING and CHUNKING).  Messages are
+ * submitted whenever the client takes one (after each segment and event, and
+ * from message_done), as the delivery loop does; then
  * repeated [len][len bytes] segments of server replies, where a len byte with
  * the top bit set is an event instead: the handshake finished, a timeout,
  * the transport became writable, QUIT, or the connection dropped.
  *
  * Invariants checked (abort() on violation):
  * - every submitted message is reported exactly once (at the latest when the
- *   client is freed), with per-recipient counts that add up;
+ *   client is freed), in the order submitted, with per-recipient counts that
+ *   add up;
  * - a recipient is never bounced by a reply the client made up for a lost
  *   session (synthetic 4xx), and every outcome matches its reply's class;
  * - failed/closed at most once, and nothing is sent after them;
@@ -30,7 +34,7 @@
 struct fz {
 	struct smtp_client *c;
 	size_t send_limit;
-	unsigned nmsgs, submitted;
+	unsigned nmsgs, submitted, nreported;
 	unsigned reported[MAX_MSGS];
 	bool dead, quit;
 	unsigned ends;
@@ -72,12 +76,15 @@ static void cb_starttls(void *user)
 
 static void submit(struct fz *f)
 {
-	if (f->submitted < f->nmsgs) {
+	while (f->submitted < f->nmsgs) {
 		int rc = smtp_client_send_message(f->c, &g_msgs[f->submitted]);
-		if (rc == 0)
-			f->submitted++;
-		else
+		if (rc == -EBUSY)
+			return; /* no room now: later */
+		if (rc != 0) {
 			check(rc == -EPIPE && (f->dead || f->quit || smtp_client_is_dead(f->c)));
+			return;
+		}
+		f->submitted++;
 	}
 }
 
@@ -88,6 +95,7 @@ static void cb_done(void *user, const struct smtp_client_result *r)
 
 	check(r->msg >= g_msgs && k < MAX_MSGS && k < f->submitted);
 	check(++f->reported[k] == 1);
+	check(k == f->nreported++); /* in the order submitted */
 	check(r->rcpt_count == r->msg->rcpt_count);
 	check(r->delivered + r->deferred + r->bounced == r->rcpt_count);
 	for (size_t i = 0; i < r->rcpt_count; i++) {
@@ -157,6 +165,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	conf.bdat_chunk = (data[0] & 16) ? 512 : 4096;
 	conf.max_bdat_in_flight = (data[0] & 32) ? 1 : 3;
+	conf.max_txns_in_flight = 1 + (unsigned)((data[0] ^ data[1]) % 4);
 	f.send_limit = (data[0] & 64) ? 5 : 0;
 	f.nmsgs = 1 + data[1] % MAX_MSGS;
 	for (unsigned k = 0; k < MAX_MSGS; k++) {
@@ -198,6 +207,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				break;
 			}
 			(void)smtp_client_deadline(f.c);
+			if (!f.dead)
+				submit(&f);
 			continue;
 		}
 		if (len > size - i)
@@ -206,6 +217,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (f.send_limit)
 			for (int k = 0; k < 64 && !f.dead; k++)
 				smtp_client_writable(f.c);
+		if (!f.dead)
+			submit(&f);
 		i += len;
 	}
 	smtp_client_free(f.c);

@@ -12,6 +12,10 @@
 #   - Postfix logs a TLS connection for every session of the relay, and
 #     each message carries Postfix's "(using TLSv1.x ...)" Received header;
 #   - the relay's counters show resumed TLS handshakes;
+#   - pf.test is held while the messages come in and released after, so the
+#     pooled sessions carry two transactions at once (pipeline_depth = 2:
+#     Postfix offers PIPELINING and CHUNKING): queue_txns_pipelined > 0, and
+#     still every message arrives once and byte-exact;
 #   - one status=sent line per message, and the spool ends empty.
 # Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"
@@ -61,6 +65,8 @@ smtpd_tls_session_cache_timeout = 3600s"
 pf_start "$S:25"
 
 # ---- K messages through the relay -------------------------------------------------------
+CTL=$BUILD/tools/mxctl/mxctl
+"$CTL" -s "$TMP/control.sock" suspend pf.test | grep -q suspended || fail "suspend pf.test"
 timeout 60 $PY - "$H" "$K" >"$TMP/sent" <<'PYEOF' || { tail -20 "$TMP/relay.log"; fail "sending"; }
 import hashlib, os, smtplib, sys
 host, k = sys.argv[1], int(sys.argv[2])
@@ -76,6 +82,7 @@ for i in range(k):
     print(f"pf-{i}", hashlib.sha256(body.replace("\r\n", "\n").encode()).hexdigest())
 c.quit()
 PYEOF
+"$CTL" -s "$TMP/control.sock" resume pf.test | grep -q resumed || fail "resume pf.test"
 
 wait_files "$PF/mail/box/new" "$K" 60
 sleep 1
@@ -108,15 +115,18 @@ PYEOF
 opened=$(mxstat "$TMP/stats" queue_conns_opened)
 full=$(mxstat "$TMP/stats" tls_client_handshakes_full)
 res=$(mxstat "$TMP/stats" tls_client_handshakes_resumed)
+piped=$(mxstat "$TMP/stats" queue_txns_pipelined)
 pf_tls=$(grep -c "TLS connection established from .*\[$H\]" "$PF/maillog")
 pf_conn=$(grep -c "postfix/smtpd.*: connect from .*\[$H\]" "$PF/maillog")
 grep -m1 "TLS connection established from" "$PF/maillog"
-echo "relay: $opened connections, TLS $full full + $res resumed; postfix: $pf_conn connections, $pf_tls with TLS"
+echo "relay: $opened connections, TLS $full full + $res resumed, $piped transactions pipelined behind another; postfix: $pf_conn connections, $pf_tls with TLS"
 sent=$(grep -c "to=<u[0-9]*@pf.test>, relay=mx.pf.test\[$S\]:25, .*status=sent" "$TMP/relay.log")
 [ "$sent" = "$K" ] || fail "$sent status=sent lines, expected $K"
 [ "$pf_conn" -ge 2 ] || fail "postfix saw $pf_conn connections: messages_per_connection = 5 should force more"
 [ "$pf_tls" = "$pf_conn" ] || fail "$pf_tls of $pf_conn connections used TLS"
 [ -n "$res" ] && [ "$res" -ge 1 ] || fail "no resumed TLS handshake (full: $full)"
+[ -n "$piped" ] && [ "$piped" -ge 1 ] || fail "no transaction pipelined behind another"
+grep -q "nested MAIL\|improper command pipelining" "$PF/maillog" && fail "Postfix complained about the pipelining"
 [ $((full + res)) -ge "$pf_tls" ] || fail "relay counted $((full + res)) handshakes, postfix $pf_tls"
 stop_relay
 spool_expect "$TMP/spool" 0

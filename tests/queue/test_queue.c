@@ -333,6 +333,7 @@ static void test_config_from_cfg(void)
 	const char *text = "[queue]\nretry = 30s, 2m ,1h\nmax_age = 1d\nmax_connections = 3\n"
 			   "initial_connections = 2\n"
 			   "rate = 5\nrecipients_per_transaction = 50\nidle_timeout = 2s\n"
+			   "pipeline_depth = 4\n"
 			   "[relay]\nsmarthost = [10.77.0.1]:2525\n[smtp]\nhostname = mx.test\n";
 	cfg_init(&c);
 	CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
@@ -346,6 +347,7 @@ static void test_config_from_cfg(void)
 	CU_ASSERT_EQUAL(c.msgs_per_second, 5);
 	CU_ASSERT_EQUAL(c.rcpts_per_txn, 50);
 	CU_ASSERT_EQUAL(c.idle_timeout_us, 2 * SEC);
+	CU_ASSERT_EQUAL(c.pipeline_depth, 4);
 	CU_ASSERT_TRUE(c.smarthost_set);
 	CU_ASSERT_STRING_EQUAL(c.hostname, "mx.test");
 	cfg_free(cf);
@@ -368,6 +370,13 @@ static void test_config_from_cfg(void)
 		cfg_parse_string("[queue]\nretry = 1m,,5m\n", "c.conf", &cf, err, sizeof(err)), 0);
 	CU_ASSERT_EQUAL(queue_config_from_cfg(cf, &c, err, sizeof(err)), -EINVAL);
 	CU_ASSERT_PTR_NOT_NULL(strstr(err, "c.conf:2:"));
+	cfg_free(cf);
+	/* pipeline_depth: 1..QUEUE_PIPELINE_MAX */
+	CU_ASSERT_EQUAL_FATAL(
+		cfg_parse_string("[queue]\npipeline_depth = 9\n", "d.conf", &cf, err, sizeof(err)),
+		0);
+	CU_ASSERT_EQUAL(queue_config_from_cfg(cf, &c, err, sizeof(err)), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(err, "d.conf:2:"));
 	cfg_free(cf);
 	CU_ASSERT_EQUAL(queue_config_set_retry(&c, "1m,1x"), -EINVAL);
 	CU_ASSERT_EQUAL(queue_config_set_retry(&c, "100ms"), -ERANGE);
@@ -1748,6 +1757,208 @@ static void test_route_ttl_from_dns(void)
 	queue_destroy(q);
 }
 
+/* ---- several transactions per session (queue_conn_depth, [queue] pipeline_depth) ---- */
+
+static void submit_lit(struct queue *q, const struct queue_config *c, uint64_t id, int64_t now)
+{
+	CU_ASSERT_EQUAL(
+		queue_submit(q, desc_for(c, "dev@fleet.example", ONE_LIT, 1, 0, 0, id), 0, now), 0);
+}
+
+/* Copy the SEND actions of the last poll into out; their count. */
+static int sends(struct queue_action *out, int max)
+{
+	int n = 0;
+	for (int i = 0; i < R.nact && n < max; i++)
+		if (R.act[i].type == QUEUE_ACT_SEND)
+			out[n++] = R.act[i];
+	return n;
+}
+
+static void test_pipeline_depth(void)
+{
+	struct queue_config c;
+	struct queue_counters k;
+	struct queue_action s[8];
+	int marker;
+	cfg_init(&c);
+	c.max_connections = 1;
+	CU_ASSERT_EQUAL(c.pipeline_depth, 4); /* the default */
+	c.pipeline_depth = 3;
+	struct queue *q = mkq(&c);
+	for (uint64_t id = 1; id <= 5; id++)
+		submit_lit(q, &c, id, T0);
+	pollq(q, T0);
+	const struct queue_action *conn = need_act(QUEUE_ACT_CONNECT);
+	uint64_t h = conn->session;
+	CU_ASSERT_EQUAL(queue_session_set_user(q, h, &marker), 0);
+	CU_ASSERT_EQUAL(queue_conn_up(q, h, "[192.0.2.10]", 0xc000020a, 25, T0), 0);
+	/* Depth 1 until told: one SEND. */
+	pollq(q, T0);
+	CU_ASSERT_EQUAL_FATAL(sends(s, 8), 1);
+	CU_ASSERT_PTR_EQUAL(s[0].user, &marker);
+	CU_ASSERT_EQUAL(s[0].txn->desc->msg_id, 1);
+	/* The client can pipeline 8; the queue caps it at pipeline_depth = 3. */
+	CU_ASSERT_EQUAL(queue_conn_depth(q, h, 8), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL_FATAL(sends(s + 1, 7), 2);
+	CU_ASSERT_EQUAL(s[1].txn->desc->msg_id, 2);
+	CU_ASSERT_EQUAL(s[2].txn->desc->msg_id, 3);
+	CU_ASSERT_EQUAL(s[1].session, h);
+	CU_ASSERT_EQUAL(pollq(q, T0), 0); /* full: nothing more, no second connection */
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.in_flight, 3);
+	CU_ASSERT_EQUAL(k.queued, 2);
+	CU_ASSERT_EQUAL(k.txns_pipelined, 2);
+	CU_ASSERT_EQUAL(k.conns_opened, 1);
+	/* Results apply to the oldest; each frees a place for the next. */
+	CU_ASSERT_EQUAL(result_all(q, &s[0], 250, "250 2.0.0 ok 1", T0 + 1), 0);
+	CU_ASSERT_EQUAL(R.delivered, 1);
+	pollq(q, T0 + 1);
+	CU_ASSERT_EQUAL_FATAL(sends(s + 3, 5), 1);
+	CU_ASSERT_EQUAL(s[3].txn->desc->msg_id, 4);
+	/* 4xx for the second, 5xx for the third: each to its own recipients */
+	CU_ASSERT_EQUAL(result_all(q, &s[1], 451, "451 4.3.0 later", T0 + 2), 0);
+	CU_ASSERT_EQUAL(R.deferred, 1);
+	CU_ASSERT_EQUAL(result_all(q, &s[2], 550, "550 5.1.1 no", T0 + 2), 0);
+	CU_ASSERT_EQUAL(R.bounced, 1);
+	pollq(q, T0 + 2);
+	CU_ASSERT_EQUAL_FATAL(sends(s + 4, 4), 1);
+	CU_ASSERT_EQUAL(s[4].txn->desc->msg_id, 5);
+	CU_ASSERT_EQUAL(result_all(q, &s[3], 250, "250 ok", T0 + 3), 0);
+	CU_ASSERT_EQUAL(result_all(q, &s[4], 250, "250 ok", T0 + 3), 0);
+	CU_ASSERT_EQUAL(R.delivered, 3);
+	CU_ASSERT_EQUAL(R.done, 4); /* 1, 3, 4, 5; 2 waits for its retry */
+	/* Nothing in flight: idle, and a result for nothing is refused (s[4]'s txn is gone). */
+	struct queue_rcpt_result one = {250, NULL, "250 ok"};
+	CU_ASSERT_EQUAL(queue_txn_result(q, s[4].session, &one, 1, T0 + 3), -ENOENT);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.in_flight, 0);
+	CU_ASSERT_EQUAL(k.conns_open, 1);
+	CU_ASSERT_EQUAL(k.sessions_reused, 4);
+	queue_destroy(q);
+}
+
+/* A dropped session with transactions in flight: every one deferred, none lost. */
+static void test_pipeline_conn_lost(void)
+{
+	struct queue_config c;
+	struct queue_counters k;
+	struct queue_action s[8];
+	cfg_init(&c);
+	c.max_connections = 1;
+	struct queue *q = mkq(&c);
+	for (uint64_t id = 1; id <= 3; id++)
+		submit_lit(q, &c, id, T0);
+	pollq(q, T0);
+	uint64_t h = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_depth(q, h, 2), 0);
+	CU_ASSERT_EQUAL(queue_conn_up(q, h, "[192.0.2.10]", 0xc000020a, 25, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL_FATAL(sends(s, 8), 2);
+	CU_ASSERT_EQUAL(result_all(q, &s[0], 250, "250 ok", T0 + 1), 0);
+	pollq(q, T0 + 1);
+	CU_ASSERT_EQUAL_FATAL(sends(s + 2, 6), 1);
+	/* two in flight (2 and 3) when the connection drops */
+	CU_ASSERT_EQUAL(queue_conn_down(q, h, "connection reset", T0 + 2), 0);
+	CU_ASSERT_EQUAL(R.delivered, 1);
+	CU_ASSERT_EQUAL(R.deferred, 2);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.in_flight, 0);
+	CU_ASSERT_EQUAL(k.queued, 2);
+	CU_ASSERT_EQUAL(k.conns_open, 0);
+	struct queue_rcpt_result one = {250, NULL, "250 ok"};
+	CU_ASSERT_EQUAL(queue_txn_result(q, h, &one, 1, T0 + 2), -ENOENT);
+	/* The retry sends both again, once each. */
+	pollq(q, T0 + 2 + 61 * SEC);
+	h = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_depth(q, h, 2), 0);
+	CU_ASSERT_EQUAL(queue_conn_up(q, h, "[192.0.2.10]", 0xc000020a, 25, T0 + 62 * SEC), 0);
+	pollq(q, T0 + 62 * SEC);
+	CU_ASSERT_EQUAL_FATAL(sends(s, 8), 2);
+	CU_ASSERT_EQUAL(s[0].txn->desc->msg_id + s[1].txn->desc->msg_id, 5);
+	CU_ASSERT_EQUAL(result_all(q, &s[0], 250, "250 ok", T0 + 63 * SEC), 0);
+	CU_ASSERT_EQUAL(result_all(q, &s[1], 250, "250 ok", T0 + 63 * SEC), 0);
+	CU_ASSERT_EQUAL(R.delivered, 3);
+	CU_ASSERT_EQUAL(R.done, 3);
+	queue_destroy(q);
+}
+
+/* messages_per_connection counts what is in flight: no session carries more. */
+static void test_pipeline_msgs_per_connection(void)
+{
+	struct queue_config c;
+	struct queue_counters k;
+	struct queue_action s[8];
+	cfg_init(&c);
+	c.max_connections = 1;
+	c.msgs_per_connection = 3;
+	c.pipeline_depth = 4;
+	struct queue *q = mkq(&c);
+	for (uint64_t id = 1; id <= 5; id++)
+		submit_lit(q, &c, id, T0);
+	pollq(q, T0);
+	uint64_t h = need_act(QUEUE_ACT_CONNECT)->session;
+	CU_ASSERT_EQUAL(queue_conn_depth(q, h, 4), 0);
+	CU_ASSERT_EQUAL(queue_conn_up(q, h, "[192.0.2.10]", 0xc000020a, 25, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL_FATAL(sends(s, 8), 3); /* not 4: the connection's limit is 3 */
+	for (int i = 0; i < 3; i++)
+		CU_ASSERT_EQUAL(result_all(q, &s[i], 250, "250 ok", T0 + 1), 0);
+	pollq(q, T0 + 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 1);
+	CU_ASSERT_EQUAL(need_act(QUEUE_ACT_CLOSE)->session, h);
+	CU_ASSERT_EQUAL(queue_conn_closed(q, h, T0 + 1), 0);
+	pollq(q, T0 + 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.sent, 3);
+	CU_ASSERT_EQUAL(k.queued, 2);
+	CU_ASSERT_EQUAL(queue_conn_depth(q, 12345, 2), -ENOENT);
+	CU_ASSERT_EQUAL(queue_session_set_user(q, 12345, NULL), -ENOENT);
+	queue_destroy(q);
+}
+
+/*
+ * Few action slots per poll while sessions fill up: every destination still
+ * gets its turn (a destination put back in line must not be on it twice).
+ */
+static void test_pipeline_small_polls(void)
+{
+	static const char *const LIT_B[] = {"dev@[192.0.2.20]"};
+	struct queue_config c;
+	struct queue_action act[2];
+	unsigned sends_a = 0, sends_b = 0, rounds = 0;
+	cfg_init(&c);
+	c.max_connections = 1;
+	struct queue *q = mkq(&c);
+	for (uint64_t id = 1; id <= 6; id++) {
+		submit_lit(q, &c, id, T0);
+		CU_ASSERT_EQUAL(
+			queue_submit(q, desc_for(&c, "dev@fleet.example", LIT_B, 1, 0, 0, 100 + id),
+				     0, T0),
+			0);
+	}
+	int n = queue_poll(q, T0, act, 2);
+	CU_ASSERT_EQUAL_FATAL(n, 2);
+	for (int i = 0; i < 2; i++) {
+		CU_ASSERT_EQUAL_FATAL(act[i].type, QUEUE_ACT_CONNECT);
+		CU_ASSERT_EQUAL(queue_conn_depth(q, act[i].session, 4), 0);
+		CU_ASSERT_EQUAL(queue_conn_up(q, act[i].session, "h", 0xc000020a, 25, T0), 0);
+	}
+	while ((n = queue_poll(q, T0, act, 2)) > 0 && rounds++ < 100)
+		for (int i = 0; i < n; i++) {
+			CU_ASSERT_EQUAL(act[i].type, QUEUE_ACT_SEND);
+			if (act[i].type == QUEUE_ACT_SEND && act[i].txn->desc->msg_id > 100)
+				sends_b++;
+			else if (act[i].type == QUEUE_ACT_SEND)
+				sends_a++;
+		}
+	CU_ASSERT_EQUAL(sends_a, 4); /* depth 4 each, not one destination starved */
+	CU_ASSERT_EQUAL(sends_b, 4);
+	queue_destroy(q);
+}
+
 static CU_TestInfo dest_tests[] = {
 	{"dest_domain_case", test_dest_domain_case},
 	{"dest_literal_invalid", test_dest_literal_invalid},
@@ -1765,6 +1976,10 @@ static CU_TestInfo sched_tests[] = {
 	{"smarthost_routes", test_smarthost_routes},
 	{"rcpts_per_txn_split", test_rcpts_per_txn_split},
 	{"max_connections", test_max_connections},
+	{"pipeline_depth", test_pipeline_depth},
+	{"pipeline_conn_lost", test_pipeline_conn_lost},
+	{"pipeline_msgs_per_connection", test_pipeline_msgs_per_connection},
+	{"pipeline_small_polls", test_pipeline_small_polls},
 	{"msgs_per_connection", test_msgs_per_connection},
 	{"rate_limit", test_rate_limit},
 	{"idle_timeout_close", test_idle_timeout_close},

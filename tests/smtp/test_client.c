@@ -24,6 +24,14 @@
 #define TLS_STEP "\x01"	    /* step: the handshake finished */
 #define TIMEOUT_STEP "\x02" /* step: the deadline passed */
 #define QUIT_STEP "\x03"    /* step: smtp_client_quit() */
+#define ABORT_STEP "\x04"   /* step: smtp_client_abort() (the transport lost the connection) */
+
+/*
+ * Pipelining across transactions: the harness submits messages as a delivery
+ * loop does, whenever the client has room (after every step and at every
+ * message_done), not only one after the other.
+ */
+static bool g_fill;
 
 static uint64_t g_now = 1000000;
 
@@ -65,7 +73,7 @@ struct ct {
 	struct smtp_client *c;
 	struct smtp_client_stats st;
 	const struct smtp_client_msg *const *msgs;
-	size_t nmsgs, next_msg;
+	size_t nmsgs, next_msg, ndone;
 	bool quit;
 	struct smtp_client_result last; /* copy of the last result (rcpts not kept) */
 };
@@ -116,8 +124,29 @@ static void cb_ready(void *user)
 	evf(user, "R;");
 }
 
+/* Submit while the client takes messages (-EBUSY: no room now). */
+static void fill(struct ct *t)
+{
+	while (t->next_msg < t->nmsgs) {
+		int rc = smtp_client_send_message(t->c, t->msgs[t->next_msg]);
+		if (rc == -EBUSY)
+			return;
+		t->next_msg++;
+		if (rc)
+			evf(t, "E%d;", rc);
+	}
+}
+
 static void submit_next(struct ct *t)
 {
+	if (g_fill) {
+		fill(t);
+		/* QUIT once everything is reported: a QUIT asked earlier would stop
+		 * the pipelining of what is still to start */
+		if (t->quit && t->ndone == t->nmsgs)
+			smtp_client_quit(t->c);
+		return;
+	}
 	if (t->next_msg < t->nmsgs) {
 		int rc = smtp_client_send_message(t->c, t->msgs[t->next_msg++]);
 		if (rc)
@@ -133,6 +162,7 @@ static void cb_done(void *user, const struct smtp_client_result *r)
 	static const char letters[] = "DTB";
 
 	t->last = *r;
+	t->ndone++;
 	evf(t, "M");
 	for (size_t i = 0; i < r->rcpt_count; i++) {
 		const struct smtp_client_rcpt_result *rr = &r->rcpts[i];
@@ -242,8 +272,12 @@ static void run_script(const char *name, const struct smtp_client_conf *conf,
 				smtp_client_timeout(t->c);
 			else if (strcmp(steps[i].srv, QUIT_STEP) == 0)
 				smtp_client_quit(t->c);
+			else if (strcmp(steps[i].srv, ABORT_STEP) == 0)
+				smtp_client_abort(t->c, "gone");
 			else
 				feed(t, steps[i].srv, mode);
+			if (g_fill && !smtp_client_is_dead(t->c))
+				fill(t);
 			drain(t);
 			const char *got = t->out + t->out_seen;
 			if (strcmp(got, steps[i].cli) != 0) {
@@ -1351,6 +1385,255 @@ static void test_round_trip_data(void)
 	smtp_session_free(r.s);
 }
 
+/* ---- several transactions in flight (PIPELINING + CHUNKING, max_txns_in_flight) ---- */
+
+#define EHLO_PC "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
+#define TXN1 MAIL1 RCPTA RCPTB "BDAT 37 LAST\r\n" BODY1
+#define TXN_NEXT "RSET\r\n" TXN1
+#define ENV_OK "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n"
+#define RSET_OK "250 2.0.0 reset\r\n"
+#define DELIVERED2 "M D250/2.0.0 D250/2.0.0;"
+
+static const struct smtp_client_msg *const g_three[] = {&g_m1, &g_m1, &g_m1};
+
+static void run_pipe(const char *name, unsigned depth_conf,
+		     const struct smtp_client_msg *const *msgs, size_t nmsgs,
+		     const struct step *steps, const char *expect_ev, struct smtp_client_stats *st)
+{
+	struct smtp_client_conf conf = cconf();
+
+	conf.max_txns_in_flight = depth_conf;
+	CU_ASSERT_EQUAL_FATAL(smtp_client_conf_check(&conf, NULL, 0), 0);
+	g_fill = true;
+	run_script(name, &conf, msgs, nmsgs, true, steps, expect_ev, st);
+	g_fill = false;
+}
+
+static void test_pipe_depth2(void)
+{
+	struct smtp_client_stats st;
+	const struct step s[] = {
+		{GREET, EHLO},
+		/* the second transaction follows the first's BDAT LAST, behind an RSET */
+		{EHLO_PC, TXN1 TXN_NEXT},
+		/* the first one's replies: the third takes its place at once */
+		{ENV_OK "250 2.0.0 one\r\n", TXN_NEXT},
+		{RSET_OK ENV_OK "250 2.0.0 two\r\n", ""},
+		{RSET_OK ENV_OK "250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_depth2", 2, g_three, 3, s, "R;" DELIVERED2 DELIVERED2 DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 2);
+	CU_ASSERT_EQUAL(st.messages_sent, 3);
+	CU_ASSERT_EQUAL(st.rcpts_delivered, 6);
+	CU_ASSERT_EQUAL(st.rsets, 0);
+	CU_ASSERT_EQUAL(st.bdat_messages, 3);
+
+	/* depth 3: all three on the wire before any reply */
+	const struct step s3[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT TXN_NEXT},
+		{ENV_OK "250 2.0.0 one\r\n" RSET_OK ENV_OK "250 2.0.0 two\r\n", ""},
+		{RSET_OK ENV_OK "250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_depth3", 3, g_three, 3, s3, "R;" DELIVERED2 DELIVERED2 DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 2);
+}
+
+/* Without CHUNKING (or PIPELINING) the setting changes nothing: one at a time, no RSET. */
+static void test_pipe_needs_chunking(void)
+{
+	struct smtp_client_stats st;
+	const struct step s[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, MAIL1 RCPTA RCPTB "DATA\r\n"},
+		{"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", BODY1_STUFFED},
+		{"250 2.0.0 one\r\n", MAIL1 RCPTA RCPTB "DATA\r\n"},
+		{"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n", BODY1_STUFFED},
+		{"250 2.0.0 two\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_needs_chunking", 4, g_two, 2, s, "R;" DELIVERED2 DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 0);
+	const struct step s2[] = {
+		{GREET, EHLO},
+		{"250-mx.test\r\n250 CHUNKING\r\n", MAIL1},
+		{"250 ok\r\n", RCPTA},
+		{"250 ok\r\n", RCPTB},
+		{"250 ok\r\n", "BDAT 37 LAST\r\n" BODY1},
+		{"250 2.0.0 one\r\n", MAIL1},
+		{"250 ok\r\n", RCPTA},
+		{"250 ok\r\n", RCPTB},
+		{"250 ok\r\n", "BDAT 37 LAST\r\n" BODY1},
+		{"250 2.0.0 two\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_needs_pipelining", 4, g_two, 2, s2, "R;" DELIVERED2 DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 0);
+}
+
+/* Every failure place of the first transaction while the second is on the wire. */
+static void test_pipe_failures(void)
+{
+	struct smtp_client_stats st;
+	/* MAIL refused: its RCPTs and BDAT get 503; the second is delivered (no extra RSET) */
+	const struct step mail[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT},
+		{"550 5.1.8 bad sender\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"
+		 "503 5.5.1 need MAIL\r\n",
+		 ""},
+		{RSET_OK ENV_OK "250 2.0.0 two\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_mail_refused", 2, g_two, 2, mail,
+		 "R;M B550/5.1.8 B550/5.1.8;" DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 0);
+	CU_ASSERT_EQUAL(st.rcpts_bounced, 2);
+	CU_ASSERT_EQUAL(st.rcpts_delivered, 2);
+
+	/* MAIL 4xx: deferred, not bounced */
+	const struct step mail4[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT},
+		{"451 4.3.0 busy\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n"
+		 "503 5.5.1 need MAIL\r\n" RSET_OK ENV_OK "250 2.0.0 two\r\n",
+		 "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_mail_4xx", 2, g_two, 2, mail4, "R;M T451/4.3.0 T451/4.3.0;" DELIVERED2 "C;",
+		 &st);
+
+	/* one RCPT of the second transaction refused: per recipient */
+	const struct step rcpt[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT},
+		{ENV_OK "250 2.0.0 one\r\n" RSET_OK
+			"250 2.1.0 ok\r\n550 5.1.1 no such user\r\n250 2.1.5 ok\r\n"
+			"250 2.0.0 two\r\n",
+		 "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_rcpt_refused", 2, g_two, 2, rcpt,
+		 "R;" DELIVERED2 "M B550/5.1.1 D250/2.0.0;C;", &st);
+
+	/* every RCPT of the first refused: BDAT LAST gets 554; the second's RSET cleans up */
+	const struct step all[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT},
+		{"250 2.1.0 ok\r\n550 5.1.1 no\r\n450 4.2.1 later\r\n"
+		 "554 5.5.1 no valid recipients\r\n" RSET_OK ENV_OK "250 2.0.0 two\r\n",
+		 "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_rcpts_refused", 2, g_two, 2, all,
+		 "R;M B550/5.1.1 T450/4.2.1;" DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 0);
+
+	/* the data reply of the first: 4xx defers it, the second goes on */
+	const struct step data[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT},
+		{ENV_OK "452 4.3.1 disk full\r\n", ""},
+		{RSET_OK ENV_OK "554 5.6.0 rejected\r\n", "RSET\r\n"},
+		{"250 ok\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_data_reply", 2, g_two, 2, data,
+		 "R;M T452/4.3.1 T452/4.3.1;M B554/5.6.0 B554/5.6.0;C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 1); /* after the last one failed, nothing behind it */
+
+	/* the RSET of the second refused: the session is in an unknown state and fails */
+	const struct step rset[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT},
+		{ENV_OK "250 2.0.0 one\r\n500 5.5.2 what\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_rset_refused", 2, g_two, 2, rset,
+		 "R;" DELIVERED2 "M T421/4.4.2 T421/4.4.2;F500/5.5.2;", &st);
+	CU_ASSERT_EQUAL(st.rcpts_deferred, 2);
+
+	/* the connection drops with two transactions outstanding: both deferred, in order */
+	const struct step drop[] = {
+		{GREET, EHLO}, {EHLO_PC, TXN1 TXN_NEXT}, {"250 2.1.0 ok\r\n", ""}, {ABORT_STEP, ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dropped", 2, g_two, 2, drop,
+		 "R;M T421/4.4.2 T421/4.4.2;M T421/4.4.2 T421/4.4.2;F421/4.4.2;", &st);
+	CU_ASSERT_EQUAL(st.rcpts_deferred, 4);
+	CU_ASSERT_EQUAL(st.rcpts_delivered, 0);
+
+	/* a 421 in the middle: the same, with the server's words */
+	const struct step r421[] = {
+		{GREET, EHLO},
+		{EHLO_PC, TXN1 TXN_NEXT},
+		{ENV_OK "250 2.0.0 one\r\n421 4.3.2 shutting down\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_421", 2, g_two, 2, r421,
+		 "R;" DELIVERED2 "M T421/4.3.2 T421/4.3.2;F421/4.3.2;", &st);
+	CU_ASSERT_EQUAL(st.rcpts_delivered, 2);
+	CU_ASSERT_EQUAL(st.rcpts_deferred, 2);
+}
+
+/* A message this server cannot take waits for the pipeline to drain: reports stay in order. */
+static void test_pipe_order(void)
+{
+	struct smtp_client_stats st;
+	struct smtp_client_msg eight = g_m1;
+	const struct smtp_client_msg *ms[] = {&g_m1, &eight, &g_m1};
+
+	eight.body_8bit = true;
+	const struct step s[] = {
+		{GREET, EHLO},
+		{"250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n", TXN1},
+		/* the refusal is reported after the first, then the third starts afresh */
+		{ENV_OK "250 2.0.0 one\r\n", TXN1},
+		{ENV_OK "250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_order", 2, ms, 3, s,
+		 "R;" DELIVERED2 "M B554/5.6.3 B554/5.6.3;" DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.refused_local, 1);
+}
+
+static void test_pipe_api(void)
+{
+	struct smtp_client_conf conf = cconf();
+	struct ct *t = calloc(1, sizeof(*t));
+
+	conf.max_txns_in_flight = SMTP_CLIENT_TXNS_MAX + 1;
+	CU_ASSERT_EQUAL(smtp_client_conf_check(&conf, NULL, 0), -EINVAL);
+	conf.max_txns_in_flight = 2;
+	CU_ASSERT_EQUAL_FATAL(smtp_client_new(&conf, &ccb, t, &t->st, &t->c), 0);
+	CU_ASSERT_EQUAL(smtp_client_txn_depth(t->c), 1); /* nothing known of the server yet */
+	CU_ASSERT_EQUAL(smtp_client_send_message(t->c, &g_m1), 0);
+	CU_ASSERT_EQUAL(smtp_client_send_message(t->c, &g_m1), -EBUSY);
+	smtp_client_start(t->c, false);
+	feed(t, GREET, 0);
+	feed(t, EHLO_PC, 0);
+	CU_ASSERT_EQUAL(smtp_client_txn_depth(t->c), 2);
+	CU_ASSERT_EQUAL(smtp_client_send_message(t->c, &g_m1), 0);
+	CU_ASSERT_EQUAL(smtp_client_send_message(t->c, &g_m1), -EBUSY); /* two in flight */
+	CU_ASSERT_STRING_EQUAL(t->out, EHLO TXN1 TXN_NEXT);
+	smtp_client_free(t->c); /* both reported deferred */
+	CU_ASSERT_STRING_EQUAL(t->ev,
+			       "R;M T421/4.4.2 T421/4.4.2;M T421/4.4.2 T421/4.4.2;F421/4.4.2;");
+	free(t);
+}
+
 static CU_TestInfo client_tests[] = {
 	{"reply_parser", test_reply_parser},
 	{"basic_data", test_basic_data},
@@ -1374,6 +1657,11 @@ static CU_TestInfo client_tests[] = {
 	{"conf_and_api", test_conf_and_api},
 	{"round_trip_bdat", test_round_trip_bdat},
 	{"round_trip_data", test_round_trip_data},
+	{"pipe_depth2", test_pipe_depth2},
+	{"pipe_needs_chunking", test_pipe_needs_chunking},
+	{"pipe_failures", test_pipe_failures},
+	{"pipe_order", test_pipe_order},
+	{"pipe_api", test_pipe_api},
 	CU_TEST_INFO_NULL,
 };
 

@@ -12,6 +12,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/err.h>
+#include <openssl/evp.h>
+
 #include "mx_test.h"
 #include "tls.h"
 #include "tls_pair.h"
@@ -251,6 +254,39 @@ static void test_data_partial_consumer(void)
 static void test_data_one_byte(void)
 {
 	bulk(TLS_VERSION_1_3, 1, 0, 64 * 1024);
+}
+
+/*
+ * An error another OpenSSL user of the thread left in the error queue (DKIM
+ * signing, the server side) must not make SSL_get_error() see a failure
+ * where there is none: conn.c empties the queue before the calls it explains
+ * (only when it is not empty: the common case costs no clearing).
+ */
+static void test_stale_error_queue(void)
+{
+	struct tls_server_ctx *s = make_server(CERT_EC, NULL);
+	struct tls_client_ctx *c = make_client(NULL);
+	uint8_t *up = random_bytes(3000);
+
+	reset_stats();
+	connect_pair(s, c, TLS_POLICY_VERIFY, TLS_PKI_HOST, NULL);
+	pair_pump(&srv, &cli, 0);
+	CU_ASSERT_TRUE_FATAL(tls_conn_handshake_done(cli.tc) && tls_conn_handshake_done(srv.tc));
+	for (int round = 0; round < 3; round++) {
+		ERR_raise(ERR_LIB_EVP, EVP_R_BAD_DECRYPT);
+		CU_ASSERT_EQUAL(tls_conn_write(cli.tc, up + round * 1000, 1000), 1000);
+		CU_ASSERT_EQUAL(ERR_peek_error(), 0); /* emptied by the write */
+		ERR_raise(ERR_LIB_EVP, EVP_R_BAD_DECRYPT);
+		pair_pump(&srv, &cli, 0); /* the server reads with the stale error queued */
+	}
+	ERR_clear_error();
+	CU_ASSERT_EQUAL(srv.errors + cli.errors, 0);
+	CU_ASSERT_EQUAL(srv.rx.len, 3000);
+	CU_ASSERT(srv.rx.len == 3000 && memcmp(srv.rx.data, up, 3000) == 0);
+	free(up);
+	done_pair();
+	tls_client_ctx_free(c);
+	tls_server_ctx_free(s);
 }
 
 /* ---- resumption ---------------------------------------------------------------- */
@@ -1007,6 +1043,7 @@ static void test_timeout(void)
 }
 
 static CU_TestInfo tls_tests[] = {
+	{"stale_error_queue", test_stale_error_queue},
 	{"handshake TLS 1.3", test_handshake_tls13},
 	{"handshake TLS 1.2", test_handshake_tls12},
 	{"handshake 1 byte at a time", test_handshake_one_byte},
