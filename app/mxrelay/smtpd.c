@@ -37,6 +37,34 @@
 #define CLIENT_SETS 1024 /* per-client table: sets of CLIENT_WAYS entries, per worker */
 #define CLIENT_WAYS 8
 #define HELD_GENS 8 /* replaced configurations a worker may still need (reload) */
+/*
+ * Ended connections and their SMTP sessions kept per worker for the next
+ * connection, at most this many (and at most the worker's connection share):
+ * a session is 12 KiB, and a device fleet makes a connection per message, so
+ * malloc'ed ones meant page faults on pages the allocator had given back.
+ */
+#define CONN_POOL_MAX 4096u
+
+/*
+ * Under AddressSanitizer a cached object is poisoned while it waits for
+ * reuse, so a use after free is still reported although the memory is not
+ * given back to the allocator.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define SMTPD_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SMTPD_ASAN 1
+#endif
+#endif
+#ifdef SMTPD_ASAN
+#include <sanitizer/asan_interface.h>
+#define SMTPD_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define SMTPD_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define SMTPD_POISON(p, n) ((void)(p), (void)(n))
+#define SMTPD_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 struct smtpd_conn {
 	struct smtpd *d;
@@ -86,6 +114,10 @@ struct smtpd {
 	struct smtpd_stats stats;
 	struct smtpd_conn *live;
 	struct smtpd_conn *reap;
+	struct smtpd_conn *conn_pool; /* ended connections for reuse (CONN_POOL_MAX) */
+	unsigned conn_pool_count;
+	uint64_t conn_pool_reused, conn_pool_allocated;
+	struct smtp_session_pool sessions;
 	uint64_t next_scan_us;
 	uint64_t session_seq;
 	uint64_t max_conns; /* this worker's share of max_connections */
@@ -114,6 +146,19 @@ struct smtpd {
 };
 
 static const struct tcp_conn_ops conn_tcp_ops;
+
+/*
+ * The SMTP sessions' clock (smtp_server_conf.now_us): the worker turn's time,
+ * set by smtpd_poll(), per worker thread.  Sessions read it on every input
+ * and state change, only for their timeouts (minutes, checked every
+ * TIMEOUT_SCAN_US), so a turn-old time is exact enough and costs no clock read.
+ */
+static __thread uint64_t turn_now_us;
+
+static uint64_t session_now_us(void)
+{
+	return turn_now_us ? turn_now_us : mx_now_us();
+}
 static const struct tls_conn_ops conn_tls_ops;
 static struct client_entry *client_find(struct smtpd *d, uint32_t ip, bool create, uint64_t now);
 static const struct smtp_server_cb conn_smtp_cb;
@@ -593,12 +638,26 @@ static void smtp_msg_end(void *user, const struct smtp_envelope *env)
 	commit_message(c, env, rc);
 }
 
+/* Dotted quad of a host-order address, as inet_ntop() writes it without its sprintf. */
+static void format_ipv4(char out[INET_ADDRSTRLEN], uint32_t ip)
+{
+	char *p = out;
+	for (int shift = 24; shift >= 0; shift -= 8) {
+		unsigned v = (ip >> shift) & 255;
+		if (v >= 100)
+			*p++ = (char)('0' + v / 100);
+		if (v >= 10)
+			*p++ = (char)('0' + v / 10 % 10);
+		*p++ = (char)('0' + v % 10);
+		*p++ = shift ? '.' : '\0';
+	}
+}
+
 /* After the signature (if any): the message goes to the spool, or is refused with rc. */
 static void commit_message(struct smtpd_conn *c, const struct smtp_envelope *env, int rc)
 {
 	struct spool_rcpt rcpts_small[16], *rcpts = rcpts_small;
 	char ip[INET_ADDRSTRLEN];
-	struct in_addr a = {.s_addr = htonl(env->client_ip)};
 
 	sign_end(c);
 	if (rc != 0) {
@@ -619,7 +678,7 @@ static void commit_message(struct smtpd_conn *c, const struct smtp_envelope *env
 					       .orcpt = env->rcpts[i].orcpt[0] ? env->rcpts[i].orcpt
 									       : NULL,
 					       .notify = env->rcpts[i].notify};
-	inet_ntop(AF_INET, &a, ip, sizeof(ip));
+	format_ipv4(ip, env->client_ip);
 	struct spool_envelope se = {
 		.sender = env->mail_from.text,
 		.envid = env->envid,
@@ -733,12 +792,50 @@ static void conn_free(struct smtpd_conn *c)
 	if (c->msg != NULL)
 		spool_msg_abort(c->msg);
 	sign_end(c);
-	smtp_session_free(c->s);
+	smtp_session_free_pooled(&d->sessions, c->s);
 	tls_conn_free(c->tls);
 	free(c->out);
 	smtpd_shared_put(c->gen);
-	free(c);
 	d->stats.open--;
+	if (d->conn_pool_count < d->sessions.max) {
+		c->next = d->conn_pool;
+		d->conn_pool = c;
+		d->conn_pool_count++;
+		/* all but the link, which LeakSanitizer must follow */
+		SMTPD_POISON(c, offsetof(struct smtpd_conn, next));
+		SMTPD_POISON((uint8_t *)c + offsetof(struct smtpd_conn, next) + sizeof(c->next),
+			     sizeof(*c) - offsetof(struct smtpd_conn, next) - sizeof(c->next));
+	} else {
+		free(c);
+	}
+}
+
+/* A zeroed connection, from the pool when it has one. */
+static struct smtpd_conn *conn_alloc(struct smtpd *d)
+{
+	struct smtpd_conn *c = d->conn_pool;
+	if (c == NULL) {
+		d->conn_pool_allocated++;
+		return calloc(1, sizeof(*c));
+	}
+	SMTPD_UNPOISON(c, sizeof(*c));
+	d->conn_pool = c->next;
+	d->conn_pool_count--;
+	d->conn_pool_reused++;
+	memset(c, 0, sizeof(*c));
+	return c;
+}
+
+static void conn_pool_drain(struct smtpd *d)
+{
+	while (d->conn_pool != NULL) {
+		struct smtpd_conn *c = d->conn_pool;
+		SMTPD_UNPOISON(c, sizeof(*c));
+		d->conn_pool = c->next;
+		free(c);
+	}
+	d->conn_pool_count = 0;
+	smtp_session_pool_drain(&d->sessions);
 }
 
 static int on_accept(struct tcp_conn *tc, void *ctx)
@@ -751,7 +848,7 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 
 	tcp_conn_endpoints(tc, &laddr, &lport, &raddr, &rport);
 	d->stats.connections++;
-	struct client_entry *ce = client_find(d, raddr, true, mx_now_us());
+	struct client_entry *ce = client_find(d, raddr, true, session_now_us());
 	bool per_ip = ce != NULL && ce->conns >= d->max_conns_per_ip;
 	if (per_ip)
 		d->stats.refused_per_ip++;
@@ -765,7 +862,7 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 		tcp_close(tc);
 		return 0;
 	}
-	struct smtpd_conn *c = calloc(1, sizeof(*c));
+	struct smtpd_conn *c = conn_alloc(d);
 	if (c == NULL)
 		return -1;
 	c->d = d;
@@ -778,8 +875,8 @@ static int on_accept(struct tcp_conn *tc, void *ctx)
 		ce->conns++;
 		c->counted = true;
 	}
-	if (smtp_session_new(conf, &conn_smtp_cb, c, &d->smtp_stats, raddr,
-			     ((uint64_t)d->worker << 48) | ++d->session_seq, &c->s) != 0) {
+	if (smtp_session_new_pooled(&d->sessions, conf, &conn_smtp_cb, c, &d->smtp_stats, raddr,
+				    ((uint64_t)d->worker << 48) | ++d->session_seq, &c->s) != 0) {
 		if (c->counted)
 			ce->conns--;
 		free(c);
@@ -829,6 +926,8 @@ struct smtpd *smtpd_create(struct smtpd_shared *sh, struct net_stack *st, unsign
 	signers_attach_worker(w, st);
 	d->dl = dl;
 	d->max_conns = sh->conf->max_connections / sh->n_workers + 1;
+	smtp_session_pool_init(&d->sessions, d->max_conns < CONN_POOL_MAX ? (unsigned)d->max_conns
+									  : CONN_POOL_MAX);
 	/* Flows of one client spread over the workers: each enforces its share. */
 	d->max_conns_per_ip = (sh->conf->max_connections_per_ip + sh->n_workers - 1) / sh->n_workers;
 	d->clients = calloc((size_t)CLIENT_SETS * CLIENT_WAYS, sizeof(*d->clients));
@@ -936,6 +1035,9 @@ int smtpd_reconfigure(struct smtpd *d, struct smtpd_shared *sh)
 
 static void log_queued(struct smtpd_conn *c, const struct spool_completion *done)
 {
+	/* Once per message: below info level not even the arguments are gathered. */
+	if (mx_log_get_level() < MX_LOG_INFO)
+		return;
 	const struct smtp_envelope *env = smtp_session_envelope(c->s);
 	if (env == NULL)
 		return;
@@ -972,6 +1074,7 @@ unsigned smtpd_poll(struct smtpd *d, uint64_t now_us)
 {
 	struct spool_completion done[SPOOL_BATCH];
 	unsigned work = 0;
+	turn_now_us = now_us;
 	int n = spool_poll(d->spool, now_us, done, SPOOL_BATCH);
 
 	for (int i = 0; i < n; i++) {
@@ -1075,6 +1178,7 @@ void smtpd_destroy(struct smtpd *d)
 	for (unsigned i = 0; i < d->n_held; i++)
 		smtpd_shared_put(d->held[i]);
 	smtpd_shared_put(d->sh);
+	conn_pool_drain(d);
 	free(d->clients);
 	free(d);
 }
@@ -1111,6 +1215,8 @@ int smtpd_shared_init(struct smtpd_shared *sh, const struct relay_config *conf, 
 		struct smtp_server_conf *lc = &sh->listener_conf[i];
 		*lc = conf->smtp;
 		lc->tls_available = sh->tls != NULL;
+		if (lc->now_us == NULL)
+			lc->now_us = session_now_us;
 		switch (conf->listen[i]) {
 		case 465:
 			lc->listener = SMTP_LISTENER_IMPLICIT_TLS;
@@ -1207,6 +1313,12 @@ void smtpd_stats_foreach(const struct smtpd *d,
 	fn(arg, "smtp_auth_success", s->auth_success);
 	fn(arg, "smtp_auth_failures", s->auth_failures);
 	fn(arg, "smtp_timeouts", s->timeouts);
+	fn(arg, "smtp_session_pool_reused", d->sessions.reused);
+	fn(arg, "smtp_session_pool_allocated", d->sessions.allocated);
+	fn(arg, "smtp_session_pool_full", d->sessions.full);
+	fn(arg, "smtp_session_pool_held", d->sessions.count);
+	fn(arg, "smtpd_conn_pool_reused", d->conn_pool_reused);
+	fn(arg, "smtpd_conn_pool_allocated", d->conn_pool_allocated);
 
 	const struct tls_stats *t = &d->tls_stats;
 	fn(arg, "tls_server_handshakes_full", t->server_handshakes_full);

@@ -15,8 +15,8 @@ BUILD=${MX_BUILD:-$ROOT/build}
 HZ=$(getconf CLK_TCK)
 WORK=$(mktemp -d /var/tmp/mxbench.XXXXXX) # a real disk (ext4), not tmpfs
 chmod 755 "$WORK"                          # the postfix user must reach its queue below
-MX_IF=mxb0
-MX_NET=10.77.200
+MX_IF=${MX_IF:-mxb0}      # overridable so parallel runs do not collide
+MX_NET=${MX_NET:-10.77.200}
 MX_PID=
 PF_CONF=''
 PF_UP=0

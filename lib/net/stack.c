@@ -390,7 +390,7 @@ static const char *const tcp_stat_names[] = {
 	"tcp_challenge_acks", "tcp_challenge_acks_limited", "tcp_rst_bad_seq", "tcp_syn_in_window",
 	"tcp_bad_header", "tcp_bad_options", "tcp_seg_outside_window", "tcp_paws_drops",
 	"tcp_zero_window_probes", "tcp_time_wait_conns", "tcp_time_wait_full",
-	"tcp_time_wait_reused", "tcp_ephemeral_exhausted",
+	"tcp_time_wait_reused", "tcp_ephemeral_exhausted", "tcp_conns_reused",
 };
 _Static_assert(sizeof(tcp_stat_names) / sizeof(tcp_stat_names[0]) ==
 		       sizeof(struct tcp_stats) / sizeof(uint64_t),

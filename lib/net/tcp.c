@@ -110,24 +110,44 @@ struct tcp_state *tcp_create(const struct tcp_conf *conf, const struct tcp_stack
  * connection ends: a relay opens and closes thousands of connections a
  * second, and buffers straight from malloc came back from the kernel as
  * fresh pages, faulted in and cleared on first use (6% of the worker in
- * clear_page_erms).  A reused buffer's pages stay resident.
+ * clear_page_erms).  A reused buffer's pages stay resident.  The cache is
+ * an array of pointers, not a list through the buffers: a receive buffer
+ * that in-place delivery never wrote (tcp_rx_settle) stays untouched, and
+ * linking it would fault its first page in.
  */
-struct tcp_buf {
-	struct tcp_buf *next;
-};
 
-static void *buf_get(struct tcp_buf **list, unsigned *n, uint32_t size, uint32_t conf_size)
+/*
+ * Under AddressSanitizer a cached object is poisoned while it waits for
+ * reuse, so a use after free is still reported although the memory is not
+ * given back to the allocator.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define TCP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TCP_ASAN 1
+#endif
+#endif
+#ifdef TCP_ASAN
+#include <sanitizer/asan_interface.h>
+#define TCP_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define TCP_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define TCP_POISON(p, n) ((void)(p), (void)(n))
+#define TCP_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+static void *buf_get(void **cache, unsigned *n, uint32_t size, uint32_t conf_size)
 {
-	if (size == conf_size && *list != NULL) {
-		struct tcp_buf *b = *list;
-		*list = b->next;
-		(*n)--;
-		return b;
+	if (size == conf_size && *n > 0) {
+		void *p = cache[--*n];
+		TCP_UNPOISON(p, size);
+		return p;
 	}
 	return malloc(size);
 }
 
-static void buf_put(struct tcp_buf **list, unsigned *n, void *p, uint32_t size, uint32_t conf_size)
+static void buf_put(void **cache, unsigned *n, void *p, uint32_t size, uint32_t conf_size)
 {
 	if (p == NULL)
 		return;
@@ -135,28 +155,48 @@ static void buf_put(struct tcp_buf **list, unsigned *n, void *p, uint32_t size, 
 		free(p);
 		return;
 	}
-	struct tcp_buf *b = p;
-	b->next = *list;
-	*list = b;
-	(*n)++;
+	cache[(*n)++] = p;
+	TCP_POISON(p, size);
 }
 
-static void buf_drain(struct tcp_buf **list, unsigned *n)
+static void buf_drain(void **cache, unsigned *n)
 {
-	while (*list != NULL) {
-		struct tcp_buf *b = *list;
-		*list = b->next;
-		free(b);
-	}
-	*n = 0;
+	while (*n > 0)
+		free(cache[--*n]); /* free() takes poisoned memory */
 }
 
+/*
+ * Connection structs likewise: a connection per message, and calloc'ed ones
+ * landed on pages the allocator had returned to the kernel.  Bounded by
+ * TCP_CONN_CACHE; a cached struct is cleared when it is taken.
+ */
 static void conn_free(struct tcp_conn *c)
 {
 	struct tcp_state *ts = c->ts;
-	buf_put(&ts->sbuf_cache, &ts->sbuf_cached, c->sbuf, c->sbuf_size, ts->conf.sndbuf);
-	buf_put(&ts->rbuf_cache, &ts->rbuf_cached, c->rbuf, c->rbuf_size, ts->conf.rcvbuf);
-	free(c);
+	buf_put(ts->sbuf_cache, &ts->sbuf_cached, c->sbuf, c->sbuf_size, ts->conf.sndbuf);
+	buf_put(ts->rbuf_cache, &ts->rbuf_cached, c->rbuf, c->rbuf_size, ts->conf.rcvbuf);
+	if (ts->conn_cached >= TCP_CONN_CACHE) {
+		free(c);
+		return;
+	}
+	c->hnext = ts->conn_cache;
+	ts->conn_cache = c;
+	ts->conn_cached++;
+	/* the link stays readable: LeakSanitizer follows no pointer in poisoned memory */
+	TCP_POISON((uint8_t *)c + sizeof(c->hnext), sizeof(*c) - sizeof(c->hnext));
+}
+
+static struct tcp_conn *conn_alloc(struct tcp_state *ts)
+{
+	struct tcp_conn *c = ts->conn_cache;
+	if (c == NULL)
+		return calloc(1, sizeof(*c));
+	TCP_UNPOISON(c, sizeof(*c));
+	ts->conn_cache = c->hnext;
+	ts->conn_cached--;
+	ts->stats.conns_reused++;
+	memset(c, 0, sizeof(*c));
+	return c;
 }
 
 void tcp_destroy(struct tcp_state *ts)
@@ -183,8 +223,15 @@ void tcp_destroy(struct tcp_state *ts)
 			l = n;
 		}
 	}
-	buf_drain(&ts->sbuf_cache, &ts->sbuf_cached);
-	buf_drain(&ts->rbuf_cache, &ts->rbuf_cached);
+	buf_drain(ts->sbuf_cache, &ts->sbuf_cached);
+	buf_drain(ts->rbuf_cache, &ts->rbuf_cached);
+	while (ts->conn_cache != NULL) {
+		struct tcp_conn *c = ts->conn_cache;
+		TCP_UNPOISON(c, sizeof(*c));
+		ts->conn_cache = c->hnext;
+		free(c);
+	}
+	ts->conn_cached = 0;
 	free(ts->conn_tab);
 	free(ts->tw_tab);
 	free(ts->tw_pool);
@@ -215,6 +262,13 @@ static inline uint32_t tuple_bucket(uint64_t key, uint32_t mask, uint32_t laddr,
 	return (uint32_t)x & mask;
 }
 
+void tcp_prefetch(const struct tcp_state *ts, uint32_t src, uint16_t sport, uint32_t dst,
+		  uint16_t dport)
+{
+	__builtin_prefetch(
+		&ts->conn_tab[tuple_bucket(ts->hash_key, ts->conn_mask, dst, dport, src, sport)]);
+}
+
 struct tcp_conn *tcp_conn_lookup(struct tcp_state *ts, uint32_t laddr, uint16_t lport,
 				 uint32_t raddr, uint16_t rport)
 {
@@ -235,7 +289,7 @@ struct tcp_conn *tcp_conn_new(struct tcp_state *ts, uint32_t laddr, uint16_t lpo
 		errno = ENOBUFS;
 		return NULL;
 	}
-	struct tcp_conn *c = calloc(1, sizeof(*c));
+	struct tcp_conn *c = conn_alloc(ts);
 	if (!c) {
 		errno = ENOMEM;
 		return NULL;
@@ -275,9 +329,9 @@ int tcp_conn_alloc_bufs(struct tcp_conn *c)
 {
 	struct tcp_state *ts = c->ts;
 	if (!c->sbuf)
-		c->sbuf = buf_get(&ts->sbuf_cache, &ts->sbuf_cached, c->sbuf_size, ts->conf.sndbuf);
+		c->sbuf = buf_get(ts->sbuf_cache, &ts->sbuf_cached, c->sbuf_size, ts->conf.sndbuf);
 	if (!c->rbuf)
-		c->rbuf = buf_get(&ts->rbuf_cache, &ts->rbuf_cached, c->rbuf_size, ts->conf.rcvbuf);
+		c->rbuf = buf_get(ts->rbuf_cache, &ts->rbuf_cached, c->rbuf_size, ts->conf.rcvbuf);
 	return c->sbuf && c->rbuf ? 0 : -ENOMEM;
 }
 

@@ -89,6 +89,7 @@ struct tcp_stats {
 	uint64_t bad_header, bad_options, seg_outside_window, paws_drops;
 	uint64_t zero_window_probes, time_wait_conns, time_wait_full, time_wait_reused;
 	uint64_t ephemeral_exhausted;
+	uint64_t conns_reused; /* connection structs taken from the per-core cache */
 };
 
 /** Create one core's TCP.  seed feeds ISNs, ports and cookie secrets. NULL on ENOMEM. */
@@ -98,6 +99,13 @@ struct tcp_state *tcp_create(const struct tcp_conf *conf, const struct tcp_stack
 void tcp_destroy(struct tcp_state *ts);
 
 /** One received segment (IPv4 addresses host order, checksum verified). */
+/**
+ * A segment from src:sport to dst:dport (host order) is about to be given to
+ * tcp_input(): prefetch its connection-table bucket, so that a burst's
+ * lookups miss the cache in parallel rather than one after another.
+ */
+void tcp_prefetch(const struct tcp_state *ts, uint32_t src, uint16_t sport, uint32_t dst,
+		  uint16_t dport);
 void tcp_input(struct tcp_state *ts, uint32_t src, uint32_t dst, const uint8_t *seg, size_t len,
 	       uint64_t now_us);
 /**

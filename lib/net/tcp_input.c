@@ -136,6 +136,25 @@ static void rbuf_write(struct tcp_conn *c, uint32_t off, const uint8_t *data, ui
 	memcpy(c->rbuf, data + first, len - first);
 }
 
+/*
+ * What the app left of a segment offered in place (rx_direct) goes into the
+ * ring, where it would have been all along; before the segment's mbuf goes.
+ */
+void tcp_rx_settle(struct tcp_conn *c)
+{
+	const uint8_t *p = c->rx_direct;
+	if (p == NULL)
+		return;
+	c->rx_direct = NULL;
+	if (c->dead || c->rbuf_len == 0)
+		return;
+	uint32_t first = c->rbuf_size - c->rbuf_head;
+	if (first > c->rbuf_len)
+		first = c->rbuf_len;
+	memcpy(c->rbuf + c->rbuf_head, p, first);
+	memcpy(c->rbuf, p + first, c->rbuf_len - first);
+}
+
 static void notify_peer_closed(struct tcp_conn *c)
 {
 	if (c->peer_fin && !c->peer_fin_told && c->rbuf_len == 0 && !c->app_closed) {
@@ -183,6 +202,7 @@ void tcp_deliver(struct tcp_conn *c)
 	if (c->app_closed) {
 		c->rbuf_head = (c->rbuf_head + c->rbuf_len) % c->rbuf_size;
 		c->rbuf_len = 0;
+		c->rx_direct = NULL;
 		return;
 	}
 	if (c->delivering)
@@ -191,21 +211,27 @@ void tcp_deliver(struct tcp_conn *c)
 	c->delivering = true;
 	while (c->rbuf_len > 0 && c->ops && c->ops->on_data && !c->dead && !c->app_closed) {
 		uint32_t pos = c->rbuf_head;
+		const uint8_t *direct = c->rx_direct;
 		uint32_t chunk = c->rbuf_size - pos;
-		if (chunk > c->rbuf_len)
-			chunk = c->rbuf_len;
-		size_t n = c->ops->on_data(c, c->user, c->rbuf + pos, chunk);
+		if (chunk > c->rbuf_len || direct)
+			chunk = c->rbuf_len; /* in place: the whole segment, no wrap */
+		size_t n = c->ops->on_data(c, c->user, direct ? direct : c->rbuf + pos, chunk);
 		if (c->dead)
 			break;
 		if (c->app_closed) {
 			c->rbuf_head = (c->rbuf_head + c->rbuf_len) % c->rbuf_size;
 			c->rbuf_len = 0;
+			c->rx_direct = NULL;
 			break;
 		}
 		if (n > chunk)
 			n = chunk;
 		c->rbuf_head = (pos + (uint32_t)n) % c->rbuf_size;
 		c->rbuf_len -= (uint32_t)n;
+		if (direct) {
+			c->rx_direct = direct + n;
+			tcp_rx_settle(c);
+		}
 		if (n < chunk)
 			break;
 	}
@@ -324,7 +350,16 @@ static void data_input(struct tcp_conn *c, uint32_t seq, const uint8_t *data, ui
 		tcp_send_ack_now(c);
 		return;
 	}
-	rbuf_write(c, 0, data, len);
+	/*
+	 * In order at an empty ring (the usual case: a command, a message's
+	 * segment): tcp_deliver offers it to the app in place and only what
+	 * the app leaves is copied (tcp_rx_settle), which saves a copy per
+	 * segment through a ring that is cold when connections are many.
+	 */
+	if (c->rbuf_len == 0 && c->reass_count == 0 && !c->rcv_fin_ooo)
+		c->rx_direct = data;
+	else
+		rbuf_write(c, 0, data, len);
 	c->rcv_nxt += len;
 	c->rbuf_len += len;
 	ts->stats.bytes_in += len;
@@ -829,10 +864,9 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 	} else if (dup) {
 		tcp_send_ack_now(c); /* a retransmission: our ACK may be lost */
 	}
-	if (c->dead)
-		return;
-	if (s->len && c->rbuf_len)
+	if (!c->dead && s->len && c->rbuf_len)
 		tcp_deliver(c);
+	tcp_rx_settle(c); /* the segment goes away after this call */
 	if (c->dead)
 		return;
 	if (s->flags & TH_FIN) {

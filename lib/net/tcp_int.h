@@ -143,6 +143,13 @@ struct tcp_conn {
 	/* receive buffer: in-order bytes not yet consumed, then the window */
 	uint8_t *rbuf;
 	uint32_t rbuf_size, rbuf_head, rbuf_len;
+	/*
+	 * Non-NULL only inside tcp_input() of a segment that arrived in order
+	 * at an empty ring: the rbuf_len bytes that would be at rbuf_head are
+	 * still in the segment, here (tcp_deliver offers them from it, and
+	 * tcp_rx_settle copies what the app left into the ring).
+	 */
+	const uint8_t *rx_direct;
 	uint32_t reass_bytes;
 	uint32_t sack_recent; /* a sequence number of the latest out-of-order arrival */
 	uint8_t reass_count;
@@ -171,14 +178,15 @@ struct tcp_tw {
 	uint64_t expire_us;
 };
 
-#define TCP_BUF_CACHE 256 /* freed send/receive buffers kept per core, each kind */
-
-struct tcp_buf;
+#define TCP_BUF_CACHE 4096  /* freed send/receive buffers kept per core, each kind */
+#define TCP_CONN_CACHE 4096 /* freed connection structs kept per core (tcp.c) */
 
 struct tcp_state {
 	struct tcp_conf conf;
-	struct tcp_buf *sbuf_cache, *rbuf_cache; /* tcp.c: buffers of ended connections */
+	void *sbuf_cache[TCP_BUF_CACHE], *rbuf_cache[TCP_BUF_CACHE]; /* tcp.c: of ended conns */
 	unsigned sbuf_cached, rbuf_cached;
+	struct tcp_conn *conn_cache; /* tcp.c: ended connections, chained by hnext */
+	unsigned conn_cached;
 	struct tcp_stack_ops ops;
 	void *ctx;
 	struct tcp_stats stats;
@@ -267,6 +275,7 @@ void tcp_keepalive_arm(struct tcp_conn *c);
 
 /* tcp_input.c */
 void tcp_deliver(struct tcp_conn *c);
+void tcp_rx_settle(struct tcp_conn *c);
 void tcp_finish(struct tcp_conn *c, bool time_wait);
 
 #endif

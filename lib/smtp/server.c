@@ -28,11 +28,33 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+
+/*
+ * Under AddressSanitizer a cached object is poisoned while it waits for
+ * reuse, so a use after free is still reported although the memory is not
+ * given back to the allocator.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define SMTP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SMTP_ASAN 1
+#endif
+#endif
+#ifdef SMTP_ASAN
+#include <sanitizer/asan_interface.h>
+#define SMTP_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define SMTP_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define SMTP_POISON(p, n) ((void)(p), (void)(n))
+#define SMTP_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
 
 #define OUT_BUF 4096
 #define DATA_BUF 4096
@@ -98,13 +120,20 @@ struct smtp_session {
 	bool bdat_discard; /* no valid transaction: consume and answer bdat_err */
 	bool bdat_no_rcpt;
 
-	uint8_t out[OUT_BUF];
 	size_t out_len;
-	uint8_t dbuf[DATA_BUF];
 	size_t dbuf_len;
 	uint8_t *pending;
 	size_t pending_len;
 	bool pending_nomem;
+
+	/*
+	 * Kept across reuse from a struct smtp_session_pool (see session_init):
+	 * everything above is cleared for a new connection, nothing below.
+	 */
+	size_t line_cap;		/* bytes of line and of scratch (>= max_command_line) */
+	struct smtp_session *pool_next; /* in the pool's free list */
+	uint8_t out[OUT_BUF];
+	uint8_t dbuf[DATA_BUF];
 };
 
 static const char *const verb_names[SMTP_VERB_COUNT] = {
@@ -231,35 +260,15 @@ static void flush(struct smtp_session *s)
 }
 
 /* Append one reply line; counts the reply class on the last line ("ddd "). */
-static void reply(struct smtp_session *s, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static void reply(struct smtp_session *s, const char *fmt, ...)
-{
-	char buf[512];
-	const char *line = buf;
-	va_list ap;
-	int n;
+#define REPLY_MAX 509 /* text of one reply line, without its CRLF */
 
-	if (s->closed)
-		return;
-	if (strchr(fmt, '%') == NULL) {
-		/* Most replies are constant text: no formatting. */
-		size_t len = strlen(fmt);
-		n = (int)(len < sizeof(buf) - 3 ? len : sizeof(buf) - 3);
-		line = fmt;
-	} else {
-		va_start(ap, fmt);
-		n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
-		va_end(ap);
-		if (n < 0)
-			return;
-		if ((size_t)n > sizeof(buf) - 3)
-			n = (int)sizeof(buf) - 3;
-	}
-	if (s->out_len + (size_t)n + 2 > sizeof(s->out))
+/* Append one reply line of n bytes (<= REPLY_MAX); counts the class on the last line. */
+static void reply_line(struct smtp_session *s, const char *line, size_t n)
+{
+	if (s->out_len + n + 2 > sizeof(s->out))
 		flush(s);
-	memcpy(s->out + s->out_len, line, (size_t)n);
-	s->out_len += (size_t)n;
+	memcpy(s->out + s->out_len, line, n);
+	s->out_len += n;
 	s->out[s->out_len++] = '\r';
 	s->out[s->out_len++] = '\n';
 	if (n >= 3 && (n == 3 || line[3] != '-')) {
@@ -278,6 +287,63 @@ static void reply(struct smtp_session *s, const char *fmt, ...)
 			break;
 		}
 	}
+}
+
+static void reply(struct smtp_session *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void reply(struct smtp_session *s, const char *fmt, ...)
+{
+	char buf[REPLY_MAX + 3];
+	va_list ap;
+	int n;
+
+	if (s->closed)
+		return;
+	if (strchr(fmt, '%') == NULL) {
+		/* Most replies are constant text: no formatting. */
+		size_t len = strlen(fmt);
+		reply_line(s, fmt, len < REPLY_MAX ? len : REPLY_MAX);
+		return;
+	}
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	reply_line(s, buf, (size_t)n < REPLY_MAX ? (size_t)n : REPLY_MAX);
+}
+
+/*
+ * The replies of every message that carry a variable (greeting, EHLO, "queued
+ * as"): pieces joined by copying, as reply() would print them, without printf.
+ */
+static void reply_cat(struct smtp_session *s, const char *a, const char *b, const char *c)
+{
+	char buf[REPLY_MAX];
+	size_t n = 0;
+
+	if (s->closed)
+		return;
+	for (const char *part[3] = {a, b, c}, **p = part; p < part + 3; p++) {
+		size_t k = strlen(*p);
+		if (k > REPLY_MAX - n)
+			k = REPLY_MAX - n;
+		memcpy(buf + n, *p, k);
+		n += k;
+	}
+	reply_line(s, buf, n);
+}
+
+/* Decimal text of v (buf of at least 21 bytes). */
+static const char *u64_text(char *buf, uint64_t v)
+{
+	char *p = buf + 20;
+
+	*p = '\0';
+	do
+		*--p = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	return p;
 }
 
 static void reset_transaction(struct smtp_session *s);
@@ -531,7 +597,14 @@ static void format_date(char *buf, size_t len, int64_t t)
 				 tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 		cached_t = t;
 	}
-	snprintf(buf, len, "%s", cached);
+	/* once per message: a copy, not a printf */
+	size_t n = strlen(cached);
+	if (len == 0)
+		return;
+	if (n >= len)
+		n = len - 1;
+	memcpy(buf, cached, n);
+	buf[n] = '\0';
 }
 
 /* A bounded text builder for header lines: appends, truncates at the end, never formats. */
@@ -875,12 +948,13 @@ static void cmd_ehlo(struct smtp_session *s, const char *arg, size_t len, bool e
 	s->helo_seen = true;
 	s->esmtp = esmtp;
 	if (!esmtp) {
-		reply(s, "250 %s", s->conf->hostname);
+		reply_cat(s, "250 ", s->conf->hostname, "");
 		return;
 	}
-	reply(s, "250-%s", s->conf->hostname);
+	char size[21];
+	reply_cat(s, "250-", s->conf->hostname, "");
 	reply(s, "250-PIPELINING");
-	reply(s, "250-SIZE %" PRIu64, s->conf->max_message_size);
+	reply_cat(s, "250-SIZE ", u64_text(size, s->conf->max_message_size), "");
 	reply(s, "250-8BITMIME");
 	reply(s, "250-SMTPUTF8");
 	reply(s, "250-ENHANCEDSTATUSCODES");
@@ -1727,23 +1801,26 @@ bool smtp_session_want_input(const struct smtp_session *s)
 
 /* ---- lifecycle --------------------------------------------------------------------- */
 
-int smtp_session_new(const struct smtp_server_conf *conf, const struct smtp_server_cb *cb,
-		     void *user, struct smtp_server_stats *stats, uint32_t client_ip,
-		     uint64_t session_id, struct smtp_session **out)
+/*
+ * Ready s (fresh from malloc, or an ended session from a pool) for a new
+ * connection.  Only the fields before line_cap are cleared: the reply and
+ * content buffers are written before they are read, and clearing their 8 KiB
+ * for every connection (devices make one per message) cost more than the
+ * rest of the session's set-up.  The recipient array an earlier connection
+ * grew is kept (its capacity in rcpt_cap).
+ */
+static void session_init(struct smtp_session *s, const struct smtp_server_conf *conf,
+			 const struct smtp_server_cb *cb, void *user,
+			 struct smtp_server_stats *stats, uint32_t client_ip, uint64_t session_id)
 {
-	struct smtp_session *s;
+	struct smtp_rcpt *rcpts = s->env.rcpts;
+	size_t rcpt_cap = s->rcpt_cap;
 
-	if (!conf || !cb || !cb->send || !stats || !out ||
-	    smtp_server_conf_check(conf, NULL, 0) < 0)
-		return -EINVAL;
-	/* One block: the session, then its command line and scratch buffers (a session is
-	 * made per connection, and devices make one connection per message). */
-	s = malloc(sizeof(*s) + 2 * (size_t)conf->max_command_line);
-	if (!s)
-		return -ENOMEM;
-	memset(s, 0, sizeof(*s));
+	memset(s, 0, offsetof(struct smtp_session, line_cap));
+	s->env.rcpts = rcpts;
+	s->rcpt_cap = rcpt_cap;
 	s->line = (char *)(s + 1);
-	s->scratch = (uint8_t *)s->line + conf->max_command_line;
+	s->scratch = (uint8_t *)s->line + s->line_cap;
 	s->conf = conf;
 	s->cb = cb;
 	s->user = user;
@@ -1762,27 +1839,155 @@ int smtp_session_new(const struct smtp_server_conf *conf, const struct smtp_serv
 	}
 	s->last_activity = now_us(s);
 	stats->sessions++;
-	*out = s;
-	return 0;
 }
 
-void smtp_session_free(struct smtp_session *s)
+/* One block: the session, then its command line and scratch buffers. */
+static struct smtp_session *session_alloc(size_t line_cap)
 {
+	struct smtp_session *s = malloc(sizeof(*s) + 2 * line_cap);
+
 	if (!s)
-		return;
-	if (s->msg_open && s->cb->message_abort) {
-		s->st->messages_aborted++;
-		s->cb->message_abort(s->user);
-	}
+		return NULL;
+	s->env.rcpts = NULL;
+	s->rcpt_cap = 0;
+	s->line_cap = line_cap;
+	s->pool_next = NULL;
+	return s;
+}
+
+static void session_release(struct smtp_session *s)
+{
 	free(s->pending);
 	free(s->env.rcpts);
 	free(s);
 }
 
+/* A message still open is aborted; a commit asked for stays the caller's. */
+static void session_end(struct smtp_session *s)
+{
+	if (s->msg_open && s->cb->message_abort) {
+		s->msg_open = false;
+		s->st->messages_aborted++;
+		s->cb->message_abort(s->user);
+	}
+}
+
+int smtp_session_new(const struct smtp_server_conf *conf, const struct smtp_server_cb *cb,
+		     void *user, struct smtp_server_stats *stats, uint32_t client_ip,
+		     uint64_t session_id, struct smtp_session **out)
+{
+	return smtp_session_new_pooled(NULL, conf, cb, user, stats, client_ip, session_id, out);
+}
+
+void smtp_session_free(struct smtp_session *s)
+{
+	smtp_session_free_pooled(NULL, s);
+}
+
+/* ---- session pool ------------------------------------------------------------------ */
+
+void smtp_session_pool_init(struct smtp_session_pool *p, unsigned max)
+{
+	memset(p, 0, sizeof(*p));
+	p->max = max;
+}
+
+/*
+ * A pooled session is poisoned (ASan) but for the two pointers that
+ * LeakSanitizer must still follow: the pool's link and the recipient array.
+ */
+static void pool_poison(struct smtp_session *s)
+{
+	uint8_t *b = (uint8_t *)s;
+	size_t r = offsetof(struct smtp_session, env) + offsetof(struct smtp_envelope, rcpts);
+	size_t l = offsetof(struct smtp_session, pool_next);
+	size_t w = sizeof(void *);
+
+	SMTP_POISON(s + 1, 2 * s->line_cap);
+	SMTP_POISON(b, r);
+	SMTP_POISON(b + r + w, l - r - w);
+	SMTP_POISON(b + l + w, sizeof(*s) - l - w);
+	(void)b, (void)r, (void)l, (void)w;
+}
+
+/* Readable again, from here. */
+static void pool_unpoison(struct smtp_session *s)
+{
+	SMTP_UNPOISON(s, sizeof(*s));
+	SMTP_UNPOISON(s + 1, 2 * s->line_cap);
+}
+
+void smtp_session_pool_drain(struct smtp_session_pool *p)
+{
+	while (p->head) {
+		struct smtp_session *s = p->head;
+		pool_unpoison(s);
+		p->head = s->pool_next;
+		session_release(s);
+	}
+	p->count = 0;
+}
+
+int smtp_session_new_pooled(struct smtp_session_pool *pool, const struct smtp_server_conf *conf,
+			    const struct smtp_server_cb *cb, void *user,
+			    struct smtp_server_stats *stats, uint32_t client_ip,
+			    uint64_t session_id, struct smtp_session **out)
+{
+	struct smtp_session *s = NULL;
+
+	if (!conf || !cb || !cb->send || !stats || !out ||
+	    smtp_server_conf_check(conf, NULL, 0) < 0)
+		return -EINVAL;
+	/* Every pooled session was made for some listener's max_command_line;
+	 * one made for a smaller line (a reload changed it) is freed instead. */
+	while (pool && pool->head) {
+		s = pool->head;
+		pool_unpoison(s);
+		pool->head = s->pool_next;
+		pool->count--;
+		if (s->line_cap >= conf->max_command_line) {
+			pool->reused++;
+			break;
+		}
+		session_release(s);
+		s = NULL;
+	}
+	if (!s) {
+		s = session_alloc(conf->max_command_line);
+		if (!s)
+			return -ENOMEM;
+		if (pool)
+			pool->allocated++;
+	}
+	session_init(s, conf, cb, user, stats, client_ip, session_id);
+	*out = s;
+	return 0;
+}
+
+void smtp_session_free_pooled(struct smtp_session_pool *pool, struct smtp_session *s)
+{
+	if (!s)
+		return;
+	session_end(s);
+	if (!pool || pool->count >= pool->max) {
+		if (pool)
+			pool->full++;
+		session_release(s);
+		return;
+	}
+	/* The pending-input buffer is rare and large: not kept. */
+	free(s->pending);
+	s->pending = NULL;
+	s->pool_next = pool->head;
+	pool->head = s;
+	pool->count++;
+	pool_poison(s);
+}
+
 void smtp_session_start(struct smtp_session *s)
 {
 	/* RFC 2034 3: no enhanced code in the greeting */
-	reply(s, "220 %s ESMTP mxrelay", s->conf->hostname);
+	reply_cat(s, "220 ", s->conf->hostname, " ESMTP mxrelay");
 	flush(s);
 	s->last_activity = now_us(s);
 }
@@ -1825,7 +2030,7 @@ void smtp_session_message_done(struct smtp_session *s, int status, const char *t
 	copy_token(safe, sizeof(safe), text, status != 0);
 	if (status == 0) {
 		s->st->messages_accepted++;
-		reply(s, "250 2.0.0 Ok: queued as %s", safe);
+		reply_cat(s, "250 2.0.0 Ok: queued as ", safe, "");
 	} else if (status == -ENOSPC) {
 		reject(s, SMTP_REJ_COMMIT_FAILED, "452 4.3.1 Insufficient system storage");
 	} else {

@@ -324,6 +324,34 @@ bool smtp_session_is_closed(const struct smtp_session *s);
 const struct smtp_envelope *smtp_session_envelope(const struct smtp_session *s);
 
 /**
+ * A cache of ended sessions, owned by one lcore (its struct is the caller's,
+ * its list private to server.c).  A relay makes a session per connection and
+ * devices make a connection per message: taken from the pool, a session costs
+ * no malloc and touches only pages already resident.  Bounded by max (the
+ * caller's connection bound is a good one); the counters say how it went.
+ */
+struct smtp_session_pool {
+	struct smtp_session *head; /* private: the free list */
+	unsigned count;		   /* sessions held now */
+	unsigned max;		   /* bound on count */
+	uint64_t reused;	   /* sessions taken from the pool */
+	uint64_t allocated;	   /* sessions malloc'ed (pool empty, or its sessions too small) */
+	uint64_t full;		   /* ended sessions freed because the pool held max */
+};
+
+/** An empty pool that will hold at most max ended sessions (0: none, every session is freed). */
+void smtp_session_pool_init(struct smtp_session_pool *p, unsigned max);
+/** Free every session the pool holds (it stays usable). */
+void smtp_session_pool_drain(struct smtp_session_pool *p);
+/** smtp_session_new() taking an ended session from pool when it has one (pool may be NULL). */
+int smtp_session_new_pooled(struct smtp_session_pool *pool, const struct smtp_server_conf *conf,
+			    const struct smtp_server_cb *cb, void *user,
+			    struct smtp_server_stats *stats, uint32_t client_ip,
+			    uint64_t session_id, struct smtp_session **out);
+/** smtp_session_free() keeping s in pool when the pool is below its bound (pool may be NULL). */
+void smtp_session_free_pooled(struct smtp_session_pool *pool, struct smtp_session *s);
+
+/**
  * The overload greeting for a connection the caller will not serve:
  * "421 4.3.2 <hostname> Service not available, closing channel\r\n".
  * Returns its length, or -ENOSPC.

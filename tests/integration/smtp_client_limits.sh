@@ -5,7 +5,7 @@
 # auth_block_time, even with the right password.
 . "$(dirname "$0")/common.bash"
 need_root_tap
-N=37 IF=mxt37 H=10.77.37.2
+N=${MX_NET:-37} IF=mxt${MX_NET:-37} H=10.77.${MX_NET:-37}.2
 write_relay_config "$TMP/r.conf" $IF $N "[smtp]
 max_connections_per_ip = 3
 auth_failures_per_ip = 3

@@ -8,7 +8,7 @@
 need_root_tap
 command -v swaks >/dev/null || skip "swaks not installed"
 command -v smtp-source >/dev/null || skip "smtp-source (postfix) not installed"
-N=30 IF=mxt30 H=10.77.30.2
+N=${MX_NET:-30} IF=mxt${MX_NET:-30} H=10.77.${MX_NET:-30}.2
 write_relay_config "$TMP/r.conf" $IF $N
 start_relay "$TMP/relay.log" "$TMP/r.conf"
 

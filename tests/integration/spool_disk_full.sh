@@ -4,7 +4,7 @@
 # not store, never a crash), and accept mail again once space returns.
 . "$(dirname "$0")/common.bash"
 need_root_tap
-N=32 IF=mxt32 H=10.77.32.2
+N=${MX_NET:-32} IF=mxt${MX_NET:-32} H=10.77.${MX_NET:-32}.2
 mkdir -p "$TMP/fs"
 mount -t tmpfs -o size=4m mxrelay-test "$TMP/fs" || skip "cannot mount a tmpfs here"
 trap 'for p in "${PIDS[@]}"; do kill -9 $p 2>/dev/null; done; sleep 0.5; umount "$TMP/fs" 2>/dev/null; cleanup' EXIT

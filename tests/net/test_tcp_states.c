@@ -433,6 +433,36 @@ static void test_passive_close(void)
 	teardown();
 }
 
+/* A connection struct is reused from the per-core cache, cleared: the next one starts fresh. */
+static void test_conn_struct_reused(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	struct tcp_conn *first = app.c;
+	peer(PEER_ISN + 1, iss + 1, TH_ACK, "held", 4); /* leaves bytes and state behind */
+	tcp_abort(first);
+	CU_ASSERT_EQUAL(tcp_conn_count(h->ts), 0);
+	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->conns_reused, 0);
+	app.rx_len = 0;
+	app.c = NULL;
+	struct th_opts o = {.mss = 1460, .wscale = -1};
+	uint32_t iss2 = th_passive_open(h, &app, PEER_PORT + 1, 5000, o);
+	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->conns_reused, 1);
+	CU_ASSERT_PTR_EQUAL(app.c, first); /* the same memory, LIFO */
+	CU_ASSERT_EQUAL(app.c->state, TCPS_ESTABLISHED);
+	CU_ASSERT_EQUAL(app.c->rbuf_len, 0);
+	CU_ASSERT_EQUAL(app.c->rport, PEER_PORT + 1);
+	th_send(h, PEER_PORT + 1, 25, 5001, iss2 + 1, TH_ACK, 65535, TH_NOOPTS, "new", 3);
+	CU_ASSERT_EQUAL(app.rx_len, 3);
+	CU_ASSERT_EQUAL(memcmp(app.rx, "new", 3), 0);
+	th_advance(h, 50000); /* the delayed ACK */
+	struct th_seg *a = th_last(h);
+	CU_ASSERT_PTR_NOT_NULL(a);
+	if (a != NULL)
+		CU_ASSERT_EQUAL(a->ack, 5004u);
+	teardown();
+}
+
 static void test_active_close_time_wait(void)
 {
 	setup();
@@ -686,6 +716,61 @@ static void test_partial_consume_flow_control(void)
 	teardown();
 }
 
+/*
+ * A segment that arrives in order at an empty ring is offered in place; what
+ * the app leaves is copied into the ring (here across its end), and nothing
+ * of it is read from the segment once tcp_input() has returned.
+ */
+static void test_in_place_delivery_leftover_wraps(void)
+{
+	struct tcp_conf conf;
+	tcp_conf_defaults(&conf);
+	conf.rcvbuf = 4000;
+	conf.max_conns = 8;
+	conf.time_wait_max = 8;
+	h = th_new(&conf, 3);
+	memset(&app, 0, sizeof(app));
+	CU_ASSERT_EQUAL_FATAL(tcp_listen(&h->st, 0, 25, th_accept, &app), 0);
+	uint32_t iss = open_conn();
+	static uint8_t d[6000], seg[1460];
+	for (int i = 0; i < 6000; i++)
+		d[i] = (uint8_t)(i * 7 + 3);
+	/* two segments taken whole: the ring's head moves to 2920 */
+	memcpy(seg, d, 1460);
+	peer(PEER_ISN + 1, iss + 1, TH_ACK, seg, 1460);
+	memcpy(seg, d + 1460, 1460);
+	peer(PEER_ISN + 1461, iss + 1, TH_ACK, seg, 1460);
+	CU_ASSERT_EQUAL(app.rx_len, 2920);
+	/* the third: 100 bytes taken, 1360 left, which wrap the 4000-byte ring */
+	app.consume_max = 100;
+	memcpy(seg, d + 2920, 1460);
+	peer(PEER_ISN + 2921, iss + 1, TH_ACK, seg, 1460);
+	CU_ASSERT_EQUAL(app.rx_len, 3020);
+	memset(seg, 0xEE, sizeof(seg)); /* the segment is gone: the ring has its own copy */
+	app.consume_max = 0;
+	tcp_recv_resume(app.c);
+	CU_ASSERT_EQUAL(app.rx_len, 4380);
+	/* and one more behind what is held: appended to the ring, not offered in place */
+	app.paused = true;
+	memcpy(seg, d + 4380, 1000);
+	peer(PEER_ISN + 4381, iss + 1, TH_ACK, seg, 1000);
+	app.consume_max = 300;
+	app.paused = false;
+	memcpy(seg, d + 5380, 500);
+	peer(PEER_ISN + 5381, iss + 1, TH_ACK, seg, 500);
+	memset(seg, 0xEE, sizeof(seg));
+	app.consume_max = 0;
+	tcp_recv_resume(app.c);
+	CU_ASSERT_EQUAL_FATAL(app.rx_len, 5880);
+	CU_ASSERT_EQUAL(memcmp(app.rx, d, 5880), 0);
+	th_poll(h);
+	struct th_seg *a = th_last(h);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(a);
+	CU_ASSERT_EQUAL(a->ack, PEER_ISN + 5881);
+	th_free(h);
+	th_app_free(&app);
+}
+
 /* A paused app fills the window to zero and never loses a byte. */
 static void test_zero_receive_window(void)
 {
@@ -926,6 +1011,7 @@ static CU_TestInfo state_tests[] = {
 	{"send: MSS segmentation, release on ACK", test_send_segmentation_and_release},
 	{"send buffer full, on_writable", test_send_buffer_full_then_writable},
 	{"passive close (CLOSE_WAIT, LAST_ACK)", test_passive_close},
+	{"connection struct reused from the cache, cleared", test_conn_struct_reused},
 	{"active close, TIME_WAIT", test_active_close_time_wait},
 	{"FIN+ACK in FIN_WAIT_1", test_fin_ack_together},
 	{"simultaneous close (CLOSING)", test_simultaneous_close},
@@ -939,6 +1025,7 @@ static CU_TestInfo state_tests[] = {
 	{"tcp_close from on_data", test_close_from_on_data},
 	{"partial consume, recv_resume", test_partial_consume_flow_control},
 	{"zero receive window", test_zero_receive_window},
+	{"in-place delivery: the leftover wraps the ring", test_in_place_delivery_leftover_wraps},
 	{"connection limit", test_conn_limit},
 	{"TIME_WAIT table bound recycles oldest", test_time_wait_table_full},
 	{"TIME_WAIT reuse by newer SYN", test_time_wait_reuse_by_syn},

@@ -1320,6 +1320,108 @@ static void test_other_reply_paths(void)
 	ASSERT_CODES(r, "220 250 334 500 250");
 }
 
+/* A session on pool's terms; the conversation is fed in one segment. */
+static void pooled_run(struct run *r, struct smtp_session_pool *pool,
+		       const struct smtp_server_conf *conf, uint32_t ip, const char *in)
+{
+	memset(r, 0, sizeof(*r));
+	r->commit_mode = COMMIT_SYNC;
+	r->auto_tls = true;
+	int rc = smtp_session_new_pooled(pool, conf, &test_cb, r, &r->st, ip, 0xABC, &r->s);
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	smtp_session_start(r->s);
+	feed_s(r, in);
+}
+
+/*
+ * A session taken from the pool behaves exactly as a fresh one: nothing of
+ * the connection before (TLS, AUTH, HELO, trust, recipients, a message in
+ * progress, a half line) leaks into the next.  The pool keeps its bound.
+ */
+static void test_session_pool(void)
+{
+	static struct run fresh, used, dirty;
+	struct smtp_server_conf c = base_conf();
+	struct smtp_server_conf big = base_conf();
+	struct smtp_session_pool pool;
+	const char *plain = "EHLO b\r\nMAIL FROM:<x@y.example>\r\nRCPT TO:<ops@example.com>\r\n"
+			    "RCPT TO:<a@relay.example.org>\r\nDATA\r\nSubject: p\r\n\r\nbody\r\n"
+			    ".\r\nAUTH PLAIN AGRldjEAc2VjcmV0\r\nQUIT\r\n";
+
+	big.max_command_line = 2048;
+	smtp_session_pool_init(&pool, 2);
+	/* the reference: a fresh session, untrusted client */
+	pooled_run(&fresh, NULL, &c, 0xc0000201u, plain);
+	smtp_session_free(fresh.s);
+	ASSERT_CODES(&fresh, "220 250 250 250 250 354 250 538 221");
+
+	/* a trusted client over TLS, authenticated, with recipients and a message open,
+	 * a half command line pending: then back into the pool */
+	pooled_run(&dirty, &pool, &c, TRUSTED, "EHLO a\r\nSTARTTLS\r\n");
+	feed_s(&dirty, "EHLO a\r\nAUTH PLAIN AGRldjEAc2VjcmV0\r\n"
+		       "MAIL FROM:<a@b.example>\r\nRCPT TO:<1@relay.example.org>\r\n"
+		       "RCPT TO:<2@x.example>\r\nRCPT TO:<3@x.example>\r\nRCPT TO:<4@x.example>\r\n"
+		       "RCPT TO:<5@x.example>\r\nDATA\r\nSubject: half\r\nNOOP");
+	CU_ASSERT_EQUAL(dirty.begins, 1);
+	CU_ASSERT_EQUAL(dirty.st.auth_success, 1);
+	CU_ASSERT_EQUAL(pool.allocated, 1);
+	smtp_session_free_pooled(&pool, dirty.s);
+	CU_ASSERT_EQUAL(dirty.aborts, 1); /* the open message is aborted on the way in */
+	CU_ASSERT_EQUAL(pool.count, 1);
+
+	/* reused: the same result as the fresh session, byte for byte */
+	pooled_run(&used, &pool, &c, 0xc0000201u, plain);
+	CU_ASSERT_EQUAL(pool.reused, 1);
+	CU_ASSERT_EQUAL(pool.allocated, 1);
+	CU_ASSERT_EQUAL(pool.count, 0);
+	compare_runs(&fresh, &used, "pooled");
+	CU_ASSERT_FALSE(used.env_tls || used.env_auth);
+	CU_ASSERT_EQUAL(used.rcpt_count, 2);
+	CU_ASSERT_STRING_EQUAL(used.from, "x@y.example");
+	CU_ASSERT_STRING_EQUAL(used.auth_user, "");
+	CU_ASSERT_EQUAL(used.st.sessions, 1);
+
+	/* a listener with a longer command line does not get the short-line session */
+	smtp_session_free_pooled(&pool, used.s);
+	CU_ASSERT_EQUAL(pool.count, 1);
+	char line[1600];
+	int n = snprintf(line, sizeof(line), "EHLO ");
+	memset(line + n, 'a', 1400);
+	snprintf(line + n + 1400, sizeof(line) - (size_t)n - 1400, "\r\nQUIT\r\n");
+	pooled_run(&used, &pool, &big, TRUSTED, line);
+	CU_ASSERT_EQUAL(pool.reused, 1);
+	CU_ASSERT_EQUAL(pool.allocated, 2);
+	CU_ASSERT_EQUAL(pool.count, 0);
+	ASSERT_CODES(&used, "220 501 221"); /* a 1400-octet name: too long a domain, not a line */
+
+	/* the bound: three ended sessions, two kept */
+	struct smtp_session *s3[3];
+	smtp_session_free_pooled(&pool, used.s);
+	for (int i = 0; i < 2; i++)
+		CU_ASSERT_EQUAL(smtp_session_new_pooled(&pool, &c, &test_cb, &used, &used.st,
+							TRUSTED, 1, &s3[i]),
+				0);
+	CU_ASSERT_EQUAL(
+		smtp_session_new_pooled(&pool, &big, &test_cb, &used, &used.st, TRUSTED, 1, &s3[2]),
+		0);
+	for (int i = 0; i < 3; i++)
+		smtp_session_free_pooled(&pool, s3[i]);
+	CU_ASSERT_EQUAL(pool.count, 2);
+	CU_ASSERT_EQUAL(pool.full, 1);
+	/* a bad configuration is refused before the pool is touched */
+	struct smtp_server_conf bad = base_conf();
+	bad.max_command_line = 10;
+	struct smtp_session *none = NULL;
+	CU_ASSERT_EQUAL(
+		smtp_session_new_pooled(&pool, &bad, &test_cb, &used, &used.st, TRUSTED, 1, &none),
+		-EINVAL);
+	CU_ASSERT_PTR_NULL(none);
+	CU_ASSERT_EQUAL(pool.count, 2);
+	smtp_session_pool_drain(&pool);
+	CU_ASSERT_EQUAL(pool.count, 0);
+	CU_ASSERT_PTR_NULL(pool.head);
+}
+
 static CU_TestInfo server_tests[] = {
 	{"basic transaction", test_basic_transaction},
 	{"dot-stuffing and empty message", test_dot_stuffing},
@@ -1349,6 +1451,7 @@ static CU_TestInfo server_tests[] = {
 	{"configuration check", test_conf_check},
 	{"random conversations", test_random_input},
 	{"other reply paths", test_other_reply_paths},
+	{"session pool: reuse is a fresh session", test_session_pool},
 	CU_TEST_INFO_NULL,
 };
 
