@@ -148,6 +148,49 @@ static void test_retries_and_timeout(void)
 	env_free(e);
 }
 
+/*
+ * Queries started at different times each retry at their own deadline: the
+ * resolver walks its lists only when the earliest deadline has passed, so
+ * that bound must follow the queries still waiting after every walk.
+ */
+static void test_staggered_deadlines(void)
+{
+	struct env *e = env_default();
+	struct result ra = {0}, rb = {0}, rc = {0};
+	const struct dns_entry *hit;
+	CU_ASSERT_EQUAL(dns_resolve(e->r, "a.slow.example", DNS_T_A, result_cb, &ra, &hit), 0);
+	env_advance(e, 400000);
+	CU_ASSERT_EQUAL(dns_resolve(e->r, "b.slow.example", DNS_T_A, result_cb, &rb, &hit), 0);
+	env_advance(e, 300000);
+	CU_ASSERT_EQUAL(dns_resolve(e->r, "c.slow.example", DNS_T_A, result_cb, &rc, &hit), 0);
+	CU_ASSERT_EQUAL(e->f.count, 3);
+	/* t = 1.0 s: only a's first try has timed out */
+	env_advance(e, 300000);
+	CU_ASSERT_EQUAL(env_ctr(e).timeouts, 1);
+	CU_ASSERT_EQUAL(e->f.count, 4);
+	/* t = 1.399 s: nothing more; t = 1.4 s: b's */
+	env_advance(e, 399999);
+	CU_ASSERT_EQUAL(env_ctr(e).timeouts, 1);
+	env_advance(e, 1);
+	CU_ASSERT_EQUAL(env_ctr(e).timeouts, 2);
+	/* t = 1.7 s: c's; t = 2.0 s: a's second try */
+	env_advance(e, 300000);
+	CU_ASSERT_EQUAL(env_ctr(e).timeouts, 3);
+	env_advance(e, 300000);
+	CU_ASSERT_EQUAL(env_ctr(e).timeouts, 4);
+	CU_ASSERT_EQUAL(e->f.count, 7);
+	CU_ASSERT_EQUAL(ra.calls + rb.calls + rc.calls, 0);
+	/* every query ends with its last try (4 each), none is forgotten */
+	for (int i = 0; i < 40 && ra.calls + rb.calls + rc.calls < 3; i++)
+		env_advance(e, 100000);
+	CU_ASSERT_EQUAL(ra.calls, 1);
+	CU_ASSERT_EQUAL(rb.calls, 1);
+	CU_ASSERT_EQUAL(rc.calls, 1);
+	CU_ASSERT_EQUAL(env_ctr(e).timeouts, 12);
+	CU_ASSERT_EQUAL(dns_resolver_inflight(e->r), 0);
+	env_free(e);
+}
+
 static void test_servfail_next_server(void)
 {
 	struct env *e = env_default();
@@ -587,6 +630,7 @@ CU_TestInfo dns_resolver_tests[] = {
 	{"basic_query_and_hit", test_basic_query_and_hit},
 	{"anti_spoofing", test_anti_spoofing},
 	{"retries_and_timeout", test_retries_and_timeout},
+	{"staggered_deadlines", test_staggered_deadlines},
 	{"servfail_next_server", test_servfail_next_server},
 	{"tc_retry_over_tcp", test_tc_retry_over_tcp},
 	{"negative_ttl_from_soa", test_negative_ttl_from_soa},
