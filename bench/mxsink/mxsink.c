@@ -1014,6 +1014,8 @@ int mxsink_role_setup(int argc, char **argv, const char **config_out)
 		/* two TLS 1.3 tickets per handshake, as a stock OpenSSL server sends
 		 * (SSL_CTX_set_num_tickets' default): a client's pool can grow by resuming */
 		struct tls_server_conf tc = {.cert_count = 1, .num_tickets = 2};
+		/* an MX fed by pooled relays: few, busy sessions (tls_server_conf) */
+		tc.keep_buffers = true;
 		tc.cert_file[0] = opt_cert;
 		tc.key_file[0] = opt_key;
 		if (tls_server_ctx_create(&tc, &tls_ctx, err, sizeof(err)) != 0) {

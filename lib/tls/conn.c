@@ -21,6 +21,15 @@
  *
  * Callbacks may free the connection: the free is deferred until the
  * outermost public call returns (busy count).
+ *
+ * Writes made from inside a callback (an SMTP server answering the commands
+ * of a pipelined batch, a client sending its next transaction on a reply)
+ * are staged as plaintext (up to TLS_STAGE_MAX) and sealed as one record
+ * when the outermost call returns: a record's cipher set-up, tag and header
+ * cost most of a microsecond whatever its size, and lib/smtp's server
+ * answers a pipelined 1 KiB message in two writes (it flushes its replies
+ * before a commit and at the end of the input).  Order is kept: a write
+ * that does not fit seals the stage first and goes alone.
  */
 #include "tls_internal.h"
 
@@ -38,6 +47,8 @@
 #define TLS_OUTPUT_SLACK (64u * 1024)
 /* Output buffers bigger than this are released when the queue empties. */
 #define TLS_OUTPUT_KEEP 4096u
+/* Plaintext staged from callbacks (SMTP replies); a write that does not fit goes alone. */
+#define TLS_STAGE_MAX 4096u
 
 struct tls_conn {
 	struct tls_ctx_base *base;
@@ -59,6 +70,11 @@ struct tls_conn {
 	/* Plaintext on_plaintext did not take. */
 	uint8_t *hold_buf;
 	size_t hold_off, hold_len;
+
+	/* Plaintext written from callbacks, sealed when the outermost call returns. */
+	uint8_t *stage_buf;
+	size_t stage_len;
+	unsigned stage_writes;
 
 	unsigned busy;
 	bool free_pending;
@@ -247,19 +263,55 @@ static void conn_destroy(struct tls_conn *tc)
 	SSL_free(tc->ssl); /* frees the BIO too */
 	free(tc->out_buf);
 	free(tc->hold_buf);
+	free(tc->stage_buf);
 	free(tc);
-}
-
-/* Ends a public call; tc may be gone afterwards. */
-static void leave(struct tls_conn *tc)
-{
-	if (--tc->busy == 0 && tc->free_pending)
-		conn_destroy(tc);
 }
 
 static bool dead(const struct tls_conn *tc)
 {
 	return tc->failed || tc->free_pending;
+}
+
+static void fail(struct tls_conn *tc, int ssl_err);
+static void flush_queue(struct tls_conn *tc);
+
+/* Encrypt the staged plaintext as one record (our BIO never refuses a write). */
+static void seal_stage(struct tls_conn *tc)
+{
+	size_t w = 0;
+
+	if (tc->stage_len == 0)
+		return;
+	if (!dead(tc)) {
+		err_clear();
+		if (!SSL_write_ex(tc->ssl, tc->stage_buf, tc->stage_len, &w))
+			fail(tc, SSL_get_error(tc->ssl, 0));
+		else if (tc->stage_writes > 1)
+			tc->stats->writes_coalesced += tc->stage_writes - 1;
+	}
+	tc->stage_len = 0;
+	tc->stage_writes = 0;
+	if (!tc->base->keep_buffers) {
+		free(tc->stage_buf); /* idle connections keep no buffers */
+		tc->stage_buf = NULL;
+	}
+}
+
+/*
+ * Ends a public call; tc may be gone afterwards.  The outermost call seals
+ * what callbacks wrote during it and offers the record; a write made by
+ * on_ciphertext meanwhile is sealed too and waits in the queue for the next
+ * flush, like any ciphertext on_ciphertext does not take.
+ */
+static void leave(struct tls_conn *tc)
+{
+	if (tc->busy == 1 && tc->stage_len > 0) {
+		seal_stage(tc);
+		flush_queue(tc);
+		seal_stage(tc);
+	}
+	if (--tc->busy == 0 && tc->free_pending)
+		conn_destroy(tc);
 }
 
 /* Offer queued ciphertext to the sink; no on_writable here. */
@@ -645,6 +697,7 @@ int tls_conn_start(struct tls_conn *tc)
 	enter(tc);
 	if (!tc->handshake_done) {
 		drive(tc);
+		seal_stage(tc);
 		flush_queue(tc);
 	}
 	if (tc->failed)
@@ -673,6 +726,7 @@ ssize_t tls_conn_input(struct tls_conn *tc, const uint8_t *cipher, size_t len)
 		size_t off0 = tc->in_off, out0 = tc->out_len;
 
 		drive(tc);
+		seal_stage(tc);
 		flush_queue(tc);
 		if (dead(tc) || tc->peer_closed || tc->in_off == tc->in_len)
 			break;
@@ -708,7 +762,21 @@ ssize_t tls_conn_write(struct tls_conn *tc, const uint8_t *plain, size_t len)
 		return -EPIPE;
 	if (!tc->handshake_done)
 		return -ENOTCONN;
+	if (tc->busy > 0 && !dead(tc) && len > 0 && len <= TLS_STAGE_MAX - tc->stage_len &&
+	    tc->out_len < tc->base->max_output) {
+		/* From a callback: the outermost call seals it with the rest (leave). */
+		if (tc->stage_buf == NULL)
+			tc->stage_buf = malloc(TLS_STAGE_MAX);
+		if (tc->stage_buf != NULL) {
+			memcpy(tc->stage_buf + tc->stage_len, plain, len);
+			tc->stage_len += len;
+			tc->stage_writes++;
+			tc->stats->plain_bytes_out += len;
+			return (ssize_t)len;
+		}
+	}
 	enter(tc);
+	seal_stage(tc); /* what was staged goes first */
 	/* Once per call: between chunks only our BIO runs, and a successful
 	 * SSL_write_ex leaves the error queue as it found it. */
 	err_clear();
@@ -751,6 +819,8 @@ size_t tls_conn_flush(struct tls_conn *tc)
 		tc->write_blocked = false;
 		if (tc->ops->on_writable != NULL)
 			tc->ops->on_writable(tc->user);
+		seal_stage(tc);
+		flush_queue(tc);
 	}
 	left = tc->out_len;
 	leave(tc);
@@ -771,6 +841,7 @@ int tls_conn_resume(struct tls_conn *tc)
 	if (tc->handshake_done) {
 		/* No input is offered: this delivers held plaintext and stops at WANT_READ. */
 		drive(tc);
+		seal_stage(tc);
 		flush_queue(tc);
 	}
 	if (tc->failed)
@@ -792,6 +863,7 @@ int tls_conn_shutdown(struct tls_conn *tc)
 	if (!tc->handshake_done)
 		return -ENOTCONN;
 	enter(tc);
+	seal_stage(tc); /* close_notify follows the data written before it */
 	ERR_clear_error();
 	int r = SSL_shutdown(tc->ssl);
 	if (r < 0) {
@@ -819,7 +891,7 @@ void tls_conn_timed_out(struct tls_conn *tc)
 
 size_t tls_conn_output_pending(const struct tls_conn *tc)
 {
-	return tc ? tc->out_len : 0;
+	return tc ? tc->out_len + tc->stage_len : 0;
 }
 
 bool tls_conn_want_input(const struct tls_conn *tc)

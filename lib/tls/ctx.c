@@ -346,6 +346,11 @@ int tls_server_ctx_create(const struct tls_server_conf *conf, struct tls_server_
 		if (rc < 0)
 			goto fail;
 	}
+	if (conf->keep_buffers) {
+		/* Few busy sessions: see tls_server_conf.keep_buffers. */
+		SSL_CTX_clear_mode(sc->base.ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+		sc->base.keep_buffers = true;
+	}
 	SSL_CTX_set_app_data(sc->base.ssl_ctx, sc);
 	/* Stateless tickets only: no per-process session store to share or bound. */
 	SSL_CTX_set_session_cache_mode(sc->base.ssl_ctx, SSL_SESS_CACHE_OFF);
@@ -443,6 +448,7 @@ int tls_client_ctx_create(const struct tls_client_conf *conf, struct tls_client_
 	 * around every record; keeping them is ~34 KiB per connection.
 	 */
 	SSL_CTX_clear_mode(cc->base.ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+	cc->base.keep_buffers = true;
 	if (conf->sigalgs != NULL && !SSL_CTX_set1_sigalgs_list(cc->base.ssl_ctx, conf->sigalgs)) {
 		set_err(err, errlen, "signature algorithms", conf->sigalgs);
 		rc = -EINVAL;

@@ -94,6 +94,14 @@ struct tls_server_conf {
 	unsigned num_tickets;	     /* 0 = TLS_DEFAULT_NUM_TICKETS */
 	bool no_tickets;	     /* disable session tickets (no resumption) */
 	size_t max_output;	     /* 0 = TLS_DEFAULT_MAX_OUTPUT */
+	/*
+	 * Keep OpenSSL's record buffers (~34 KiB) for a connection's life
+	 * instead of releasing them whenever it goes quiet: saves a free and a
+	 * malloc around every record, for servers with few busy sessions (an MX
+	 * fed by pooled relays, the bench sink).  Off: a device fleet keeps many
+	 * idle sessions open.
+	 */
+	bool keep_buffers;
 };
 
 struct tls_client_conf {
@@ -126,6 +134,7 @@ struct tls_stats {
 	uint64_t output_queue_full;		    /* tls_conn_write() refused: output bound hit */
 	uint64_t input_stalled; /* tls_conn_input() left bytes: output or plaintext full */
 	uint64_t close_notify_sent, close_notify_received;
+	uint64_t writes_coalesced; /* writes from callbacks that shared a record with another */
 };
 
 /* ---- contexts ------------------------------------------------------------- */
@@ -273,6 +282,10 @@ ssize_t tls_conn_input(struct tls_conn *tc, const uint8_t *cipher, size_t len);
  * len (maybe 0) when the output queue is over its bound (on_writable
  * follows), -ENOTCONN before the handshake finished, -EPIPE after
  * tls_conn_shutdown(), -EPROTO after a fatal error.
+ * From inside a callback (up to 4 KiB in all) the data is staged and sealed
+ * with the callback's other writes as one record when the outermost
+ * tls_conn_* call returns (tls_stats.writes_coalesced): the replies to a
+ * pipelined batch cost one record, not one each.
  */
 ssize_t tls_conn_write(struct tls_conn *tc, const uint8_t *plain, size_t len);
 /** Offer queued ciphertext to on_ciphertext again (call on TCP on_writable).  Bytes left queued. */

@@ -15,6 +15,7 @@ struct tls_ctx_base {
 	BIO_METHOD *bio_method; /* our in-memory transport BIO, see conn.c */
 	size_t max_output;
 	bool server;
+	bool keep_buffers; /* no SSL_MODE_RELEASE_BUFFERS; conn.c keeps its stage too */
 };
 
 struct ticket_key {

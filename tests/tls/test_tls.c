@@ -465,6 +465,66 @@ static void test_write_from_handshake_callback(void)
 	tls_server_ctx_free(s);
 }
 
+/*
+ * Replies written from inside on_plaintext (an SMTP server answering a
+ * pipelined batch) leave as one record: RFC 8446 5.2, a TLS 1.3 AES-GCM
+ * record is 5 header + plaintext + 1 content type + 16 tag bytes.  A write
+ * too big for the stage (4 KiB) seals it first, so the order holds.
+ */
+#define TLS13_GCM_OVERHEAD 22
+
+static void test_coalesce_callback_writes(void)
+{
+	static const char reply[] = "250 2.1.0 Ok\r\n", cmd[] = "MAIL FROM:<a@b.example>\r\n";
+	size_t rl = strlen(reply);
+
+	for (int round = 0; round < 4; round++) {
+		struct tls_server_conf sc = {.keep_buffers = round & 1};
+		struct tls_server_ctx *s = make_server(CERT_EC, &sc);
+		struct tls_client_ctx *c = make_client(NULL);
+		uint8_t *big = round >= 2 ? random_bytes(5000) : NULL;
+		size_t want = 3 * rl + (big ? 5000 : 0);
+
+		reset_stats();
+		connect_pair(s, c, TLS_POLICY_VERIFY, TLS_PKI_HOST, NULL);
+		pair_pump(&srv, &cli, 0);
+		CU_ASSERT_EQUAL_FATAL(srv.handshakes, 1);
+		srv.reply = reply;
+		srv.reply_count = 3;
+		srv.big_reply = big;
+		srv.big_reply_len = big ? 5000 : 0;
+		cli.keep_rx = true;
+		uint64_t out0 = sst.cipher_bytes_out;
+		CU_ASSERT_EQUAL(tls_conn_write(cli.tc, (const uint8_t *)cmd, strlen(cmd)),
+				(ssize_t)strlen(cmd));
+		pair_pump(&srv, &cli, round == 3 ? 1 : 0);
+		CU_ASSERT_EQUAL(srv.errors, 0);
+		CU_ASSERT_EQUAL(cli.errors, 0);
+		CU_ASSERT_EQUAL(sst.writes_coalesced, 2);
+		CU_ASSERT_EQUAL(sst.plain_bytes_out, want);
+		/* one record for the three replies, one more for a big write alone */
+		CU_ASSERT_EQUAL(sst.cipher_bytes_out - out0,
+				want + (big ? 2 : 1) * TLS13_GCM_OVERHEAD);
+		CU_ASSERT_EQUAL_FATAL(cli.rx.len, want);
+		for (int i = 0; i < 3; i++)
+			CU_ASSERT(memcmp(cli.rx.data + i * rl, reply, rl) == 0);
+		if (big)
+			CU_ASSERT(memcmp(cli.rx.data + 3 * rl, big, 5000) == 0);
+		CU_ASSERT_EQUAL(tls_conn_output_pending(srv.tc), 0);
+		/* A write outside any callback goes at once, alone. */
+		srv.reply_count = 0;
+		srv.big_reply_len = 0;
+		out0 = sst.cipher_bytes_out;
+		CU_ASSERT_EQUAL(tls_conn_write(srv.tc, (const uint8_t *)reply, rl), (ssize_t)rl);
+		CU_ASSERT_EQUAL(sst.cipher_bytes_out - out0, rl + TLS13_GCM_OVERHEAD);
+		CU_ASSERT_EQUAL(sst.writes_coalesced, 2);
+		done_pair();
+		free(big);
+		tls_client_ctx_free(c);
+		tls_server_ctx_free(s);
+	}
+}
+
 static void test_no_tickets(void)
 {
 	struct tls_server_conf sc = {.no_tickets = true};
@@ -1059,6 +1119,7 @@ static CU_TestInfo tls_tests[] = {
 	{"tickets off", test_no_tickets},
 	{"ticket keys per context", test_tickets_per_context},
 	{"calls from inside callbacks", test_write_from_handshake_callback},
+	{"writes from callbacks share a record", test_coalesce_callback_writes},
 	{"session cache LRU and expiry", test_cache_lru_and_expiry},
 	{"verify: wrong name", test_verify_wrong_name},
 	{"verify: untrusted CA", test_verify_untrusted_ca},

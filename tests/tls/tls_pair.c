@@ -60,6 +60,13 @@ static size_t on_plaintext(void *user, const uint8_t *data, size_t len)
 		e->reenter_input_rc = (int)tls_conn_input(e->tc, (const uint8_t *)"\x17", 1);
 		e->reenter_resume_rc = tls_conn_resume(e->tc);
 	}
+	for (unsigned i = 0; i < e->reply_count; i++)
+		if (tls_conn_write(e->tc, (const uint8_t *)e->reply, strlen(e->reply)) !=
+		    (ssize_t)strlen(e->reply))
+			e->errors += 100;
+	if (e->big_reply_len > 0 &&
+	    tls_conn_write(e->tc, e->big_reply, e->big_reply_len) != (ssize_t)e->big_reply_len)
+		e->errors += 100;
 	if (e->paused)
 		return 0;
 	if (e->take_max > 0) {

@@ -45,6 +45,12 @@ struct pair_ep {
 	bool free_on_error;
 	const char *greeting; /* written from inside on_handshake_done (implicit TLS) */
 	bool reenter;	      /* on_plaintext calls tls_conn_input/resume on its own conn */
+	/* Replies written from inside on_plaintext: reply_count writes of reply, then
+	 * big_reply_len bytes of big_reply in one write (an SMTP server's batch). */
+	const char *reply;
+	unsigned reply_count;
+	const uint8_t *big_reply;
+	size_t big_reply_len;
 	int reenter_input_rc, reenter_resume_rc;
 };
 
