@@ -1607,23 +1607,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct cfg_file *cf;
-	char err[512];
-	struct cfg_report rep = {0};
-	struct net_dp_conf nc;
-	if (net_config_load(config, &cf, &nc, &rep) != 0) {
-		fputs(rep.text, stderr);
-		return 2;
-	}
-	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxgen: %s\n", err);
-		return 1;
-	}
-	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
-		fprintf(stderr, "mxgen: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
-			dp.n_workers);
-		net_dataplane_stop(&dp);
-		return 2;
-	}
+	rc = net_dataplane_start_file(&dp, config, "mxgen", argv[0], 1, MAX_WORKERS, &cf);
+	if (rc != 0)
+		return rc;
 	struct net_dataplane started = dp;
 	if (mxgen_role_attach(&started) != 0) {
 		net_dataplane_stop(&dp);

@@ -153,36 +153,16 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct cfg_file *cf;
-	char err[512];
-	struct cfg_report rep = {0};
-	struct net_dp_conf nc;
-	if (net_config_load(config, &cf, &nc, &rep) != 0) {
-		fputs(rep.text, stderr);
-		return 2;
-	}
-	if (nc.n_ports < 2) {
-		fprintf(stderr, "mxload: %s: two ports (mxgen's, then the sink's)\n", config);
-		cfg_free(cf);
-		return 2;
-	}
-	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
-		fprintf(stderr, "mxload: %s\n", err);
-		cfg_free(cf);
-		return 1;
-	}
-	if (dp.n_workers == 0 || dp.n_workers > MAX_WORKERS) {
-		fprintf(stderr, "mxload: need 1..%d worker lcores (got %u)\n", MAX_WORKERS,
-			dp.n_workers);
-		net_dataplane_stop(&dp);
-		cfg_free(cf);
-		return 2;
-	}
+	/* two ports: mxgen's, then the sink's */
+	rc = net_dataplane_start_file(&dp, config, "mxload", argv[0], 2, MAX_WORKERS, &cf);
+	if (rc != 0)
+		return rc;
 	if (mxgen_role_attach(&dp) != 0) {
 		net_dataplane_stop(&dp);
 		cfg_free(cf);
 		return 1;
 	}
-	mxsink_role_attach(&dp, nc.ports[nc.n_ports - 1].addr);
+	mxsink_role_attach(&dp, dp.conf.ports[dp.conf.n_ports - 1].addr);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGUSR1, on_usr1);

@@ -298,6 +298,16 @@ void net_dataplane_stack_conf(const struct net_dataplane *dp, unsigned w,
 			      struct net_stack_conf *out);
 void net_dataplane_stop(struct net_dataplane *dp);
 
+/**
+ * For tools: net_config_load() of path, then net_dataplane_start(), with
+ * at least min_ports ports and 1..max_workers worker lcores.  Errors go to
+ * stderr after "prog: ".  0 (the caller owns *cf and the dataplane), 2 for
+ * a bad file or lcore count, 1 when the dataplane did not start.
+ */
+int net_dataplane_start_file(struct net_dataplane *dp, const char *path, const char *prog,
+			     const char *argv0, unsigned min_ports, unsigned max_workers,
+			     struct cfg_file **cf);
+
 /** Idle back-off state of one worker loop (see net_stack_idle). */
 struct net_idle {
 	unsigned empty_turns;

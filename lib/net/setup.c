@@ -238,3 +238,37 @@ int net_config_load(const char *path, struct cfg_file **cf, struct net_dp_conf *
 	*cf = NULL;
 	return -EINVAL;
 }
+
+int net_dataplane_start_file(struct net_dataplane *dp, const char *path, const char *prog,
+			     const char *argv0, unsigned min_ports, unsigned max_workers,
+			     struct cfg_file **cf)
+{
+	struct cfg_report rep = {0};
+	struct net_dp_conf nc;
+	char err[512];
+	if (net_config_load(path, cf, &nc, &rep) != 0) {
+		fputs(rep.text, stderr);
+		return 2;
+	}
+	if (nc.n_ports < min_ports) {
+		fprintf(stderr, "%s: %s: needs %u ports\n", prog, path, min_ports);
+		goto bad;
+	}
+	if (net_dataplane_start(dp, &nc, argv0, err, sizeof(err)) != 0) {
+		fprintf(stderr, "%s: %s\n", prog, err);
+		cfg_free(*cf);
+		*cf = NULL;
+		return 1;
+	}
+	if (dp->n_workers == 0 || dp->n_workers > max_workers) {
+		fprintf(stderr, "%s: need 1..%u worker lcores (got %u)\n", prog, max_workers,
+			dp->n_workers);
+		net_dataplane_stop(dp);
+		goto bad;
+	}
+	return 0;
+bad:
+	cfg_free(*cf);
+	*cf = NULL;
+	return 2;
+}

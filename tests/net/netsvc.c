@@ -620,17 +620,10 @@ int main(int argc, char **argv)
 		goto usage;
 
 	struct cfg_file *cf;
-	char err[512];
-	struct cfg_report rep = {0};
-	struct net_dp_conf nc;
-	if (net_config_load(config, &cf, &nc, &rep) != 0) {
-		fputs(rep.text, stderr);
-		return 2;
-	}
-	if (net_dataplane_start(&dp, &nc, argv[0], err, sizeof(err)) != 0) {
-		fprintf(stderr, "netsvc: %s\n", err);
-		return 1;
-	}
+	int rc = net_dataplane_start_file(&dp, config, "netsvc", argv[0], 1,
+					  sizeof(workers) / sizeof(workers[0]), &cf);
+	if (rc != 0)
+		return rc;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	tsc_per_us = rte_get_tsc_hz() / 1000000;
@@ -677,7 +670,7 @@ int main(int argc, char **argv)
 			usleep(2000);
 	rte_eal_mp_wait_lcore();
 	print_stats();
-	int rc = 0;
+	rc = 0;
 	if (rr_concurrency) {
 		uint64_t txns = 0, fails = 0, lat = 0;
 		double secs = (double)(mx_now_us() - start - start_delay_us) / 1e6;
