@@ -81,6 +81,7 @@
 #include "tls.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -1587,6 +1588,8 @@ static int worker_main(void *arg)
 			add(&w->busy_us, now - prev);
 		unsigned n = net_stack_poll(w->st, now);
 		n += mxgen_role_turn(w->index, now, &max_sleep);
+		if (n == 0)
+			sched_yield(); /* as mxrelay's worker: a CPU shared with mxsink */
 		net_stack_idle(w->st, &w->idle, n > 0, now, max_sleep);
 		worked = n > 0;
 		prev = now;

@@ -63,6 +63,7 @@
 #include "verify.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -1156,6 +1157,8 @@ static int worker_main(void *arg)
 			__atomic_store_n(&w->busy_us, w->busy_us + (now - prev), __ATOMIC_RELAXED);
 		unsigned n = net_stack_poll(w->st, now);
 		n += mxsink_role_turn(w->index, now, &busy, &max_sleep);
+		if (n == 0 && !busy)
+			sched_yield(); /* as mxrelay's worker: a CPU shared with mxgen */
 		net_stack_idle(w->st, &w->idle, n > 0 || busy, now, max_sleep);
 		worked = n > 0;
 		prev = now;
