@@ -366,12 +366,8 @@ static void put_s(struct fmt *f, const char *s)
 
 static void put_u(struct fmt *f, uint64_t v)
 {
-	char d[20];
-	size_t i = sizeof(d);
-	do
-		d[--i] = (char)('0' + v % 10);
-	while ((v /= 10) != 0);
-	put(f, d + i, sizeof(d) - i);
+	char d[MX_U64_DEC_MAX];
+	put(f, d, mx_u64_dec(v, d));
 }
 
 static struct fmt fmt_on(char *buf, size_t cap)

@@ -145,6 +145,13 @@ uint64_t mx_now_us(void);
 /** Wall-clock seconds since the epoch. */
 int64_t mx_wall_s(void);
 
+/* ---- text ------------------------------------------------------------- */
+
+#define MX_U64_DEC_MAX 20 /* digits of UINT64_MAX */
+
+/** Decimal digits of v into out[0..n) (no NUL), for formatting without printf; returns n. */
+size_t mx_u64_dec(uint64_t v, char out[MX_U64_DEC_MAX]);
+
 /* ---- allocation --------------------------------------------------------- */
 
 /**

@@ -7,6 +7,7 @@
  */
 #include "core.h"
 
+#include <string.h>
 #include <time.h>
 #include <jemalloc/jemalloc.h>
 #include <openssl/crypto.h>
@@ -50,4 +51,15 @@ static void ossl_free(void *p, const char *file, int line)
 int mx_alloc_init(void)
 {
 	return CRYPTO_set_mem_functions(ossl_malloc, ossl_realloc, ossl_free) ? 0 : -1;
+}
+
+size_t mx_u64_dec(uint64_t v, char out[MX_U64_DEC_MAX])
+{
+	char d[MX_U64_DEC_MAX];
+	size_t i = sizeof(d);
+	do
+		d[--i] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	memcpy(out, d + i, sizeof(d) - i);
+	return sizeof(d) - i;
 }

@@ -22,6 +22,7 @@
 #include "dkim.h"
 #include "dkim_canon.h"
 #include "dkim_internal.h"
+#include "core.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -568,13 +569,8 @@ static void text_tag(struct text *t, const char *name, const char *value, size_t
 
 static void text_tag_num(struct text *t, const char *name, uint64_t v)
 {
-	char digits[24];
-	size_t i = sizeof(digits);
-	do {
-		digits[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	text_tag(t, name, digits + i, sizeof(digits) - i);
+	char digits[MX_U64_DEC_MAX];
+	text_tag(t, name, digits, mx_u64_dec(v, digits));
 }
 
 static void text_tag_str(struct text *t, const char *name, const char *value)

@@ -529,14 +529,8 @@ static void put_str(struct line *l, const char *s)
 
 static void put_u64(struct line *l, uint64_t v)
 {
-	char d[20];
-	size_t i = sizeof(d);
-
-	do {
-		d[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v && i > 0);
-	put_mem(l, d + i, sizeof(d) - i);
+	char d[MX_U64_DEC_MAX];
+	put_mem(l, d, mx_u64_dec(v, d));
 }
 
 /* The line with CRLF into the output buffer, as emit() does. */

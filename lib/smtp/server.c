@@ -334,16 +334,11 @@ static void reply_cat(struct smtp_session *s, const char *a, const char *b, cons
 	reply_line(s, buf, n);
 }
 
-/* Decimal text of v (buf of at least 21 bytes). */
+/* Decimal text of v (buf of at least MX_U64_DEC_MAX + 1 bytes). */
 static const char *u64_text(char *buf, uint64_t v)
 {
-	char *p = buf + 20;
-
-	*p = '\0';
-	do
-		*--p = (char)('0' + v % 10);
-	while ((v /= 10) != 0);
-	return p;
+	buf[mx_u64_dec(v, buf)] = '\0';
+	return buf;
 }
 
 static void reset_transaction(struct smtp_session *s);
@@ -951,7 +946,7 @@ static void cmd_ehlo(struct smtp_session *s, const char *arg, size_t len, bool e
 		reply_cat(s, "250 ", s->conf->hostname, "");
 		return;
 	}
-	char size[21];
+	char size[MX_U64_DEC_MAX + 1];
 	reply_cat(s, "250-", s->conf->hostname, "");
 	reply(s, "250-PIPELINING");
 	reply_cat(s, "250-SIZE ", u64_text(size, s->conf->max_message_size), "");

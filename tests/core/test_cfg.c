@@ -109,11 +109,26 @@ static void test_key_readers(void)
 	cfg_free(cf);
 }
 
+/* mx_u64_dec (lib/core, not cfg; this is the core module's one suite): digits, no NUL. */
+static void test_u64_dec(void)
+{
+	char d[MX_U64_DEC_MAX + 1];
+	memset(d, 'x', sizeof(d));
+	CU_ASSERT_EQUAL(mx_u64_dec(0, d), 1);
+	CU_ASSERT_NSTRING_EQUAL(d, "0x", 2);
+	CU_ASSERT_EQUAL(mx_u64_dec(10, d), 2);
+	CU_ASSERT_NSTRING_EQUAL(d, "10", 2);
+	CU_ASSERT_EQUAL(mx_u64_dec(UINT64_MAX, d), 20);
+	CU_ASSERT_NSTRING_EQUAL(d, "18446744073709551615", 20);
+	CU_ASSERT_EQUAL(d[20], 'x');
+}
+
 static CU_TestInfo cfg_tests[] = {
 	{"key readers report file:line and keep defaults", test_key_readers},
 	{"sections and labels", test_sections_and_labels},
 	{"syntax errors carry file:line", test_syntax_errors_have_line},
 	{"value parsers", test_values},
+	{"decimal digits without printf", test_u64_dec},
 	CU_TEST_INFO_NULL,
 };
 
