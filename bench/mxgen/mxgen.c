@@ -617,7 +617,12 @@ static int tls_begin(struct gconn *g)
 	return rc;
 }
 
-/* A cleared gconn: a spare one (the per-message part is rewritten by submit) or a new one. */
+/*
+ * A cleared gconn: a spare one (the per-message part is rewritten by
+ * submit) or a new one.  A spare keeps its SMTP client, dead, for
+ * smtp_client_reuse: one connection per message would otherwise allocate
+ * and fault in the client's buffers each time.
+ */
 static struct gconn *gconn_get(struct worker *w)
 {
 	struct gconn *g = w->spare;
@@ -625,7 +630,9 @@ static struct gconn *gconn_get(struct worker *w)
 		return calloc(1, sizeof(*g));
 	w->spare = g->next;
 	w->spare_count--;
+	struct smtp_client *cl = g->cl;
 	memset(g, 0, offsetof(struct gconn, sender));
+	g->cl = cl;
 	return g;
 }
 
@@ -735,8 +742,9 @@ static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
 	g->tcp_gone = true;
 	g->prev->next = g->next;
 	g->next->prev = g->prev;
-	/* Reports a message still in flight as deferred (message_done). */
-	smtp_client_free(g->cl);
+	/* Reports a message still in flight as deferred (message_done), and makes
+	 * the client new again for the gconn's next connection. */
+	smtp_client_reuse(g->cl, g);
 	tls_conn_free(g->tls);
 	w->in_flight--;
 	add(&w->conns_done, 1);
@@ -784,7 +792,8 @@ static int start_conn(struct worker *w)
 	g->w = w;
 	g->device = (w->index + dp.n_workers * (unsigned)(w->conns_started)) % opt_devices;
 	g->msgs_left = opt_msgs_per_conn;
-	if (smtp_client_new(&cconf, &client_cb, g, &w->cstats, &g->cl) != 0) {
+	/* a spare's client was made new when its connection closed (t_closed) */
+	if (g->cl == NULL && smtp_client_new(&cconf, &client_cb, g, &w->cstats, &g->cl) != 0) {
 		gconn_put(w, g);
 		return -ENOMEM;
 	}
@@ -792,8 +801,7 @@ static int start_conn(struct worker *w)
 				  : tcp_connect(w->st, 0, 0, opt_target, opt_port, &gen_ops, g);
 	if (g->tcp == NULL) {
 		int e = errno;
-		smtp_client_free(g->cl);
-		gconn_put(w, g);
+		gconn_put(w, g); /* its client, never started, serves the next connection */
 		add(&w->connect_errors, 1);
 		return -e;
 	}
@@ -1534,6 +1542,7 @@ int mxgen_role_finish(void)
 		while (w->spare != NULL) {
 			struct gconn *g = w->spare;
 			w->spare = g->next;
+			smtp_client_free(g->cl);
 			free(g);
 		}
 		free(w->text);

@@ -1703,6 +1703,31 @@ void smtp_client_free(struct smtp_client *c)
 	free(c);
 }
 
+int smtp_client_reuse(struct smtp_client *c, void *user)
+{
+	if (c->in_cb)
+		return -EBUSY;
+	if (c->state != CS_DEAD && (c->tx_count || c->next)) {
+		c->quit_requested = false;
+		fail_synth(c, 421, "4.4.2", "Session closed by the relay");
+	}
+	/*
+	 * What smtp_client_new leaves zero, field by field; the transaction
+	 * slots keep their result arrays (start_txn clears the rest of a slot)
+	 * and the buffers' contents are dead once their offsets are zero.
+	 */
+	memset(&c->state, 0, offsetof(struct smtp_client, q) - offsetof(struct smtp_client, state));
+	c->q_head = c->q_len = 0;
+	c->next = NULL;
+	c->tx_head = c->tx_count = 0;
+	c->out_off = c->out_len = 0;
+	c->user = user;
+	c->state = CS_NEW;
+	smtp_reply_parser_init(&c->rp);
+	c->st->sessions++;
+	return 0;
+}
+
 void smtp_client_start(struct smtp_client *c, bool tls_active)
 {
 	if (c->state != CS_NEW)

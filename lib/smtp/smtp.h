@@ -558,6 +558,14 @@ int smtp_client_new(const struct smtp_client_conf *conf, const struct smtp_clien
  * then failed).  Not from inside a callback of this client.
  */
 void smtp_client_free(struct smtp_client *c);
+/**
+ * Start over with the same conf, cb and stats for a new connection: as
+ * smtp_client_free then smtp_client_new, keeping the client's memory (a
+ * load generator opening a connection per message would otherwise allocate
+ * and fault in ~36 KiB each time).  A message not yet reported is reported
+ * deferred first.  0, or -EBUSY from inside a callback of this client.
+ */
+int smtp_client_reuse(struct smtp_client *c, void *user);
 /** The connection is up (or TLS is up for implicit TLS): wait for the greeting. */
 void smtp_client_start(struct smtp_client *c, bool tls_active);
 /** Bytes from the server.  0, or -EPIPE when the session is dead/closed. */

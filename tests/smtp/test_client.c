@@ -854,6 +854,52 @@ static void test_two_messages(void)
 	CU_ASSERT_EQUAL(st.sessions, 1);
 }
 
+/*
+ * smtp_client_reuse: a session cut mid-transaction reports its message
+ * deferred; the same client then runs a new session exactly as a new
+ * client would (no capability, queued reply or output of the old one left:
+ * the first server offered PIPELINING, the second does not).
+ */
+static void test_reuse(void)
+{
+	struct smtp_client_conf conf = cconf();
+	struct ct *t = calloc(1, sizeof(*t));
+
+	CU_ASSERT_FATAL(t != NULL);
+	t->msgs = g_one;
+	t->nmsgs = 1;
+	t->quit = true;
+	CU_ASSERT_EQUAL_FATAL(smtp_client_new(&conf, &ccb, t, &t->st, &t->c), 0);
+	submit_next(t);
+	smtp_client_start(t->c, false);
+	feed(t, GREET, 0);
+	feed(t, EHLO_PIPE, 0);
+	feed(t, "250 ok\r\n", 0); /* MAIL's reply; the RCPTs' and DATA's never come */
+	CU_ASSERT_STRING_EQUAL(t->out, EHLO MAIL1 RCPTA RCPTB "DATA\r\n");
+	CU_ASSERT_EQUAL(smtp_client_reuse(t->c, t), 0);
+	CU_ASSERT_STRING_EQUAL(t->ev, "R;M T421/4.4.2 T421/4.4.2;F421/4.4.2;");
+	CU_ASSERT_EQUAL(t->st.messages_deferred, 1);
+
+	t->out_len = t->out_seen = t->ev_len = 0;
+	t->out[0] = t->ev[0] = '\0';
+	t->next_msg = t->ndone = 0;
+	submit_next(t);
+	smtp_client_start(t->c, false);
+	const char *srv[] = {GREET, EHLO_BASIC, "250 2.1.0 Ok\r\n", "250 2.1.5 Ok\r\n",
+			     "250 2.1.5 Ok\r\n", "354 go ahead\r\n", "250 2.0.0 Ok\r\n",
+			     "221 2.0.0 Bye\r\n"};
+	for (size_t i = 0; i < sizeof(srv) / sizeof(srv[0]); i++)
+		feed(t, srv[i], 1);
+	CU_ASSERT_STRING_EQUAL(t->out, EHLO MAIL1 RCPTA RCPTB "DATA\r\n" BODY1_STUFFED "QUIT\r\n");
+	CU_ASSERT_STRING_EQUAL(t->ev, "R;M D250/2.0.0 D250/2.0.0;C;");
+	CU_ASSERT_EQUAL(t->st.sessions, 2);
+	CU_ASSERT_EQUAL(t->st.messages_sent, 1);
+	CU_ASSERT_EQUAL(t->st.pipelined_flights, 1); /* the first session's only */
+	CU_ASSERT_TRUE(smtp_client_is_dead(t->c));
+	smtp_client_free(t->c);
+	free(t);
+}
+
 static void test_capability_refusals(void)
 {
 	struct smtp_client_conf conf = cconf();
@@ -1649,6 +1695,7 @@ static CU_TestInfo client_tests[] = {
 	{"rcpts_refused", test_rcpts_refused},
 	{"data_errors", test_data_errors},
 	{"two_messages", test_two_messages},
+	{"reuse", test_reuse},
 	{"capability_refusals", test_capability_refusals},
 	{"dsn_params", test_dsn_params},
 	{"421_and_malformed", test_421_and_malformed},
