@@ -437,6 +437,46 @@ static void test_bounds_and_local_coalescing(void)
 	env_free(e);
 }
 
+/*
+ * Many names waiting at once (more than the resolver's lists of waiting
+ * requests, so lists are shared), two requests each, answered in reverse
+ * order: each answer reaches its own two requests and nobody else's.
+ */
+static void test_many_names_waiting(void)
+{
+	enum { NAMES = 200 };
+	struct dns_conf conf;
+	env_conf(&conf);
+	conf.max_pending = 2 * NAMES;
+	conf.max_inflight = NAMES;
+	struct env *e = env_new(&conf);
+	static struct result res[2 * NAMES];
+	const struct dns_entry *hit;
+	char name[64];
+	memset(res, 0, sizeof(res));
+	for (int i = 0; i < 2 * NAMES; i++) {
+		snprintf(name, sizeof(name), "h%d.many.example", i / 2);
+		CU_ASSERT_EQUAL(dns_resolve(e->r, name, DNS_T_A, result_cb, &res[i], &hit), 0);
+	}
+	CU_ASSERT_EQUAL_FATAL(e->f.count, NAMES);
+	CU_ASSERT_EQUAL(env_ctr(e).coalesced, NAMES);
+	for (int k = NAMES - 1; k >= 0; k--) {
+		snprintf(name, sizeof(name), "h%d.many.example", k);
+		struct dns_rr an = RR_A(name, 60, IP4(10, 77, k / 256, k % 256));
+		fake_answer(&e->f, e->r, (unsigned)k, 0, &an, 1, NULL, 0);
+		if (k == NAMES / 2) /* half answered: the other half still waits */
+			for (int i = 0; i < NAMES; i++)
+				CU_ASSERT_EQUAL(res[i].calls, 0);
+	}
+	for (int i = 0; i < 2 * NAMES; i++) {
+		CU_ASSERT_EQUAL(res[i].calls, 1);
+		CU_ASSERT_EQUAL(res[i].status, DNS_OK);
+		CU_ASSERT_EQUAL(res[i].a, IP4(10, 77, (i / 2) / 256, (i / 2) % 256));
+	}
+	CU_ASSERT_EQUAL(dns_resolver_pending(e->r), 0);
+	env_free(e);
+}
+
 static void test_tlsa_cached_and_no_resolvers(void)
 {
 	struct env *e = env_default();
@@ -638,6 +678,7 @@ CU_TestInfo dns_resolver_tests[] = {
 	{"prefetch", test_prefetch},
 	{"cname_chain_and_loop", test_cname_chain_and_loop},
 	{"bounds_and_local_coalescing", test_bounds_and_local_coalescing},
+	{"many_names_waiting", test_many_names_waiting},
 	{"tlsa_cached_and_no_resolvers", test_tlsa_cached_and_no_resolvers},
 	{"coalescing_threads", test_coalescing_threads},
 	{"port_filter", test_port_filter},
