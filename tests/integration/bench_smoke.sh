@@ -25,7 +25,8 @@
 # STARTTLS + AUTH from mxgen to mxsink's submission port (right and wrong password),
 # mxsink catching mxgen's deliberately corrupted messages (--corrupt) while devices
 # reuse their few source ports (--device-ports) within TIME_WAIT, and fleet-plain
-# with the load side as one process (--load-proc one: bench/mxload).
+# with the load side as one process (--load-proc one: bench/mxload), and bench/sweep
+# at one rate far below saturation.
 # DPDK processes over net_memif (10.77.110.0/24 and 10.77.111.0/24, private
 # to the links).  Runs in about 2 minutes.  MX_BUILD: the build directory
 # (default build/).
@@ -226,4 +227,10 @@ off=$(field offered) acc=$(field accepted) cor=$(field gen_corrupted)
 # the load side as one process (bench/mxload: mxgen's and mxsink's roles in one loop)
 run fleet-one fleet-plain --seconds 3 --rate 200 --load-proc one
 common_checks fleet-one deliver
-echo "bench_smoke: ok ($n_scen scenarios + faults2 + auth + corrupt + fleet-one in $(($(date +%s) - T_START)) s)"
+# bench/sweep: one rate far below saturation is sustained, and the summary line says so
+bench/sweep fleet-plain --from 300 --to 300 --seconds 4 >"$TMP/sweep.out" 2>&1 ||
+	{ cat "$TMP/sweep.out"; fail "bench/sweep failed"; }
+grep -q '^RATE r=300 run 1: .* ok$' "$TMP/sweep.out" || { cat "$TMP/sweep.out"; fail "sweep: 300/s not sustained"; }
+grep -q '^SWEEP scenario=fleet-plain sustained_rate=300 first_failed=0 ' "$TMP/sweep.out" ||
+	{ cat "$TMP/sweep.out"; fail "sweep: no summary"; }
+echo "bench_smoke: ok ($n_scen scenarios + faults2 + auth + corrupt + fleet-one + sweep in $(($(date +%s) - T_START)) s)"
