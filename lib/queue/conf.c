@@ -18,6 +18,7 @@ void queue_config_defaults(struct queue_config *c)
 {
 	memset(c, 0, sizeof(*c));
 	c->max_connections = 10;
+	c->connection_budget = 100;
 	c->msgs_per_connection = 100;
 	c->msgs_per_second = 0;
 	c->rate_burst = 0;
@@ -136,6 +137,7 @@ struct key_u64 {
 static const struct key_u64 keys[] = {
 	{"max_connections", false, 1, 100000, OFF(max_connections), true},
 	{"initial_connections", false, 0, 100000, OFF(initial_connections), true},
+	{"connection_budget", false, 0, 1000000, OFF(connection_budget), true},
 	{"messages_per_connection", false, 1, 1000000, OFF(msgs_per_connection), true},
 	{"rate", false, 0, 10000000, OFF(msgs_per_second), true},
 	{"rate_burst", false, 0, 10000000, OFF(rate_burst), true},

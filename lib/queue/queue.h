@@ -44,6 +44,7 @@ struct queue;
 struct queue_config {
 	uint32_t max_connections;     /* per destination, default 10 */
 	uint32_t initial_connections; /* ramp: see queue_config_from_cfg */
+	uint32_t connection_budget;   /* per queue: busy sessions before no 2nd ones, default 100 */
 	uint32_t msgs_per_connection; /* default 100 */
 	uint32_t msgs_per_second;     /* per destination, 0 = unlimited (default) */
 	uint32_t rate_burst;	      /* token bucket depth, default max(1, rate) */
@@ -92,7 +93,7 @@ enum queue_tls queue_config_tls(const struct queue_config *c, const char *dest);
 
 void queue_config_defaults(struct queue_config *c);
 /**
- * Read [queue] (retry, max_age, max_connections, initial_connections,
+ * Read [queue] (retry, max_age, max_connections, initial_connections, connection_budget,
  * messages_per_connection, rate, rate_burst, recipients_per_transaction, backoff_initial,
  * backoff_max, idle_timeout, connection_reuse_time_limit, route_ttl, dsn_max_full_size,
  * max_destinations, max_transactions, max_sessions, pipeline_depth), [relay] smarthost,
@@ -101,6 +102,11 @@ void queue_config_defaults(struct queue_config *c);
  * "file:line: message" in err.  initial_connections (default 0: off): a
  * destination has at most max(initial_connections, its sessions up)
  * connecting at once, up to max_connections (a slow start).
+ * connection_budget (default 100, 0 = none; Postfix's default_process_limit):
+ * a destination's first connection (and one that replaces sessions that take
+ * no more mail) is always allowed, up to max_sessions; its further ones only
+ * while fewer than connection_budget sessions of the queue are connecting or
+ * busy (idle ones do not count).
  */
 int queue_config_from_cfg(struct cfg_file *cf, struct queue_config *c, char *err, size_t errlen);
 /** Set the smarthost from "[host]:port", "host:port" or "host".  0 or -EINVAL. */
@@ -278,6 +284,7 @@ struct queue_counters {
 	/* totals only */
 	uint64_t dsn_sent, dsn_failed, dsn_null_sender_dropped, dsn_suppressed;
 	uint64_t dest_limit_hits, txn_limit_hits, session_limit_hits;
+	uint64_t budget_hits; /* a destination with a session wanted another: connection_budget */
 	uint64_t txns_pipelined; /* SENDs to a session that had another transaction in flight */
 	uint64_t dests;		 /* gauge */
 };

@@ -83,6 +83,8 @@ struct qtxn {
 	uint16_t attempts;
 	int64_t queued_us;
 	int64_t dispatched_us;
+	int64_t born_us;      /* the message's arrival (or submission): max_age counts from it */
+	uint32_t rcpt_one[1]; /* rcpt for one recipient: no second allocation */
 };
 
 /*
@@ -103,6 +105,7 @@ struct qsession {
 	struct qtxn *txns[QUEUE_PIPELINE_MAX];
 	uint8_t tx_head, ntx;
 	uint8_t depth; /* how many it may carry at once (queue_conn_depth), 1 until told */
+	bool retired;  /* takes no new mail (too old, closing): counted in dest->retiring */
 	void *user;    /* the transport's (queue_session_set_user) */
 	int64_t connect_us, up_us, idle_since_us;
 	uint32_t msgs;
@@ -122,6 +125,7 @@ struct qdest {
 	uint32_t idle_count;
 	struct qlink room; /* busy sessions that can take another transaction */
 	uint32_t sessions, connecting;
+	uint32_t retiring; /* of sessions, those that take no new mail (sess_retire) */
 	bool has_route, mx;
 	bool suspended; /* held by the operator: nothing is dispatched */
 	int64_t route_until;
@@ -133,6 +137,7 @@ struct qdest {
 	struct qtimer timer;
 	struct qlink dirty;
 	struct qlink starved;
+	struct qlink extra; /* on q->extra: wants another connection (connection_budget) */
 	char last_error[QUEUE_REPLY_MAX];
 	struct queue_counters c;
 };
@@ -150,9 +155,11 @@ struct queue {
 	struct qsession *sess;
 	uint32_t *sfree;
 	uint32_t sfree_count;
+	uint32_t idle_total; /* sessions on q->idle */
 	struct qtimer **heap;
 	uint32_t heap_len, heap_cap;
-	struct qlink dirty, idle, closing, starved;
+	struct qlink dirty, idle, closing, starved, extra;
+	bool extra_later; /* queue_poll's first pass: q->extra waits for the second */
 	uint64_t txn_count, next_txn_id, dsn_seq;
 	bool hold_all; /* queue_suspend(QUEUE_HOLD_ALL): no destination is dispatched */
 	struct queue_counters c;
@@ -294,6 +301,7 @@ static struct qdest *dest_get(struct queue *q, const char *name, uint8_t kind)
 	ql_init(&d->room);
 	ql_init(&d->dirty);
 	ql_init(&d->starved);
+	ql_init(&d->extra);
 	d->timer.kind = T_DEST;
 	d->port = 25;
 	d->mx = true;
@@ -332,6 +340,8 @@ static void dest_free(struct queue *q, struct qdest *d)
 		ql_del(&d->dirty);
 	if (ql_linked(&d->starved))
 		ql_del(&d->starved);
+	if (ql_linked(&d->extra))
+		ql_del(&d->extra);
 	q->dslot[d->slot] = NULL;
 	q->dfree[q->dfree_count++] = d->slot;
 	q->c.dests--;
@@ -390,13 +400,29 @@ static uint64_t sess_handle(const struct queue *q, const struct qsession *s)
 	return HANDLE(s->gen, (uint32_t)(s - q->sess));
 }
 
-static void sess_unidle(struct qsession *s)
+static void sess_unidle(struct queue *q, struct qsession *s)
 {
 	if (s->state != S_IDLE)
 		return;
 	ql_del(&s->link);
 	ql_del(&s->glink);
 	s->dest->idle_count--;
+	q->idle_total--;
+}
+
+/* s takes no new mail from now on; its destination may replace it (connection_budget). */
+static void sess_retire(struct qsession *s)
+{
+	if (s->retired)
+		return;
+	s->retired = true;
+	s->dest->retiring++;
+}
+
+/* Sessions connecting or carrying mail (closing ones too): what connection_budget bounds. */
+static uint32_t sess_busy_count(const struct queue *q)
+{
+	return q->cfg.max_sessions - q->sfree_count - q->idle_total;
 }
 
 /*
@@ -407,13 +433,17 @@ static void sess_unidle(struct qsession *s)
  */
 static void sess_close(struct queue *q, struct qsession *s)
 {
-	sess_unidle(s);
+	sess_unidle(q, s);
+	sess_retire(s);
 	s->state = S_CLOSING;
 	ql_add_tail(&q->closing, &s->link);
 }
 
 static void sess_release(struct queue *q, struct qsession *s)
 {
+	if (s->retired)
+		s->dest->retiring--;
+	s->retired = false;
 	s->state = S_FREE;
 	s->dest = NULL;
 	s->ntx = 0;
@@ -436,6 +466,7 @@ static void sess_make_idle(struct queue *q, struct qsession *s, int64_t now)
 	ql_add_tail(&s->dest->idle, &s->link);
 	ql_add_tail(&q->idle, &s->glink);
 	s->dest->idle_count++;
+	q->idle_total++;
 	dest_dirty(q, s->dest);
 }
 
@@ -723,8 +754,8 @@ static void rcpt_bounce(struct queue *q, struct qdest *dst, struct qtxn *t, uint
 
 static int64_t txn_expiry(const struct queue *q, const struct qtxn *t)
 {
-	int64_t base = t->desc->arrival_us ? t->desc->arrival_us : t->desc->submitted_us;
-	return base + (int64_t)q->cfg.max_age_us;
+	/* born_us, not t->desc: the descriptor is a cache miss per message in the hot loops. */
+	return t->born_us + (int64_t)q->cfg.max_age_us;
 }
 
 static void txn_free(struct queue *q, struct qtxn *t)
@@ -732,7 +763,8 @@ static void txn_free(struct queue *q, struct qtxn *t)
 	timer_cancel(q, &t->timer);
 	if (ql_linked(&t->link))
 		ql_del(&t->link);
-	free(t->rcpt);
+	if (t->rcpt != t->rcpt_one)
+		free(t->rcpt);
 	free(t);
 	q->txn_count--;
 }
@@ -942,6 +974,7 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 			}
 			if (s->state == S_BUSY && sess_too_old(q, s, now)) {
 				ql_del(&s->rlink); /* ends when its transactions do */
+				sess_retire(s);
 				continue;
 			}
 			ql_del(&t->link);
@@ -955,7 +988,7 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 				timer_arm(q, &d->timer, wake);
 				return true;
 			}
-			sess_unidle(s);
+			sess_unidle(q, s);
 			s->state = S_BUSY;
 			if (s->msgs + s->ntx > 0)
 				CNT(q, d, sessions_reused, 1);
@@ -964,6 +997,8 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 			s->txns[(s->tx_head + s->ntx) % QUEUE_PIPELINE_MAX] = t;
 			s->ntx++;
 			sess_room_update(q, s, now, false);
+			if (s->msgs + s->ntx >= q->cfg.msgs_per_connection)
+				sess_retire(s); /* its last message: a successor may connect now */
 			t->dispatched_us = now;
 			CNT(q, d, txns, 1);
 			q->c.queued -= t->pub.rcpt_count;
@@ -999,6 +1034,30 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 			if (d->connecting >= allowed)
 				return true; /* queue_conn_up or _down makes it dirty again */
 		}
+		/*
+		 * The queue-wide budget (Postfix's process limit, shared by all
+		 * destinations): a destination that already has a session that takes
+		 * mail opens another only while the core has fewer than
+		 * connection_budget sessions connecting or busy.  A hundred busy
+		 * destinations then get one connection each instead of ten: the same
+		 * mail over a tenth of the handshakes and of the data in flight, which
+		 * the core cannot use anyway.  Its own sessions wake it (room, idle).
+		 * Decided in queue_poll's second pass, once every destination has
+		 * put its idle sessions back to work: a session that came up idle
+		 * in this turn is not spare room.
+		 */
+		if (q->cfg.connection_budget && d->sessions > d->retiring) {
+			/* (The count only grows during a poll: full now, full in pass two.) */
+			if (sess_busy_count(q) >= q->cfg.connection_budget) {
+				q->c.budget_hits++;
+				return true;
+			}
+			if (q->extra_later) {
+				if (!ql_linked(&d->extra))
+					ql_add_tail(&q->extra, &d->extra);
+				return true;
+			}
+		}
 		/* Strict: a route TTL of 0 still serves the dispatch that asked for it. */
 		if (!d->has_route || now > d->route_until) {
 			if (d->state != QUEUE_DS_RESOLVING) {
@@ -1027,6 +1086,7 @@ static bool dispatch(struct queue *q, struct qdest *d, int64_t now, struct queue
 		s->ntx = 0;
 		s->tx_head = 0;
 		s->depth = 1;
+		s->retired = false;
 		s->user = NULL;
 		s->msgs = 0;
 		s->connect_us = now;
@@ -1093,18 +1153,28 @@ int queue_poll(struct queue *q, int64_t now, struct queue_action *out, unsigned 
 	 * has mail waiting takes it (with idle_timeout = 0 a session would
 	 * otherwise be closed before it could ever be used).
 	 */
-	while (!ql_empty(&q->dirty) && n < max) {
-		struct qdest *d = container_of(q->dirty.next, struct qdest, dirty);
-		ql_del(&d->dirty);
-		if (!dispatch(q, d, now, out, max, &n)) {
-			/* out of action slots: first in line next time (once on the list) */
-			if (ql_linked(&d->dirty))
-				ql_del(&d->dirty);
-			ql_add_head(&q->dirty, &d->dirty);
-			break;
+	for (int pass = 0; pass < 2; pass++) {
+		/* The second pass: the destinations that want one more connection. */
+		q->extra_later = pass == 0;
+		while (pass == 1 && !ql_empty(&q->extra)) {
+			struct qdest *d = container_of(q->extra.next, struct qdest, extra);
+			ql_del(&d->extra);
+			dest_dirty(q, d);
 		}
-		dest_maybe_free(q, d, now);
+		while (!ql_empty(&q->dirty) && n < max) {
+			struct qdest *d = container_of(q->dirty.next, struct qdest, dirty);
+			ql_del(&d->dirty);
+			if (!dispatch(q, d, now, out, max, &n)) {
+				/* out of action slots: first in line next time (once listed) */
+				if (ql_linked(&d->dirty))
+					ql_del(&d->dirty);
+				ql_add_head(&q->dirty, &d->dirty);
+				break;
+			}
+			dest_maybe_free(q, d, now);
+		}
 	}
+	q->extra_later = false;
 	/* Idle sessions, oldest first: idle timeout or connection age. */
 	while (!ql_empty(&q->idle)) {
 		struct qsession *s = container_of(q->idle.next, struct qsession, glink);
@@ -1137,12 +1207,13 @@ static struct qtxn *txn_new(struct queue *q, struct queue_desc *d, uint32_t cap,
 
 	if (!t)
 		return NULL;
-	t->rcpt = calloc(cap ? cap : 1, sizeof(uint32_t));
+	t->rcpt = cap <= 1 ? t->rcpt_one : calloc(cap, sizeof(uint32_t));
 	if (!t->rcpt) {
 		free(t);
 		return NULL;
 	}
 	t->desc = d;
+	t->born_us = d->arrival_us ? d->arrival_us : now; /* now: what submitted_us gets */
 	t->pub.id = ++q->next_txn_id;
 	t->pub.desc = d;
 	t->pub.rcpt = t->rcpt;
@@ -1179,7 +1250,8 @@ int queue_submit(struct queue *q, struct queue_desc *d, int64_t not_before, int6
 		txns[k] = txn_new(q, d, per < live ? per : live, now);
 		if (!txns[k]) {
 			while (k--) {
-				free(txns[k]->rcpt);
+				if (txns[k]->rcpt != txns[k]->rcpt_one)
+					free(txns[k]->rcpt);
 				free(txns[k]);
 			}
 			free(txns);
@@ -1344,7 +1416,7 @@ int queue_conn_down(struct queue *q, uint64_t session, const char *reason, int64
 		d->connecting--;
 		CNT(q, d, conn_failures, 1);
 	}
-	sess_unidle(s);
+	sess_unidle(q, s);
 	d->sessions--;
 	CNT(q, d, conns_open, -1);
 	if (s->state == S_CONNECTING) {
@@ -1487,6 +1559,7 @@ struct queue *queue_create(const struct queue_config *cfg, const struct queue_op
 	ql_init(&q->idle);
 	ql_init(&q->closing);
 	ql_init(&q->starved);
+	ql_init(&q->extra);
 	return q;
 }
 
@@ -1686,6 +1759,7 @@ void queue_reconfigure(struct queue *q, const struct queue_config *c)
 	/* Limits and schedules only: the tables keep the sizes they were made with. */
 	q->cfg.max_connections = c->max_connections;
 	q->cfg.initial_connections = c->initial_connections;
+	q->cfg.connection_budget = c->connection_budget;
 	q->cfg.msgs_per_connection = c->msgs_per_connection;
 	q->cfg.msgs_per_second = c->msgs_per_second;
 	q->cfg.rate_burst = c->rate_burst;

@@ -89,6 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	c.max_destinations = 1 + (take(&in) & 7);
 	c.max_transactions = 1 + take(&in);
 	c.pipeline_depth = 1 + c.max_transactions % QUEUE_PIPELINE_MAX;
+	c.connection_budget = (c.max_transactions / QUEUE_PIPELINE_MAX) % 4; /* 0 = none */
 	c.max_age_us = 3600ull * 1000000;
 	g_body = (struct in){data, size};
 	struct queue *q = queue_create(&c, &OPS, NULL);
@@ -174,8 +175,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 		queue_get_counters(q, &k);
-		if (k.queued > 1u << 30 || k.in_flight > 1u << 30 || k.conns_open > 1u << 30 ||
-		    k.dests > c.max_destinations)
+		if (k.queued > 1u << 30 || k.in_flight > 1u << 30 ||
+		    k.conns_open > c.max_sessions || k.dests > c.max_destinations)
 			abort();
 	}
 	queue_destroy(q);

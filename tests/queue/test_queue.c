@@ -331,7 +331,7 @@ static void test_config_from_cfg(void)
 	struct cfg_file *cf;
 	char err[256];
 	const char *text = "[queue]\nretry = 30s, 2m ,1h\nmax_age = 1d\nmax_connections = 3\n"
-			   "initial_connections = 2\n"
+			   "initial_connections = 2\nconnection_budget = 7\n"
 			   "rate = 5\nrecipients_per_transaction = 50\nidle_timeout = 2s\n"
 			   "pipeline_depth = 4\n"
 			   "[relay]\nsmarthost = [10.77.0.1]:2525\n[smtp]\nhostname = mx.test\n";
@@ -344,6 +344,7 @@ static void test_config_from_cfg(void)
 	CU_ASSERT_EQUAL(c.max_age_us, 86400 * SEC);
 	CU_ASSERT_EQUAL(c.max_connections, 3);
 	CU_ASSERT_EQUAL(c.initial_connections, 2);
+	CU_ASSERT_EQUAL(c.connection_budget, 7);
 	CU_ASSERT_EQUAL(c.msgs_per_second, 5);
 	CU_ASSERT_EQUAL(c.rcpts_per_txn, 50);
 	CU_ASSERT_EQUAL(c.idle_timeout_us, 2 * SEC);
@@ -1654,6 +1655,116 @@ static void test_initial_connections(void)
 	queue_destroy(q);
 }
 
+/*
+ * connection_budget: a destination's first connection is always made; more
+ * only while fewer sessions than the budget are connecting or busy (idle ones
+ * do not count); a session that takes no more mail may be replaced at once.
+ */
+static void test_connection_budget(void)
+{
+	static const char *const lit[3][1] = {
+		{"a@[192.0.2.10]"}, {"b@[192.0.2.11]"}, {"c@[192.0.2.12]"}};
+	struct queue_counters k;
+	struct queue_config c;
+	cfg_init(&c);
+	CU_ASSERT_EQUAL(c.connection_budget, 100);
+	c.max_connections = 3;
+	c.connection_budget = 2;
+	struct queue *q = mkq(&c);
+	for (int i = 0; i < 30; i++)
+		CU_ASSERT_EQUAL(
+			queue_submit(q, desc_for(&c, "s@f", lit[i % 3], 1, 0, 0, 10 + i), 0, T0),
+			0);
+	pollq(q, T0);
+	/*
+	 * Every destination its first (3, over the budget of 2), and no second
+	 * one: seconds are decided after the firsts.
+	 */
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 3);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.budget_hits, 3);
+	CU_ASSERT_EQUAL(k.conns_open, 3);
+	queue_destroy(q);
+
+	/* Below the budget a destination opens more, up to max_connections. */
+	c.connection_budget = 3;
+	q = mkq(&c);
+	for (int i = 0; i < 10; i++)
+		CU_ASSERT_EQUAL(
+			queue_submit(q, desc_for(&c, "s@f", lit[0], 1, 0, 0, 60 + i), 0, T0), 0);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", lit[1], 1, 0, 0, 70), 0, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 3); /* [.10] 1 + [.11] 1, then [.10] 1 more */
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.budget_hits, 1);
+	queue_destroy(q);
+
+	/* Idle sessions leave room in the budget. */
+	c.connection_budget = 2;
+	q = mkq(&c);
+	CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", lit[0], 1, 0, 0, 1), 0, T0), 0);
+	for (int i = 0; i < 3; i++)
+		CU_ASSERT_EQUAL(queue_submit(q, desc_for(&c, "s@f", lit[1], 1, 0, 0, 2 + i), 0, T0),
+				0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 2); /* one each: the budget is full */
+	uint64_t s0 = R.act[0].session, s1 = R.act[1].session;
+	CU_ASSERT_EQUAL(queue_conn_up(q, s0, "h", 1, 25, T0), 0);
+	CU_ASSERT_EQUAL(queue_conn_up(q, s1, "h", 1, 25, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_SEND), 2);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0);
+	struct queue_action a0 = R.act[0], a1 = R.act[1];
+	if (a0.session != s0) {
+		struct queue_action t = a0;
+		a0 = a1;
+		a1 = t;
+	}
+	CU_ASSERT_EQUAL(result_all(q, &a0, 250, "250 ok", T0), 0); /* [.10] idle */
+	CU_ASSERT_EQUAL(pollq(q, T0), 0);
+	CU_ASSERT_EQUAL(result_all(q, &a1, 250, "250 ok", T0), 0);
+	pollq(q, T0);
+	/* [.11] takes its next message and, with [.10] idle, opens a second connection. */
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_SEND), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	queue_destroy(q);
+
+	/* A session given its last message (messages_per_connection) is replaced at once. */
+	c.connection_budget = 1;
+	c.msgs_per_connection = 2;
+	q = mkq(&c);
+	for (int i = 0; i < 5; i++)
+		CU_ASSERT_EQUAL(
+			queue_submit(q, desc_for(&c, "s@f", lit[0], 1, 0, 0, 20 + i), 0, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	CU_ASSERT_EQUAL(queue_conn_up(q, R.act[0].session, "h", 1, 25, T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_SEND), 1);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0); /* budget: no second */
+	a0 = *need_act(QUEUE_ACT_SEND);
+	CU_ASSERT_EQUAL(result_all(q, &a0, 250, "250 ok", T0), 0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_SEND), 1); /* its second and last */
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.conns_opened, 2);
+	queue_destroy(q);
+
+	/* 0: no budget, max_connections alone. */
+	cfg_init(&c);
+	c.max_connections = 3;
+	c.connection_budget = 0;
+	q = mkq(&c);
+	for (int i = 0; i < 30; i++)
+		CU_ASSERT_EQUAL(
+			queue_submit(q, desc_for(&c, "s@f", lit[i % 3], 1, 0, 0, 40 + i), 0, T0),
+			0);
+	pollq(q, T0);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 9);
+	queue_destroy(q);
+}
+
 static void test_reconfigure_limits(void)
 {
 	struct queue_config c, c2;
@@ -2007,6 +2118,7 @@ static CU_TestInfo sched_tests[] = {
 	{"suspend_resume", test_suspend_resume},
 	{"hold_all", test_hold_all},
 	{"initial_connections", test_initial_connections},
+	{"connection_budget", test_connection_budget},
 	{"reconfigure_limits", test_reconfigure_limits},
 	{"zero_route_ttl_and_idle", test_zero_route_ttl_and_idle},
 	{"route_ttl_from_dns", test_route_ttl_from_dns},
