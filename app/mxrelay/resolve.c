@@ -16,6 +16,16 @@
  * connection is closed.  At most RESOLVE_TCP_MAX connections per worker,
  * each aborted after the resolver's per-try timeout; every way one ends
  * has a counter (resolve_stats_foreach).
+ *
+ * A cold path: the first packets to a server whose link-layer address is not
+ * known yet wait in lib/net's ARP queue, which holds only a few per address
+ * and drops the rest; each dropped query then costs the resolver's whole
+ * per-try timeout (1 s).  That is what a restart with a recovered spool, or
+ * a release of many held destinations, does: a hundred lookups at once.  So
+ * until a server has answered (and again after RESOLVE_WARM_US of silence)
+ * at most RESOLVE_COLD_BURST UDP queries go to it; the others wait here, at
+ * most RESOLVE_HELD_MAX of them for at most RESOLVE_COLD_HOLD_US, and leave
+ * as soon as the server answers (dns_cold_held, dns_cold_held_full).
  */
 #include "resolve.h"
 
@@ -29,6 +39,27 @@
 #define RESOLVE_TCP_QUERY_MAX 514      /* 2-byte length + the resolver's 512-byte query */
 #define RESOLVE_TCP_SLACK_US 500000ull /* past the resolver's try timeout, abort */
 #define DNS_DRAIN_US 3000000ull	       /* at shutdown, wait this long for lookups in flight */
+#define RESOLVE_COLD_BURST 8	       /* UDP queries to a server before its first answer */
+#define RESOLVE_COLD_HOLD_US 20000ull  /* a held query leaves after this even unanswered */
+#define RESOLVE_WARM_US 10000000ull    /* a server silent this long is cold again */
+#define RESOLVE_HELD_MAX 256	       /* queries held per worker; more go out at once */
+#define RESOLVE_HELD_LEN 512	       /* a longer query is never held */
+#define RESOLVE_PATHS_MAX 8	       /* servers whose warmth is tracked; others never wait */
+
+/* A server's path: warm once it answered (its ARP entry exists). */
+struct resolve_path {
+	uint32_t server; /* 0: free */
+	uint32_t cold_sent;
+	uint64_t answer_us; /* last answer, 0 = never */
+};
+
+/* A UDP query that waits for its server's path to warm up. */
+struct resolve_held {
+	uint32_t server;
+	uint16_t sport, len;
+	uint64_t held_us;
+	uint8_t pkt[RESOLVE_HELD_LEN];
+};
 
 /* One DNS-over-TCP exchange; tc == NULL: the slot is free. */
 struct resolve_tcp {
@@ -47,7 +78,7 @@ struct resolve_tcp {
 };
 
 struct resolve_counters {
-	uint64_t udp_send_failures;
+	uint64_t udp_send_failures, cold_held, cold_held_full;
 	uint64_t tcp_queries, tcp_answers, tcp_limit, tcp_connect_failures, tcp_timeouts, tcp_short,
 		tcp_bad_length, tcp_nomem;
 };
@@ -63,6 +94,9 @@ struct resolve {
 	uint64_t now_us;
 	unsigned tcp_open;
 	struct resolve_tcp tcp[RESOLVE_TCP_MAX];
+	struct resolve_path path[RESOLVE_PATHS_MAX];
+	unsigned held_count; /* held[0 .. held_count), oldest first */
+	struct resolve_held held[RESOLVE_HELD_MAX];
 	struct resolve_counters ctr;
 };
 
@@ -264,16 +298,90 @@ static void tcp_abort_all(struct resolve *r)
 
 /* ---- the resolver's transport ------------------------------------------------------------ */
 
+static int udp_query(struct resolve *r, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt,
+		     size_t len)
+{
+	int rc = udp_send(r->st, 0, src_port, server_ip, r->conf->dns.resolver_port, pkt, len);
+	if (rc < 0)
+		r->ctr.udp_send_failures++;
+	return rc;
+}
+
+/*
+ * The tracked path to server, or NULL when it has none.  create: make one
+ * (a query's server); NULL when the table is full (its queries never wait).
+ * Answers only find: a datagram from anywhere cannot fill the table.
+ */
+static struct resolve_path *path_of(struct resolve *r, uint32_t server, bool create)
+{
+	struct resolve_path *free_slot = NULL;
+
+	for (unsigned i = 0; i < RESOLVE_PATHS_MAX; i++) {
+		if (r->path[i].server == server)
+			return &r->path[i];
+		if (r->path[i].server == 0 && free_slot == NULL)
+			free_slot = &r->path[i];
+	}
+	if (!create || free_slot == NULL)
+		return NULL;
+	*free_slot = (struct resolve_path){.server = server};
+	return free_slot;
+}
+
+static bool path_warm(const struct resolve *r, const struct resolve_path *p)
+{
+	return p->answer_us != 0 && r->now_us < p->answer_us + RESOLVE_WARM_US;
+}
+
+/*
+ * Send the held queries whose server answered since, or that waited long
+ * enough; keep the others in order.
+ */
+static void held_flush(struct resolve *r)
+{
+	unsigned keep = 0;
+
+	for (unsigned i = 0; i < r->held_count; i++) {
+		struct resolve_held *h = &r->held[i];
+		const struct resolve_path *p = path_of(r, h->server, false);
+
+		if (p == NULL || path_warm(r, p) ||
+		    r->now_us >= h->held_us + RESOLVE_COLD_HOLD_US) {
+			(void)udp_query(r, h->server, h->sport, h->pkt, h->len);
+			continue;
+		}
+		if (keep != i)
+			r->held[keep] = *h;
+		keep++;
+	}
+	r->held_count = keep;
+}
+
 static int dns_out(void *ctx, uint32_t server_ip, uint16_t src_port, const uint8_t *pkt, size_t len,
 		   bool tcp)
 {
 	struct resolve *r = ctx;
 	if (tcp)
 		return tcp_query(r, server_ip, src_port, pkt, len);
-	int rc = udp_send(r->st, 0, src_port, server_ip, r->conf->dns.resolver_port, pkt, len);
-	if (rc < 0)
-		r->ctr.udp_send_failures++;
-	return rc;
+	struct resolve_path *p = path_of(r, server_ip, true);
+	if (p == NULL || path_warm(r, p) || len > RESOLVE_HELD_LEN)
+		return udp_query(r, server_ip, src_port, pkt, len);
+	if (p->cold_sent < RESOLVE_COLD_BURST) {
+		p->cold_sent++;
+		return udp_query(r, server_ip, src_port, pkt, len);
+	}
+	if (r->held_count == RESOLVE_HELD_MAX) {
+		r->ctr.cold_held_full++;
+		return udp_query(r, server_ip, src_port, pkt, len);
+	}
+	struct resolve_held *h = &r->held[r->held_count++];
+	h->server = server_ip;
+	h->sport = src_port;
+	h->len = (uint16_t)len;
+	h->held_us = r->now_us;
+	memcpy(h->pkt, pkt, len);
+	r->ctr.cold_held++;
+	return 0;
 }
 
 static bool dns_port_ok(void *ctx, uint32_t server_ip, uint16_t src_port)
@@ -289,6 +397,14 @@ static void udp_in(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16
 {
 	struct resolve *r = ctx;
 	(void)dst;
+	if (sport == r->conf->dns.resolver_port) {
+		/* An answer proves the path (ARP): what waited for it leaves at the next poll. */
+		struct resolve_path *p = path_of(r, src, false);
+		if (p != NULL) {
+			p->answer_us = r->now_us ? r->now_us : 1;
+			p->cold_sent = 0;
+		}
+	}
 	dns_resolver_input(r->dns, src, sport, dport, data, len, false);
 }
 
@@ -340,6 +456,8 @@ void resolve_destroy(struct resolve *r)
 			net_stack_poll(r->st, r->now_us);
 			tcp_timers(r, r->now_us);
 			dns_resolver_poll(r->dns, r->now_us);
+			if (r->held_count)
+				held_flush(r);
 		}
 		tcp_abort_all(r); /* their callbacks point at r */
 		if (dns_resolver_inflight(r->dns) > 0)
@@ -366,6 +484,8 @@ void resolve_poll(struct resolve *r, uint64_t now_us)
 	r->now_us = now_us;
 	tcp_timers(r, now_us);
 	dns_resolver_poll(r->dns, now_us);
+	if (r->held_count)
+		held_flush(r);
 }
 
 void resolve_quiescent(struct resolve *r)
@@ -407,6 +527,9 @@ void resolve_stats_foreach(const struct resolve *r,
 	fn(arg, "dns_port_busy", c.port_busy);
 	/* The transport's own, per worker. */
 	fn(arg, "dns_udp_send_failures", r->ctr.udp_send_failures);
+	fn(arg, "dns_cold_held", r->ctr.cold_held);
+	fn(arg, "dns_cold_held_full", r->ctr.cold_held_full);
+	fn(arg, "dns_cold_held_now", r->held_count);
 	fn(arg, "dns_tcp_queries", r->ctr.tcp_queries);
 	fn(arg, "dns_tcp_answers", r->ctr.tcp_answers);
 	fn(arg, "dns_tcp_limit", r->ctr.tcp_limit);
