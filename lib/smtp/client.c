@@ -477,27 +477,41 @@ static size_t out_room(struct smtp_client *c, bool content)
 	return room;
 }
 
-/* A command line; content=true for transaction commands (they leave the reserve). */
+/*
+ * A command line of n bytes, CRLF added; content=true for transaction
+ * commands (they leave the reserve).
+ */
+static int emit_bytes(struct smtp_client *c, bool content, const char *p, size_t n)
+{
+	if (n + 2 > out_room(c, content))
+		return -ENOSPC;
+	memcpy(c->out + c->out_len, p, n);
+	memcpy(c->out + c->out_len + n, "\r\n", 2);
+	c->out_len += n + 2;
+	return 0; /* flush() or the caller's input notes the progress */
+}
+
+/* A fixed command (RSET, DATA, ".", QUIT...): no formatting on the per-transaction path. */
+static int emit_cmd(struct smtp_client *c, bool content, const char *cmd)
+{
+	return emit_bytes(c, content, cmd, strlen(cmd));
+}
+
+/* A formatted command line. */
 static int emit(struct smtp_client *c, bool content, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static int emit(struct smtp_client *c, bool content, const char *fmt, ...)
 {
-	char buf[CMD_MAX + 2];
+	char buf[CMD_MAX];
 	va_list ap;
 	int n;
 
 	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof(buf) - 2)
+	if (n < 0 || (size_t)n >= sizeof(buf))
 		return -ENAMETOOLONG;
-	buf[n++] = '\r';
-	buf[n++] = '\n';
-	if ((size_t)n > out_room(c, content))
-		return -ENOSPC;
-	memcpy(c->out + c->out_len, buf, (size_t)n);
-	c->out_len += (size_t)n;
-	return 0; /* flush() or the caller's input notes the progress */
+	return emit_bytes(c, content, buf, (size_t)n);
 }
 
 /*
@@ -794,7 +808,7 @@ static void after_ehlo(struct smtp_client *c)
 {
 	if (!c->tls && c->conf->tls != SMTP_CLIENT_TLS_NONE && c->caps.starttls &&
 	    !c->tls_refused) {
-		if (emit(c, false, "STARTTLS") < 0 || !q_push(c, X_STARTTLS, 0))
+		if (emit_cmd(c, false, "STARTTLS") < 0 || !q_push(c, X_STARTTLS, 0))
 			protocol_error(c, "output buffer full");
 		return;
 	}
@@ -820,7 +834,7 @@ static void after_ehlo(struct smtp_client *c)
 			memcpy(buf + 2 + ul, c->conf->auth_pass, pl);
 			send_b64(c, buf, 2 + ul + pl, "AUTH PLAIN ", X_AUTH);
 		} else if (c->caps.auth_login) {
-			if (emit(c, false, "AUTH LOGIN") < 0 || !q_push(c, X_AUTH_USER, 0))
+			if (emit_cmd(c, false, "AUTH LOGIN") < 0 || !q_push(c, X_AUTH_USER, 0))
 				protocol_error(c, "output buffer full");
 		} else {
 			fail_synth(c, 454, "4.7.0", "AUTH credentials set but no usable mechanism");
@@ -915,7 +929,7 @@ static void finish_txn(struct smtp_client *c)
 		c->state = rset ? CS_RSET : CS_IDLE;
 	if (rset) {
 		c->st->rsets++;
-		if (emit(c, false, "RSET") < 0 || !q_push(c, X_RSET, 0)) {
+		if (emit_cmd(c, false, "RSET") < 0 || !q_push(c, X_RSET, 0)) {
 			protocol_error(c, "output buffer full");
 			return;
 		}
@@ -1184,7 +1198,7 @@ static bool gen_some_inner(struct smtp_client *c)
 		case G_WAIT:
 			return any;
 		case G_RSET:
-			if (c->q_len == c->q_cap || emit(c, true, "RSET") < 0)
+			if (c->q_len == c->q_cap || emit_cmd(c, true, "RSET") < 0)
 				return any;
 			tq_push(c, t, X_RSET, 0);
 			t->gen = G_MAIL;
@@ -1215,7 +1229,7 @@ static bool gen_some_inner(struct smtp_client *c)
 				t->gen = G_NONE;
 				break;
 			}
-			if (c->q_len == c->q_cap || emit(c, true, "DATA") < 0)
+			if (c->q_len == c->q_cap || emit_cmd(c, true, "DATA") < 0)
 				return any;
 			tq_push(c, t, X_DATA, 0);
 			t->gen = G_WAIT;
@@ -1263,7 +1277,7 @@ static bool gen_some_inner(struct smtp_client *c)
 			t->gen = G_NONE;
 			break;
 		case G_DISCARD_DOT:
-			if (c->q_len == c->q_cap || emit(c, true, ".") < 0)
+			if (c->q_len == c->q_cap || emit_cmd(c, true, ".") < 0)
 				return any;
 			tq_push(c, t, X_DOT, 0);
 			t->dot_discard = true;
@@ -1348,7 +1362,7 @@ static void maybe_start(struct smtp_client *c)
 		start_txn(c, m);
 	}
 	if (c->state == CS_IDLE && c->quit_requested && !c->next && !c->in_cb) {
-		if (emit(c, false, "QUIT") < 0 || !q_push(c, X_QUIT, 0)) {
+		if (emit_cmd(c, false, "QUIT") < 0 || !q_push(c, X_QUIT, 0)) {
 			protocol_error(c, "output buffer full");
 			return;
 		}
