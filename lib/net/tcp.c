@@ -777,7 +777,15 @@ void tcp_shutdown(struct tcp_conn *c)
 	default:
 		return;
 	}
-	tcp_output(c);
+	/*
+	 * Inside on_data the FIN waits, like a reply, for on_data to return:
+	 * a FIN that came in the same segment as the data is then processed
+	 * first and ours acknowledges it (tcp_deliver, sync_input).
+	 */
+	if (c->delivering)
+		c->output_deferred = true;
+	else
+		tcp_output(c);
 }
 
 void tcp_close(struct tcp_conn *c)

@@ -238,7 +238,8 @@ void tcp_deliver(struct tcp_conn *c)
 	c->delivering = false;
 	if (c->dead)
 		return;
-	if (c->output_deferred) {
+	/* With the peer's FIN right behind, sync_input sends it after process_fin. */
+	if (c->output_deferred && !c->fin_follows) {
 		c->output_deferred = false;
 		tcp_output(c);
 		if (c->dead)
@@ -426,6 +427,20 @@ static void process_fin(struct tcp_conn *c)
 		notify_peer_closed(c);
 		break;
 	case TCPS_FIN_WAIT_1:
+		if (SEQ_LEQ(c->snd_max, c->fin_seq)) {
+			/*
+			 * Our FIN is queued but not sent (the app closed inside
+			 * on_data of this very segment, or the window is shut):
+			 * on the wire the peer closed first, so this is
+			 * CLOSE_WAIT then close, i.e. LAST_ACK, and our FIN
+			 * carries the ACK of theirs: no simultaneous close, no
+			 * extra ACK, no TIME_WAIT here (RFC 9293 section 3.6).
+			 */
+			c->state = TCPS_LAST_ACK;
+			tcp_ack_later(c);
+			notify_peer_closed(c);
+			break;
+		}
 		/* Our FIN not yet acknowledged: simultaneous close. */
 		c->state = TCPS_CLOSING;
 		tcp_send_ack_now(c);
@@ -864,8 +879,11 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 	} else if (dup) {
 		tcp_send_ack_now(c); /* a retransmission: our ACK may be lost */
 	}
-	if (!c->dead && s->len && c->rbuf_len)
+	if (!c->dead && s->len && c->rbuf_len) {
+		c->fin_follows = (s->flags & TH_FIN) && s->seq + s->len == c->rcv_nxt;
 		tcp_deliver(c);
+		c->fin_follows = false;
+	}
 	tcp_rx_settle(c); /* the segment goes away after this call */
 	if (c->dead)
 		return;
@@ -882,6 +900,7 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 		if (c->dead)
 			return;
 	}
+	c->output_deferred = false;
 	tcp_output(c);
 	/*
 	 * Wake a writer only once a quarter of the buffer is free (or it is

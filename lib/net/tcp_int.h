@@ -110,6 +110,7 @@ struct tcp_conn {
 	bool dead;		/* closed; freed when no callback frame holds it */
 	bool delivering;	/* inside tcp_deliver(): on_data may re-enter */
 	bool output_deferred;	/* tcp_send() inside on_data: output once it returns */
+	bool fin_follows;	/* the segment being delivered ends with the peer's FIN */
 	uint8_t finish_pending; /* 1: enter TIME_WAIT, 2: close, once the app read all */
 	uint8_t busy;		/* callback frames on the stack */
 	uint8_t dupacks;

@@ -323,6 +323,56 @@ static void test_reply_and_fin_in_one_segment(void)
 	teardown();
 }
 
+/*
+ * The last reply and the peer's FIN in one segment (SMTP's "221" plus FIN,
+ * seen by the client), and the app closes inside on_data: one FIN segment
+ * that acknowledges the peer's FIN too, LAST_ACK (the peer closed first),
+ * no pure ACK after it, and no TIME_WAIT on this side.
+ */
+static void test_close_on_data_with_fin(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	struct tcp_conn *c = app.c;
+	app.close_on_data = 1;
+	th_clear(h);
+	peer(PEER_ISN + 1, iss + 1, TH_ACK | TH_FIN, "221 bye", 7);
+	CU_ASSERT_EQUAL(app.rx_len, 7);
+	th_poll(h);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_EQUAL(h->cap[0].flags, TH_FIN | TH_ACK);
+	CU_ASSERT_EQUAL(h->cap[0].seq, iss + 1);
+	CU_ASSERT_EQUAL(h->cap[0].ack, PEER_ISN + 1 + 7 + 1);
+	CU_ASSERT_EQUAL(c->state, TCPS_LAST_ACK);
+	th_advance(h, 100000); /* past the delayed-ACK time: nothing more */
+	CU_ASSERT_EQUAL(h->ncap, 1);
+	peer(PEER_ISN + 9, iss + 2, TH_ACK, NULL, 0);
+	CU_ASSERT_EQUAL(app.closed, 1);
+	CU_ASSERT_EQUAL(app.why, TCP_CLOSE_NORMAL);
+	CU_ASSERT_EQUAL(tcp_conn_count(h->ts), 0);
+	CU_ASSERT_EQUAL(h->ts->tw_count, 0);
+	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->time_wait_conns, 0);
+	teardown();
+}
+
+/* A reply inside on_data to data that came with the FIN also acknowledges the FIN. */
+static void test_reply_on_data_with_fin(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	struct tcp_conn *c = app.c;
+	app.reply_on_data = 1;
+	th_clear(h);
+	peer(PEER_ISN + 1, iss + 1, TH_ACK | TH_FIN, "last", 4);
+	th_poll(h);
+	CU_ASSERT_EQUAL_FATAL(h->ncap, 1);
+	CU_ASSERT_EQUAL(h->cap[0].len, 4);
+	CU_ASSERT_EQUAL(h->cap[0].ack, PEER_ISN + 1 + 4 + 1);
+	CU_ASSERT_EQUAL(c->state, TCPS_CLOSE_WAIT);
+	CU_ASSERT_EQUAL(app.peer_closed, 1);
+	teardown();
+}
+
 /* Two sends inside one on_data go out together; a send outside on_data leaves at once. */
 static size_t twice_data(struct tcp_conn *c, void *u, const uint8_t *d, size_t len)
 {
@@ -1015,6 +1065,8 @@ static CU_TestInfo state_tests[] = {
 	{"active close, TIME_WAIT", test_active_close_time_wait},
 	{"FIN+ACK in FIN_WAIT_1", test_fin_ack_together},
 	{"simultaneous close (CLOSING)", test_simultaneous_close},
+	{"close in on_data of data+FIN: LAST_ACK", test_close_on_data_with_fin},
+	{"reply to data+FIN acknowledges the FIN", test_reply_on_data_with_fin},
 	{"lost FIN is retransmitted", test_fin_retransmitted},
 	{"RST resets", test_rst_resets},
 	{"abort sends RST", test_abort},
