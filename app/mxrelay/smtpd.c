@@ -1347,6 +1347,8 @@ void smtpd_stats_foreach(const struct smtpd *d,
 	fn(arg, "spool_live_messages", sp.live_messages);
 	fn(arg, "spool_used_bytes", sp.used_bytes);
 	fn(arg, "spool_segments", sp.segments);
+	fn(arg, "spool_body_reads_memory", sp.body_reads_memory);
+	fn(arg, "spool_body_reads_file", sp.body_reads_file);
 
 	fn(arg, "smtpd_connections", d->stats.connections);
 	fn(arg, "smtpd_refused_busy", d->stats.refused_busy);

@@ -46,6 +46,13 @@
 #define ENT_COPYING 0x02 /* queued for compaction */
 #define ID_SEQ_MAX 0x0fffffffu
 #define PROBE_INTERVAL_US 100000
+/*
+ * The buffers of the last SPOOL_RECENT durable batches are kept (swapped
+ * out of the batch, not copied): a delivery reads a body moments after its
+ * commit, and spool_read_body() then copies it from memory instead of a
+ * pread per message.  At most SPOOL_RECENT buffers of max_batch_bytes.
+ */
+#define SPOOL_RECENT 8
 
 struct seg;
 
@@ -57,6 +64,9 @@ struct ent {
 	uint32_t env_len;
 	uint16_t rcpt_count;
 	uint8_t flags;
+	uint8_t mem_slot; /* sp->recent[] that holds the record while its gen is mem_gen */
+	uint32_t mem_gen; /* 0: only on disk */
+	uint32_t mem_off; /* the record's offset in that buffer */
 	struct spool_rcpt_status *rs; /* NULL: every recipient queued */
 	struct ent *prev, *next;      /* in seg's list */
 };
@@ -159,6 +169,13 @@ struct spool {
 	uint64_t seg_bytes_total;
 
 	struct batch b[SPOOL_MAX_FLIGHT + 1];
+	struct spool_recent {
+		uint8_t *buf;
+		size_t cap;
+		uint32_t gen; /* of the batch whose bytes buf holds; 0: none */
+	} recent[SPOOL_RECENT];
+	unsigned recent_next;
+	uint32_t recent_gen;
 	struct batch *fill;
 	struct batch *flight[SPOOL_MAX_FLIGHT]; /* oldest first */
 	int nflight;
@@ -1292,16 +1309,33 @@ static void batch_end(struct spool *sp, struct batch *b)
 			sp->st.batch_msgs_max = b->msgs;
 		if (bytes > sp->st.batch_bytes_max)
 			sp->st.batch_bytes_max = bytes;
+		unsigned slot = sp->recent_next;
+		struct spool_recent *r = &sp->recent[slot];
+		if (++sp->recent_gen == 0)
+			sp->recent_gen = 1;
 		for (size_t i = 0; i < b->nd; i++) {
 			struct desc *d = &b->d[i];
 			if (d->kind != D_MSG)
 				continue;
 			struct ent *e = tab_find(sp, d->id);
-			if (e != NULL)
+			if (e != NULL) {
 				e->flags &= (uint8_t)~ENT_PENDING;
+				e->mem_slot = (uint8_t)slot;
+				e->mem_gen = sp->recent_gen;
+				e->mem_off = d->buf_off;
+			}
 			lat_record(sp, now - d->commit_us);
 			out_push(sp, d->cookie, d->id, 0);
 		}
+		/* The batch's bytes stay readable; the filler gets the oldest kept buffer. */
+		uint8_t *keep = r->buf;
+		size_t keep_cap = r->cap;
+		r->buf = b->buf;
+		r->cap = b->cap;
+		r->gen = sp->recent_gen;
+		b->buf = keep;
+		b->cap = keep_cap;
+		sp->recent_next = (slot + 1) % SPOOL_RECENT;
 		sp->durable_seq = b->seq;
 	}
 	b->len = 0;
@@ -1941,6 +1975,17 @@ long spool_read_body(struct spool *sp, uint64_t id, uint64_t off, void *buf, siz
 	int rc = ent_locate(sp, e, &loc);
 	if (rc < 0)
 		return rc;
+	const struct spool_recent *r = &sp->recent[e->mem_slot % SPOOL_RECENT];
+	if (e->mem_gen != 0 && r->gen == e->mem_gen && (uint64_t)e->mem_off + e->len <= r->cap) {
+		if (off >= loc.body_len)
+			return 0;
+		if (len > loc.body_len - off)
+			len = (size_t)(loc.body_len - off);
+		memcpy(buf, r->buf + e->mem_off + loc.body_offset + off, len);
+		sp->st.body_reads_memory++;
+		return (long)len;
+	}
+	sp->st.body_reads_file++;
 	return spool_pread_body(e->seg->fd, &loc, off, buf, len);
 }
 
@@ -2327,6 +2372,8 @@ static void spool_free(struct spool *sp)
 		free(sp->b[i].d);
 		free(sp->b[i].ext);
 	}
+	for (int i = 0; i < SPOOL_RECENT; i++)
+		free(sp->recent[i].buf);
 	while (sp->all_msgs != NULL) { /* open ones too: spool_close() ends them */
 		struct spool_msg *m = sp->all_msgs;
 		sp->all_msgs = m->next_all;

@@ -181,9 +181,11 @@ struct spool_stats {
 	uint64_t spare_failures;    /* spare preparations abandoned (ENOSPC, I/O errors) */
 	uint64_t compaction_bytes;
 	uint64_t compaction_msgs;
-	uint64_t live_messages; /* gauge */
-	uint64_t used_bytes;	/* gauge: segment bytes + pending batch */
-	uint64_t segments;	/* gauge */
+	uint64_t body_reads_memory; /* spool_read_body() from a kept batch buffer (no pread) */
+	uint64_t body_reads_file;   /* spool_read_body() by pread */
+	uint64_t live_messages;	    /* gauge */
+	uint64_t used_bytes;	    /* gauge: segment bytes + pending batch */
+	uint64_t segments;	    /* gauge */
 };
 
 /** Fill in defaults (dir stays NULL). */

@@ -375,6 +375,45 @@ static void test_group_commit_one_fdatasync(void)
 	spool_close(sp);
 }
 
+/*
+ * A body read soon after its commit comes from the batch buffer the spool
+ * keeps (no pread); once newer batches have taken every kept buffer, from
+ * the file.  Both byte-exact, at any offset.
+ */
+static void test_body_read_from_memory(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	enum { N = 12 }; /* more batches than the spool keeps (8) */
+	uint64_t ids[N];
+	for (int i = 0; i < N; i++) {
+		CU_ASSERT_EQUAL_FATAL(put_msg(sp, (uint64_t)i, 1500 + (size_t)i, 1, &ids[i]), 0);
+		CU_ASSERT_EQUAL_FATAL(wait_completions(sp, 1, NULL, 0), 1); /* a batch each */
+	}
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.commits, N);
+	CU_ASSERT_EQUAL(st.body_reads_memory + st.body_reads_file, 0);
+	CU_ASSERT_TRUE(body_ok(sp, ids[N - 1], N - 1, 1500 + N - 1));
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.body_reads_memory, 1);
+	CU_ASSERT_EQUAL(st.body_reads_file, 0);
+	char tail[16];
+	CU_ASSERT_EQUAL(spool_read_body(sp, ids[N - 1], 1500 + N - 1 - 4, tail, sizeof(tail)), 4);
+	CU_ASSERT_EQUAL(tail[3], (char)('a' + (1500 + N - 1 - 1 + N - 1) % 26));
+	CU_ASSERT_EQUAL(spool_read_body(sp, ids[N - 1], 99999, tail, sizeof(tail)), 0);
+	CU_ASSERT_TRUE(body_ok(sp, ids[0], 0, 1500)); /* its buffer was reused: the file */
+	CU_ASSERT_TRUE(body_ok(sp, ids[N - 8], N - 8, 1500 + N - 8)); /* the oldest kept */
+	CU_ASSERT_TRUE(body_ok(sp, ids[N - 9], N - 9, 1500 + N - 9));
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.body_reads_memory, 3); /* the read past the end counts neither */
+	CU_ASSERT_EQUAL(st.body_reads_file, 2);
+	spool_close(sp);
+}
+
 static void test_prepend(void)
 {
 	char dir[300];
@@ -2026,6 +2065,7 @@ static CU_TestInfo codec_tests[] = {
 static CU_TestInfo spool_tests[] = {
 	{"group_commit_one_fdatasync", test_group_commit_one_fdatasync},
 	{"window_flushes_by_size", test_window_flushes_by_size},
+	{"body read from a kept batch buffer, then from the file", test_body_read_from_memory},
 	{"prepend_before_commit", test_prepend},
 	{"durability_none", test_durability_none},
 	{"limits", test_limits},
