@@ -29,6 +29,15 @@
 #include <string.h>
 
 #define OUT_MAX (256u * 1024) /* replies waiting for TCP/TLS, per connection */
+/*
+ * Replies to a pipelined group that ends with a whole message (MAIL, RCPT,
+ * BDAT LAST and its chunk in one segment, as a device fleet sends them)
+ * are held until the message's own "250 queued": RFC 2920 section 3.2 asks
+ * a server to send the responses to grouped MAIL and RCPT commands as a
+ * unit, and the client waits for the last one anyway.  One segment instead
+ * of two, each way.  Longer groups are sent as before.
+ */
+#define HELD_MAX 256u
 #define TIMEOUT_SCAN_US 250000u
 #define SPOOL_BATCH 64
 #define SIGNER_POOL 128 /* idle DKIM signers kept per worker (one per message in signing) */
@@ -86,6 +95,9 @@ struct smtpd_conn {
 	bool reaped;         /* on the reap list */
 	bool input_held;     /* the session or TLS took less than offered */
 	bool counted;        /* holds a connection slot of its client entry */
+	bool in_input;       /* inside smtp_session_input(): replies are gathered */
+	uint16_t held_len;   /* replies gathered in held[] (plain text only) */
+	uint8_t held[HELD_MAX];
 	char tls_version[16], tls_cipher[64];
 	struct sign_job job; /* while sign_pending */
 	uint8_t *out;
@@ -187,8 +199,11 @@ static void conn_close_now(struct smtpd_conn *c)
 	tcp_close(c->tc);
 }
 
+static void release_held(struct smtpd_conn *c);
+
 static void flush_out(struct smtpd_conn *c)
 {
+	release_held(c);
 	if (c->out_len > 0) {
 		size_t k = transport_write(c, c->out, c->out_len);
 		memmove(c->out, c->out + k, c->out_len - k);
@@ -200,9 +215,8 @@ static void flush_out(struct smtpd_conn *c)
 	}
 }
 
-static void smtp_send(void *user, const uint8_t *p, size_t n)
+static void send_now(struct smtpd_conn *c, const uint8_t *p, size_t n)
 {
-	struct smtpd_conn *c = user;
 	size_t k = c->out_len == 0 ? transport_write(c, p, n) : 0;
 	if (k == n)
 		return;
@@ -226,6 +240,34 @@ static void smtp_send(void *user, const uint8_t *p, size_t n)
 	c->out_len += n - k;
 }
 
+static void release_held(struct smtpd_conn *c)
+{
+	size_t n = c->held_len;
+	c->held_len = 0;
+	if (n > 0)
+		send_now(c, c->held, n);
+}
+
+/*
+ * A reply made while input is being taken is gathered; one made later
+ * (the commit's 250, a timeout's 421) joins what is held and all of it
+ * leaves in one write (HELD_MAX above).
+ */
+static void smtp_send(void *user, const uint8_t *p, size_t n)
+{
+	struct smtpd_conn *c = user;
+	if ((c->in_input || c->held_len > 0) && c->tls == NULL && c->out_len == 0 &&
+	    n <= HELD_MAX - c->held_len) {
+		memcpy(c->held + c->held_len, p, n);
+		c->held_len += (uint16_t)n;
+		if (!c->in_input)
+			release_held(c);
+		return;
+	}
+	release_held(c);
+	send_now(c, p, n);
+}
+
 static void smtp_close(void *user)
 {
 	struct smtpd_conn *c = user;
@@ -239,7 +281,14 @@ static size_t feed_session(struct smtpd_conn *c, const uint8_t *p, size_t n)
 {
 	if (smtp_session_is_closed(c->s))
 		return n; /* after 221/421 the rest is noise */
+	c->in_input = true;
 	size_t k = smtp_session_input(c->s, p, n);
+	c->in_input = false;
+	/* Held only while this input's message is being committed (or signed). */
+	if (!c->commit_pending && !c->sign_pending)
+		release_held(c);
+	else if (c->held_len > 0)
+		c->d->stats.replies_held++;
 	if (k < n)
 		c->input_held = true;
 	return k;
@@ -387,7 +436,8 @@ static int start_tls(struct smtpd_conn *c)
 static void smtp_starttls(void *user)
 {
 	struct smtpd_conn *c = user;
-	/* The 220 went out in plain text: everything after it is TLS. */
+	/* The 220 goes out in plain text: everything after it is TLS. */
+	release_held(c);
 	if (start_tls(c) != 0) {
 		MX_WARN("smtpd: cannot start TLS; closing");
 		if (!c->tcp_gone)
@@ -1360,6 +1410,7 @@ void smtpd_stats_foreach(const struct smtpd *d,
 	fn(arg, "smtpd_refused_per_ip", d->stats.refused_per_ip);
 	fn(arg, "smtpd_auth_blocked", d->stats.auth_blocked);
 	fn(arg, "smtpd_client_table_full", d->stats.client_table_full);
+	fn(arg, "smtpd_replies_held", d->stats.replies_held);
 	fn(arg, "dkim_signed", d->stats.dkim_signed);
 	fn(arg, "dkim_failed", d->stats.dkim_failed);
 	fn(arg, "dkim_offloaded", d->stats.dkim_offloaded);

@@ -79,6 +79,7 @@ struct smtpd_stats {
 	uint64_t dkim_signed, dkim_failed;
 	uint64_t dkim_offloaded, dkim_offload_full; /* to signer lcores; queue full: signed here */
 	uint64_t refused_per_ip, auth_blocked, client_table_full;
+	uint64_t replies_held; /* reply groups that waited for their message's 250 (HELD_MAX) */
 };
 void smtpd_get_stats(const struct smtpd *d, struct smtpd_stats *out);
 
