@@ -2527,7 +2527,10 @@ void spool_close(struct spool *sp)
 	/* a segment opened ahead and never used is removed */
 	for (int guard = 0; next_busy(sp) && guard < 1000; guard++) {
 		struct io_uring_cqe *cqe;
-		if (io_uring_wait_cqe(&sp->ring, &cqe) < 0)
+		int rc = io_uring_wait_cqe(&sp->ring, &cqe);
+		if (rc == -EINTR) /* a signal (net_tap's SIGIO comes to the worker) */
+			continue;
+		if (rc < 0)
 			break;
 		handle_cqe(sp, cqe);
 		io_uring_cqe_seen(&sp->ring, cqe);
