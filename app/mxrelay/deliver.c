@@ -87,6 +87,16 @@
  */
 #define SESSION_SCAN_US 10000u
 /*
+ * ... and no more often than the soonest deadline the last scan saw, or one
+ * that can have been set since (a deadline set at time t is at least t plus
+ * the shortest client timeout, timer_floor_us), or this long: a pool of a
+ * thousand idle sessions, scanned every SESSION_SCAN_US, cost a cache miss
+ * or two per session 100 times a second.  The bound covers a deadline that
+ * moves earlier without progress (a state with a shorter timeout): it is
+ * then found at most this late, against timeouts of 20 s and more.
+ */
+#define SESSION_SCAN_MAX_US 1000000u
+/*
  * While transactions are out and one was sent or answered this recently,
  * deliver_poll() reports work, so that the worker keeps polling instead of
  * backing off to a sleep: the idle back-off sleeps up to 1 ms when the port
@@ -207,6 +217,7 @@ struct deliver_stats {
 	uint64_t handoff_out, handoff_in, mbox_posted, mbox_received, mbox_full, outbox;
 	uint64_t remote_marks, remote_moved, relocated, remote_read_failures, quiesce_dropped;
 	uint64_t connects, connect_failures, tcp_refused, tcp_timeouts, sessions_open;
+	uint64_t session_scans; /* walks of every session's timers (sessions_run) */
 	uint64_t resolve_tempfail, mark_failures, finish, group_missing, out_full;
 	uint64_t dsn_injected, dsn_inject_failures, dsn_limit_hits, dsn_unknown_commits;
 };
@@ -238,7 +249,8 @@ struct deliver {
 	uint64_t wake_mask; /* mailboxes posted to in this turn */
 	struct reloc_wait *relocs;
 	struct dsess *kicked;	 /* sessions with something to do now (sess_kick) */
-	uint64_t next_scan_us;	 /* every session's timers are checked at this pace */
+	uint64_t next_scan_us;	 /* every session's timers are checked then (sessions_run) */
+	uint64_t timer_floor_us; /* the shortest session timeout: connect or SMTP client */
 	uint32_t txns_out;	 /* transactions sent, their replies awaited */
 	uint64_t last_txn_io_us; /* a transaction was sent or answered (mx_now_us) */
 	bool txn_io;		 /* ... since the last turn: last_txn_io_us = that turn's time */
@@ -1856,7 +1868,19 @@ static unsigned sess_run(struct deliver *dl, struct dsess *s, uint64_t now, bool
 	return work;
 }
 
-/* The kicked sessions every turn; every session's timers every SESSION_SCAN_US. */
+/* The shortest of floor and the timeouts of cc (all nonzero: smtp_client_conf_check). */
+static uint64_t timer_floor(uint64_t floor, const struct smtp_client_conf *cc)
+{
+	const uint64_t t[] = {
+		cc->timeout_greeting_us,  cc->timeout_helo_us,	    cc->timeout_mail_us,
+		cc->timeout_rcpt_us,	  cc->timeout_data_init_us, cc->timeout_data_xfer_us,
+		cc->timeout_data_done_us, cc->timeout_rset_us,	    cc->timeout_quit_us};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		floor = t[i] < floor ? t[i] : floor;
+	return floor;
+}
+
+/* The kicked sessions every turn; every session's timers when one may be due. */
 static unsigned sessions_run(struct deliver *dl, uint64_t now)
 {
 	unsigned work = 0;
@@ -1870,12 +1894,25 @@ static unsigned sessions_run(struct deliver *dl, uint64_t now)
 	}
 	if (now < dl->next_scan_us)
 		return work;
-	dl->next_scan_us = now + SESSION_SCAN_US;
+	dl->stats.session_scans++;
+	uint64_t soonest = now + (dl->timer_floor_us < SESSION_SCAN_MAX_US ? dl->timer_floor_us
+									   : SESSION_SCAN_MAX_US);
 	for (struct dsess *s = dl->sessions; s != NULL; s = next) {
 		next = s->next;
+		freed = false;
 		if (!s->kicked) /* a kicked one may be freed by then: it waits for its turn */
 			work += sess_run(dl, s, now, true, &freed);
+		if (freed)
+			continue;
+		/* What is left (a kicked one too): its deadlines from now on. */
+		if (s->tc != NULL && !s->connected && s->connect_deadline_us < soonest)
+			soonest = s->connect_deadline_us;
+		if (s->cl != NULL) {
+			uint64_t d = smtp_client_deadline(s->cl);
+			soonest = d < soonest ? d : soonest;
+		}
 	}
+	dl->next_scan_us = soonest > now + SESSION_SCAN_US ? soonest : now + SESSION_SCAN_US;
 	return work;
 }
 
@@ -1977,6 +2014,7 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 		[TLS_POLICY_NONE] = SMTP_CLIENT_TLS_NONE,
 		[TLS_POLICY_OPPORTUNISTIC] = SMTP_CLIENT_TLS_OPPORTUNISTIC,
 		[TLS_POLICY_VERIFY] = SMTP_CLIENT_TLS_REQUIRED};
+	dl->timer_floor_us = CONNECT_TIMEOUT_US;
 	for (unsigned a = 0; a < 2; a++)
 		for (unsigned p = 0; p < 3; p++) {
 			struct smtp_client_conf *cc = &dl->cc[a][p];
@@ -1994,6 +2032,7 @@ struct deliver *deliver_create(const struct relay_config *conf, struct net_stack
 				MX_ERR("deliver: smtp client: %s", err);
 				goto fail;
 			}
+			dl->timer_floor_us = timer_floor(dl->timer_floor_us, cc);
 		}
 	if (resolve_create(conf, st, worker, &dl->dns) != 0)
 		goto fail;
@@ -2162,6 +2201,7 @@ void deliver_stats_foreach(const struct deliver *dl,
 	fn(arg, "deliver_tcp_refused", s->tcp_refused);
 	fn(arg, "deliver_tcp_timeouts", s->tcp_timeouts);
 	fn(arg, "deliver_sessions_open", s->sessions_open);
+	fn(arg, "deliver_session_scans", s->session_scans);
 	fn(arg, "deliver_resolve_tempfail", s->resolve_tempfail);
 	fn(arg, "deliver_mark_failures", s->mark_failures);
 	fn(arg, "deliver_finished", s->finish);

@@ -93,6 +93,11 @@ struct resolve {
 	bool udp_bound;
 	uint64_t now_us;
 	unsigned tcp_open;
+	/*
+	 * No open slot's deadline is before this: the slots (each with its query
+	 * buffer, a cache line apart) are walked only then, not on every turn.
+	 */
+	uint64_t tcp_next_us;
 	struct resolve_tcp tcp[RESOLVE_TCP_MAX];
 	struct resolve_path path[RESOLVE_PATHS_MAX];
 	unsigned held_count; /* held[0 .. held_count), oldest first */
@@ -273,6 +278,8 @@ static int tcp_query(struct resolve *r, uint32_t server, uint16_t qport, const u
 	}
 	x->tc = tc;
 	r->tcp_open++;
+	if (x->deadline_us < r->tcp_next_us)
+		r->tcp_next_us = x->deadline_us;
 	r->ctr.tcp_queries++;
 	net_stack_kick_timers(r->st); /* sent on this poll turn, even from outside a callback */
 	return 0;
@@ -280,13 +287,21 @@ static int tcp_query(struct resolve *r, uint32_t server, uint16_t qport, const u
 
 static void tcp_timers(struct resolve *r, uint64_t now_us)
 {
+	if (now_us < r->tcp_next_us)
+		return;
+	uint64_t next = UINT64_MAX;
 	for (unsigned i = 0; i < RESOLVE_TCP_MAX; i++) {
 		struct resolve_tcp *x = &r->tcp[i];
-		if (x->tc != NULL && now_us >= x->deadline_us) {
+		if (x->tc == NULL)
+			continue;
+		if (now_us >= x->deadline_us) {
 			r->ctr.tcp_timeouts++;
-			tcp_abort(x->tc);
+			tcp_abort(x->tc); /* -> t_closed: the slot is free */
+		} else if (x->deadline_us < next) {
+			next = x->deadline_us;
 		}
 	}
+	r->tcp_next_us = next;
 }
 
 static void tcp_abort_all(struct resolve *r)
@@ -422,6 +437,7 @@ int resolve_create(const struct relay_config *conf, struct net_stack *st, unsign
 	r->st = st;
 	r->worker = worker;
 	r->now_us = mx_now_us();
+	r->tcp_next_us = UINT64_MAX;
 	int rc = dns_cache_register_thread(shared, &r->tid);
 	if (rc != 0)
 		goto fail;
