@@ -785,17 +785,22 @@ static void test_in_place_delivery_leftover_wraps(void)
 	static uint8_t d[6000], seg[1460];
 	for (int i = 0; i < 6000; i++)
 		d[i] = (uint8_t)(i * 7 + 3);
-	/* two segments taken whole: the ring's head moves to 2920 */
+	/*
+	 * 1000 bytes taken of each segment: the ring never empties (an empty
+	 * one restarts at 0), its head moves to 2000 with 920 held, and the
+	 * third segment, appended at 2920, wraps the 4000-byte ring.
+	 */
+	app.consume_max = 1000;
 	memcpy(seg, d, 1460);
 	peer(PEER_ISN + 1, iss + 1, TH_ACK, seg, 1460);
 	memcpy(seg, d + 1460, 1460);
 	peer(PEER_ISN + 1461, iss + 1, TH_ACK, seg, 1460);
-	CU_ASSERT_EQUAL(app.rx_len, 2920);
-	/* the third: 100 bytes taken, 1360 left, which wrap the 4000-byte ring */
-	app.consume_max = 100;
+	CU_ASSERT_EQUAL(app.rx_len, 2000);
+	CU_ASSERT_EQUAL(app.c->rbuf_head, 2000);
 	memcpy(seg, d + 2920, 1460);
 	peer(PEER_ISN + 2921, iss + 1, TH_ACK, seg, 1460);
-	CU_ASSERT_EQUAL(app.rx_len, 3020);
+	CU_ASSERT_EQUAL(app.rx_len, 3000);
+	CU_ASSERT_EQUAL(app.c->rbuf_len, 1380);
 	memset(seg, 0xEE, sizeof(seg)); /* the segment is gone: the ring has its own copy */
 	app.consume_max = 0;
 	tcp_recv_resume(app.c);
@@ -819,6 +824,49 @@ static void test_in_place_delivery_leftover_wraps(void)
 	CU_ASSERT_EQUAL(a->ack, PEER_ISN + 5881);
 	th_free(h);
 	th_app_free(&app);
+}
+
+/*
+ * Request and reply, 300 times 1000 bytes each way, more than the 256 KiB
+ * rings: each ring restarts at 0 whenever it is empty, so a long-lived
+ * connection keeps touching the same first pages, and nothing is lost.
+ */
+static void test_rings_restart_when_empty(void)
+{
+	setup();
+	uint32_t iss = open_conn();
+	static uint8_t d[1000];
+	uint32_t sent = 0, rcvd = 0;
+	unsigned head_moved = 0, bad = 0;
+	for (unsigned round = 0; round < 300; round++) {
+		for (size_t i = 0; i < sizeof(d); i++)
+			d[i] = (uint8_t)(round * 31 + i);
+		peer(PEER_ISN + 1 + rcvd, iss + 1 + sent, TH_ACK, d, sizeof(d));
+		rcvd += sizeof(d);
+		if (app.rx_len != rcvd || memcmp(app.rx + rcvd - sizeof(d), d, sizeof(d)) != 0)
+			bad++;
+		if (app.c->rbuf_head != 0 || app.c->rbuf_len != 0)
+			head_moved++;
+		th_clear(h);
+		for (size_t i = 0; i < sizeof(d); i++)
+			d[i] = (uint8_t)(round * 17 + i);
+		if (tcp_send(app.c, d, sizeof(d)) != (ssize_t)sizeof(d))
+			bad++;
+		struct th_seg *s = th_last(h);
+		if (!s || s->seq != iss + 1 + sent || s->len != sizeof(d) ||
+		    memcmp(s->data, d, sizeof(d)) != 0)
+			bad++;
+		if (app.c->sbuf_head != 0) /* unacknowledged: it is in the ring's first bytes */
+			head_moved++;
+		sent += sizeof(d);
+		peer(PEER_ISN + 1 + rcvd, iss + 1 + sent, TH_ACK, NULL, 0);
+		if (tcp_send_pending(app.c) != 0 || app.c->sbuf_head != 0)
+			head_moved++;
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+	CU_ASSERT_EQUAL(head_moved, 0);
+	CU_ASSERT(sent > app.c->sbuf_size && rcvd > app.c->rbuf_size);
+	teardown();
 }
 
 /* A paused app fills the window to zero and never loses a byte. */
@@ -1078,6 +1126,7 @@ static CU_TestInfo state_tests[] = {
 	{"partial consume, recv_resume", test_partial_consume_flow_control},
 	{"zero receive window", test_zero_receive_window},
 	{"in-place delivery: the leftover wraps the ring", test_in_place_delivery_leftover_wraps},
+	{"rings restart at 0 when empty", test_rings_restart_when_empty},
 	{"connection limit", test_conn_limit},
 	{"TIME_WAIT table bound recycles oldest", test_time_wait_table_full},
 	{"TIME_WAIT reuse by newer SYN", test_time_wait_reuse_by_syn},
