@@ -2159,6 +2159,7 @@ void deliver_stats_foreach(const struct deliver *dl,
 	fn(arg, "queue_txns", qc.txns);
 	fn(arg, "queue_txns_pipelined", qc.txns_pipelined);
 	fn(arg, "queue_budget_hits", qc.budget_hits);
+	fn(arg, "queue_idle_evictions", qc.idle_evictions);
 	fn(arg, "queue_session_limit_hits", qc.session_limit_hits);
 	fn(arg, "queue_dsn_sent", qc.dsn_sent);
 	fn(arg, "queue_dsn_failed", qc.dsn_failed);

@@ -285,6 +285,7 @@ struct queue_counters {
 	uint64_t dsn_sent, dsn_failed, dsn_null_sender_dropped, dsn_suppressed;
 	uint64_t dest_limit_hits, txn_limit_hits, session_limit_hits;
 	uint64_t budget_hits; /* a destination with a session wanted another: connection_budget */
+	uint64_t idle_evictions; /* idle sessions closed for destinations waiting for a slot */
 	uint64_t txns_pipelined; /* SENDs to a session that had another transaction in flight */
 	uint64_t dests;		 /* gauge */
 };

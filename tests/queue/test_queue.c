@@ -1083,12 +1083,37 @@ static void test_limits_txn_dest_session(void)
 	pollq(q, T0);
 	struct queue_action a = *need_act(QUEUE_ACT_SEND);
 	CU_ASSERT_EQUAL(result_all(q, &a, 250, "250 ok", T0), 0);
-	pollq(q, T0 + 5 * SEC); /* idle close ... */
+	/*
+	 * The other destination waits for the only slot, held by an idle
+	 * session: it is closed at once (an eviction), not after idle_timeout.
+	 */
+	pollq(q, T0 + 1000);
 	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 1);
-	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0); /* ... the slot is still in use */
-	CU_ASSERT_EQUAL(queue_conn_closed(q, need_act(QUEUE_ACT_CLOSE)->session, T0 + 5 * SEC), 0);
-	pollq(q, T0 + 5 * SEC); /* ... now it is free, for the other destination */
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 0); /* the slot is still in use */
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.idle_evictions, 1);
+	uint64_t closing = need_act(QUEUE_ACT_CLOSE)->session;
+	pollq(q, T0 + 2000); /* one eviction per waiting destination, not one per turn */
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 0);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.idle_evictions, 1);
+	CU_ASSERT_EQUAL(queue_conn_closed(q, closing, T0 + 3000), 0);
+	pollq(q, T0 + 3000); /* now it is free, for the other destination */
 	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CONNECT), 1);
+	queue_destroy(q);
+
+	/* Nobody waits for a slot: an idle session stays until idle_timeout. */
+	cfg_init(&c);
+	c.max_sessions = 1;
+	q = mkq(&c);
+	a = send_one_literal(q, &c, T0, 1);
+	CU_ASSERT_EQUAL(result_all(q, &a, 250, "250 ok", T0), 0);
+	pollq(q, T0 + 1000);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 0);
+	pollq(q, T0 + 5 * SEC);
+	CU_ASSERT_EQUAL(count_act(QUEUE_ACT_CLOSE), 1);
+	queue_get_counters(q, &k);
+	CU_ASSERT_EQUAL(k.idle_evictions, 0);
 	queue_destroy(q);
 }
 
