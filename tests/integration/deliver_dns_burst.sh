@@ -23,13 +23,16 @@ write_delivery_config "$TMP/r.conf" $IF $N "
 resolvers = $DNS"
 start_relay "$TMP/relay.log" "$TMP/r.conf"
 ip addr add $DNS/24 dev $IF || fail "cannot add $DNS to $IF"
+# The zone goes through a file: start_unbound on the right of a pipe would run in a
+# subshell, and the cleanup trap would not know unbound's PID (it was left running).
 {
 	echo '	local-zone: "fleet.test." static'
 	echo "	local-data: \"mx.fleet.test. 60 IN A $S\""
 	for i in $(seq 0 $((K - 1))); do
 		echo "	local-data: \"d$i.fleet.test. 60 IN MX 10 mx.fleet.test.\""
 	done
-} | start_unbound $DNS $N
+} >"$TMP/zone"
+start_unbound $DNS $N <"$TMP/zone"
 start_smtp_sink $S:25 "$TMP/d"
 
 "$CTL" -s "$TMP/control.sock" suspend '*' | grep -q "suspended" || fail "suspend '*'"
