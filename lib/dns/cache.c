@@ -733,7 +733,7 @@ void dns_cache_set_ring(struct dns_cache *c, unsigned thread_id, struct rte_ring
 		__atomic_store_n(&c->threads[thread_id].ring, ring, __ATOMIC_RELEASE);
 }
 
-uint64_t dns_name_hash(const char *low, uint16_t type)
+static uint64_t name_hash(const char *low, uint16_t type)
 {
 	return rte_hash_crc(low, (uint32_t)strlen(low), SEED_A + type);
 }
@@ -750,7 +750,7 @@ static struct dns_inflight **inflight_find(struct dns_cache *c, const char *low,
 
 int dns_inflight_join(struct dns_cache *c, unsigned thread_id, const char *low, uint16_t type)
 {
-	uint64_t h = dns_name_hash(low, type);
+	uint64_t h = name_hash(low, type);
 	int rc;
 
 	if (thread_id >= c->conf.max_threads || strlen(low) >= DNS_NAME_TEXT_MAX)
@@ -783,7 +783,7 @@ int dns_inflight_join(struct dns_cache *c, unsigned thread_id, const char *low, 
 
 bool dns_inflight_busy(struct dns_cache *c, const char *low, uint16_t type)
 {
-	uint64_t h = dns_name_hash(low, type);
+	uint64_t h = name_hash(low, type);
 	rte_spinlock_lock(&c->ilock);
 	bool busy = *inflight_find(c, low, type, h) != NULL;
 	rte_spinlock_unlock(&c->ilock);
@@ -799,7 +799,7 @@ void dns_inflight_put(struct dns_inflight *f)
 unsigned dns_inflight_complete(struct dns_cache *c, unsigned thread_id, const char *low,
 			       uint16_t type, int status)
 {
-	uint64_t h = dns_name_hash(low, type);
+	uint64_t h = name_hash(low, type);
 	struct dns_inflight *f;
 	unsigned dropped = 0;
 

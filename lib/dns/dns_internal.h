@@ -66,7 +66,4 @@ uint32_t dns_resolver_random(struct dns_resolver *r);
 struct dns_cache *dns_resolver_cache(struct dns_resolver *r);
 uint64_t dns_resolver_now(const struct dns_resolver *r);
 
-/* Hash of a lowercased name and a type (the in-flight table, the resolver's waiting lists). */
-uint64_t dns_name_hash(const char *low, uint16_t type);
-
 #endif

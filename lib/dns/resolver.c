@@ -171,10 +171,13 @@ uint64_t dns_resolver_now(const struct dns_resolver *r)
 		(h)->prev = (x);                                                                   \
 	} while (0)
 
-/* The list of requests waiting on (low, type). */
+/* The list of requests waiting on (low, type): FNV-1a of the lowercased name and the type. */
 static struct req *wait_bucket(struct dns_resolver *r, const char *low, uint16_t type)
 {
-	return &r->waiting[dns_name_hash(low, type) & (WAIT_BUCKETS - 1)];
+	uint32_t h = 2166136261u ^ type;
+	for (const char *p = low; *p; p++)
+		h = (h ^ (uint8_t)*p) * 16777619u;
+	return &r->waiting[h & (WAIT_BUCKETS - 1)];
 }
 
 struct dns_resolver *dns_resolver_create(struct dns_cache *c, unsigned thread_id,
