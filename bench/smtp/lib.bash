@@ -75,6 +75,23 @@ tsys() { awk '{ print $15 }' "/proc/$1/task/$2/stat" 2>/dev/null || echo 0; }
 # tticks PID TID: CPU of one thread, in clock ticks.
 tticks() { awk '{ print $14 + $15 }' "/proc/$1/task/$2/stat" 2>/dev/null || echo 0; }
 
+# thread_ticks PID: "name ticks" per thread of PID, summed by thread name (io_uring
+# workers come and go; their name is shared).
+thread_ticks() {
+	local t
+	for t in /proc/"$1"/task/*; do
+		printf '%s %s\n' "$(tr ' ' _ <"$t/comm" 2>/dev/null)" \
+			"$(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null)"
+	done | awk 'NF == 2 { s[$1] += $2 } END { for (k in s) print k, s[k] }' | sort
+}
+
+# thread_report BEFORE AFTER MESSAGES WALL: per-thread CPU (us per message, share of a
+# CPU) between two thread_ticks snapshots, on stderr; the threads that used any.
+thread_report() {
+	join -a 2 -e 0 -o 0,1.2,2.2 "$1" "$2" | awk -v hz="$HZ" -v m="$3" -v w="$4" '
+		{ d = $3 - $2; if (d > 0) printf "  thread %-18s %6.1f us/msg  %.2f CPU\n", $1, d / hz * 1e6 / m, d / hz / w }' >&2
+}
+
 # ctl_stat SOCKET NAME: a counter summed over workers from `mxctl stats` (0 if absent).
 ctl_stat() {
 	timeout 10 "$BUILD/tools/mxctl/mxctl" -s "$1" -t 5 stats 2>/dev/null |
@@ -201,12 +218,19 @@ mx_run() {
 	c0=$(ticks "$MX_PID")
 	w0=0
 	[ -n "$tid" ] && w0=$(tticks "$MX_PID" "$tid") && k0=$(tsys "$MX_PID" "$tid")
+	[ -n "${MX_BENCH_THREADS:-}" ] && thread_ticks "$MX_PID" >"$WORK/thr0"
 	wall=$(source_load $MX_NET.2:25 "$s" "$m" "$size") ||
 		{ tail -20 "$dir/relay.log" >&2; die "smtp-source against mxrelay failed"; }
 	c1=$(ticks "$MX_PID")
 	w1=0
 	[ -n "$tid" ] && w1=$(tticks "$MX_PID" "$tid") && k1=$(tsys "$MX_PID" "$tid")
+	[ -n "${MX_BENCH_THREADS:-}" ] && thread_ticks "$MX_PID" >"$WORK/thr1"
 	sl1=$(ctl_stat "$dir/ctl.sock" idle_sleeps)
+	if [ -n "${MX_BENCH_THREADS:-}" ]; then
+		thread_report "$WORK/thr0" "$WORK/thr1" "$m" "$wall"
+		timeout 10 "$BUILD/tools/mxctl/mxctl" -s "$dir/ctl.sock" -t 5 stats 2>/dev/null |
+			awk '$1 == "port_tap_signal_off" { print "  port_tap_signal_off (all workers)", $2 }' >&2
+	fi
 	mx_stop
 	local accepted
 	accepted=$(mx_spool_messages)

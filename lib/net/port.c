@@ -16,11 +16,24 @@
  * Fault injection (off by default) drops, duplicates, reorders and corrupts
  * packets per mille, per direction, from a seeded generator, so loss tests
  * are repeatable.  This kernel has no netem; this is how loss is made.
+ *
+ * net_tap without a signal per packet: see tap_signal_off() below.  The
+ * environment variable MX_NET_TAP_SIGNAL=keep leaves DPDK's scheme as it is.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* F_GETSIG, dladdr */
+#endif
 #include "stack_priv.h"
+#include "core.h"
 
+#include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -84,6 +97,151 @@ static int setup_reta(struct net_port *p, const struct rte_eth_dev_info *info, c
 		return rc;
 	}
 	return 0;
+}
+
+/* ---- net_tap: the Rx trigger without a signal per packet ---------------- */
+
+#define TAP_MAX_FDS 256 /* tun fds examined: 16 queues per port at most, and keep-alive fds */
+
+static const char *const tap_mode_names[] = {"none", "signal off", "signal kept", "no trigger"};
+
+/* Is fn, a signal handler, code of DPDK's net_tap PMD (its .so, or our binary if linked in)? */
+static bool tap_handler_is_pmd(void (*fn)(int), const char **where)
+{
+	Dl_info h, self;
+	*where = "?";
+	if (dladdr((void *)(uintptr_t)fn, &h) == 0 || h.dli_fname == NULL)
+		return false;
+	*where = h.dli_fname;
+	if (strstr(h.dli_fname, "net_tap") != NULL)
+		return true;
+	/* DPDK linked statically: the handler is in the same object as this code. */
+	return dladdr((void *)(uintptr_t)net_port_setup, &self) != 0 &&
+	       self.dli_fbase == h.dli_fbase;
+}
+
+/*
+ * DPDK 22.11's net_tap opens every queue's /dev/net/tun fd with O_ASYNC,
+ * F_SETSIG to a real-time signal it picked at probe (the first free one
+ * from SIGRTMIN+1) and F_SETOWN to the process, and that signal's handler
+ * only moves a static counter (tap_trigger).  pmd_rx_burst() returns 0
+ * without a read() when the counter has not moved since its last short
+ * read.  So every frame the kernel queues on the TAP raises a signal in
+ * this process, delivered to whichever thread does not block it: under
+ * load that was ~0.4 of a CPU of wake-ups of the sleeping main lcore and
+ * EAL's threads, on the CPU the TAP's client uses.
+ *
+ * Here, once the port is started, the queue fds are found without
+ * touching the PMD's private structures (/dev/net/tun fds of this process
+ * with O_ASYNC, owned by us, all on one real-time signal whose handler
+ * lives in the PMD), O_ASYNC is cleared on them, and the handler is kept:
+ * net_port_rx() calls it before each burst, so the burst reads until the
+ * queue is empty (one failed readv when it is), and no signal is raised.
+ * The idle worker still sleeps in epoll on the same fds (rx interrupts):
+ * poll readiness does not depend on O_ASYNC.  Several workers calling the
+ * handler at once may lose an increment (it is not atomic); a lost one
+ * costs one burst that returns 0, and the next turn reads (the fd stays
+ * readable, so an epoll sleep still wakes).
+ *
+ * Anything unexpected (another signal, a handler not in the PMD, a
+ * secondary process: its fds belong to the primary) leaves the PMD as it
+ * is, with one log line; net_stack_stats_foreach() shows the mode.
+ */
+static void tap_signal_off(struct net_port *p)
+{
+	int fds[TAP_MAX_FDS], fls[TAP_MAX_FDS];
+	unsigned n = 0;
+	int sig = 0;
+	const char *why = NULL, *where = "?";
+	const char *env = getenv("MX_NET_TAP_SIGNAL");
+
+	p->tap_mode = NET_TAP_SIGNAL_KEPT;
+	if (env != NULL && strcmp(env, "keep") == 0) {
+		why = "MX_NET_TAP_SIGNAL=keep";
+		goto kept;
+	}
+	if (rte_eal_process_type() != RTE_PROC_PRIMARY) {
+		why = "secondary process";
+		goto kept;
+	}
+	DIR *d = opendir("/proc/self/fd");
+	if (d == NULL) {
+		why = "cannot list /proc/self/fd";
+		goto kept;
+	}
+	pid_t self = getpid();
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		char *end, path[64], target[32];
+		long fd = strtol(de->d_name, &end, 10);
+		if (end == de->d_name || *end != '\0' || fd < 0 || fd > INT_MAX || fd == dirfd(d))
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/fd/%ld", fd);
+		ssize_t len = readlink(path, target, sizeof(target) - 1);
+		if (len <= 0)
+			continue;
+		target[len] = '\0';
+		if (strcmp(target, "/dev/net/tun") != 0)
+			continue;
+		int fl = fcntl((int)fd, F_GETFL);
+		if (fl < 0 || !(fl & O_ASYNC) || fcntl((int)fd, F_GETOWN) != self)
+			continue;
+		int s = fcntl((int)fd, F_GETSIG);
+		if (s < SIGRTMIN || s > SIGRTMAX || (sig != 0 && s != sig)) {
+			why = "tun fds with another signal";
+			break;
+		}
+		if (n == TAP_MAX_FDS) {
+			why = "too many tun fds";
+			break;
+		}
+		sig = s;
+		fds[n] = (int)fd;
+		fls[n++] = fl;
+	}
+	closedir(d);
+	if (why != NULL)
+		goto kept;
+	if (n == 0) {
+		/* No free real-time signal at probe: the PMD reads on every burst. */
+		p->tap_mode = NET_TAP_NO_TRIGGER;
+		MX_INFO("port %u: net_tap has no Rx signal (it reads on every burst)", p->port_id);
+		return;
+	}
+	struct sigaction sa;
+	if (sigaction(sig, NULL, &sa) != 0 || (sa.sa_flags & SA_SIGINFO) ||
+	    sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN ||
+	    !tap_handler_is_pmd(sa.sa_handler, &where)) {
+		why = "the signal's handler is not net_tap's";
+		goto kept;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		if (fcntl(fds[i], F_SETFL, fls[i] & ~O_ASYNC) != 0) {
+			while (i-- > 0)
+				fcntl(fds[i], F_SETFL, fls[i]);
+			why = "F_SETFL failed";
+			goto kept;
+		}
+	}
+	p->rx_trigger = sa.sa_handler;
+	p->rx_trigger_sig = sig;
+	p->tap_fds_quiet = (uint16_t)n;
+	p->tap_mode = NET_TAP_SIGNAL_OFF;
+	p->rx_trigger(sig); /* the first burst reads what queued meanwhile */
+	MX_INFO("port %u: net_tap Rx signal %d off on %u tun fd(s); the stack moves the trigger "
+		"(handler in %s)",
+		p->port_id, sig, n, where);
+	return;
+kept:
+	MX_WARN("port %u: net_tap Rx signal kept (%s): a signal per received packet", p->port_id,
+		why);
+}
+
+const char *net_port_tap_mode(const struct net_port *p)
+{
+	return p->tap_mode < sizeof(tap_mode_names) / sizeof(tap_mode_names[0])
+		       ? tap_mode_names[p->tap_mode]
+		       : "?";
 }
 
 int net_port_setup(struct net_port **out, const struct net_port_conf *conf, unsigned n_workers,
@@ -199,6 +357,8 @@ int net_port_setup(struct net_port **out, const struct net_port_conf *conf, unsi
 		goto fail;
 	}
 	rte_eth_macaddr_get(pid, &p->mac);
+	if (is_tap)
+		tap_signal_off(p);
 	if ((rc = setup_reta(p, &info, err, errlen)) != 0)
 		goto fail_stop;
 	if (p->software_rss && n_workers > 1) {
@@ -420,6 +580,8 @@ void net_port_rx(struct net_stack_priv *sp, struct net_port_ctx *pc)
 	unsigned n;
 
 	if (pc->reads_rx) {
+		if (p->rx_trigger != NULL)
+			p->rx_trigger(p->rx_trigger_sig); /* net_tap: read, there is no signal */
 		n = rte_eth_rx_burst(p->port_id, pc->queue, pkts, NET_BURST);
 		if (n == 0)
 			goto ring; /* a held (reordered) packet waits for the next one */

@@ -408,6 +408,9 @@ void net_stack_stats_foreach(const struct net_stack *st,
 	struct rte_eth_stats es;
 	for (unsigned i = 0; i < st->priv->n_ports; i++) {
 		const struct net_port_ctx *pc = &st->priv->ports[i];
+		/* net_tap: 1 when its Rx signal is off (port.c, tap_signal_off). */
+		if (pc->port->tap_mode != NET_TAP_NONE)
+			fn(arg, "port_tap_signal_off", pc->port->tap_mode == NET_TAP_SIGNAL_OFF);
 		if (!pc->reads_rx || rte_eth_stats_get(pc->port->port_id, &es) != 0)
 			continue;
 		fn(arg, "port_imissed", es.imissed);

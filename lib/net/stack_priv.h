@@ -23,6 +23,14 @@
 #define NET_ARP_PENDING 16   /* packets held per unresolved entry */
 #define NET_UDP_BINDS 64     /* binds per core; one bind may cover a port range */
 
+/* net_port.tap_mode */
+enum {
+	NET_TAP_NONE = 0,    /* not a net_tap port */
+	NET_TAP_SIGNAL_OFF,  /* Rx signal off, the stack moves the trigger itself */
+	NET_TAP_SIGNAL_KEPT, /* DPDK's per-packet Rx signal left as it was */
+	NET_TAP_NO_TRIGGER,  /* the PMD found no signal: it reads on every burst already */
+};
+
 /* A port, shared read-only by all workers once set up (rings excepted). */
 struct net_port {
 	uint16_t port_id;
@@ -38,6 +46,15 @@ struct net_port {
 	uint8_t rss_key[40] __attribute__((aligned(4))); /* rte_softrss reads it by words */
 	unsigned host_ifindex;
 	bool rx_intr; /* RX interrupts armed at configure time */
+	/*
+	 * net_tap's Rx trigger with its per-packet signal turned off (port.c,
+	 * tap_signal_off): the PMD's own handler, called before each burst so
+	 * that the burst reads the queue; NULL on every other port.
+	 */
+	void (*rx_trigger)(int);
+	int rx_trigger_sig;
+	uint8_t tap_mode;	/* NET_TAP_*: what tap_signal_off found and did */
+	uint16_t tap_fds_quiet; /* tun fds whose O_ASYNC it cleared */
 	uint64_t tx_offloads;
 	struct net_fault_conf fault;
 	struct rte_ring *to_worker[NET_MAX_WORKERS]; /* software dispatch */
@@ -103,6 +120,8 @@ struct net_stack_priv {
 };
 
 /* port.c */
+/** net_tap's Rx signal mode of p: "signal off", "signal kept", "no trigger", or "none". */
+const char *net_port_tap_mode(const struct net_port *p);
 void net_port_rx(struct net_stack_priv *sp, struct net_port_ctx *pc);
 void net_port_tx(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rte_mbuf *m);
 void net_port_flush(struct net_stack_priv *sp, struct net_port_ctx *pc);
