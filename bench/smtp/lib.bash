@@ -95,7 +95,7 @@ thread_report() {
 # ctl_stat SOCKET NAME: a counter summed over workers from `mxctl stats` (0 if absent).
 ctl_stat() {
 	timeout 10 "$BUILD/tools/mxctl/mxctl" -s "$1" -t 5 stats 2>/dev/null |
-		awk -v k="$2" '$0 ~ k { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+$/) { s += $i; break } }
+		awk -v k="$2" '$1 == k { for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) { s += $i; break } }
 			END { print s + 0 }'
 }
 
