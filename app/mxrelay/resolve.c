@@ -18,9 +18,10 @@
  * has a counter (resolve_stats_foreach).
  *
  * A cold path: the first packets to a server whose link-layer address is not
- * known yet wait in lib/net's ARP queue, which holds only a few per address
- * and drops the rest; each dropped query then costs the resolver's whole
- * per-try timeout (1 s).  That is what a restart with a recovered spool, or
+ * known yet wait in lib/net's ARP queue, which holds NET_ARP_PENDING (128)
+ * per address and drops the oldest beyond; each dropped query then costs
+ * the resolver's whole per-try timeout (1 s), and a server that has not
+ * answered yet may not be up at all.  That is what a restart with a recovered spool, or
  * a release of many held destinations, does: a hundred lookups at once.  So
  * until a server has answered (and again after RESOLVE_WARM_US of silence)
  * at most RESOLVE_COLD_BURST UDP queries go to it; the others wait here, at

@@ -6,10 +6,20 @@
  * line pair and never scans.  A full set evicts its oldest valid entry;
  * entries still resolving are never evicted (their held packets would be
  * lost) and a set full of them is counted (arp_table_full) and the packet
- * dropped.  Each unresolved entry holds at most NET_ARP_PENDING packets
- * (oldest dropped, counted); after three unanswered requests a second
- * apart, its packets are dropped and counted (arp_resolve_failed).  Every
- * worker keeps its own cache: the dispatcher copies ARP frames to all.
+ * dropped.  After three unanswered requests a second apart, an entry's
+ * packets are dropped and counted (arp_resolve_failed).  Every worker keeps
+ * its own cache: the dispatcher copies ARP frames to all.
+ *
+ * Packets waiting for an address are held in one array per core, oldest
+ * first: at most NET_ARP_PENDING (128) per next hop and NET_ARP_HELD (1024)
+ * in all, the oldest dropped and counted beyond either (arp_pending_drops).
+ * Linux holds about as many per neighbour (unres_qlen_bytes, 212992 bytes).
+ * The first burst to a new next hop is often large: a relay that starts
+ * under load answers hundreds of SYNs through one gateway, and a resolver
+ * that starts cold sends hundreds of queries to one server; 16 per entry,
+ * as this table held before, lost most of them to a retransmission timer.
+ * Entries stay small (the table is looked up per packet); the held array
+ * is walked only when an address resolves, fails, or a limit is hit.
  */
 #include "stack_priv.h"
 
@@ -91,16 +101,51 @@ static void arp_send(struct net_stack_priv *sp, struct net_port_ctx *pc, uint16_
 	net_port_tx(sp, pc, m);
 }
 
-static void arp_release(struct net_stack_priv *sp, struct net_port_ctx *pc,
-			struct net_arp_entry *e)
+/*
+ * Take e's held packets out of the array, in their order: sent to e->mac
+ * through pc, or freed and counted as dropped when pc is NULL.
+ */
+static void held_take(struct net_stack_priv *sp, struct net_port_ctx *pc, struct net_arp_entry *e)
 {
-	for (unsigned i = 0; i < e->n_pending; i++) {
-		struct rte_mbuf *m = e->pending[i];
-		struct rte_ether_hdr *eh = rte_pktmbuf_mtod(m, struct rte_ether_hdr *);
+	unsigned k = 0;
+
+	if (e->n_pending == 0)
+		return;
+	for (unsigned i = 0; i < sp->n_arp_held; i++) {
+		struct net_arp_held h = sp->arp_held[i];
+		if (h.ip != e->ip) {
+			sp->arp_held[k++] = h;
+			continue;
+		}
+		if (pc == NULL) {
+			rte_pktmbuf_free(h.m);
+			sp->stats.arp_pending_drops++;
+			continue;
+		}
+		struct rte_ether_hdr *eh = rte_pktmbuf_mtod(h.m, struct rte_ether_hdr *);
 		rte_ether_addr_copy(&e->mac, &eh->dst_addr);
-		net_port_tx(sp, pc, m);
+		net_port_tx(sp, pc, h.m);
 	}
+	sp->n_arp_held = k;
 	e->n_pending = 0;
+}
+
+/* Drop the oldest held packet: of next hop ip, or of any when ip is 0. */
+static void held_drop_oldest(struct net_stack_priv *sp, uint32_t ip)
+{
+	for (unsigned i = 0; i < sp->n_arp_held; i++) {
+		struct net_arp_held *h = &sp->arp_held[i];
+		if (ip != 0 && h->ip != ip)
+			continue;
+		struct net_arp_entry *e = arp_find(sp, h->ip);
+		if (e != NULL && e->n_pending > 0)
+			e->n_pending--;
+		rte_pktmbuf_free(h->m);
+		memmove(h, h + 1, (sp->n_arp_held - i - 1) * sizeof(*h));
+		sp->n_arp_held--;
+		sp->stats.arp_pending_drops++;
+		return;
+	}
 }
 
 static void arp_learn(struct net_stack_priv *sp, struct net_port_ctx *pc, uint32_t ip,
@@ -117,7 +162,7 @@ static void arp_learn(struct net_stack_priv *sp, struct net_port_ctx *pc, uint32
 	e->state = ARP_VALID;
 	e->tries = 0;
 	e->expires_us = sp->now_us + sp->arp_timeout_us;
-	arp_release(sp, pc, e);
+	held_take(sp, pc, e);
 }
 
 void net_arp_input(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rte_mbuf *m)
@@ -128,8 +173,8 @@ void net_arp_input(struct net_stack_priv *sp, struct net_port_ctx *pc, struct rt
 		sp->stats.arp_bad++;
 		goto done;
 	}
-	const struct rte_arp_hdr *ah =
-		rte_pktmbuf_mtod_offset(m, const struct rte_arp_hdr *, sizeof(struct rte_ether_hdr));
+	const struct rte_arp_hdr *ah = rte_pktmbuf_mtod_offset(m, const struct rte_arp_hdr *,
+							       sizeof(struct rte_ether_hdr));
 	if (ah->arp_hardware != rte_cpu_to_be_16(RTE_ARP_HRD_ETHER) ||
 	    ah->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) ||
 	    ah->arp_hlen != RTE_ETHER_ADDR_LEN || ah->arp_plen != 4 ||
@@ -186,13 +231,12 @@ void net_arp_output(struct net_stack_priv *sp, struct net_port_ctx *pc, uint32_t
 		e->expires_us = sp->now_us + ARP_RETRY_US;
 		arp_send(sp, pc, RTE_ARP_OP_REQUEST, NULL, nh);
 	}
-	if (e->n_pending == NET_ARP_PENDING) {
-		rte_pktmbuf_free(e->pending[0]);
-		memmove(&e->pending[0], &e->pending[1], (NET_ARP_PENDING - 1) * sizeof(e->pending[0]));
-		e->n_pending--;
-		sp->stats.arp_pending_drops++;
-	}
-	e->pending[e->n_pending++] = m;
+	if (e->n_pending >= NET_ARP_PENDING)
+		held_drop_oldest(sp, nh);
+	if (sp->n_arp_held == NET_ARP_HELD)
+		held_drop_oldest(sp, 0);
+	sp->arp_held[sp->n_arp_held++] = (struct net_arp_held){.ip = nh, .m = m};
+	e->n_pending++;
 }
 
 void net_arp_timers(struct net_stack_priv *sp)
@@ -204,11 +248,8 @@ void net_arp_timers(struct net_stack_priv *sp)
 		uint32_t nh_unused;
 		struct net_port_ctx *pc = net_route(sp, e->ip, &nh_unused);
 		if (e->tries >= ARP_TRIES || pc == NULL) {
-			for (unsigned k = 0; k < e->n_pending; k++)
-				rte_pktmbuf_free(e->pending[k]);
-			sp->stats.arp_pending_drops += e->n_pending;
+			held_take(sp, NULL, e);
 			sp->stats.arp_resolve_failed++;
-			e->n_pending = 0;
 			e->state = ARP_FREE;
 			continue;
 		}

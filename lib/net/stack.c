@@ -138,9 +138,8 @@ void net_stack_destroy(struct net_stack *st)
 		net_port_flush(sp, &sp->ports[i]);
 		net_port_drop_held(sp, &sp->ports[i]);
 	}
-	for (unsigned i = 0; i < NET_ARP_ENTRIES; i++)
-		for (unsigned k = 0; k < sp->arp[i].n_pending; k++)
-			rte_pktmbuf_free(sp->arp[i].pending[k]);
+	for (unsigned i = 0; i < sp->n_arp_held; i++)
+		rte_pktmbuf_free(sp->arp_held[i].m);
 	tcp_destroy(st->tcp);
 	if (sp->wake_fd >= 0)
 		close(sp->wake_fd);

@@ -20,7 +20,8 @@
 #define NET_RETA_SIZE 128
 #define NET_DISPATCH_RING 4096
 #define NET_ARP_ENTRIES 1024 /* power of two */
-#define NET_ARP_PENDING 16   /* packets held per unresolved entry */
+#define NET_ARP_PENDING 128  /* packets held per unresolved next hop (arp.c) */
+#define NET_ARP_HELD 1024    /* packets held for all unresolved next hops, per core */
 #define NET_UDP_BINDS 64     /* binds per core; one bind may cover a port range */
 
 /* net_port.tap_mode */
@@ -66,10 +67,15 @@ struct net_arp_entry {
 	uint32_t ip;        /* 0 = free */
 	uint8_t state;      /* ARP_PENDING, ARP_VALID */
 	uint8_t tries;
-	uint16_t n_pending;
+	uint16_t n_pending;    /* its packets in net_stack_priv.arp_held */
 	struct rte_ether_addr mac;
 	uint64_t expires_us;   /* VALID: lifetime; PENDING: next request */
-	struct rte_mbuf *pending[NET_ARP_PENDING];
+};
+
+/* A packet waiting for its next hop's address (arp.c), in arrival order. */
+struct net_arp_held {
+	uint32_t ip; /* the next hop */
+	struct rte_mbuf *m;
 };
 
 /* Ports lo..hi (lo == hi for a single port); fn == NULL: a free slot. */
@@ -107,6 +113,8 @@ struct net_stack_priv {
 	struct net_port_ctx ports[NET_MAX_PORTS];
 	struct net_arp_entry arp[NET_ARP_ENTRIES];
 	uint64_t arp_next_scan_us;
+	struct net_arp_held arp_held[NET_ARP_HELD]; /* oldest first */
+	unsigned n_arp_held;
 	uint64_t tcp_deadline_us;
 	struct net_udp_bind udp[NET_UDP_BINDS];
 	unsigned n_udp;			  /* slots in use */

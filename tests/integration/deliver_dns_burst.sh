@@ -3,10 +3,10 @@
 # The relay's resolver is an unbound on 10.77.89.3, an address the relay has
 # never talked to (no ARP entry; the mail comes from 10.77.89.1).  The queue
 # is held (mxctl suspend '*') while 40 messages to 40 domains arrive, then
-# released: 40 MX lookups leave in one turn.  lib/net's ARP queue holds only a
-# few packets per unresolved address, so without app/mxrelay/resolve.c's
-# cold-path pacing most of those queries were dropped and each cost the
-# resolver's 1 s timeout (dns_timeouts).  Here: every message delivered once,
+# released: 40 MX lookups leave in one turn.  lib/net's ARP queue held only 16
+# packets per unresolved address (128 since session 6), so without
+# app/mxrelay/resolve.c's cold-path pacing most of those queries were dropped
+# and each cost the resolver's 1 s timeout (dns_timeouts).  Here: every message delivered once,
 # dns_timeouts = 0, arp_pending_drops = 0, and some queries were held back
 # (dns_cold_held > 0) until the server's first answer.  Exit 0 pass, 77 skip.
 . "$(dirname "$0")/common.bash"

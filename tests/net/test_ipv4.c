@@ -364,6 +364,67 @@ static uint16_t udp_payload_index(struct rte_mbuf *m)
 	return v;
 }
 
+/*
+ * A burst to an unresolved next hop is held whole up to NET_ARP_PENDING and
+ * leaves in order once the reply comes; over all next hops a core holds
+ * NET_ARP_HELD packets and drops the oldest beyond (arp.c).
+ */
+static void test_arp_hold_limits(void)
+{
+	struct net_stats b, a;
+	struct rte_mbuf *out[64];
+	const unsigned hops = NET_ARP_HELD / NET_ARP_PENDING + 1; /* one next hop more than fits */
+	const uint32_t first = 0x0a4d0010u;			  /* 10.77.0.16 on: on-link */
+	unsigned n, requests = 0, got = 0;
+
+	drain();
+	net_stack_get_stats(st, &b);
+	for (unsigned h = 0; h < hops; h++)
+		for (uint16_t i = 0; i < NET_ARP_PENDING; i++)
+			CU_ASSERT_EQUAL(udp_send(st, 0, 1000, first + h, 53, &i, sizeof(i)), 0);
+	while ((n = poll_out(out, 64)) > 0) {
+		for (unsigned k = 0; k < n; k++) {
+			CU_ASSERT_EQUAL(
+				rte_be_to_cpu_16(rte_pktmbuf_mtod(out[k], struct rte_ether_hdr *)
+							 ->ether_type),
+				RTE_ETHER_TYPE_ARP);
+			requests++;
+		}
+		rte_pktmbuf_free_bulk(out, n);
+	}
+	CU_ASSERT_EQUAL(requests, hops); /* one request per next hop, the datagrams wait */
+	net_stack_get_stats(st, &a);
+	/* the oldest NET_ARP_PENDING: all of the first next hop's */
+	CU_ASSERT_EQUAL(a.arp_pending_drops - b.arp_pending_drops, NET_ARP_PENDING);
+	CU_ASSERT_EQUAL(sp->n_arp_held, NET_ARP_HELD);
+
+	/* The second answers: its whole burst leaves, in order, to its address. */
+	inject(arp_frame(RTE_ARP_OP_REPLY, first + 1, US));
+	while ((n = poll_out(out, 64)) > 0) {
+		for (unsigned k = 0; k < n; k++) {
+			CU_ASSERT_EQUAL(rte_be_to_cpu_32(as_ip(out[k])->dst_addr), first + 1);
+			CU_ASSERT_EQUAL(udp_payload_index(out[k]), got);
+			got++;
+		}
+		rte_pktmbuf_free_bulk(out, n);
+	}
+	CU_ASSERT_EQUAL(got, NET_ARP_PENDING);
+	CU_ASSERT_EQUAL(sp->n_arp_held, NET_ARP_HELD - NET_ARP_PENDING);
+	/* The first answers: nothing of its burst is left. */
+	inject(arp_frame(RTE_ARP_OP_REPLY, first, US));
+	CU_ASSERT_EQUAL(poll_out(out, 64), 0);
+
+	/* The others never answer: after the retries their packets are freed. */
+	for (int k = 0; k < 3; k++) {
+		now += 1100000;
+		drain();
+	}
+	CU_ASSERT_EQUAL(sp->n_arp_held, 0);
+	net_stack_get_stats(st, &a);
+	CU_ASSERT_EQUAL(a.arp_resolve_failed - b.arp_resolve_failed, hops - 2);
+	CU_ASSERT_EQUAL(a.arp_pending_drops - b.arp_pending_drops, (hops - 1) * NET_ARP_PENDING);
+}
+
 /* Fill the port's TX ring with a marker (the "NIC" is busy); returns how many. */
 static unsigned fill_tx_ring(void *marker)
 {
@@ -541,7 +602,6 @@ static int suite_clean(void)
 	return 0;
 }
 
-
 /* ---- two workers on one single-queue port: software dispatch ---------------- */
 
 static struct rte_ring *d_rx, *d_tx;
@@ -569,16 +629,20 @@ static int dispatch_init(void)
 	int pid = rte_eth_from_rings("net_ring_disp", &d_rx, 1, txq, 2, 0);
 	if (d_rx == NULL || d_tx == NULL || pid < 0)
 		return -1;
-	struct net_port_conf pc = {.port_id = (uint16_t)pid, .addr = US, .prefix_len = 24,
-				   .gateway = PEER};
+	struct net_port_conf pc = {
+		.port_id = (uint16_t)pid, .addr = US, .prefix_len = 24, .gateway = PEER};
 	char err[256];
 	if (net_port_setup(&d_port, &pc, 2, pool, err, sizeof(err)) != 0) {
 		fprintf(stderr, "%s\n", err);
 		return -1;
 	}
 	for (unsigned w = 0; w < 2; w++) {
-		struct net_stack_conf sc = {.worker = w, .n_workers = 2, .ports = &d_port,
-					    .n_ports = 1, .pool = pool, .seed = 7 + w};
+		struct net_stack_conf sc = {.worker = w,
+					    .n_workers = 2,
+					    .ports = &d_port,
+					    .n_ports = 1,
+					    .pool = pool,
+					    .seed = 7 + w};
 		if ((d_st[w] = net_stack_create(&sc)) == NULL)
 			return -1;
 	}
@@ -674,6 +738,7 @@ static CU_TestInfo tests[] = {
 	{"bad IPv4 input is dropped and counted", test_ipv4_bad_input_counted},
 	{"UDP bind, deliver, checksum, send", test_udp},
 	{"ARP resolution: held packets, retries, failure", test_arp_resolution_and_pending},
+	{"ARP holds a whole burst per next hop, and a bounded total", test_arp_hold_limits},
 	{"software RSS is symmetric and spreads flows", test_flow_owner_symmetric},
 	{"a full TX queue holds packets in order, up to a bound", test_tx_full_queue_holds_packets},
 	{"TCP output in pieces: one copy, checksum right at odd offsets", test_output_in_pieces},
