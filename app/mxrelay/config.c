@@ -134,6 +134,8 @@ int relay_config_load(const char *path, unsigned workers, struct relay_config *r
 	cfg_key_duration(cf, r, "smtp", "shutdown_timeout", 0, 3600000000ull,
 			 &rc->shutdown_timeout_us);
 	cfg_key_str(cf, r, "smtp", "users", rc->users_file, sizeof(rc->users_file));
+	rc->prewarm_connections = 4096;
+	cfg_key_u64(cf, r, "smtp", "prewarm_connections", 0, 1000000, &rc->prewarm_connections);
 
 	cfg_key_str(cf, r, "tls", "cert", rc->tls_cert, sizeof(rc->tls_cert));
 	cfg_key_str(cf, r, "tls", "key", rc->tls_key, sizeof(rc->tls_key));

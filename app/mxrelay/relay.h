@@ -43,6 +43,7 @@ struct relay_config {
 	uint64_t auth_failures_per_ip;	 /* failed AUTH attempts before a client is blocked */
 	uint64_t auth_block_us;		 /* ... for this long (454 4.7.0 to AUTH) */
 	uint64_t shutdown_timeout_us;	 /* SIGTERM: how long open sessions may finish */
+	uint64_t prewarm_connections;	 /* per worker, made at start (smtpd.c) */
 	char users_file[512];		 /* AUTH credentials (tools/mxpasswd writes it) */
 	/* [tls] */
 	char tls_cert[512], tls_key[512], tls_ca_file[512];

@@ -6,7 +6,7 @@
  *	       [--tempfail PERMILLE] [--slow PERMILLE --slow-ms MS]
  *	       [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]
  *	       [--domains N] [--seq-max N] [--quiet] [--busy-poll]
- *	       [--cert FILE --key FILE] [--auth USER:PASS]
+ *	       [--cert FILE --key FILE] [--auth USER:PASS] [--prewarm N]
  *
  * SMTP on ports 25 and 587 of every port address, served by lib/smtp's
  * server session with allow_networks 0.0.0.0/0 (every recipient is
@@ -43,6 +43,11 @@
  * backlog scenarios) where the sink's wake-up latency, not the relay,
  * would otherwise bound a relay's few pooled sessions.  It costs a whole
  * CPU while connections are open: not for runs where mxgen shares it.
+ *
+ * --prewarm N (1024; 0: none): each worker keeps ended SMTP sessions in a
+ * pool (at most 4096) and fills it with N at start, written once, with
+ * lib/net's connection and ring caches, so the relay's first burst of
+ * delivery connections (one per destination) faults in no memory.
  *
  * Counters go to stdout once a second; at exit a JSON summary goes to --json
  * (and to stdout when no file is given), with busy_us_per_msg: the time of
@@ -91,6 +96,10 @@ static unsigned opt_duration;
 static const char *opt_json;
 static bool opt_quiet;
 static bool opt_busy_poll; /* --busy-poll: no idle back-off while connections are open */
+/* --prewarm: sessions made per worker at start, kept in a pool of SESSION_POOL_MAX */
+static uint64_t opt_prewarm = 1024;
+#define SESSION_POOL_MAX 4096
+#define PREWARM_RING_TOUCH 8192
 static const char *opt_cert, *opt_key;
 static char opt_auth_user[128], opt_auth_pass[128]; /* --auth; "" = none */
 
@@ -123,6 +132,7 @@ struct worker {
 	unsigned n_conns;
 	uint64_t rng;
 	struct smtp_server_stats sstats;
+	struct smtp_session_pool spool; /* ended sessions (SESSION_POOL_MAX) */
 	struct tls_stats tstats;
 	struct mxb_hist lat;
 	/* counters (read by the main thread for the per-second line) */
@@ -528,7 +538,7 @@ static void t_closed(struct tcp_conn *c, void *user, enum tcp_close_reason why)
 	w->n_conns--;
 	/* on_closed never runs inside an smtp_session_* call: after_session closes
 	 * only once the session call has returned. */
-	smtp_session_free(sc->sess);
+	smtp_session_free_pooled(&w->spool, sc->sess);
 	tls_conn_free(sc->tls);
 	free(sc);
 }
@@ -561,8 +571,8 @@ static int t_accept(struct tcp_conn *c, void *ctx)
 	sc->listener = lport == listen_port[L_SMTPS]	    ? L_SMTPS
 		       : lport == listen_port[L_SUBMISSION] ? L_SUBMISSION
 							    : L_SMTP;
-	if (smtp_session_new(&sconf[sc->listener], &server_cb, sc, &w->sstats, raddr,
-			     ((uint64_t)w->index << 48) | w->conns, &sc->sess) != 0) {
+	if (smtp_session_new_pooled(&w->spool, &sconf[sc->listener], &server_cb, sc, &w->sstats,
+				    raddr, ((uint64_t)w->index << 48) | w->conns, &sc->sess) != 0) {
 		free(sc);
 		w->conns_refused++;
 		return -1;
@@ -726,6 +736,22 @@ int mxsink_role_open(unsigned i, struct net_stack *st)
 {
 	struct worker *w = &workers[i];
 	w->st = st;
+	smtp_session_pool_init(&w->spool, SESSION_POOL_MAX);
+	if (opt_prewarm > 0) {
+		/* the longest command line: its sessions serve every listener */
+		const struct smtp_server_conf *big = &sconf[0];
+		for (unsigned l = 1; l < N_LISTENERS; l++)
+			if (sconf[l].max_command_line > big->max_command_line)
+				big = &sconf[l];
+		uint64_t sessions = w->sstats.sessions;
+		int rc = smtp_session_pool_prewarm(&w->spool, big, (unsigned)opt_prewarm);
+		if (rc >= 0)
+			rc = tcp_prewarm(st, (unsigned)opt_prewarm, PREWARM_RING_TOUCH);
+		if (rc < 0)
+			fprintf(stderr, "mxsink: worker %u: prewarm: %s\n", w->index,
+				strerror(-rc));
+		w->sstats.sessions = sessions;
+	}
 	for (unsigned l = 0; l < N_LISTENERS; l++) {
 		if (l == L_SMTPS && tls_ctx == NULL)
 			continue;
@@ -875,7 +901,7 @@ static void usage(void)
 		"              [--tempfail PERMILLE] [--slow PERMILLE] [--slow-ms MS]\n"
 		"              [--rcpt-4xx PERMILLE] [--rcpt-5xx PERMILLE]\n"
 		"              [--domains N] [--seq-max N] [--quiet] [--busy-poll]\n"
-		"              [--cert FILE --key FILE] [--auth USER:PASS]\n");
+		"              [--cert FILE --key FILE] [--auth USER:PASS] [--prewarm N]\n");
 }
 
 static int parse_num(const char *s, uint64_t max, uint64_t *out)
@@ -906,6 +932,7 @@ int mxsink_role_setup(int argc, char **argv, const char **config_out)
 		{"seq-max", required_argument, NULL, 'q'},
 		{"quiet", no_argument, NULL, 'Q'},
 		{"busy-poll", no_argument, NULL, 'P'},
+		{"prewarm", required_argument, NULL, 'W'},
 		{"rcpt-4xx", required_argument, NULL, '4'},
 		{"rcpt-5xx", required_argument, NULL, '5'},
 		{"cert", required_argument, NULL, 'C'},
@@ -927,6 +954,10 @@ int mxsink_role_setup(int argc, char **argv, const char **config_out)
 			break;
 		case 'P':
 			opt_busy_poll = true;
+			break;
+		case 'W':
+			if (parse_num(optarg, SESSION_POOL_MAX, &opt_prewarm) != 0)
+				return 2;
 			break;
 		case 'Q':
 			opt_quiet = true;
@@ -1118,6 +1149,8 @@ int mxsink_role_finish(void)
 	} else {
 		write_json(stdout, secs);
 	}
+	for (unsigned i = 0; i < dp.n_workers; i++)
+		smtp_session_pool_drain(&workers[i].spool);
 	tls_server_ctx_free(tls_ctx);
 	tls_ctx = NULL;
 	free(seq_bitmap);

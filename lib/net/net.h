@@ -113,6 +113,15 @@ void tcp_abort(struct tcp_conn *c);
 void tcp_conn_endpoints(const struct tcp_conn *c, uint32_t *laddr, uint16_t *lport,
 			uint32_t *raddr, uint16_t *rport);
 
+/**
+ * Prewarm this core's TCP caches (tcp_state_prewarm() in tcp.h): call it on
+ * the core that owns st, before traffic.  Costs conns x (struct + 2 x
+ * ring_touch) bytes of resident memory, held for the process's life.
+ */
+int tcp_prewarm(struct net_stack *st, unsigned conns, size_t ring_touch);
+/** This core's TCP cache counters (struct tcp_cache_stats in tcp.h). */
+void tcp_cache_stats(const struct net_stack *st, struct tcp_cache_stats *out);
+
 /* ==== UDP (lib/net/udp.c) ============================================== */
 
 typedef void (*udp_recv_fn)(void *ctx, uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport,

@@ -1,6 +1,7 @@
 /*
  * tcp.c - one core's TCP: creation, the connection/listener/TIME_WAIT
- * tables, connection lifetime and the net.h TCP API.
+ * tables, connection lifetime, the caches of ended connections' structs and
+ * buffers (filled at start by tcp_prewarm) and the net.h TCP API.
  *
  * Segment processing is in tcp_input.c, segment construction in
  * tcp_output.c, timers (RTO, persist, delayed ACK) in tcp_timer.c, keyed
@@ -137,13 +138,16 @@ struct tcp_state *tcp_create(const struct tcp_conf *conf, const struct tcp_stack
 #define TCP_UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
-static void *buf_get(void **cache, unsigned *n, uint32_t size, uint32_t conf_size)
+static void *buf_get(struct tcp_state *ts, void **cache, unsigned *n, uint32_t size,
+		     uint32_t conf_size)
 {
 	if (size == conf_size && *n > 0) {
 		void *p = cache[--*n];
 		TCP_UNPOISON(p, size);
+		ts->bufs_reused++;
 		return p;
 	}
+	ts->bufs_allocated++;
 	return malloc(size);
 }
 
@@ -170,6 +174,15 @@ static void buf_drain(void **cache, unsigned *n)
  * landed on pages the allocator had returned to the kernel.  Bounded by
  * TCP_CONN_CACHE; a cached struct is cleared when it is taken.
  */
+static void conn_cache_put(struct tcp_state *ts, struct tcp_conn *c)
+{
+	c->hnext = ts->conn_cache;
+	ts->conn_cache = c;
+	ts->conn_cached++;
+	/* the link stays readable: LeakSanitizer follows no pointer in poisoned memory */
+	TCP_POISON((uint8_t *)c + sizeof(c->hnext), sizeof(*c) - sizeof(c->hnext));
+}
+
 static void conn_free(struct tcp_conn *c)
 {
 	struct tcp_state *ts = c->ts;
@@ -179,11 +192,7 @@ static void conn_free(struct tcp_conn *c)
 		free(c);
 		return;
 	}
-	c->hnext = ts->conn_cache;
-	ts->conn_cache = c;
-	ts->conn_cached++;
-	/* the link stays readable: LeakSanitizer follows no pointer in poisoned memory */
-	TCP_POISON((uint8_t *)c + sizeof(c->hnext), sizeof(*c) - sizeof(c->hnext));
+	conn_cache_put(ts, c);
 }
 
 static struct tcp_conn *conn_alloc(struct tcp_state *ts)
@@ -242,6 +251,87 @@ void tcp_destroy(struct tcp_state *ts)
 const struct tcp_stats *tcp_get_stats(const struct tcp_state *ts)
 {
 	return &ts->stats;
+}
+
+void tcp_get_cache_stats(const struct tcp_state *ts, struct tcp_cache_stats *out)
+{
+	out->conns_held = ts->conn_cached;
+	out->sbufs_held = ts->sbuf_cached;
+	out->rbufs_held = ts->rbuf_cached;
+	out->limit = TCP_BUF_CACHE;
+	out->prewarmed = ts->prewarmed;
+	out->bufs_reused = ts->bufs_reused;
+	out->bufs_allocated = ts->bufs_allocated;
+}
+
+void tcp_cache_stats(const struct net_stack *st, struct tcp_cache_stats *out)
+{
+	tcp_get_cache_stats(st->tcp, out);
+}
+
+/*
+ * Write every page of an area once, keeping its contents: a calloc'ed table
+ * comes from the kernel as untouched zero pages, each faulted in (and
+ * cleared) by the first packet that hashes to it.
+ */
+static void touch_pages(void *area, size_t len)
+{
+	volatile uint8_t *p = area;
+	for (size_t i = 0; i < len; i += 4096)
+		p[i] = p[i];
+	if (len > 0)
+		p[len - 1] = p[len - 1];
+}
+
+/*
+ * A fresh malloc'ed buffer with its first touch bytes written: the pages a
+ * short connection uses (a greeting and replies, one message read in place
+ * or copied once; rings restart at 0 when drained, tcp_input.c).
+ */
+static int prewarm_buf(struct tcp_state *ts, void **cache, unsigned *n, uint32_t size, size_t touch)
+{
+	uint8_t *p = malloc(size);
+	if (p == NULL)
+		return -ENOMEM;
+	memset(p, 0, touch < size ? touch : size);
+	cache[(*n)++] = p;
+	TCP_POISON(p, size);
+	ts->prewarmed++;
+	return 0;
+}
+
+int tcp_state_prewarm(struct tcp_state *ts, unsigned conns, size_t ring_touch)
+{
+	unsigned want_conns = conns < TCP_CONN_CACHE ? conns : TCP_CONN_CACHE;
+	unsigned want_bufs = conns < TCP_BUF_CACHE ? conns : TCP_BUF_CACHE;
+	uint64_t before = ts->prewarmed;
+
+	if (conns == 0)
+		return 0;
+	touch_pages(ts->conn_tab, ((size_t)ts->conn_mask + 1) * sizeof(*ts->conn_tab));
+	touch_pages(ts->tw_tab, ((size_t)ts->tw_mask + 1) * sizeof(*ts->tw_tab));
+	while (ts->conn_cached < want_conns) {
+		struct tcp_conn *c = malloc(sizeof(*c));
+		if (c == NULL)
+			return -ENOMEM;
+		memset(c, 0, sizeof(*c)); /* all of it: conn_alloc clears it again */
+		conn_cache_put(ts, c);
+		ts->prewarmed++;
+	}
+	while (ts->sbuf_cached < want_bufs)
+		if (prewarm_buf(ts, ts->sbuf_cache, &ts->sbuf_cached, ts->conf.sndbuf,
+				ring_touch) != 0)
+			return -ENOMEM;
+	while (ts->rbuf_cached < want_bufs)
+		if (prewarm_buf(ts, ts->rbuf_cache, &ts->rbuf_cached, ts->conf.rcvbuf,
+				ring_touch) != 0)
+			return -ENOMEM;
+	return (int)(ts->prewarmed - before);
+}
+
+int tcp_prewarm(struct net_stack *st, unsigned conns, size_t ring_touch)
+{
+	return tcp_state_prewarm(st->tcp, conns, ring_touch);
 }
 
 uint32_t tcp_conn_count(const struct tcp_state *ts)
@@ -329,9 +419,11 @@ int tcp_conn_alloc_bufs(struct tcp_conn *c)
 {
 	struct tcp_state *ts = c->ts;
 	if (!c->sbuf)
-		c->sbuf = buf_get(ts->sbuf_cache, &ts->sbuf_cached, c->sbuf_size, ts->conf.sndbuf);
+		c->sbuf = buf_get(ts, ts->sbuf_cache, &ts->sbuf_cached, c->sbuf_size,
+				  ts->conf.sndbuf);
 	if (!c->rbuf)
-		c->rbuf = buf_get(ts->rbuf_cache, &ts->rbuf_cached, c->rbuf_size, ts->conf.rcvbuf);
+		c->rbuf = buf_get(ts, ts->rbuf_cache, &ts->rbuf_cached, c->rbuf_size,
+				  ts->conf.rcvbuf);
 	return c->sbuf && c->rbuf ? 0 : -ENOMEM;
 }
 

@@ -129,6 +129,32 @@ uint64_t tcp_poll(struct tcp_state *ts, uint64_t now_us);
 uint64_t tcp_next_deadline(const struct tcp_state *ts);
 
 const struct tcp_stats *tcp_get_stats(const struct tcp_state *ts);
+
+/**
+ * The per-core caches of ended connections' structs and send/receive
+ * buffers (tcp.c), and what tcp_prewarm() put in them.  Not in struct
+ * tcp_stats: stack.c names that struct's fields one by one.
+ */
+struct tcp_cache_stats {
+	uint32_t conns_held, sbufs_held, rbufs_held; /* in the caches now */
+	uint32_t limit;				     /* of each cache (TCP_BUF_CACHE) */
+	uint64_t prewarmed;			     /* objects tcp_prewarm() added */
+	uint64_t bufs_reused;			     /* buffers taken from the caches */
+	uint64_t bufs_allocated;		     /* buffers malloc'ed: cache empty */
+};
+void tcp_get_cache_stats(const struct tcp_state *ts, struct tcp_cache_stats *out);
+
+/**
+ * Fill the caches up to conns connection structs and as many send and
+ * receive buffers (at most the caches' limit), touching all of each struct
+ * and the first ring_touch bytes of each buffer, so that the first
+ * connections after start fault in no memory: a burst of thousands of new
+ * connections otherwise spends its first second in page faults.  Returns
+ * the number of objects added (0 when already full) or -ENOMEM (what was
+ * made before stays cached).
+ */
+int tcp_state_prewarm(struct tcp_state *ts, unsigned conns, size_t ring_touch);
+
 /** Connections in each state, for status output. */
 uint32_t tcp_conn_count(const struct tcp_state *ts);
 

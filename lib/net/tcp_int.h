@@ -188,6 +188,7 @@ struct tcp_state {
 	unsigned sbuf_cached, rbuf_cached;
 	struct tcp_conn *conn_cache; /* tcp.c: ended connections, chained by hnext */
 	unsigned conn_cached;
+	uint64_t prewarmed, bufs_reused, bufs_allocated; /* struct tcp_cache_stats */
 	struct tcp_stack_ops ops;
 	void *ctx;
 	struct tcp_stats stats;

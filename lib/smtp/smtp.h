@@ -337,10 +337,21 @@ struct smtp_session_pool {
 	uint64_t reused;	   /* sessions taken from the pool */
 	uint64_t allocated;	   /* sessions malloc'ed (pool empty, or its sessions too small) */
 	uint64_t full;		   /* ended sessions freed because the pool held max */
+	uint64_t prewarmed;	   /* sessions made by smtp_session_pool_prewarm() */
 };
 
 /** An empty pool that will hold at most max ended sessions (0: none, every session is freed). */
 void smtp_session_pool_init(struct smtp_session_pool *p, unsigned max);
+/**
+ * Fill the pool up to n sessions (at most its max) made for conf's command
+ * line, every byte of each written once, with a recipient array for the
+ * first recipients: the first connections after start then fault in no
+ * memory.  Call it on the lcore that owns the pool.  Returns the number of
+ * sessions added or -ENOMEM (those made before stay in the pool), -EINVAL
+ * for a bad conf.
+ */
+int smtp_session_pool_prewarm(struct smtp_session_pool *p, const struct smtp_server_conf *conf,
+			      unsigned n);
 /** Free every session the pool holds (it stays usable). */
 void smtp_session_pool_drain(struct smtp_session_pool *p);
 /** smtp_session_new() taking an ended session from pool when it has one (pool may be NULL). */

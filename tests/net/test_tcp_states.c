@@ -483,6 +483,86 @@ static void test_passive_close(void)
 	teardown();
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifdef TEST_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
+/*
+ * Prewarmed caches hand out their structs and buffers: a new connection
+ * after tcp_prewarm() allocates nothing, and carries data both ways (more
+ * than the touched part of its rings).  A second prewarm adds nothing.
+ */
+static void test_prewarm_caches(void)
+{
+	struct tcp_cache_stats cs;
+	static uint8_t big[20000];
+	setup();
+	CU_ASSERT_EQUAL(tcp_prewarm(&h->st, 0, 4096), 0);
+	CU_ASSERT_EQUAL(tcp_prewarm(&h->st, 3, 4096), 9); /* 3 structs, 3 + 3 buffers */
+	tcp_cache_stats(&h->st, &cs);
+	CU_ASSERT_EQUAL(cs.conns_held, 3);
+	CU_ASSERT_EQUAL(cs.sbufs_held, 3);
+	CU_ASSERT_EQUAL(cs.rbufs_held, 3);
+	CU_ASSERT_EQUAL(cs.prewarmed, 9);
+	CU_ASSERT_EQUAL(tcp_prewarm(&h->st, 3, 4096), 0);
+	CU_ASSERT_EQUAL(tcp_prewarm(&h->st, 2, 4096), 0);
+#ifdef TEST_ASAN
+	/* cached objects wait poisoned: a use after free is still reported */
+	CU_ASSERT_TRUE(__asan_address_is_poisoned(h->ts->sbuf_cache[0]));
+	CU_ASSERT_TRUE(__asan_address_is_poisoned((uint8_t *)h->ts->rbuf_cache[2] + 5000));
+	CU_ASSERT_FALSE(__asan_address_is_poisoned(&h->ts->conn_cache->hnext));
+	CU_ASSERT_TRUE(__asan_address_is_poisoned(&h->ts->conn_cache->state));
+#endif
+
+	uint32_t iss = open_conn();
+	tcp_cache_stats(&h->st, &cs);
+	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->conns_reused, 1);
+	CU_ASSERT_EQUAL(cs.bufs_reused, 2);
+	CU_ASSERT_EQUAL(cs.bufs_allocated, 0);
+	CU_ASSERT_EQUAL(cs.conns_held, 2);
+	CU_ASSERT_EQUAL(cs.sbufs_held, 2);
+	CU_ASSERT_EQUAL(cs.rbufs_held, 2);
+	/* past the touched first page of both rings */
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (uint8_t)(i * 13 + 1);
+	CU_ASSERT_EQUAL(tcp_send(app.c, big, sizeof(big)), (ssize_t)sizeof(big));
+	uint32_t seq = PEER_ISN + 1;
+	for (size_t off = 0; off < sizeof(big); off += 1000) {
+		peer(seq, iss + 1, TH_ACK, big + off, 1000);
+		seq += 1000;
+	}
+	CU_ASSERT_EQUAL(app.rx_len, sizeof(big));
+	CU_ASSERT_EQUAL(memcmp(app.rx, big, sizeof(big)), 0);
+	tcp_abort(app.c);
+	tcp_cache_stats(&h->st, &cs);
+	CU_ASSERT_EQUAL(cs.conns_held, 3);
+	CU_ASSERT_EQUAL(cs.sbufs_held, 3);
+	teardown();
+
+	/* the bound: at most TCP_BUF_CACHE of each, however many are asked for */
+	struct tcp_conf conf;
+	tcp_conf_defaults(&conf);
+	conf.sndbuf = conf.rcvbuf = 4096;
+	conf.max_conns = 8;
+	conf.time_wait_max = 8;
+	h = th_new(&conf, 3);
+	memset(&app, 0, sizeof(app));
+	CU_ASSERT_EQUAL(tcp_prewarm(&h->st, 1000000, 0), 3 * TCP_BUF_CACHE);
+	tcp_cache_stats(&h->st, &cs);
+	CU_ASSERT_EQUAL(cs.limit, TCP_BUF_CACHE);
+	CU_ASSERT_EQUAL(cs.conns_held, TCP_CONN_CACHE);
+	CU_ASSERT_EQUAL(cs.sbufs_held, TCP_BUF_CACHE);
+	CU_ASSERT_EQUAL(cs.rbufs_held, TCP_BUF_CACHE);
+	teardown();
+}
+
 /* A connection struct is reused from the per-core cache, cleared: the next one starts fresh. */
 static void test_conn_struct_reused(void)
 {
@@ -1133,6 +1213,7 @@ static CU_TestInfo state_tests[] = {
 	{"out-of-order FIN", test_out_of_order_fin},
 	{"close waits for unread data", test_close_waits_for_unread_data},
 	{"ephemeral ports distinct, explicit port in use", test_ephemeral_exhausted},
+	{"prewarmed caches: structs and buffers reused, bounded", test_prewarm_caches},
 	CU_TEST_INFO_NULL,
 };
 

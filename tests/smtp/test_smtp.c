@@ -1422,6 +1422,75 @@ static void test_session_pool(void)
 	CU_ASSERT_PTR_NULL(pool.head);
 }
 
+/*
+ * Prewarm fills the pool to its bound (not past it), with sessions every new
+ * connection then takes (reused, none allocated) and that behave as fresh
+ * ones, a recipient array included; a second prewarm adds nothing.
+ */
+static void test_session_pool_prewarm(void)
+{
+	static struct run fresh, warm;
+	struct smtp_server_conf c = base_conf();
+	struct smtp_server_conf big = base_conf();
+	struct smtp_session_pool pool;
+	struct smtp_session *s[5];
+	const char *plain = "EHLO b\r\nMAIL FROM:<x@y.example>\r\nRCPT TO:<ops@example.com>\r\n"
+			    "RCPT TO:<a@relay.example.org>\r\nDATA\r\nSubject: p\r\n\r\nbody\r\n"
+			    ".\r\nQUIT\r\n";
+
+	smtp_session_pool_init(&pool, 4);
+	CU_ASSERT_EQUAL(smtp_session_pool_prewarm(&pool, &c, 0), 0);
+	CU_ASSERT_EQUAL(pool.count, 0);
+	CU_ASSERT_EQUAL(smtp_session_pool_prewarm(&pool, &c, 3), 3);
+	CU_ASSERT_EQUAL(pool.count, 3);
+	CU_ASSERT_EQUAL(smtp_session_pool_prewarm(&pool, &c, 100), 1); /* the bound: 4 */
+	CU_ASSERT_EQUAL(pool.count, 4);
+	CU_ASSERT_EQUAL(pool.prewarmed, 4);
+	CU_ASSERT_EQUAL(smtp_session_pool_prewarm(&pool, &c, 4), 0);
+	CU_ASSERT_EQUAL(pool.allocated, 0);
+	struct smtp_server_conf bad = base_conf();
+	bad.max_command_line = 10;
+	CU_ASSERT_EQUAL(smtp_session_pool_prewarm(&pool, &bad, 4), -EINVAL);
+	CU_ASSERT_EQUAL(smtp_session_pool_prewarm(NULL, &c, 4), -EINVAL);
+
+	pooled_run(&fresh, NULL, &c, 0xc0000201u, plain);
+	smtp_session_free(fresh.s);
+	ASSERT_CODES(&fresh, "220 250 250 250 250 354 250 221");
+	/* a prewarmed session: taken, not allocated, and the same conversation */
+	pooled_run(&warm, &pool, &c, 0xc0000201u, plain);
+	CU_ASSERT_EQUAL(pool.reused, 1);
+	CU_ASSERT_EQUAL(pool.allocated, 0);
+	CU_ASSERT_EQUAL(pool.count, 3);
+	compare_runs(&fresh, &warm, "prewarmed");
+	CU_ASSERT_EQUAL(warm.rcpt_count, 2);
+	smtp_session_free_pooled(&pool, warm.s);
+	CU_ASSERT_EQUAL(pool.count, 4);
+
+	/* four connections at once: all from the pool; a fifth is allocated */
+	for (int i = 0; i < 5; i++)
+		CU_ASSERT_EQUAL(smtp_session_new_pooled(&pool, &c, &test_cb, &warm, &warm.st,
+							TRUSTED, 1, &s[i]),
+				0);
+	CU_ASSERT_EQUAL(pool.reused, 5);
+	CU_ASSERT_EQUAL(pool.allocated, 1);
+	CU_ASSERT_EQUAL(pool.count, 0);
+	for (int i = 0; i < 5; i++)
+		smtp_session_free_pooled(&pool, s[i]);
+	CU_ASSERT_EQUAL(pool.count, 4);
+	CU_ASSERT_EQUAL(pool.full, 1);
+	smtp_session_pool_drain(&pool);
+
+	/* sessions prewarmed for a long command line serve a short-line listener too */
+	big.max_command_line = 2048;
+	CU_ASSERT_EQUAL(smtp_session_pool_prewarm(&pool, &big, 2), 2);
+	pooled_run(&warm, &pool, &c, 0xc0000201u, plain);
+	CU_ASSERT_EQUAL(pool.allocated, 1);
+	compare_runs(&fresh, &warm, "prewarmed, long line");
+	smtp_session_free_pooled(&pool, warm.s);
+	smtp_session_pool_drain(&pool);
+	CU_ASSERT_EQUAL(pool.count, 0);
+}
+
 static CU_TestInfo server_tests[] = {
 	{"basic transaction", test_basic_transaction},
 	{"dot-stuffing and empty message", test_dot_stuffing},
@@ -1452,6 +1521,7 @@ static CU_TestInfo server_tests[] = {
 	{"random conversations", test_random_input},
 	{"other reply paths", test_other_reply_paths},
 	{"session pool: reuse is a fresh session", test_session_pool},
+	{"session pool: prewarm fills to the bound, sessions reused", test_session_pool_prewarm},
 	CU_TEST_INFO_NULL,
 };
 
