@@ -6,8 +6,8 @@
  * smtp_client_input() for every received segment, smtp_client_writable()
  * when the transport drained after a short cb->send().  After cb->ready the
  * caller submits messages with smtp_client_send_message(), one at a time or,
- * with conf->max_txns_in_flight > 1 and a server that offers PIPELINING and
- * CHUNKING, up to smtp_client_txn_depth() in flight; each is reported once,
+ * with conf->max_txns_in_flight > 1 and a server that offers PIPELINING, up
+ * to smtp_client_txn_depth() in flight; each is reported once,
  * in the order submitted, through cb->message_done() with per-recipient
  * outcomes.  smtp_client_quit() ends the session; cb->failed() says it died.
  *
@@ -25,14 +25,19 @@
  * RCPTs refused, DATA/BDAT refused) RSET is sent and must get 250.
  *
  * Transactions in flight (can_start): the next message's commands follow
- * the previous BDAT LAST at once, before its reply (RFC 2920 3.1: MAIL and
- * RCPT may appear anywhere in a group; RFC 3030 2: nothing more is owed to
- * a transaction after BDAT LAST).  Such a follow-on transaction starts with
- * RSET, because the one before may yet fail and leave the server inside it
- * (every RCPT refused); each reply is matched to its transaction through the
- * FIFO, which names the transaction, and transactions settle oldest first.  Postfix
- * does the same for reuse within a session; its RSET probe of cached
- * connections is the pool's business, not this module's.
+ * the previous BDAT LAST or "." at once, before its reply (RFC 2920 3.1: MAIL
+ * and RCPT may appear anywhere in a group, and message content may begin
+ * one; RFC 3030 2: nothing more is owed to a transaction after BDAT LAST).
+ * After BDAT LAST the follow-on transaction starts with RSET, because the
+ * one before may yet fail and leave the server inside it (every RCPT
+ * refused).  After "." it starts with MAIL: the "." was only sent after a
+ * 354, and its reply ends the transaction whatever its code (RFC 5321
+ * 4.1.1.4), so with DATA at most two are started, [content "." MAIL RCPT...
+ * DATA] in one write; the others submitted wait in the client, so that the
+ * next is there when the 354 comes.  Each reply is matched to its transaction
+ * through the FIFO, which names the transaction, and transactions settle
+ * oldest first.  Postfix does the same for reuse within a session; its RSET
+ * probe of cached connections is the pool's business, not this module's.
  *
  * Memory is bounded: commands and content go through a 16 KiB output buffer
  * that is refilled as the transport takes bytes; the body is pulled with
@@ -305,6 +310,7 @@ struct txn {
 	size_t next_rcpt;
 	size_t accepted;
 	bool mail_failed, abandon, complete, has_final, dot_discard;
+	bool dot_sent; /* "." written after a 354: the server leaves the transaction at its reply */
 	struct smtp_reply mail;
 	struct smtp_reply final; /* reply to "."/BDAT LAST, or the first DATA/BDAT refusal */
 	uint64_t body_off;
@@ -334,11 +340,18 @@ struct smtp_client {
 	struct pend *q;
 	size_t q_cap, q_head, q_len;
 
-	const struct smtp_client_msg *next; /* submitted, not started */
+	/*
+	 * Submitted, not started, oldest first.  Without CHUNKING the next
+	 * message waits for the newest one's 354 and "." (can_start); holding
+	 * the one after it too lets it follow that "." in the same write even
+	 * when the caller submits only after the previous message_done.
+	 */
+	const struct smtp_client_msg *waiting[SMTP_CLIENT_TXNS_MAX];
+	unsigned wait_head, wait_count;
 	/*
 	 * Transactions in flight, oldest first: tx[tx_head], ... tx_count of
-	 * them (more than one only with PIPELINING and CHUNKING: see
-	 * can_start).  Replies arrive in order, so the oldest settles first.
+	 * them (more than one only with PIPELINING: see can_start).  Replies
+	 * arrive in order, so the oldest settles first.
 	 */
 	struct txn tx[TXN_SLOTS];
 	unsigned tx_head, tx_count;
@@ -364,13 +377,28 @@ static struct txn *spare(struct smtp_client *c)
 	return &c->tx[(c->tx_head + c->tx_count) % TXN_SLOTS];
 }
 
+/* Messages the caller may have unreported at once: started or waiting. */
 static unsigned depth(const struct smtp_client *c)
 {
 	unsigned d = c->conf->max_txns_in_flight;
 
-	if (!c->caps.pipelining || !c->caps.chunking || d < 1)
+	if (!c->caps.pipelining || d < 1)
 		return 1;
 	return d > SMTP_CLIENT_TXNS_MAX ? SMTP_CLIENT_TXNS_MAX : d;
+}
+
+static const struct smtp_client_msg *wait_peek(const struct smtp_client *c)
+{
+	return c->wait_count ? c->waiting[c->wait_head] : NULL;
+}
+
+static const struct smtp_client_msg *wait_pop(struct smtp_client *c)
+{
+	const struct smtp_client_msg *m = c->waiting[c->wait_head];
+
+	c->wait_head = (c->wait_head + 1) % SMTP_CLIENT_TXNS_MAX;
+	c->wait_count--;
+	return m;
 }
 
 static uint64_t now_us(const struct smtp_client *c)
@@ -685,9 +713,8 @@ static void fail(struct smtp_client *c, const struct smtp_reply *why)
 		if (m)
 			report_all(c, t, m, true, t->bdat, &lost);
 	}
-	if (c->next) {
-		const struct smtp_client_msg *m = c->next;
-		c->next = NULL;
+	while (c->wait_count) {
+		const struct smtp_client_msg *m = wait_pop(c);
 		report_all(c, spare(c), m, false, false, &lost);
 	}
 	c->in_cb++;
@@ -899,7 +926,9 @@ static void settle_rcpt(struct txn *t, size_t i, const struct smtp_reply *fallba
 /*
  * The oldest transaction has all its replies: report it.  An abandoned one
  * is followed by RSET (RFC 5321 4.1.1.5) unless a transaction pipelined
- * behind it is already on the wire: that one began with its own RSET.
+ * behind it is already on the wire: behind BDAT that one began with its own
+ * RSET, behind DATA the abandoned one had sent "." (can_start), which left
+ * the server outside any transaction.
  */
 #define ABORTED_TEXT "Transaction aborted before this recipient was sent"
 
@@ -976,14 +1005,16 @@ static bool refused_here(struct smtp_client *c, const struct smtp_client_msg *m,
 
 /*
  * May the next message start now?  On an idle session, yes.  Behind
- * transactions in flight only when the server offered PIPELINING and
- * CHUNKING, up to depth(): RFC 2920 3.1 lets MAIL and RCPT go anywhere in
- * a group, and after BDAT LAST (RFC 3030 2) the client owes nothing more to
- * that transaction, so the next one can follow before its reply.  The
- * newest transaction must have written all of its commands and content and
- * must not have failed yet.  A message that this server cannot take
- * (refused_here) waits for an idle session, so that every message is
- * reported in the order it was submitted.
+ * transactions in flight only when the server offered PIPELINING, up to
+ * depth(): RFC 2920 3.1 lets MAIL and RCPT go anywhere in a group, and
+ * after BDAT LAST (RFC 3030 2) or "." the client owes nothing more to that
+ * transaction, so the next one can follow before its reply.  The newest
+ * transaction must have written all of its commands and content, and a
+ * BDAT one must not have failed yet; a "." ends a DATA transaction whatever
+ * came before it (RFC 5321 4.1.1.4), even the empty message sent after a
+ * 354 to a transaction with no recipient left.  A message that this server
+ * cannot take (refused_here) waits for an idle session, so that every
+ * message is reported in the order it was submitted.
  */
 static bool can_start(struct smtp_client *c, const struct smtp_client_msg *m)
 {
@@ -994,7 +1025,9 @@ static bool can_start(struct smtp_client *c, const struct smtp_client_msg *m)
 		return true;
 	if (c->state != CS_TXN || !n || c->tx_count >= depth(c) || c->quit_requested)
 		return false;
-	if (!n->pipelined || !n->bdat || n->gen != G_NONE || n->abandon || !n->chunk_last)
+	if (!n->pipelined || n->gen != G_NONE)
+		return false;
+	if (n->bdat ? n->abandon || !n->chunk_last : !n->dot_sent)
 		return false;
 	return !refused_here(c, m, &why);
 }
@@ -1004,6 +1037,7 @@ static void start_txn(struct smtp_client *c, const struct smtp_client_msg *m)
 {
 	struct smtp_reply why;
 	struct txn *t = spare(c);
+	const struct txn *prev = newest(c);
 	size_t sendable = 0;
 
 	if (prepare_results(t, m->rcpt_count) < 0) {
@@ -1045,13 +1079,14 @@ static void start_txn(struct smtp_client *c, const struct smtp_client_msg *m)
 	t->pipelined = c->caps.pipelining;
 	t->bdat = c->caps.chunking;
 	/*
-	 * Behind another transaction: RSET first.  The one before may still
+	 * Behind a BDAT transaction: RSET first.  The one before may still
 	 * fail (every RCPT refused, BDAT LAST refused) and leave the server
 	 * inside its transaction (MAIL given); a MAIL would then get "503 nested
 	 * MAIL" and our RCPTs would join that transaction under its sender.
 	 * After a completed transaction RSET changes nothing (RFC 5321 4.1.1.5).
+	 * Behind a "." no RSET: that reply ends the transaction (4.1.1.4).
 	 */
-	t->gen = c->tx_count ? G_RSET : G_MAIL;
+	t->gen = prev && prev->bdat ? G_RSET : G_MAIL;
 	t->bol = true;
 	if (c->tx_count)
 		c->st->txns_pipelined++;
@@ -1274,6 +1309,7 @@ static bool gen_some_inner(struct smtp_client *c)
 			memcpy(c->out + c->out_len, ".\r\n", 3);
 			c->out_len += 3;
 			tq_push(c, t, X_DOT, 0);
+			t->dot_sent = true;
 			t->gen = G_NONE;
 			break;
 		case G_DISCARD_DOT:
@@ -1281,6 +1317,7 @@ static bool gen_some_inner(struct smtp_client *c)
 				return any;
 			tq_push(c, t, X_DOT, 0);
 			t->dot_discard = true;
+			t->dot_sent = true;
 			t->gen = G_NONE;
 			break;
 		case G_BDAT_HDR: {
@@ -1356,12 +1393,9 @@ static bool gen_some(struct smtp_client *c)
 
 static void maybe_start(struct smtp_client *c)
 {
-	while (c->next && !c->in_cb && can_start(c, c->next)) {
-		const struct smtp_client_msg *m = c->next;
-		c->next = NULL;
-		start_txn(c, m);
-	}
-	if (c->state == CS_IDLE && c->quit_requested && !c->next && !c->in_cb) {
+	while (c->wait_count && !c->in_cb && can_start(c, wait_peek(c)))
+		start_txn(c, wait_pop(c));
+	if (c->state == CS_IDLE && c->quit_requested && !c->wait_count && !c->in_cb) {
 		if (emit_cmd(c, false, "QUIT") < 0 || !q_push(c, X_QUIT, 0)) {
 			protocol_error(c, "output buffer full");
 			return;
@@ -1705,7 +1739,7 @@ void smtp_client_free(struct smtp_client *c)
 {
 	if (!c)
 		return;
-	if (c->state != CS_DEAD && (c->tx_count || c->next)) {
+	if (c->state != CS_DEAD && (c->tx_count || c->wait_count)) {
 		c->quit_requested = false;
 		fail_synth(c, 421, "4.4.2", "Session closed by the relay");
 	}
@@ -1721,7 +1755,7 @@ int smtp_client_reuse(struct smtp_client *c, void *user)
 {
 	if (c->in_cb)
 		return -EBUSY;
-	if (c->state != CS_DEAD && (c->tx_count || c->next)) {
+	if (c->state != CS_DEAD && (c->tx_count || c->wait_count)) {
 		c->quit_requested = false;
 		fail_synth(c, 421, "4.4.2", "Session closed by the relay");
 	}
@@ -1732,7 +1766,7 @@ int smtp_client_reuse(struct smtp_client *c, void *user)
 	 */
 	memset(&c->state, 0, offsetof(struct smtp_client, q) - offsetof(struct smtp_client, state));
 	c->q_head = c->q_len = 0;
-	c->next = NULL;
+	c->wait_head = c->wait_count = 0;
 	c->tx_head = c->tx_count = 0;
 	c->out_off = c->out_len = 0;
 	c->user = user;
@@ -1824,10 +1858,11 @@ int smtp_client_send_message(struct smtp_client *c, const struct smtp_client_msg
 	for (size_t i = 0; i < m->rcpt_count; i++)
 		if (!m->rcpts[i].addr)
 			return -EINVAL;
-	/* One waiting to start, at most depth() (1 without PIPELINING and CHUNKING) in flight. */
-	if (c->next || c->tx_count >= depth(c))
+	/* At most depth() (1 without PIPELINING) started or waiting to start. */
+	if (c->tx_count + c->wait_count >= depth(c))
 		return -EBUSY;
-	c->next = m;
+	c->waiting[(c->wait_head + c->wait_count) % SMTP_CLIENT_TXNS_MAX] = m;
+	c->wait_count++;
 	if (!c->in_cb)
 		pump(c);
 	return 0;
@@ -1870,7 +1905,7 @@ void smtp_client_timeout(struct smtp_client *c)
 
 bool smtp_client_is_ready(const struct smtp_client *c)
 {
-	return c->state == CS_IDLE && !c->next && !c->quit_requested;
+	return c->state == CS_IDLE && !c->wait_count && !c->quit_requested;
 }
 
 bool smtp_client_is_dead(const struct smtp_client *c)

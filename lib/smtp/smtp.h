@@ -590,8 +590,8 @@ void smtp_client_tls_started(struct smtp_client *c);
  * the next one after message_done, or after this call returned).  It is sent
  * once the session is ready.  Refusals decided on the server's capabilities
  * (SIZE, 8BITMIME, SMTPUTF8) come through message_done, maybe from inside this
- * call.  0, -EINVAL (bad message), -EBUSY (no room: one is waiting to start,
- * or depth in flight), -EPIPE (dead).
+ * call.  0, -EINVAL (bad message), -EBUSY (no room: depth unreported, started
+ * or waiting to start), -EPIPE (dead).
  */
 int smtp_client_send_message(struct smtp_client *c, const struct smtp_client_msg *m);
 /** QUIT after the message in progress (if any); cb->closed after the reply. */
@@ -615,10 +615,10 @@ struct smtp_client_caps {
 const struct smtp_client_caps *smtp_client_caps(const struct smtp_client *c);
 /**
  * How many messages may be in flight on this session at once (valid once
- * ready): conf->max_txns_in_flight when the server offered PIPELINING and
- * CHUNKING, else 1.  smtp_client_send_message() takes a message while fewer
- * than this are unreported (and none waits to start); message_done comes
- * for each in the order they were submitted.
+ * ready): conf->max_txns_in_flight when the server offered PIPELINING (the
+ * next message follows BDAT LAST, or "." without CHUNKING), else 1.
+ * smtp_client_send_message() takes a message while fewer than this are
+ * unreported; message_done comes for each in the order they were submitted.
  */
 unsigned smtp_client_txn_depth(const struct smtp_client *c);
 

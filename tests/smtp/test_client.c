@@ -76,6 +76,9 @@ struct ct {
 	size_t nmsgs, next_msg, ndone;
 	bool quit;
 	struct smtp_client_result last; /* copy of the last result (rcpts not kept) */
+	bool late;	/* submit after each step only, never from inside message_done */
+	unsigned sends; /* transport writes that took bytes */
+	size_t seg_off; /* where the last of them starts in out */
 };
 
 static void evf(struct ct *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -108,6 +111,8 @@ static size_t cb_send(void *user, const uint8_t *p, size_t n)
 	}
 	if (t->out_len + n >= OUT_CAP)
 		return 0;
+	t->sends++;
+	t->seg_off = t->out_len;
 	memcpy(t->out + t->out_len, p, n);
 	t->out_len += n;
 	t->out[t->out_len] = '\0';
@@ -171,7 +176,8 @@ static void cb_done(void *user, const struct smtp_client_result *r)
 	}
 	evf(t, ";");
 	CU_ASSERT_EQUAL(r->delivered + r->deferred + r->bounced, r->rcpt_count);
-	submit_next(t);
+	if (!t->late)
+		submit_next(t);
 }
 
 static void cb_failed(void *user, const struct smtp_reply *why)
@@ -1431,6 +1437,120 @@ static void test_round_trip_data(void)
 	smtp_session_free(r.s);
 }
 
+/*
+ * Pipelined behind "." against lib/smtp's server with CHUNKING hidden: the server
+ * gets content, "." and the next MAIL, RCPT and DATA in one segment and must take
+ * each message once.  Messages are submitted after each message_done, as the relay does.
+ */
+static const struct smtp_client_msg *g_rt_msgs[3];
+static size_t g_rt_next;
+
+static void rt_fill(struct rt *r)
+{
+	while (g_rt_next < 3 && smtp_client_send_message(r->c, g_rt_msgs[g_rt_next]) == 0)
+		g_rt_next++;
+}
+
+static void rt_pipe_done(void *user, const struct smtp_client_result *res)
+{
+	struct rt *r = user;
+	r->delivered += res->delivered;
+	CU_ASSERT_EQUAL(res->rcpt_count, 2);
+}
+
+static void test_round_trip_pipe_dot(void)
+{
+	static struct rt r;
+	struct smtp_server_conf sc;
+	struct smtp_server_stats sst;
+	struct smtp_client_conf cc = cconf();
+	struct smtp_client_stats cst;
+	static const char body[] = "Subject: p\r\n\r\n.a\r\n.\r\nend";
+	struct body b = {body, sizeof(body) - 1, -1};
+	struct smtp_client_rcpt rc[] = {{"a@example.com", 0, NULL}, {"b@example.com", 0, NULL}};
+	struct smtp_client_msg m = {.sender = "dev@fleet.test",
+				    .rcpts = rc,
+				    .rcpt_count = 2,
+				    .body_len = b.n,
+				    .body_read = body_read,
+				    .body_user = &b};
+	static const char *const locals[] = {"example.com"};
+	const struct smtp_server_cb scb = {.send = rt_ssend,
+					   .close = rt_sclose,
+					   .message_begin = rt_sbegin,
+					   .message_data = rt_sdata,
+					   .message_end = rt_send};
+	const struct smtp_client_cb ccb2 = {.send = rt_csend,
+					    .message_done = rt_pipe_done,
+					    .failed = rt_failed,
+					    .closed = rt_cclosed};
+	unsigned commits = 0;
+
+	memset(&r, 0, sizeof(r));
+	memset(&sst, 0, sizeof(sst));
+	memset(&cst, 0, sizeof(cst));
+	g_rt_msgs[0] = g_rt_msgs[1] = g_rt_msgs[2] = &m;
+	g_rt_next = 0;
+	cc.max_txns_in_flight = 3;
+	smtp_server_conf_defaults(&sc);
+	sc.hostname = "mx.example.com";
+	sc.local_domains = locals;
+	sc.local_domain_count = 1;
+	sc.now_us = clock_us;
+	CU_ASSERT_EQUAL_FATAL(smtp_session_new(&sc, &scb, &r, &sst, 0x0a4d0005u, 9, &r.s), 0);
+	CU_ASSERT_EQUAL_FATAL(smtp_client_new(&cc, &ccb2, &r, &cst, &r.c), 0);
+	smtp_client_start(r.c, false);
+	smtp_session_start(r.s);
+	for (int i = 0; i < 1000 && !smtp_client_is_dead(r.c); i++) {
+		if (smtp_client_caps(r.c)->esmtp)
+			rt_fill(&r);
+		if (g_rt_next == 3 && r.delivered == 6)
+			smtp_client_quit(r.c);
+		if (r.commit_pending) {
+			r.commit_pending = false;
+			commits++;
+			smtp_session_message_done(r.s, 0, "Q44");
+		}
+		if (r.s2c_len) {
+			char *ch = memmem(r.s2c, r.s2c_len, "250-CHUNKING", 12);
+			if (ch)
+				ch[4] = 'X';
+			size_t n = r.s2c_len;
+			static uint8_t tmp[sizeof(r.s2c)];
+			memcpy(tmp, r.s2c, n);
+			r.s2c_len = 0;
+			smtp_client_input(r.c, tmp, n);
+		} else if (r.c2s_len) {
+			/* all the client wrote in one segment: "." and the next envelope together */
+			static uint8_t tmp[sizeof(r.c2s)];
+			size_t n = r.c2s_len;
+			memcpy(tmp, r.c2s, n);
+			r.c2s_len = 0;
+			size_t k = smtp_session_input(r.s, tmp, n);
+			CU_ASSERT_TRUE_FATAL(k <= n);
+			/* what the server did not take yet (a commit pending) goes again */
+			memcpy(r.c2s, tmp + k, n - k);
+			r.c2s_len = n - k;
+			if (k == 0 && !r.commit_pending && !r.s2c_len)
+				break;
+		} else if (!r.commit_pending) {
+			break;
+		}
+	}
+	CU_ASSERT_STRING_EQUAL(r.ev, "closed;");
+	CU_ASSERT_EQUAL(r.delivered, 6);
+	CU_ASSERT_EQUAL(commits, 3);
+	CU_ASSERT_EQUAL(sst.messages_accepted, 3);
+	CU_ASSERT_EQUAL(cst.data_messages, 3);
+	CU_ASSERT_EQUAL(cst.txns_pipelined, 2);
+	CU_ASSERT_EQUAL(cst.rsets, 0);
+	const char *hdr_end = strstr(r.msg, "\r\nSubject: p\r\n");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(hdr_end);
+	CU_ASSERT_STRING_EQUAL(hdr_end + 2, "Subject: p\r\n\r\n.a\r\n.\r\nend\r\n");
+	smtp_client_free(r.c);
+	smtp_session_free(r.s);
+}
+
 /* ---- several transactions in flight (PIPELINING + CHUNKING, max_txns_in_flight) ---- */
 
 #define EHLO_PC "250-mx.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n"
@@ -1489,8 +1609,116 @@ static void test_pipe_depth2(void)
 	CU_ASSERT_EQUAL(st.txns_pipelined, 2);
 }
 
-/* Without CHUNKING (or PIPELINING) the setting changes nothing: one at a time, no RSET. */
-static void test_pipe_needs_chunking(void)
+/*
+ * PIPELINING without CHUNKING: the next transaction's MAIL, RCPTs and DATA follow the
+ * previous "." in the same flight, without RSET (RFC 2920 3.1, RFC 5321 4.1.1.4).
+ */
+#define TXND MAIL1 RCPTA RCPTB "DATA\r\n"
+#define ENV354 "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go\r\n"
+
+static void test_pipe_dot(void)
+{
+	struct smtp_client_stats st;
+	const struct step s[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		/* the second waits for the first's "." and goes right behind it */
+		{ENV354, BODY1_STUFFED TXND},
+		{"250 2.0.0 one\r\n" ENV354, BODY1_STUFFED TXND},
+		{"250 2.0.0 two\r\n" ENV354, BODY1_STUFFED},
+		{"250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	/* at most two DATA transactions are out, whatever the depth */
+	for (unsigned d = 2; d <= SMTP_CLIENT_TXNS_MAX; d += SMTP_CLIENT_TXNS_MAX - 2) {
+		run_pipe("pipe_dot", d, g_three, 3, s, "R;" DELIVERED2 DELIVERED2 DELIVERED2 "C;",
+			 &st);
+		CU_ASSERT_EQUAL(st.txns_pipelined, 2);
+		CU_ASSERT_EQUAL(st.messages_sent, 3);
+		CU_ASSERT_EQUAL(st.rcpts_delivered, 6);
+		CU_ASSERT_EQUAL(st.rsets, 0);
+		CU_ASSERT_EQUAL(st.data_messages, 3);
+		CU_ASSERT_EQUAL(st.bdat_messages, 0);
+		CU_ASSERT_EQUAL(st.body_bytes, 3 * (sizeof(BODY1) - 1));
+	}
+}
+
+/*
+ * The same, counted in transport writes, with a caller that submits as the relay's
+ * delivery loop does: up to the depth at once, then one more after each message_done
+ * has returned (not from inside it).  Once a message waits behind the newest, each
+ * message costs one write: its content, ".", and the next one's envelope and DATA.
+ */
+static void test_pipe_dot_writes(void)
+{
+	static const struct smtp_client_msg *const four[] = {&g_m1, &g_m1, &g_m1, &g_m1};
+	struct smtp_client_conf conf = cconf();
+	struct ct *t = calloc(1, sizeof(*t));
+	unsigned before;
+
+	conf.max_txns_in_flight = 3;
+	t->msgs = four;
+	t->nmsgs = 4;
+	t->late = true;
+	CU_ASSERT_EQUAL_FATAL(smtp_client_new(&conf, &ccb, t, &t->st, &t->c), 0);
+	fill(t);
+	CU_ASSERT_EQUAL(t->next_msg, 1); /* nothing known of the server yet */
+	smtp_client_start(t->c, false);
+	feed(t, GREET, 0);
+	feed(t, EHLO_PIPE, 0);
+	fill(t);
+	CU_ASSERT_EQUAL(smtp_client_txn_depth(t->c), 3);
+	CU_ASSERT_EQUAL(t->next_msg, 3); /* one started, two waiting */
+	CU_ASSERT_EQUAL(smtp_client_send_message(t->c, &g_m1), -EBUSY);
+	CU_ASSERT_EQUAL(t->sends, 2); /* EHLO, then the first flight */
+	CU_ASSERT_STRING_EQUAL(t->out + t->seg_off, TXND);
+	/* the oldest reply due decides the deadline: MAIL's */
+	CU_ASSERT_EQUAL(smtp_client_deadline(t->c), g_now + conf.timeout_mail_us);
+	before = t->sends;
+	feed(t, ENV354, 0);
+	fill(t);
+	CU_ASSERT_EQUAL(t->sends, before + 1);
+	CU_ASSERT_STRING_EQUAL(t->out + t->seg_off, BODY1_STUFFED TXND);
+	/* now the first one's ".", not the second's MAIL */
+	CU_ASSERT_EQUAL(smtp_client_deadline(t->c), g_now + conf.timeout_data_done_us);
+	CU_ASSERT_EQUAL(t->next_msg, 3); /* two out, one waiting: full */
+	/* the first's end and the second's 354 in one segment: the third follows at once */
+	for (int k = 0; k < 2; k++) {
+		before = t->sends;
+		feed(t, "250 2.0.0 done\r\n" ENV354, 0);
+		CU_ASSERT_EQUAL(t->sends, before + 1);
+		CU_ASSERT_STRING_EQUAL(t->out + t->seg_off, BODY1_STUFFED TXND);
+		CU_ASSERT_EQUAL(t->ndone, (size_t)k + 1);
+		fill(t); /* after message_done, as the relay's next poll turn */
+		CU_ASSERT_EQUAL(t->next_msg, 4);
+	}
+	before = t->sends;
+	feed(t, "250 2.0.0 done\r\n" ENV354, 0);
+	CU_ASSERT_EQUAL(t->sends, before + 1);
+	CU_ASSERT_STRING_EQUAL(t->out + t->seg_off, BODY1_STUFFED);
+	feed(t, "250 2.0.0 done\r\n", 0);
+	CU_ASSERT_TRUE(smtp_client_is_ready(t->c));
+	CU_ASSERT_EQUAL(t->st.txns_pipelined, 3);
+	CU_ASSERT_EQUAL(t->st.rsets, 0);
+	CU_ASSERT_STRING_EQUAL(t->ev, "R;" DELIVERED2 DELIVERED2 DELIVERED2 DELIVERED2);
+	/* dropped with two out and one waiting: each reported once, in order */
+	t->next_msg = 0;
+	t->ev_len = 0;
+	t->ev[0] = '\0';
+	fill(t);
+	feed(t, ENV354, 0);
+	CU_ASSERT_EQUAL(t->next_msg, 3);
+	smtp_client_abort(t->c, "gone");
+	CU_ASSERT_STRING_EQUAL(t->ev, "M T421/4.4.2 T421/4.4.2;M T421/4.4.2 T421/4.4.2;"
+				      "M T421/4.4.2 T421/4.4.2;F421/4.4.2;");
+	CU_ASSERT_EQUAL(t->ndone, 7);
+	smtp_client_free(t->c);
+	free(t);
+}
+
+/* Without PIPELINING (or with depth 1) the setting changes nothing: one at a time, no RSET. */
+static void test_pipe_needs_pipelining(void)
 {
 	struct smtp_client_stats st;
 	const struct step s[] = {
@@ -1503,8 +1731,27 @@ static void test_pipe_needs_chunking(void)
 		{"221 bye\r\n", ""},
 		{NULL, NULL},
 	};
-	run_pipe("pipe_needs_chunking", 4, g_two, 2, s, "R;" DELIVERED2 DELIVERED2 "C;", &st);
+	run_pipe("pipe_depth1", 1, g_two, 2, s, "R;" DELIVERED2 DELIVERED2 "C;", &st);
 	CU_ASSERT_EQUAL(st.txns_pipelined, 0);
+	const struct step s1[] = {
+		{GREET, EHLO},
+		{EHLO_BASIC, MAIL1},
+		{"250 ok\r\n", RCPTA},
+		{"250 ok\r\n", RCPTB},
+		{"250 ok\r\n", "DATA\r\n"},
+		{"354 go\r\n", BODY1_STUFFED},
+		{"250 2.0.0 one\r\n", MAIL1},
+		{"250 ok\r\n", RCPTA},
+		{"250 ok\r\n", RCPTB},
+		{"250 ok\r\n", "DATA\r\n"},
+		{"354 go\r\n", BODY1_STUFFED},
+		{"250 2.0.0 two\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_data_lockstep", 4, g_two, 2, s1, "R;" DELIVERED2 DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 0);
+	CU_ASSERT_EQUAL(st.pipelined_flights, 0);
 	const struct step s2[] = {
 		{GREET, EHLO},
 		{"250-mx.test\r\n250 CHUNKING\r\n", MAIL1},
@@ -1520,6 +1767,178 @@ static void test_pipe_needs_chunking(void)
 		{NULL, NULL},
 	};
 	run_pipe("pipe_needs_pipelining", 4, g_two, 2, s2, "R;" DELIVERED2 DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 0);
+}
+
+/* Every failure of a DATA transaction pipelined behind a ".", or of the one before it. */
+static void test_pipe_dot_failures(void)
+{
+	struct smtp_client_stats st;
+	/* the first "." refused after the second MAIL went: each gets its own reply, no RSET */
+	const struct step dot[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{"452 4.3.1 disk full\r\n" ENV354, BODY1_STUFFED TXND},
+		{"554 5.6.0 rejected\r\n" ENV354, BODY1_STUFFED},
+		{"250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_refused", 2, g_three, 3, dot,
+		 "R;M T452/4.3.1 T452/4.3.1;M B554/5.6.0 B554/5.6.0;" DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 0);
+	CU_ASSERT_EQUAL(st.rcpts_deferred, 2);
+	CU_ASSERT_EQUAL(st.rcpts_bounced, 2);
+	CU_ASSERT_EQUAL(st.rcpts_delivered, 2);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 2);
+
+	/* every RCPT of the second refused: DATA gets 554, no content, RSET, the third goes on */
+	const struct step rcpts[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{"250 2.0.0 one\r\n250 2.1.0 ok\r\n550 5.1.1 no\r\n450 4.2.1 later\r\n"
+		 "554 5.5.1 no valid recipients\r\n",
+		 "RSET\r\n"},
+		{RSET_OK, TXND},
+		{ENV354, BODY1_STUFFED},
+		{"250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_rcpts_refused", 2, g_three, 3, rcpts,
+		 "R;" DELIVERED2 "M B550/5.1.1 T450/4.2.1;" DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 1);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 1);
+
+	/* the second's MAIL refused: its RCPTs and DATA get 503; RSET, no content */
+	const struct step mail[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{"250 2.0.0 one\r\n550 5.1.8 bad sender\r\n503 5.5.1 need MAIL\r\n"
+		 "503 5.5.1 need MAIL\r\n503 5.5.1 need MAIL\r\n",
+		 "RSET\r\n"},
+		{RSET_OK, "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_mail_refused", 2, g_two, 2, mail,
+		 "R;" DELIVERED2 "M B550/5.1.8 B550/5.1.8;C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 1);
+
+	/* 354 though every RCPT of the second was refused: an empty message ends it, and the
+	 * third follows that "." (its reply ends the transaction too) */
+	const struct step empty[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{"250 2.0.0 one\r\n250 2.1.0 ok\r\n550 5.1.1 no\r\n550 5.1.1 no\r\n354 go\r\n",
+		 ".\r\n" TXND},
+		{"250 2.0.0 empty\r\n" ENV354, BODY1_STUFFED},
+		{"250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_discard", 2, g_three, 3, empty,
+		 "R;" DELIVERED2 "M B550/5.1.1 B550/5.1.1;" DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 0);
+	CU_ASSERT_EQUAL(st.rcpts_bounced, 2);
+	CU_ASSERT_EQUAL(st.rcpts_delivered, 4);
+
+	/* a 421 with two transactions out: both deferred with the server's words, once */
+	const struct step r421[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{"421 4.3.2 shutting down\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_421", 2, g_two, 2, r421,
+		 "R;M T421/4.3.2 T421/4.3.2;M T421/4.3.2 T421/4.3.2;F421/4.3.2;", &st);
+	CU_ASSERT_EQUAL(st.rcpts_deferred, 4);
+	CU_ASSERT_EQUAL(st.messages_deferred, 2);
+
+	/* the connection drops after the first's 250: only the second is deferred */
+	const struct step drop[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{"250 2.0.0 one\r\n250 2.1.0 ok\r\n", ""},
+		{ABORT_STEP, ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_dropped", 2, g_two, 2, drop,
+		 "R;" DELIVERED2 "M T421/4.4.2 T421/4.4.2;F421/4.4.2;", &st);
+	CU_ASSERT_EQUAL(st.rcpts_delivered, 2);
+	CU_ASSERT_EQUAL(st.rcpts_deferred, 2);
+
+	/* no answer to the first "." nor to the second's commands: both deferred */
+	const struct step tmo[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{TIMEOUT_STEP, ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_timeout", 2, g_two, 2, tmo,
+		 "R;M T421/4.4.2 T421/4.4.2;M T421/4.4.2 T421/4.4.2;F421/4.4.2;", &st);
+	CU_ASSERT_EQUAL(st.timeouts, 1);
+	CU_ASSERT_EQUAL(st.rcpts_deferred, 4);
+
+	/* the second gets 354, then its "." is refused: bounced, the session goes on */
+	const struct step rej[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED TXND},
+		{"250 2.0.0 one\r\n" ENV354, BODY1_STUFFED},
+		{"550 5.7.1 content rejected\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_354_then_refused", 2, g_two, 2, rej,
+		 "R;" DELIVERED2 "M B550/5.7.1 B550/5.7.1;C;", &st);
+	CU_ASSERT_EQUAL(st.rsets, 0);
+}
+
+/* Not behind a "." when the session is to close, nor with a message this server refuses. */
+static void test_pipe_dot_holds(void)
+{
+	struct smtp_client_stats st;
+	/* QUIT asked while the first is out: the second starts only after its reply */
+	const struct step quit[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{QUIT_STEP, ""},
+		{ENV354, BODY1_STUFFED},
+		{"250 2.0.0 one\r\n", TXND},
+		{ENV354, BODY1_STUFFED},
+		{"250 2.0.0 two\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_quit", 2, g_two, 2, quit, "R;" DELIVERED2 DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.txns_pipelined, 0);
+
+	/* SMTPUTF8 to a server without it: reported after the first, in order */
+	struct smtp_client_msg utf8 = g_m1;
+	const struct smtp_client_msg *ms[] = {&g_m1, &utf8, &g_m1};
+
+	utf8.smtputf8 = true;
+	const struct step order[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, TXND},
+		{ENV354, BODY1_STUFFED},
+		{"250 2.0.0 one\r\n", TXND},
+		{ENV354, BODY1_STUFFED},
+		{"250 2.0.0 three\r\n", "QUIT\r\n"},
+		{"221 bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_pipe("pipe_dot_order", 2, ms, 3, order,
+		 "R;" DELIVERED2 "M B553/5.6.7 B553/5.6.7;" DELIVERED2 "C;", &st);
+	CU_ASSERT_EQUAL(st.refused_local, 1);
 	CU_ASSERT_EQUAL(st.txns_pipelined, 0);
 }
 
@@ -1704,8 +2123,13 @@ static CU_TestInfo client_tests[] = {
 	{"conf_and_api", test_conf_and_api},
 	{"round_trip_bdat", test_round_trip_bdat},
 	{"round_trip_data", test_round_trip_data},
+	{"round_trip_pipe_dot", test_round_trip_pipe_dot},
 	{"pipe_depth2", test_pipe_depth2},
-	{"pipe_needs_chunking", test_pipe_needs_chunking},
+	{"pipe_dot", test_pipe_dot},
+	{"pipe_dot_writes", test_pipe_dot_writes},
+	{"pipe_needs_pipelining", test_pipe_needs_pipelining},
+	{"pipe_dot_failures", test_pipe_dot_failures},
+	{"pipe_dot_holds", test_pipe_dot_holds},
 	{"pipe_failures", test_pipe_failures},
 	{"pipe_order", test_pipe_order},
 	{"pipe_api", test_pipe_api},
