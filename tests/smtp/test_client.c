@@ -1273,6 +1273,45 @@ static void rt_failed(void *user, const struct smtp_reply *why)
 				      why->code, why->text);
 }
 
+static const char *const rt_locals[] = {"example.com"};
+static const struct smtp_server_cb rt_scb = {.send = rt_ssend,
+					     .close = rt_sclose,
+					     .message_begin = rt_sbegin,
+					     .message_data = rt_sdata,
+					     .message_end = rt_send};
+
+/* A fresh pair talking through r: lib/smtp's server for example.com, and the client. */
+static void rt_open(struct rt *r, struct smtp_server_conf *sc, struct smtp_server_stats *sst,
+		    const struct smtp_client_conf *cc, const struct smtp_client_cb *ccb,
+		    struct smtp_client_stats *cst, uint64_t session_id)
+{
+	memset(r, 0, sizeof(*r));
+	memset(sst, 0, sizeof(*sst));
+	memset(cst, 0, sizeof(*cst));
+	smtp_server_conf_defaults(sc);
+	sc->hostname = "mx.example.com";
+	sc->local_domains = rt_locals;
+	sc->local_domain_count = 1;
+	sc->now_us = clock_us;
+	CU_ASSERT_EQUAL_FATAL(smtp_session_new(sc, &rt_scb, r, sst, 0x0a4d0005u, session_id, &r->s),
+			      0);
+	CU_ASSERT_EQUAL_FATAL(smtp_client_new(cc, ccb, r, cst, &r->c), 0);
+}
+
+/* The server's replies to the client in one piece, its CHUNKING line hidden (DATA path). */
+static void rt_to_client_no_chunking(struct rt *r)
+{
+	static uint8_t tmp[sizeof(r->s2c)];
+	char *ch = memmem(r->s2c, r->s2c_len, "250-CHUNKING", 12);
+	size_t n = r->s2c_len;
+
+	if (ch)
+		ch[4] = 'X'; /* "250-XHUNKING" */
+	memcpy(tmp, r->s2c, n);
+	r->s2c_len = 0;
+	smtp_client_input(r->c, tmp, n);
+}
+
 /* lib/smtp's server offers PIPELINING and CHUNKING: MAIL, RCPTs and BDAT in one flight. */
 static void test_round_trip_bdat(void)
 {
@@ -1293,27 +1332,12 @@ static void test_round_trip_bdat(void)
 				    .body_len = b.n,
 				    .body_read = body_read,
 				    .body_user = &b};
-	static const char *const locals[] = {"example.com"};
-	const struct smtp_server_cb scb = {.send = rt_ssend,
-					   .close = rt_sclose,
-					   .message_begin = rt_sbegin,
-					   .message_data = rt_sdata,
-					   .message_end = rt_send};
 	const struct smtp_client_cb ccb2 = {.send = rt_csend,
 					    .message_done = rt_done,
 					    .failed = rt_failed,
 					    .closed = rt_cclosed};
 
-	memset(&r, 0, sizeof(r));
-	memset(&sst, 0, sizeof(sst));
-	memset(&cst, 0, sizeof(cst));
-	smtp_server_conf_defaults(&sc);
-	sc.hostname = "mx.example.com";
-	sc.local_domains = locals;
-	sc.local_domain_count = 1;
-	sc.now_us = clock_us;
-	CU_ASSERT_EQUAL_FATAL(smtp_session_new(&sc, &scb, &r, &sst, 0x0a4d0005u, 7, &r.s), 0);
-	CU_ASSERT_EQUAL_FATAL(smtp_client_new(&cc, &ccb2, &r, &cst, &r.c), 0);
+	rt_open(&r, &sc, &sst, &cc, &ccb2, &cst, 7);
 	CU_ASSERT_EQUAL(smtp_client_send_message(r.c, &m), 0);
 	smtp_client_start(r.c, false);
 	smtp_session_start(r.s);
@@ -1375,27 +1399,12 @@ static void test_round_trip_data(void)
 				    .body_len = b.n,
 				    .body_read = body_read,
 				    .body_user = &b};
-	static const char *const locals[] = {"example.com"};
-	const struct smtp_server_cb scb = {.send = rt_ssend,
-					   .close = rt_sclose,
-					   .message_begin = rt_sbegin,
-					   .message_data = rt_sdata,
-					   .message_end = rt_send};
 	const struct smtp_client_cb ccb2 = {.send = rt_csend,
 					    .message_done = rt_done,
 					    .failed = rt_failed,
 					    .closed = rt_cclosed};
 
-	memset(&r, 0, sizeof(r));
-	memset(&sst, 0, sizeof(sst));
-	memset(&cst, 0, sizeof(cst));
-	smtp_server_conf_defaults(&sc);
-	sc.hostname = "mx.example.com";
-	sc.local_domains = locals;
-	sc.local_domain_count = 1;
-	sc.now_us = clock_us;
-	CU_ASSERT_EQUAL_FATAL(smtp_session_new(&sc, &scb, &r, &sst, 0x0a4d0005u, 8, &r.s), 0);
-	CU_ASSERT_EQUAL_FATAL(smtp_client_new(&cc, &ccb2, &r, &cst, &r.c), 0);
+	rt_open(&r, &sc, &sst, &cc, &ccb2, &cst, 8);
 	CU_ASSERT_EQUAL(smtp_client_send_message(r.c, &m), 0);
 	smtp_client_start(r.c, false);
 	smtp_session_start(r.s);
@@ -1405,15 +1414,7 @@ static void test_round_trip_data(void)
 			smtp_session_message_done(r.s, 0, "Q43");
 		}
 		if (r.s2c_len) {
-			/* hide CHUNKING: "250-CHUNKING" becomes "250-XHUNKING" */
-			char *ch = memmem(r.s2c, r.s2c_len, "250-CHUNKING", 12);
-			if (ch)
-				ch[4] = 'X';
-			size_t n = r.s2c_len;
-			static uint8_t tmp[sizeof(r.s2c)];
-			memcpy(tmp, r.s2c, n);
-			r.s2c_len = 0;
-			smtp_client_input(r.c, tmp, n);
+			rt_to_client_no_chunking(&r);
 		} else if (r.c2s_len) {
 			static uint8_t tmp[sizeof(r.c2s)];
 			size_t n = r.c2s_len;
@@ -1474,31 +1475,16 @@ static void test_round_trip_pipe_dot(void)
 				    .body_len = b.n,
 				    .body_read = body_read,
 				    .body_user = &b};
-	static const char *const locals[] = {"example.com"};
-	const struct smtp_server_cb scb = {.send = rt_ssend,
-					   .close = rt_sclose,
-					   .message_begin = rt_sbegin,
-					   .message_data = rt_sdata,
-					   .message_end = rt_send};
 	const struct smtp_client_cb ccb2 = {.send = rt_csend,
 					    .message_done = rt_pipe_done,
 					    .failed = rt_failed,
 					    .closed = rt_cclosed};
 	unsigned commits = 0;
 
-	memset(&r, 0, sizeof(r));
-	memset(&sst, 0, sizeof(sst));
-	memset(&cst, 0, sizeof(cst));
 	g_rt_msgs[0] = g_rt_msgs[1] = g_rt_msgs[2] = &m;
 	g_rt_next = 0;
 	cc.max_txns_in_flight = 3;
-	smtp_server_conf_defaults(&sc);
-	sc.hostname = "mx.example.com";
-	sc.local_domains = locals;
-	sc.local_domain_count = 1;
-	sc.now_us = clock_us;
-	CU_ASSERT_EQUAL_FATAL(smtp_session_new(&sc, &scb, &r, &sst, 0x0a4d0005u, 9, &r.s), 0);
-	CU_ASSERT_EQUAL_FATAL(smtp_client_new(&cc, &ccb2, &r, &cst, &r.c), 0);
+	rt_open(&r, &sc, &sst, &cc, &ccb2, &cst, 9);
 	smtp_client_start(r.c, false);
 	smtp_session_start(r.s);
 	for (int i = 0; i < 1000 && !smtp_client_is_dead(r.c); i++) {
@@ -1512,14 +1498,7 @@ static void test_round_trip_pipe_dot(void)
 			smtp_session_message_done(r.s, 0, "Q44");
 		}
 		if (r.s2c_len) {
-			char *ch = memmem(r.s2c, r.s2c_len, "250-CHUNKING", 12);
-			if (ch)
-				ch[4] = 'X';
-			size_t n = r.s2c_len;
-			static uint8_t tmp[sizeof(r.s2c)];
-			memcpy(tmp, r.s2c, n);
-			r.s2c_len = 0;
-			smtp_client_input(r.c, tmp, n);
+			rt_to_client_no_chunking(&r);
 		} else if (r.c2s_len) {
 			/* all the client wrote in one segment: "." and the next envelope together */
 			static uint8_t tmp[sizeof(r.c2s)];
