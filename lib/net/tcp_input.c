@@ -483,8 +483,13 @@ static void retransmit_head(struct tcp_conn *c)
 	tcp_send_segment(c, c->snd_una, len, flags);
 }
 
-/* Returns false when the segment must be dropped. */
-static bool ack_input(struct tcp_conn *c, const struct tcp_seg *s)
+/*
+ * Returns false when the segment must be dropped.  handshake: s is the ACK
+ * that just completed a passive open (SND.UNA already moved past the SYN):
+ * never a duplicate ACK, though what the accept callback sent is
+ * outstanding by now.
+ */
+static bool ack_input(struct tcp_conn *c, const struct tcp_seg *s, bool handshake)
 {
 	struct tcp_state *ts = c->ts;
 	uint32_t ack = s->ack;
@@ -574,8 +579,9 @@ static bool ack_input(struct tcp_conn *c, const struct tcp_seg *s)
 			tcp_rtx_cancel(c);
 		else if (!c->persist)
 			tcp_rtx_arm(c); /* RFC 6298 section 5.3 */
-	} else if (ack == c->snd_una && s->len == 0 && !(s->flags & (TH_SYN | TH_FIN)) &&
-		   seg_wnd == c->snd_wnd && c->snd_max != c->snd_una) {
+	} else if (!handshake && ack == c->snd_una && s->len == 0 &&
+		   !(s->flags & (TH_SYN | TH_FIN)) && seg_wnd == c->snd_wnd &&
+		   c->snd_max != c->snd_una) {
 		/* Duplicate ACK (RFC 5681 section 2). */
 		ts->stats.dupacks_in++;
 		if (c->dupacks < 255)
@@ -835,7 +841,8 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 		s->flags &= (uint8_t)~TH_FIN;
 	}
 
-	if (c->state == TCPS_SYN_RCVD) {
+	bool handshake = c->state == TCPS_SYN_RCVD;
+	if (handshake) {
 		if (!SEQ_GT(s->ack, c->snd_una) || SEQ_GT(s->ack, c->snd_max)) {
 			tcp_reply_rst(ts, s);
 			return;
@@ -853,7 +860,7 @@ static void sync_input(struct tcp_conn *c, struct tcp_seg *s)
 		if (fin_q && c->state == TCPS_ESTABLISHED)
 			c->state = TCPS_FIN_WAIT_1;
 	}
-	if (!ack_input(c, s) || c->dead)
+	if (!ack_input(c, s, handshake) || c->dead)
 		return;
 	bool fin_acked = c->fin_queued && SEQ_GT(c->snd_una, c->fin_seq);
 	switch (c->state) {

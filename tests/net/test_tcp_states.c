@@ -79,6 +79,36 @@ static void test_passive_open(void)
 	teardown();
 }
 
+/* An accept callback that greets at once, as an SMTP server does (RFC 5321 4.3.1). */
+static int accept_and_greet(struct tcp_conn *c, void *ctx)
+{
+	int rc = th_accept(c, ctx);
+	static const char greeting[] = "220 mx.test ESMTP\r\n";
+	CU_ASSERT_EQUAL(tcp_send(c, greeting, sizeof(greeting) - 1), (int)sizeof(greeting) - 1);
+	return rc;
+}
+
+/*
+ * The ACK that completes the handshake is not a duplicate ACK, although the
+ * greeting sent from the accept callback is outstanding when it is checked:
+ * it advanced SND.UNA past the SYN (RFC 5681 section 2).  It had been counted
+ * (tcp_dupacks_in: one per accepted connection) and had started the count
+ * towards a fast retransmit.
+ */
+static void test_handshake_ack_not_duplicate(void)
+{
+	h = th_new(NULL, 7);
+	memset(&app, 0, sizeof(app));
+	CU_ASSERT_EQUAL_FATAL(tcp_listen(&h->st, 0, 25, accept_and_greet, &app), 0);
+	open_conn();
+	CU_ASSERT_PTR_NOT_NULL_FATAL(app.c);
+	CU_ASSERT_EQUAL(app.c->state, TCPS_ESTABLISHED);
+	CU_ASSERT_NOT_EQUAL(app.c->snd_max, app.c->snd_una); /* the greeting is in flight */
+	CU_ASSERT_EQUAL(tcp_get_stats(h->ts)->dupacks_in, 0);
+	CU_ASSERT_EQUAL(app.c->dupacks, 0);
+	teardown();
+}
+
 /* Bug class: data in a (retransmitted) SYN-ACK. */
 static void test_synack_retransmit_has_no_data(void)
 {
@@ -1174,6 +1204,7 @@ static void test_keepalive(void)
 static CU_TestInfo state_tests[] = {
 	{"keepalive (when enabled)", test_keepalive},
 	{"passive open with options", test_passive_open},
+	{"the handshake's ACK is not a duplicate ACK", test_handshake_ack_not_duplicate},
 	{"reply and close in on_data: one segment with FIN", test_reply_and_fin_in_one_segment},
 	{"sends inside on_data coalesce", test_sends_in_on_data_coalesce},
 	{"retransmitted SYN-ACK carries no data", test_synack_retransmit_has_no_data},
