@@ -1464,6 +1464,12 @@ void smtpd_stats_foreach(const struct smtpd *d,
 	fn(arg, "spool_live_messages", sp.live_messages);
 	fn(arg, "spool_used_bytes", sp.used_bytes);
 	fn(arg, "spool_segments", sp.segments);
+	fn(arg, "spool_segments_precreated", sp.segments_precreated);
+	fn(arg, "spool_segments_unprepared", sp.segments_unprepared);
+	fn(arg, "spool_segments_recycled", sp.segments_recycled);
+	fn(arg, "spool_spare_zero_bytes", sp.spare_zero_bytes);
+	fn(arg, "spool_spare_zero_writebacks", sp.spare_zero_writebacks);
+	fn(arg, "spool_spare_failures", sp.spare_failures);
 	fn(arg, "spool_body_reads_memory", sp.body_reads_memory);
 	fn(arg, "spool_body_reads_file", sp.body_reads_file);
 

@@ -178,6 +178,7 @@ struct spool_stats {
 	uint64_t segments_reclaimed;
 	uint64_t segments_recycled; /* of those, kept as the next spare instead of unlinked */
 	uint64_t spare_zero_bytes;  /* zeros written to prepare spares */
+	uint64_t spare_zero_writebacks; /* their chunks, each written back before the next two */
 	uint64_t spare_failures;    /* spare preparations abandoned (ENOSPC, I/O errors) */
 	uint64_t compaction_bytes;
 	uint64_t compaction_msgs;

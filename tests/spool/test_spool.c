@@ -1187,6 +1187,76 @@ static void test_zeroed_tail_every_length(void)
 }
 
 /*
+ * A fresh spare is zero-filled in 256 KiB chunks, each written back before
+ * more than two are out (spool.c, spare_zero): a segment size that is no
+ * multiple of the chunk ends in a short chunk, and the spare still comes
+ * out whole (real blocks, all zeros), named and taken by the next roll.
+ */
+static void test_spare_zero_chunks(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.segment_bytes = (1 << 20) + (100 << 10); /* four whole chunks and 100 KiB */
+	c.max_message_bytes = 16 << 10;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	/* past half of the first segment: the spare's preparation starts */
+	uint64_t id, first;
+	CU_ASSERT_EQUAL_FATAL(put_msg(sp, 0, 8000, 1, &first), 0);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	struct spool_location loc;
+	CU_ASSERT_EQUAL_FATAL(spool_locate(sp, first, &loc), 0);
+	uint64_t first_seg = loc.segment;
+	for (int i = 1; i < 80; i++) {
+		CU_ASSERT_EQUAL_FATAL(put_msg(sp, (uint64_t)i, 8000, 1, &id), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+		spool_poll(sp, mx_now_us(), NULL, 0);
+	}
+	for (int k = 0; k < 5000 && spool_spare_preparing(sp); k++) {
+		spool_poll(sp, mx_now_us(), NULL, 0);
+		usleep(1000);
+	}
+	CU_ASSERT_FALSE(spool_spare_preparing(sp));
+	struct spool_stats st;
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.spare_failures, 0);
+	CU_ASSERT_EQUAL(st.spare_zero_bytes, c.segment_bytes);
+	CU_ASSERT_EQUAL(st.spare_zero_writebacks, 5);
+	/* named as the next segment: the one after the first */
+	char seg[400];
+	struct stat sb;
+	spool_seg_path(seg, sizeof(seg), dir, 0, first_seg + 1);
+	CU_ASSERT_EQUAL_FATAL(stat(seg, &sb), 0);
+	CU_ASSERT_EQUAL(sb.st_size, (off_t)c.segment_bytes);
+	CU_ASSERT_TRUE((uint64_t)sb.st_blocks * 512 >= c.segment_bytes);
+	int fd = open(seg, O_RDONLY);
+	CU_ASSERT_TRUE_FATAL(fd >= 0);
+	static uint8_t buf[1 << 16];
+	uint64_t nonzero = 0, total = 0;
+	ssize_t n;
+	while ((n = read(fd, buf, sizeof(buf))) > 0) {
+		for (ssize_t j = 0; j < n; j++)
+			nonzero += buf[j] != 0;
+		total += (uint64_t)n;
+	}
+	close(fd);
+	CU_ASSERT_EQUAL(total, c.segment_bytes);
+	CU_ASSERT_EQUAL(nonzero, 0);
+	/* the roll takes it: more messages go into the prepared file */
+	for (int i = 80; i < 200; i++) {
+		CU_ASSERT_EQUAL_FATAL(put_msg(sp, (uint64_t)i, 8000, 1, &id), 0);
+		CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	}
+	spool_get_stats(sp, &st);
+	CU_ASSERT_TRUE(st.segments_precreated >= 1);
+	CU_ASSERT_EQUAL(spool_locate(sp, id, &loc), 0);
+	CU_ASSERT_TRUE(loc.segment > first_seg);
+	CU_ASSERT_TRUE(body_ok(sp, id, 199, 8000));
+	spool_close(sp);
+}
+
+/*
  * Segments roll into prepared spares; reclaimed segments are recycled
  * into spares instead of unlinked; after a restart exactly the unfinished
  * messages come back, none from a recycled file's past.
@@ -2131,6 +2201,7 @@ static CU_TestInfo spool_tests[] = {
 	{"recycled_v1_tail_every_length", test_recycled_v1_tail_every_length},
 	{"zeroed_tail_every_length", test_zeroed_tail_every_length},
 	{"recycle_through_api", test_recycle_through_api},
+	{"spare_zero_chunks", test_spare_zero_chunks},
 	{"quarantine_corrupt_segment", test_quarantine_corrupt_segment},
 	{"active_segment_damage", test_active_segment_damage},
 	{"recover_append_crash_recover", test_recover_append_crash_recover},
