@@ -572,35 +572,48 @@ static void prefetch_tcp(struct net_stack_priv *sp, struct rte_mbuf **in, unsign
 	}
 }
 
+/*
+ * Up to NET_RX_BURSTS bursts per poll, while they come back full.  One
+ * burst a poll capped a worker at 32 packets per loop turn: a turn that
+ * also started 64 connections or ran the SMTP work of a full burst took
+ * long enough that a peer sending ~300k packets/s (mxgen's share of
+ * fleet-plain at 85k messages/s) filled the 1024-slot memif ring, and the
+ * drops cost the connections an RTO each.  A budget keeps one busy port
+ * from starving the others and the timers (Linux's NAPI: 64 a poll).
+ */
 void net_port_rx(struct net_stack_priv *sp, struct net_port_ctx *pc)
 {
 	struct net_port *p = pc->port;
 	struct rte_mbuf *pkts[NET_BURST], *faulted[2 * NET_BURST + 1];
-	struct rte_mbuf **in = pkts;
 	unsigned n;
 
 	if (pc->reads_rx) {
-		if (p->rx_trigger != NULL)
-			p->rx_trigger(p->rx_trigger_sig); /* net_tap: read, there is no signal */
-		n = rte_eth_rx_burst(p->port_id, pc->queue, pkts, NET_BURST);
-		if (n == 0)
-			goto ring; /* a held (reordered) packet waits for the next one */
-		if (p->fault.rx && fault_on(&p->fault)) {
-			n = fault_apply(sp, &p->fault, &pc->fault_rx, pkts, n, faulted);
-			in = faulted;
-		}
-		if (n > 1 && !(p->software_rss && p->n_workers > 1))
-			prefetch_tcp(sp, in, n);
-		for (unsigned i = 0; i < n; i++) {
-			sp->stats.rx_pkts++;
-			sp->stats.rx_bytes += rte_pktmbuf_pkt_len(in[i]);
-			if (p->software_rss && p->n_workers > 1)
-				dispatch(sp, pc, in[i]);
-			else
-				net_eth_input(sp, pc, in[i]);
+		for (unsigned b = 0; b < NET_RX_BURSTS; b++) {
+			struct rte_mbuf **in = pkts;
+			/* net_tap reads only after a trigger (there is no signal) */
+			if (p->rx_trigger != NULL)
+				p->rx_trigger(p->rx_trigger_sig);
+			unsigned got = n = rte_eth_rx_burst(p->port_id, pc->queue, pkts, NET_BURST);
+			if (n == 0)
+				break; /* a held (reordered) packet waits for the next one */
+			if (p->fault.rx && fault_on(&p->fault)) {
+				n = fault_apply(sp, &p->fault, &pc->fault_rx, pkts, n, faulted);
+				in = faulted;
+			}
+			if (n > 1 && !(p->software_rss && p->n_workers > 1))
+				prefetch_tcp(sp, in, n);
+			for (unsigned i = 0; i < n; i++) {
+				sp->stats.rx_pkts++;
+				sp->stats.rx_bytes += rte_pktmbuf_pkt_len(in[i]);
+				if (p->software_rss && p->n_workers > 1)
+					dispatch(sp, pc, in[i]);
+				else
+					net_eth_input(sp, pc, in[i]);
+			}
+			if (got < NET_BURST)
+				break;
 		}
 	}
-ring:
 	if (p->to_worker[sp->worker] != NULL) {
 		n = rte_ring_dequeue_burst(p->to_worker[sp->worker], (void **)pkts, NET_BURST, NULL);
 		sp->from_ring = true; /* ARP copies: learn, do not answer again */

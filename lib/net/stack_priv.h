@@ -15,6 +15,7 @@
 #define NET_MAX_WORKERS 64
 #define NET_MAX_PORTS 8
 #define NET_BURST 32
+#define NET_RX_BURSTS 4 /* bursts a port may give one poll while they come back full */
 #define NET_TX_HOLD 480	      /* packets kept for a later tx_burst while the TX queue is full */
 #define NET_TX_HOLD_US 100000 /* a TX queue that takes nothing this long: drop what it holds */
 #define NET_RETA_SIZE 128

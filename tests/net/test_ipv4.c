@@ -152,6 +152,35 @@ static void test_arp_malformed_counted(void)
 	CU_ASSERT_EQUAL(after.arp_bad - before.arp_bad, 3);
 }
 
+/*
+ * One poll reads a port's bursts while they come back full, up to
+ * NET_RX_BURSTS of them (port.c, net_port_rx): 40 frames go in one poll,
+ * 200 in two (128, then 72).
+ */
+static void test_rx_budget_per_poll(void)
+{
+	struct net_stats a, b;
+	struct rte_mbuf *out[4];
+	const unsigned budget = NET_RX_BURSTS * NET_BURST;
+	CU_ASSERT_TRUE_FATAL(budget < 200);
+	for (unsigned round = 0; round < 2; round++) {
+		unsigned total = round == 0 ? 40 : 200;
+		for (unsigned i = 0; i < total; i++)
+			inject(frame(&port->mac, 0x88b5, "rx", 2)); /* local experimental type */
+		net_stack_get_stats(st, &b);
+		CU_ASSERT_EQUAL(poll_out(out, 4), 0);
+		net_stack_get_stats(st, &a);
+		unsigned first = total < budget ? total : budget;
+		CU_ASSERT_EQUAL(a.rx_pkts - b.rx_pkts, first);
+		CU_ASSERT_EQUAL(a.eth_unknown_type - b.eth_unknown_type, first);
+		CU_ASSERT_EQUAL(rte_ring_count(rx_ring), total - first);
+		CU_ASSERT_EQUAL(poll_out(out, 4), 0);
+		net_stack_get_stats(st, &a);
+		CU_ASSERT_EQUAL(a.rx_pkts - b.rx_pkts, total);
+		CU_ASSERT_EQUAL(rte_ring_count(rx_ring), 0);
+	}
+}
+
 static void test_icmp_echo(void)
 {
 	learn_peer();
@@ -734,6 +763,7 @@ static CU_TestInfo tests[] = {
 	{"ARP request for us is answered", test_arp_reply_to_request},
 	{"ARP request for another address is ignored", test_arp_other_target_ignored},
 	{"malformed ARP is counted", test_arp_malformed_counted},
+	{"one poll reads up to NET_RX_BURSTS full bursts", test_rx_budget_per_poll},
 	{"ICMP echo reply", test_icmp_echo},
 	{"bad IPv4 input is dropped and counted", test_ipv4_bad_input_counted},
 	{"UDP bind, deliver, checksum, send", test_udp},
