@@ -50,14 +50,17 @@
  * dropped and counted, not queued.  Closed loop (--concurrency): that many
  * connections are kept open.
  *
- * --prewarm N (4096; 0: none): before the load, each worker makes N
- * connections' state (the per-connection struct, its SMTP client, lib/net's
- * connection and ring caches) and writes it once, as the relay does
- * ([smtp] prewarm_connections): at 55k connections/s the first 0.5 s were
- * otherwise a third page faults (calloc of ~44 KiB per connection), mxgen
- * fell behind reading its RX ring, and the relay's replies to it were
- * dropped (SYN retransmissions, p99 600 ms).  Costs ~60 KiB per connection
- * (~250 MiB per worker at 4096): what 4096 connections in flight hold anyway.
+ * --prewarm N (default: --max-inflight, 20000; 0: none): before the load,
+ * each worker makes N connections' state (the per-connection struct, its
+ * SMTP client, lib/net's connection and ring caches) and writes it once,
+ * as the relay does ([smtp] prewarm_connections): at 55k connections/s the
+ * first 0.5 s were otherwise a third page faults (calloc of ~44 KiB per
+ * connection), mxgen fell behind reading its RX ring, and the relay's
+ * replies to it were dropped (SYN retransmissions, p99 600 ms).  4096 were
+ * not enough at 100k/s: a start that held more in flight for a moment
+ * made the rest new, page by page (70% of mxgen's first 0.5 s), and never
+ * caught up.  Costs ~60 KiB per connection (~1.2 GiB per worker at 20000,
+ * ~1 s at start): what that many connections in flight hold anyway.
  *
  * The load begins --start-delay ms (200) after the start, for ARP to
  * settle; with --start-on-signal only once SIGUSR1 came (mxload, whose
@@ -95,6 +98,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,7 +131,7 @@ static unsigned opt_size_min = 1024, opt_size_max = 1024;
 static unsigned opt_domains = 1000, opt_big_domains = 3, opt_big_share = 800;
 static unsigned opt_literal_share;
 static unsigned opt_max_inflight = 20000; /* per core */
-static unsigned opt_prewarm = 4096;	  /* per core: connections' state made at start */
+static unsigned opt_prewarm = UINT_MAX; /* per core: connections' state made at start */
 static const char *opt_json;
 static bool opt_quiet;
 static unsigned opt_dns_check; /* queries to the target's DNS (mxsink's zone), from worker 0 */
@@ -943,6 +947,10 @@ static void dns_check_send(struct worker *w)
 static void prewarm(struct worker *w)
 {
 	unsigned n = opt_prewarm < opt_max_inflight ? opt_prewarm : opt_max_inflight;
+	/* a closed loop never holds more than its share of --concurrency */
+	unsigned conc = opt_concurrency / dp.n_workers + 1;
+	if (opt_rate <= 0 && n > conc)
+		n = conc;
 	uint64_t sessions = w->cstats.sessions;
 	while (w->spare_count < n) {
 		struct gconn *g = malloc(sizeof(*g));

@@ -1715,15 +1715,25 @@ int smtp_client_new(const struct smtp_client_conf *conf, const struct smtp_clien
 		return -EINVAL;
 	if (conf->tls != SMTP_CLIENT_TLS_NONE && !cb->starttls)
 		return -EINVAL;
-	c = calloc(1, sizeof(*c));
+	/*
+	 * Written whole, not calloc'ed: a calloc of fresh pages leaves them
+	 * untouched (jemalloc and glibc know they are zero), and the client's
+	 * buffers (~24 KiB) then fault in page by page at its first
+	 * transaction, on the poll loop.  A load generator that makes its
+	 * clients ahead of the load (mxgen --prewarm) had 69% of its first
+	 * 0.5 s at 100k connections/s in those faults, and fell behind.
+	 */
+	c = malloc(sizeof(*c));
 	if (!c)
 		return -ENOMEM;
+	memset(c, 0, sizeof(*c));
 	c->q_cap = (size_t)conf->max_recipients + conf->max_bdat_in_flight + 8;
-	c->q = calloc(c->q_cap, sizeof(*c->q));
+	c->q = malloc(c->q_cap * sizeof(*c->q));
 	if (!c->q) {
 		free(c);
 		return -ENOMEM;
 	}
+	memset(c->q, 0, c->q_cap * sizeof(*c->q));
 	c->conf = conf;
 	c->cb = cb;
 	c->user = user;
