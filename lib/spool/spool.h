@@ -37,10 +37,18 @@ enum spool_durability {
 	SPOOL_DURABILITY_NONE,	    /* completion after the write; no fdatasync */
 };
 
+/*
+ * A flushed batch of this many messages or more means the core is busy
+ * (40k messages/s at the 200 us window): the next batches get
+ * commit_window_busy_us, until one holds fewer.
+ */
+#define SPOOL_BUSY_BATCH 8
+
 struct spool_config {
 	const char *dir;		  /* spool directory; c<core>/ below it */
 	enum spool_durability durability; /* default fsync */
 	uint64_t commit_window_us;	  /* group commit window, default 200 us */
+	uint64_t commit_window_busy_us;	  /* ... once a batch held SPOOL_BUSY_BATCH messages, 1 ms */
 	uint64_t commit_bytes;		  /* flush when a batch reaches this, default 256 KiB */
 	uint32_t commit_depth;		  /* batches written and synced at once, 1..4, default 3 */
 	uint64_t segment_bytes;		  /* roll segments at this size, default 64 MiB */

@@ -381,6 +381,55 @@ static void test_every_bit_flip_detected(void)
 	CU_ASSERT_EQUAL(spool_rec_check(rec, n, &h), 0);
 }
 
+/*
+ * Under load the group-commit window stretches (spool_poll): once a
+ * flushed batch held SPOOL_BUSY_BATCH messages, the next one waits
+ * commit_window_busy_us; after a batch with fewer, commit_window_us again.
+ */
+static void test_busy_commit_window(void)
+{
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.commit_window_us = 200;
+	c.commit_window_busy_us = 50000;
+	c.commit_bytes = 64 << 20;
+	struct spool *sp;
+	CU_ASSERT_EQUAL_FATAL(spool_open(&c, 0, NULL, NULL, NULL, &sp), 0);
+	struct spool_completion out[16];
+	struct spool_stats st;
+	uint64_t id;
+	/* (fdatasyncs counts flushes as they are submitted) one message: flushed at 200 us */
+	CU_ASSERT_EQUAL_FATAL(put_msg(sp, 0, 100, 1, &id), 0);
+	spool_poll(sp, mx_now_us() + 300, out, 16);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.fdatasyncs, 1);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	/* a busy batch, flushed at 200 us too (the one before it was small) */
+	for (int i = 0; i < SPOOL_BUSY_BATCH; i++)
+		CU_ASSERT_EQUAL_FATAL(put_msg(sp, (uint64_t)i + 1, 100, 1, &id), 0);
+	spool_poll(sp, mx_now_us() + 300, out, 16);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.fdatasyncs, 2);
+	CU_ASSERT_EQUAL(wait_completions(sp, SPOOL_BUSY_BATCH, NULL, 0), SPOOL_BUSY_BATCH);
+	/* after it: 300 us is not enough, 50 ms is */
+	CU_ASSERT_EQUAL_FATAL(put_msg(sp, 100, 100, 1, &id), 0);
+	spool_poll(sp, mx_now_us() + 300, out, 16);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.fdatasyncs, 2);
+	spool_poll(sp, mx_now_us() + 50001, out, 16);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.fdatasyncs, 3);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	/* that batch was small: 200 us again */
+	CU_ASSERT_EQUAL_FATAL(put_msg(sp, 101, 100, 1, &id), 0);
+	spool_poll(sp, mx_now_us() + 300, out, 16);
+	spool_get_stats(sp, &st);
+	CU_ASSERT_EQUAL(st.fdatasyncs, 4);
+	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
+	spool_close(sp);
+}
+
 /* ---- group commit ------------------------------------------------------ */
 
 static void test_group_commit_one_fdatasync(void)
@@ -2185,6 +2234,7 @@ static CU_TestInfo codec_tests[] = {
 
 static CU_TestInfo spool_tests[] = {
 	{"group_commit_one_fdatasync", test_group_commit_one_fdatasync},
+	{"busy_commit_window", test_busy_commit_window},
 	{"window_flushes_by_size", test_window_flushes_by_size},
 	{"body read from a kept batch buffer, then from the file", test_body_read_from_memory},
 	{"prepend_before_commit", test_prepend},
