@@ -234,10 +234,10 @@ void spool_config_defaults(struct spool_config *c)
 	c->commit_window_us = 200;
 	/*
 	 * Each commit is a writev and an fdatasync in io_uring's workers, on
-	 * the worker's own core (~24 us of it per commit).  fleet-plain at
-	 * 100k/s made ~3400 commits/s at 200 us; a 1 ms window under load
-	 * made ~1100/s, and the relay's core had the difference.  A lone
-	 * message still waits only commit_window_us.
+	 * the worker's own core (~24 us of it per commit).  spool_bench at
+	 * 100k messages/s: 4700 commits/s at 200 us, 990/s with this, 16%
+	 * less CPU per message (bench/RESULTS.md, session 7).  A lone message
+	 * still waits only commit_window_us.
 	 */
 	c->commit_window_busy_us = 1000;
 	c->commit_bytes = 256 << 10;
