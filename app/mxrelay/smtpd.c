@@ -985,10 +985,10 @@ static void prewarm(struct smtpd *d)
 		    d->sh->listener_conf[i].max_command_line > conf->max_command_line)
 			conf = &d->sh->listener_conf[i];
 	while (d->conn_pool_count < n) {
-		struct smtpd_conn *c = malloc(sizeof(*c));
+		/* written: conn_alloc clears it again */
+		struct smtpd_conn *c = mx_malloc_written(sizeof(*c));
 		if (c == NULL)
 			break;
-		memset(c, 0, sizeof(*c)); /* written: conn_alloc clears it again */
 		conn_pool_put(d, c);
 		d->conn_pool_prewarmed++;
 	}

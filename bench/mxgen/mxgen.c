@@ -953,10 +953,9 @@ static void prewarm(struct worker *w)
 		n = conc;
 	uint64_t sessions = w->cstats.sessions;
 	while (w->spare_count < n) {
-		struct gconn *g = malloc(sizeof(*g));
+		struct gconn *g = mx_malloc_written(sizeof(*g));
 		if (g == NULL)
 			break;
-		memset(g, 0, sizeof(*g));
 		if (smtp_client_new(&cconf, &client_cb, g, &w->cstats, &g->cl) != 0) {
 			free(g);
 			break;

@@ -18,6 +18,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* ---- configuration ---------------------------------------------------- */
 
@@ -160,5 +162,22 @@ size_t mx_u64_dec(uint64_t v, char out[MX_U64_DEC_MAX]);
  * allocated.
  */
 int mx_alloc_init(void);
+
+/*
+ * malloc'ed and written whole with zeros, so its pages are resident now
+ * and not faulted in by their first use on a poll loop (the prewarmed
+ * pools).  GCC folds a malloc followed by a memset of 0 over the same size
+ * into calloc, and calloc leaves fresh pages untouched: the empty asm
+ * between them keeps the write.
+ */
+static inline void *mx_malloc_written(size_t n)
+{
+	void *p = malloc(n);
+	if (p != NULL) {
+		__asm__ volatile("" : : "r"(p) : "memory");
+		memset(p, 0, n);
+	}
+	return p;
+}
 
 #endif

@@ -15,6 +15,7 @@
  * freed memory.
  */
 #include "tcp_int.h"
+#include "core.h"
 
 #include <stdlib.h>
 
@@ -311,10 +312,10 @@ int tcp_state_prewarm(struct tcp_state *ts, unsigned conns, size_t ring_touch)
 	touch_pages(ts->conn_tab, ((size_t)ts->conn_mask + 1) * sizeof(*ts->conn_tab));
 	touch_pages(ts->tw_tab, ((size_t)ts->tw_mask + 1) * sizeof(*ts->tw_tab));
 	while (ts->conn_cached < want_conns) {
-		struct tcp_conn *c = malloc(sizeof(*c));
+		/* all of it: conn_alloc clears it again */
+		struct tcp_conn *c = mx_malloc_written(sizeof(*c));
 		if (c == NULL)
 			return -ENOMEM;
-		memset(c, 0, sizeof(*c)); /* all of it: conn_alloc clears it again */
 		conn_cache_put(ts, c);
 		ts->prewarmed++;
 	}

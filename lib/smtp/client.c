@@ -1723,17 +1723,15 @@ int smtp_client_new(const struct smtp_client_conf *conf, const struct smtp_clien
 	 * clients ahead of the load (mxgen --prewarm) had 69% of its first
 	 * 0.5 s at 100k connections/s in those faults, and fell behind.
 	 */
-	c = malloc(sizeof(*c));
+	c = mx_malloc_written(sizeof(*c));
 	if (!c)
 		return -ENOMEM;
-	memset(c, 0, sizeof(*c));
 	c->q_cap = (size_t)conf->max_recipients + conf->max_bdat_in_flight + 8;
-	c->q = malloc(c->q_cap * sizeof(*c->q));
+	c->q = mx_malloc_written(c->q_cap * sizeof(*c->q));
 	if (!c->q) {
 		free(c);
 		return -ENOMEM;
 	}
-	memset(c->q, 0, c->q_cap * sizeof(*c->q));
 	c->conf = conf;
 	c->cb = cb;
 	c->user = user;

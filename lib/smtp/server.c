@@ -1936,14 +1936,12 @@ int smtp_session_pool_prewarm(struct smtp_session_pool *p, const struct smtp_ser
 			return -ENOMEM;
 		size_t cap =
 			conf->max_recipients < PREWARM_RCPTS ? conf->max_recipients : PREWARM_RCPTS;
-		struct smtp_rcpt *rcpts = cap ? malloc(cap * sizeof(*rcpts)) : NULL;
+		/* written, not calloc'ed: jemalloc skips clearing pages it knows are fresh */
+		struct smtp_rcpt *rcpts = cap ? mx_malloc_written(cap * sizeof(*rcpts)) : NULL;
 		if (cap && !rcpts) {
 			free(s);
 			return -ENOMEM;
 		}
-		/* written, not calloc'ed: jemalloc skips clearing pages it knows are fresh */
-		if (rcpts)
-			memset(rcpts, 0, cap * sizeof(*rcpts));
 		memset(s, 0, offsetof(struct smtp_session, line_cap));
 		s->env.rcpts = rcpts;
 		s->rcpt_cap = cap;
