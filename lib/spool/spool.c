@@ -260,6 +260,32 @@ static int cfg_err(char *err, size_t errlen, struct cfg_file *cf, struct cfg_ent
 	return -EINVAL;
 }
 
+/* "0,2-3": a CPU list as in taskset -c; 0 or -EINVAL. */
+static int parse_cpu_list(const char *s, cpu_set_t *set)
+{
+	CPU_ZERO(set);
+	for (;;) {
+		char *end;
+		unsigned long lo = strtoul(s, &end, 10), hi;
+		if (end == s || lo >= CPU_SETSIZE)
+			return -EINVAL;
+		hi = lo;
+		if (*end == '-') {
+			s = end + 1;
+			hi = strtoul(s, &end, 10);
+			if (end == s || hi < lo || hi >= CPU_SETSIZE)
+				return -EINVAL;
+		}
+		for (unsigned long c = lo; c <= hi; c++)
+			CPU_SET(c, set);
+		if (*end == '\0')
+			return 0;
+		if (*end != ',')
+			return -EINVAL;
+		s = end + 1;
+	}
+}
+
 int spool_config_from_cfg(struct cfg_file *cf, unsigned cores, struct spool_config *c, char *err,
 			  size_t errlen)
 {
@@ -315,6 +341,17 @@ int spool_config_from_cfg(struct cfg_file *cf, unsigned cores, struct spool_conf
 		if (cfg_parse_size(e->value, &v) < 0 || v < 1024 || v > (1ull << 31))
 			return cfg_err(err, errlen, cf, e, "expected a size from 1K to 2G");
 		c->max_message_bytes = v;
+	}
+	if ((e = cfg_get(cf, "spool", NULL, "io_cpus")) != NULL) {
+		if (strcmp(e->value, "main") == 0)
+			c->io_cpus = SPOOL_IO_CPUS_MAIN;
+		else if (strcmp(e->value, "worker") == 0)
+			c->io_cpus = SPOOL_IO_CPUS_WORKER;
+		else if (parse_cpu_list(e->value, &c->io_cpu_set) == 0)
+			c->io_cpus = SPOOL_IO_CPUS_LIST;
+		else
+			return cfg_err(err, errlen, cf, e,
+				       "expected main, worker or a CPU list such as 0,2-3");
 	}
 	if (c->max_message_bytes + SEGHDR_LEN + SEAL_LEN > c->segment_bytes) {
 		snprintf(err, errlen, "%s: [spool] max_message_size must be below segment_size",
@@ -2492,6 +2529,26 @@ static void adopt_spare(struct spool *sp)
 	spare_fill(sp);
 }
 
+/*
+ * io_uring's workers, which run the writes and fdatasyncs, off the polling
+ * core: left there, one preempting the worker for a few ms overflows its
+ * NIC's RX ring (bench/RESULTS.md, session 8).
+ */
+static int set_io_cpus(struct spool *sp)
+{
+	cpu_set_t set = sp->cfg.io_cpu_set;
+	if (sp->cfg.io_cpus == SPOOL_IO_CPUS_WORKER || CPU_COUNT(&set) == 0)
+		return 0;
+	int rc = io_uring_register_iowq_aff(&sp->ring, sizeof(set), &set);
+	if (rc < 0) {
+		MX_ERR("spool c%u: [spool] io_cpus: the kernel refuses those CPUs for io_uring's "
+		       "workers: %s",
+		       sp->core, strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
 int spool_open(const struct spool_config *cfg, unsigned core, spool_recover_fn recover_cb,
 	       void *arg, struct spool_recovery_stats *rs, struct spool **out)
 {
@@ -2522,6 +2579,9 @@ int spool_open(const struct spool_config *cfg, unsigned core, spool_recover_fn r
 		goto fail;
 	}
 	sp->ring_ok = true;
+	rc = set_io_cpus(sp);
+	if (rc < 0)
+		goto fail;
 	rc = recover(sp, recover_cb, arg, rs);
 	if (rc < 0)
 		goto fail;

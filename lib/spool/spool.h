@@ -19,6 +19,7 @@
 #ifndef MX_SPOOL_H
 #define MX_SPOOL_H
 
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -44,6 +45,18 @@ enum spool_durability {
  */
 #define SPOOL_BUSY_BATCH 8
 
+/*
+ * Where io_uring runs the spool's blocking work (writev, fdatasync, the
+ * spare's zero-fill): io-wq threads inherit the affinity of the thread that
+ * opened the ring, the worker's polling core, and preempt it there.
+ */
+enum spool_io_cpus {
+	SPOOL_IO_CPUS_WORKER = 0, /* inherit the opening thread's CPUs (default) */
+	SPOOL_IO_CPUS_MAIN,	  /* io_cpu_set, filled by the application (its main
+				     lcore's CPUs); left empty: as WORKER */
+	SPOOL_IO_CPUS_LIST,	  /* io_cpu_set, from the configuration */
+};
+
 struct spool_config {
 	const char *dir;		  /* spool directory; c<core>/ below it */
 	enum spool_durability durability; /* default fsync */
@@ -60,6 +73,8 @@ struct spool_config {
 	uint32_t compact_live_pct;	  /* compact a segment below this live %, default 25 */
 	uint64_t compact_min_age_us;	  /* ... and older than this, default 60 s */
 	uint32_t compact_step_bytes;	  /* copy at most this much per poll, default 1 MiB */
+	enum spool_io_cpus io_cpus;	  /* [spool] io_cpus: worker (default), main, a list */
+	cpu_set_t io_cpu_set;		  /* MAIN and LIST: the CPUs */
 };
 
 /** RET= of RFC 3461 section 4.3. */
@@ -201,7 +216,7 @@ struct spool_stats {
 void spool_config_defaults(struct spool_config *c);
 /**
  * Read the [spool] section (dir, durability, commit_window, commit_bytes, commit_depth,
- * segment_size, max_size, max_message_size) over the defaults; max_size is
+ * segment_size, max_size, max_message_size, io_cpus) over the defaults; max_size is
  * divided by cores.  0 or -EINVAL with "file:line: message" in err.
  */
 int spool_config_from_cfg(struct cfg_file *cf, unsigned cores, struct spool_config *c, char *err,

@@ -11,8 +11,11 @@
 #include "core.h"
 #include "mx_test.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -428,6 +431,92 @@ static void test_busy_commit_window(void)
 	CU_ASSERT_EQUAL(st.fdatasyncs, 4);
 	CU_ASSERT_EQUAL(wait_completions(sp, 1, NULL, 0), 1);
 	spool_close(sp);
+}
+
+/* ---- io_cpus: where io_uring's workers run ---------------------------- */
+
+struct io_cpus_run {
+	enum spool_io_cpus mode;
+	int io_cpu;    /* LIST: the one CPU */
+	int found;     /* iou-wrk threads of this thread seen */
+	int wrong;     /* ... whose CPUs were not the expected ones */
+	char seen[64]; /* the last one's Cpus_allowed_list */
+};
+
+/* In a thread of its own (io-wq is per thread), pinned to CPU 0. */
+static void *io_cpus_thread(void *arg)
+{
+	struct io_cpus_run *r = arg;
+	cpu_set_t pin;
+	CPU_ZERO(&pin);
+	CPU_SET(0, &pin);
+	if (pthread_setaffinity_np(pthread_self(), sizeof(pin), &pin) != 0)
+		return NULL;
+	char dir[300];
+	struct spool_config c;
+	base_cfg(&c, new_dir(dir, sizeof(dir)));
+	c.commit_window_us = 100;
+	c.io_cpus = r->mode;
+	CPU_ZERO(&c.io_cpu_set);
+	CPU_SET(r->io_cpu, &c.io_cpu_set);
+	struct spool *sp;
+	if (spool_open(&c, 0, NULL, NULL, NULL, &sp) != 0)
+		return NULL;
+	uint64_t id;
+	for (int i = 0; i < 20; i++)
+		if (put_msg(sp, (uint64_t)i, 1000, 1, &id) != 0)
+			break;
+	wait_completions(sp, 20, NULL, 0); /* fdatasync: always run by an io-wq worker */
+	/* Before the ring goes: its workers exit with it. */
+	char want[16], name[32], path[300], line[128];
+	snprintf(want, sizeof(want), "%d", r->mode == SPOOL_IO_CPUS_LIST ? r->io_cpu : 0);
+	snprintf(name, sizeof(name), "iou-wrk-%d\n", (int)gettid());
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *de;
+	while (d != NULL && (de = readdir(d)) != NULL) {
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
+		FILE *f = fopen(path, "r");
+		bool mine = f != NULL && fgets(line, sizeof(line), f) != NULL &&
+			    strcmp(line, name) == 0;
+		if (f)
+			fclose(f);
+		if (!mine)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/status", de->d_name);
+		if ((f = fopen(path, "r")) == NULL)
+			continue;
+		while (fgets(line, sizeof(line), f) != NULL)
+			if (sscanf(line, "Cpus_allowed_list: %63s", r->seen) == 1) {
+				r->found++;
+				r->wrong += strcmp(r->seen, want) != 0;
+			}
+		fclose(f);
+	}
+	if (d)
+		closedir(d);
+	spool_close(sp);
+	return NULL;
+}
+
+static void test_io_cpus(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	struct io_cpus_run runs[] = {
+		/* the workers follow io_cpus, not the opening thread's CPU 0 */
+		{.mode = SPOOL_IO_CPUS_LIST, .io_cpu = n > 1 ? (int)n - 1 : 0},
+		/* worker: they inherit CPU 0 */
+		{.mode = SPOOL_IO_CPUS_WORKER, .io_cpu = n > 1 ? (int)n - 1 : 0},
+	};
+	for (size_t i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+		pthread_t t;
+		CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, io_cpus_thread, &runs[i]), 0);
+		pthread_join(t, NULL);
+		CU_ASSERT(runs[i].found >= 1);
+		CU_ASSERT_EQUAL(runs[i].wrong, 0);
+		if (runs[i].wrong)
+			fprintf(stderr, "io_cpus run %zu: an io-wq worker on CPUs %s\n", i,
+				runs[i].seen);
+	}
 }
 
 /* ---- group commit ------------------------------------------------------ */
@@ -2219,6 +2308,33 @@ static void test_config_from_ini(void)
 	CU_ASSERT_EQUAL(spool_config_from_cfg(cf, 1, &c, err, sizeof(err)), -EINVAL);
 	CU_ASSERT_STRING_EQUAL(err, "t.conf:2: [spool] durability: expected fsync or none");
 	cfg_free(cf);
+	/* io_cpus: worker (default), main, or a CPU list */
+	spool_config_defaults(&c);
+	CU_ASSERT_EQUAL(c.io_cpus, SPOOL_IO_CPUS_WORKER);
+	CU_ASSERT_EQUAL_FATAL(
+		cfg_parse_string("[spool]\nio_cpus = 0,2-3\n", "t.conf", &cf, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(spool_config_from_cfg(cf, 1, &c, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(c.io_cpus, SPOOL_IO_CPUS_LIST);
+	CU_ASSERT_EQUAL(CPU_COUNT(&c.io_cpu_set), 3);
+	CU_ASSERT(CPU_ISSET(0, &c.io_cpu_set) && CPU_ISSET(2, &c.io_cpu_set) &&
+		  CPU_ISSET(3, &c.io_cpu_set));
+	cfg_free(cf);
+	CU_ASSERT_EQUAL_FATAL(
+		cfg_parse_string("[spool]\nio_cpus = main\n", "t.conf", &cf, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(spool_config_from_cfg(cf, 1, &c, err, sizeof(err)), 0);
+	CU_ASSERT_EQUAL(c.io_cpus, SPOOL_IO_CPUS_MAIN);
+	cfg_free(cf);
+	const char *bad[] = {"3-1", "1,", "x", "", "0-", "99999"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char text[64];
+		snprintf(text, sizeof(text), "[spool]\n\nio_cpus = %s\n", bad[i]);
+		CU_ASSERT_EQUAL_FATAL(cfg_parse_string(text, "t.conf", &cf, err, sizeof(err)), 0);
+		spool_config_defaults(&c);
+		CU_ASSERT_EQUAL(spool_config_from_cfg(cf, 1, &c, err, sizeof(err)), -EINVAL);
+		CU_ASSERT_STRING_EQUAL(err, "t.conf:3: [spool] io_cpus: expected main, worker or a "
+					    "CPU list such as 0,2-3");
+		cfg_free(cf);
+	}
 }
 
 static CU_TestInfo codec_tests[] = {
@@ -2235,6 +2351,7 @@ static CU_TestInfo codec_tests[] = {
 static CU_TestInfo spool_tests[] = {
 	{"group_commit_one_fdatasync", test_group_commit_one_fdatasync},
 	{"busy_commit_window", test_busy_commit_window},
+	{"io_cpus", test_io_cpus},
 	{"window_flushes_by_size", test_window_flushes_by_size},
 	{"body read from a kept batch buffer, then from the file", test_body_read_from_memory},
 	{"prepend_before_commit", test_prepend},
