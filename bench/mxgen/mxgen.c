@@ -9,14 +9,15 @@
  *	      [--literal-share PERMILLE] [--drain SEC] [--json FILE] [--quiet]
  *	      [--tls starttls|implicit] [--tls-resume] [--auth USER:PASS]
  *	      [--device-ports K] [--corrupt PERMILLE] [--start-delay MS]
- *	      [--start-on-signal] [--prewarm N]
+ *	      [--start-on-signal] [--prewarm N] [--no-pipelining]
  *
  * Each connection is one device (dev<N>@fleet.test, N cycling over
  * --devices) opening a TCP connection (ephemeral source port, steered to
  * the opening core; with --device-ports K, device N uses its own K source
  * ports from 1024 + N * K on, as a fleet of hosts behind one address
  * would), speaking SMTP through lib/smtp's client session
- * (PIPELINING when the server offers it), sending --msgs-per-conn
+ * (PIPELINING when the server offers it, unless --no-pipelining: one
+ * command a reply, as minimal firmware talks), sending --msgs-per-conn
  * messages and quitting.  Recipients are userK@dD.sink.test: --big-share
  * of them go to d0..d(K-1), the rest to the long tail dK..d(N-1);
  * --literal-share use an address literal [target] instead.
@@ -138,6 +139,7 @@ static unsigned opt_dns_check; /* queries to the target's DNS (mxsink's zone), f
 enum gen_tls { GEN_TLS_NONE, GEN_TLS_STARTTLS, GEN_TLS_IMPLICIT };
 static enum gen_tls opt_tls;
 static bool opt_tls_resume, opt_port_given;
+static bool opt_no_pipelining; /* --no-pipelining */
 static char opt_auth_user[128], opt_auth_pass[128]; /* --auth; "" = none */
 static unsigned opt_device_ports;		    /* --device-ports K; 0 = ephemeral ports */
 static unsigned opt_start_delay_ms = 200;	    /* --start-delay: from the start to the load */
@@ -1085,6 +1087,7 @@ struct totals {
 	uint64_t dns_sent, dns_ok, dns_bad, late_starts, max_lag_us;
 	uint64_t tls_full, tls_resumed, tls_failed;
 	uint64_t device_ports_busy, digest_misses, busy_us, corrupted;
+	uint64_t pipelined_flights; /* lib/smtp's client: MAIL..DATA in one write */
 	unsigned in_flight;
 };
 
@@ -1109,6 +1112,7 @@ static void sum(struct totals *t)
 		t->digest_misses += rd(&w->digest_misses);
 		t->corrupted += rd(&w->corrupted);
 		t->busy_us += rd(&w->busy_us);
+		t->pipelined_flights += rd(&w->cstats.pipelined_flights);
 		if (w->max_lag_us > t->max_lag_us)
 			t->max_lag_us = w->max_lag_us;
 	}
@@ -1166,6 +1170,8 @@ static void write_json(FILE *f, double secs, const struct totals *t, const struc
 		: opt_tls == GEN_TLS_IMPLICIT ? "implicit"
 					      : "none",
 		opt_tls_resume ? "true" : "false", t->tls_full, t->tls_resumed, t->tls_failed);
+	fprintf(f, "  \"pipelining\": %s,\n  \"pipelined_flights\": %" PRIu64 ",\n",
+		opt_no_pipelining ? "false" : "true", t->pipelined_flights);
 	json_net(f);
 	fprintf(f, "  \"rejected_by_code\": {");
 	bool first = true;
@@ -1195,7 +1201,7 @@ static void usage(void)
 		"             [--quiet] [--tls starttls|implicit|none] [--tls-resume]\n"
 		"             [--auth USER:PASS]"
 		" [--device-ports K] [--corrupt PERMILLE] [--start-delay MS]\n"
-		"             [--start-on-signal]\n");
+		"             [--start-on-signal] [--no-pipelining]\n");
 }
 
 static int num(const char *s, uint64_t min, uint64_t max, unsigned *out)
@@ -1244,6 +1250,7 @@ int mxgen_role_setup(int argc, char **argv, const char **config_out)
 		{"corrupt", required_argument, NULL, 'X'},
 		{"start-delay", required_argument, NULL, 'Y'},
 		{"start-on-signal", no_argument, NULL, 'Z'},
+		{"no-pipelining", no_argument, NULL, 'p'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *config = NULL;
@@ -1377,6 +1384,9 @@ int mxgen_role_setup(int argc, char **argv, const char **config_out)
 		case 'Z':
 			opt_start_on_signal = true;
 			break;
+		case 'p':
+			opt_no_pipelining = true;
+			break;
 		case 'X':
 			bad |= num(optarg, 0, 1000, &opt_corrupt_pm);
 			break;
@@ -1428,6 +1438,7 @@ int mxgen_role_setup(int argc, char **argv, const char **config_out)
 
 	smtp_client_conf_defaults(&cconf);
 	cconf.helo_name = "device.fleet.test";
+	cconf.no_pipelining = opt_no_pipelining;
 	/* implicit TLS: the session starts inside TLS, no STARTTLS to ask for */
 	cconf.tls = opt_tls == GEN_TLS_STARTTLS ? SMTP_CLIENT_TLS_REQUIRED : SMTP_CLIENT_TLS_NONE;
 	if (opt_auth_user[0]) {

@@ -770,7 +770,7 @@ static void ehlo_keyword(struct smtp_client *c, const char *s, size_t n)
 	size_t alen = k < n ? n - k - 1 : 0;
 
 	if (word_is(s, k, "PIPELINING")) {
-		c->caps.pipelining = true;
+		c->caps.pipelining = !c->conf->no_pipelining;
 	} else if (word_is(s, k, "SIZE")) {
 		uint64_t v = 0;
 		size_t i = 0;

@@ -459,6 +459,8 @@ struct smtp_client_conf {
 	const char *auth_user; /* smarthost credentials, or NULL: no AUTH */
 	const char *auth_pass;
 	bool auth_plaintext_ok;	       /* allow AUTH without TLS (default false) */
+	bool no_pipelining;	       /* never PIPELINING, even when offered: one command
+					  a reply, as minimal device firmware talks */
 	size_t bdat_chunk;	       /* 64 KiB: BDAT chunk size */
 	unsigned max_bdat_in_flight;   /* 4: pipelined BDAT chunks awaiting replies */
 	unsigned max_recipients;       /* 1000: per message (bounds the pipelined flight) */

@@ -25,8 +25,8 @@
 # STARTTLS + AUTH from mxgen to mxsink's submission port (right and wrong password),
 # mxsink catching mxgen's deliberately corrupted messages (--corrupt) while devices
 # reuse their few source ports (--device-ports) within TIME_WAIT, and fleet-plain
-# with the load side as one process (--load-proc one: bench/mxload) and with two
-# workers a side (--cores 0-1:0-1), and bench/sweep at one rate far below saturation.
+# with the load side as one process (--load-proc one: bench/mxload), with devices
+# that do not pipeline (--no-pipelining) and with two workers a side (--cores 0-1:0-1), and bench/sweep at one rate far below saturation.
 # DPDK processes over net_memif (10.77.110.0/24 and 10.77.111.0/24, private
 # to the links).  Runs in about 2 minutes.  MX_BUILD: the build directory
 # (default build/).
@@ -227,6 +227,15 @@ off=$(field offered) acc=$(field accepted) cor=$(field gen_corrupted)
 # the load side as one process (bench/mxload: mxgen's and mxsink's roles in one loop)
 run fleet-one fleet-plain --seconds 3 --rate 200 --load-proc one
 common_checks fleet-one deliver
+# devices without PIPELINING (--no-pipelining: one command a reply): mxgen wrote no
+# pipelined flight, where fleet-plain (the relay offers PIPELINING) wrote one a message
+run fleet-nopipe fleet-plain --seconds 3 --rate 200 --gen "--no-pipelining"
+common_checks fleet-nopipe deliver
+[ "$(field gen_pipelined_flights)" = 0 ] ||
+	fail "fleet-nopipe: $(field gen_pipelined_flights) pipelined flights"
+R=$(grep '^RESULT ' "$TMP/fleet-plain.out" | tail -1)
+[ "$(field gen_pipelined_flights)" -ge "$(field accepted)" ] ||
+	fail "fleet-plain: $(field gen_pipelined_flights) pipelined flights for $(field accepted) messages"
 # --cores with two CPUs on each side: two worker lcores per process, memif with two
 # queue pairs, lib/net's software flow dispatch; both relay workers accept and deliver
 run fleet-2w fleet-plain --seconds 3 --rate 400 --cores 0-1:0-1
@@ -245,4 +254,4 @@ bench/sweep fleet-plain --from 300 --to 300 --seconds 4 --p99-ms 5000 >"$TMP/swe
 grep -q '^RATE r=300 run 1: .* ok$' "$TMP/sweep.out" || { cat "$TMP/sweep.out"; fail "sweep: 300/s not sustained"; }
 grep -q '^SWEEP scenario=fleet-plain sustained_rate=300 first_failed=0 runs=1 p99_ms=5000$' "$TMP/sweep.out" ||
 	{ cat "$TMP/sweep.out"; fail "sweep: no summary"; }
-echo "bench_smoke: ok ($n_scen scenarios + faults2 + auth + corrupt + fleet-one + fleet-2w + sweep in $(($(date +%s) - T_START)) s)"
+echo "bench_smoke: ok ($n_scen scenarios + faults2 + auth + corrupt + fleet-one + fleet-nopipe + fleet-2w + sweep in $(($(date +%s) - T_START)) s)"

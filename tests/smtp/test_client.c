@@ -456,6 +456,28 @@ static void test_basic_data(void)
 	CU_ASSERT_EQUAL(st.body_bytes, sizeof(BODY1) - 1);
 }
 
+/* no_pipelining: PIPELINING offered, and still one command a reply. */
+static void test_no_pipelining(void)
+{
+	struct smtp_client_conf conf = cconf();
+	struct smtp_client_stats st;
+	conf.no_pipelining = true;
+	const struct step s[] = {
+		{GREET, EHLO},
+		{EHLO_PIPE, MAIL1},
+		{"250 2.1.0 Ok\r\n", RCPTA},
+		{"250 2.1.5 Ok\r\n", RCPTB},
+		{"250 2.1.5 Ok\r\n", "DATA\r\n"},
+		{"354 go ahead\r\n", BODY1_STUFFED},
+		{"250 2.0.0 Ok: queued as X\r\n", "QUIT\r\n"},
+		{"221 2.0.0 Bye\r\n", ""},
+		{NULL, NULL},
+	};
+	run_script("no_pipelining", &conf, g_one, 1, true, s, "R;M D250/2.0.0 D250/2.0.0;C;", &st);
+	CU_ASSERT_EQUAL(st.pipelined_flights, 0);
+	CU_ASSERT_EQUAL(st.messages_sent, 1);
+}
+
 static void test_pipelined_partial(void)
 {
 	struct smtp_client_conf conf = cconf();
@@ -2082,6 +2104,7 @@ static CU_TestInfo client_tests[] = {
 	{"reply_parser", test_reply_parser},
 	{"basic_data", test_basic_data},
 	{"pipelined_partial", test_pipelined_partial},
+	{"no_pipelining", test_no_pipelining},
 	{"dot_stuffing", test_dot_stuffing},
 	{"bdat_pipelined", test_bdat_pipelined},
 	{"bdat_lockstep", test_bdat_lockstep},
