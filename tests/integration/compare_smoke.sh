@@ -26,7 +26,7 @@ for r in mxrelay postfix direct; do
 	rate=$(echo "$line" | sed -E 's|^[a-z]+ +delivered +([0-9]+)/s.*|\1|')
 	[ "${rate:-0}" -gt 0 ] || fail "$r: delivered rate '$rate'"
 done
-grep -qE '^relay 1KiB x 20 sessions: mxrelay [0-9]+/s delivered, postfix [0-9]+/s: ratio [0-9.]+x' "$out" ||
+grep -qE '^relay 1KiB x 20 sessions: mxrelay [0-9]+/s delivered, postfix [0-9]+/s: ratio [0-9.]+x delivered .*; relay CPU per message [0-9]+ against [0-9]+ us: [0-9.]+x$' "$out" ||
 	fail "no mxrelay/postfix ratio line"
 grep -qE '^the load side alone \(direct: .*\) [0-9]+/s: with mxrelay in the path the rate was [0-9]+% of that$' "$out" ||
 	fail "no line for direct"
@@ -38,7 +38,7 @@ j = json.load(open(sys.argv[1]))
 assert j["messages"] == 300 and j["sessions"] == 20, j
 for r in ("mxrelay", "postfix", "direct"):
     assert j["median"][r]["delivered_per_s"] > 0, r
-assert j["mxrelay_to_postfix"]["delivered"] > 0
+assert j["mxrelay_to_postfix"]["delivered"] > 0 and j["mxrelay_to_postfix"]["cpu_per_msg"] > 0
 assert j["mxrelay_to_direct"]["delivered"] > 0
 assert len(j["runs"]) == 3
 PY
