@@ -149,13 +149,8 @@ int workers_start(struct relay_config *conf, struct net_dataplane *dp)
 	 * io_cpus = main: the spool's io_uring workers run on the main lcore's
 	 * CPUs, the housekeeping core, not on the workers' polling cores.
 	 */
-	if (conf->spool.io_cpus == SPOOL_IO_CPUS_MAIN) {
-		rte_cpuset_t cs = rte_lcore_cpuset(rte_get_main_lcore());
-		CPU_ZERO(&conf->spool.io_cpu_set);
-		for (unsigned c = 0; c < CPU_SETSIZE; c++)
-			if (CPU_ISSET(c, &cs))
-				CPU_SET(c, &conf->spool.io_cpu_set);
-	}
+	if (conf->spool.io_cpus == SPOOL_IO_CPUS_MAIN)
+		conf->spool.io_cpu_set = rte_lcore_cpuset(rte_get_main_lcore()); /* a cpu_set_t */
 	/* One relay per spool directory: a second one would corrupt it. */
 	if (mkdir(conf->spool.dir, 0750) < 0 && errno != EEXIST) {
 		MX_ERR("spool %s: %s", conf->spool.dir, strerror(errno));

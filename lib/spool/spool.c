@@ -2530,9 +2530,10 @@ static void adopt_spare(struct spool *sp)
 }
 
 /*
- * io_uring's workers, which run the writes and fdatasyncs, off the polling
- * core: left there, one preempting the worker for a few ms overflows its
- * NIC's RX ring (bench/RESULTS.md, session 8).
+ * io_uring's workers, which run the writes and fdatasyncs, on io_cpus
+ * instead of the opening worker's polling core, where they preempt it.  On
+ * a host with a housekeeping core; on the 2-CPU bench host that core is the
+ * load side's and it did not help (bench/RESULTS.md, session 8).
  */
 static int set_io_cpus(struct spool *sp)
 {
